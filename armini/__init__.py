@@ -1,0 +1,69 @@
+"""armini: a small PyTorch library for a course on autoregressive image and video generation.
+
+Every lesson's model, data view, training loop and picture lives here once; the
+notebooks derive a piece, check it against the library's version, then use it.
+
+Start with::
+
+    import armini
+    dev = armini.device()          # CUDA, then Apple MPS, then CPU (ARMINI_DEVICE overrides)
+    armini.seed_everything(0)      # Python, NumPy and PyTorch random generators
+    armini.quick()                 # True when ARMINI_QUICK=1 (tests, CI): budgets shrink
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__version__ = "0.1.0"
+__all__ = ["device", "seed_everything", "quick", "budget", "__version__"]
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """The device lessons train on: `prefer`, then $ARMINI_DEVICE, then CUDA, then MPS, then CPU.
+
+    >>> armini.device()                # doctest: +SKIP
+    device(type='cpu')
+    """
+    name = prefer or os.environ.get("ARMINI_DEVICE")
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {name!r} was asked for (argument or ARMINI_DEVICE) but CUDA is not available; "
+                "unset ARMINI_DEVICE or set it to 'cpu'"
+            )
+        if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise RuntimeError(
+                f"device {name!r} was asked for but Apple MPS is not available; unset ARMINI_DEVICE or set it to 'cpu'"
+            )
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (all devices); return a CPU `torch.Generator` seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def quick() -> bool:
+    """True when ARMINI_QUICK is set to a true value (1, true, yes): tests and CI shrink every budget."""
+    return os.environ.get("ARMINI_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def budget(default, quick_value):
+    """`quick_value` in quick mode, else `default`: how lessons size their training runs.
+
+    >>> steps = armini.budget(3000, 60)   # 3000 steps normally, 60 under ARMINI_QUICK=1
+    """
+    return quick_value if quick() else default

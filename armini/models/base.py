@@ -1,0 +1,265 @@
+"""The contract every pixel-space autoregressive model in armini follows.
+
+An image x with C channels, H rows and W columns is a sequence of D = C*H*W
+integer dimensions, each in {0, ..., K-1}. An autoregressive model factorises
+
+    p(x) = prod_d p(x_d | x_<d)                                   (chain rule)
+
+in a fixed order: raster order over pixels (row by row, left to right) and,
+within a pixel, channels in order (R, then G, then B). Every model exposes:
+
+    log_prob_pixels(x)  -> (B, C, H, W)  log p(x_d | x_<d) in nats, for every d
+    log_prob(x)         -> (B,)          log p(x) = sum_d log p(x_d | x_<d)
+    loss(x)             -> scalar        mean negative log-likelihood in bits per dimension
+    sample(n, ...)      -> (n, C, H, W)  integers, one dimension at a time
+
+A model only has to say how it computes its conditionals; the rest is here.
+Most models implement `conditionals(x)`: log-probabilities over all K values of
+every dimension, (B, C, H, W, K), where entry d may only depend on x_<d.
+Models whose likelihood has a cheaper closed form (PixelCNN++'s discretised
+logistic mixture) also override `log_prob_pixels`.
+
+Later paradigms extend this contract instead of replacing it: a model with
+another generation order overrides `generation_order()`; a model that fills
+several dimensions per step (scale-wise, parallel decoding) overrides
+`sampling_steps()`; a model with a cache for fast sampling overrides
+`conditional_logprobs(x, step, cache)` and `init_cache(x)`. The `y` keyword
+carries class labels for class-conditional models (ignored by others).
+
+Legend for shape comments: B batch, C channels, H height, W width, K levels, D = C*H*W.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class SampleStep:
+    """What the sampling loop tells a callback after each step (used by lesson widgets).
+
+    step:   0-based index of this step; total: number of steps.
+    index:  LongTensor (S, 3) of the (c, i, j) dimensions filled at this step (S = 1 in raster order).
+    x:      the (n, C, H, W) image so far; dimensions not yet generated hold 0.
+            The loop keeps writing into it: clone it if you keep it.
+    probs:  (n, S, K) the predictive distribution each filled dimension was drawn from.
+    filled: (n, C, H, W) bool, True where x already holds a generated or observed value.
+    """
+
+    step: int
+    total: int
+    index: torch.Tensor
+    x: torch.Tensor
+    probs: torch.Tensor
+    filled: torch.Tensor
+
+
+class ARModel(nn.Module):
+    """Base class of every pixel-space AR model: shape/levels bookkeeping, input checks,
+    the likelihood API and one sampling loop shared by every model."""
+
+    #: number of classes for class-conditional models (None: unconditional)
+    num_classes: Optional[int] = None
+
+    def __init__(self, shape=(1, 28, 28), levels: int = 256):
+        super().__init__()
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape must be (C, H, W) with positive sizes, got {shape!r}")
+        if int(levels) < 2:
+            raise ValueError(f"levels must be at least 2 (2 = binarised images), got {levels!r}")
+        self.shape = shape
+        self.levels = int(levels)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def dims(self) -> int:
+        """D = C * H * W, the number of dimensions of one image."""
+        C, H, W = self.shape
+        return C * H * W
+
+    @property
+    def model_device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """Raise a clear error unless x is an integer tensor (B, C, H, W) with values in [0, K)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(x).__name__}")
+        if x.dtype.is_floating_point or x.dtype == torch.bool or x.dtype.is_complex:
+            raise TypeError(
+                f"{name} must hold integer pixel values in [0, {self.levels}) (dtype torch.long), got dtype "
+                f"{x.dtype}; if your images are floats in [0, 1], use armini.data.quantize or "
+                f"(x * {self.levels - 1}).round().long()"
+            )
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
+            raise ValueError(
+                f"{name} must have shape (B, {', '.join(map(str, self.shape))}) for this model "
+                f"(shape={self.shape}), got {tuple(x.shape)}"
+            )
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.levels):
+            raise ValueError(
+                f"{name} values must lie in [0, {self.levels}) for levels={self.levels}, found range "
+                f"[{int(x.min())}, {int(x.max())}]; quantise the data to {self.levels} levels first"
+            )
+        return x.long()
+
+    def check_labels(self, y, batch: int):
+        """Validate class labels for conditional models; unconditional models must get None."""
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError(f"{type(self).__name__} is unconditional: pass y=None (got labels)")
+            return None
+        if y is None:
+            raise ValueError(f"{type(self).__name__} is class-conditional: pass y, a LongTensor of {batch} labels")
+        y = torch.as_tensor(y, device=self.model_device)
+        if y.dim() == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,) or y.dtype.is_floating_point:
+            raise ValueError(f"y must be an integer tensor of shape ({batch},), got {tuple(y.shape)} {y.dtype}")
+        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+            raise ValueError(f"y must lie in [0, {self.num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+        return y.long()
+
+    # --------------------------------------------------------------- likelihood
+    def conditionals(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(x_d = k | x_<d) for every dimension d and every value k: (B, C, H, W, K), in nats.
+
+        Entry d must depend on x_<d only (never on x_d or later): that is what the
+        causality tests check. Subclasses implement this (or log_prob_pixels)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement conditionals(x)")
+
+    def log_prob_pixels(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(x_d | x_<d) in nats for every dimension: (B, C, H, W)."""
+        x = self.check_input(x)
+        lp = self.conditionals(x, y)  # (B, C, H, W, K)
+        return lp.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # (B, C, H, W)
+
+    def log_prob(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(x) = sum_d log p(x_d | x_<d), in nats: (B,)."""
+        return self.log_prob_pixels(x, y).flatten(1).sum(1)
+
+    def loss(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """The training objective: mean negative log-likelihood in bits per dimension,
+        -(1/D) sum_d log2 p(x_d | x_<d), averaged over the batch."""
+        return -self.log_prob_pixels(x, y).mean() / LN2
+
+    # ----------------------------------------------------------------- sampling
+    def generation_order(self) -> torch.Tensor:
+        """The order dimensions are generated in: LongTensor (D, 3) of (c, i, j).
+
+        Raster order: rows top to bottom, columns left to right, channels in order within a pixel."""
+        C, H, W = self.shape
+        i, j, c = torch.meshgrid(torch.arange(H), torch.arange(W), torch.arange(C), indexing="ij")
+        return torch.stack([c.flatten(), i.flatten(), j.flatten()], dim=1)  # (D, 3)
+
+    def sampling_steps(self) -> list:
+        """Groups of dimensions generated together, in order: a list of LongTensors (S, 3).
+
+        One dimension per step for raster models; models that fill several at once override this."""
+        return list(self.generation_order().split(1))
+
+    def init_cache(self, x: torch.Tensor, y=None):
+        """State a fast sampler keeps between steps (None: recompute everything each step)."""
+        return None
+
+    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor, y=None, cache=None) -> torch.Tensor:
+        """log-probabilities (n, S, K) of the dimensions `index` (S, 3) given the image so far.
+
+        The default runs the whole model on the whole image (the naive sampler):
+        simple and always right. Fast samplers override it and use `cache`."""
+        lp = self.conditionals(x, y)  # (n, C, H, W, K)
+        c, i, j = index.unbind(1)
+        return lp[:, c, i, j, :]  # (n, S, K)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        x: Optional[torch.Tensor] = None,
+        observed: Optional[torch.Tensor] = None,
+        y=None,
+        generator: Optional[torch.Generator] = None,
+        temperature: float = 1.0,
+        callback: Optional[Callable[[SampleStep], None]] = None,
+        cached: bool = True,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Draw n images, one step at a time: (n, C, H, W) integers in [0, K).
+
+        x, observed: complete a partially observed image. x is (n, C, H, W) integers and
+            observed a bool mask broadcastable to it: observed dimensions are kept, the
+            rest are generated (a raster model only sees the observed ones that come
+            earlier in its order, e.g. the top half of an image).
+        y: class labels (n,) or one label for class-conditional models.
+        generator: a torch.Generator; the same seed gives the same images.
+        temperature: divides the log-probabilities before sampling (1 = the model itself).
+        callback: called with a SampleStep after every step (lessons animate sampling with it).
+        cached: use the model's fast sampler if it has one (False forces full recomputation).
+        """
+        if int(n) < 1:
+            raise ValueError(f"n must be a positive number of images, got {n!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        was_training = self.training
+        self.eval()
+        dev = self.model_device
+        n = int(n)
+        shape = (n,) + self.shape
+        if x is None:
+            if observed is not None:
+                raise ValueError("observed was given without x: pass the partial image x too")
+            x = torch.zeros(shape, dtype=torch.long, device=dev)
+            filled = torch.zeros(shape, dtype=torch.bool, device=dev)
+        else:
+            if observed is None:
+                raise ValueError("x was given without observed: pass observed, a bool mask of the known dimensions")
+            x = self.check_input(x).to(dev).clone()
+            if x.shape[0] != n:
+                raise ValueError(f"x holds {x.shape[0]} images but n={n}")
+            filled = torch.as_tensor(observed, dtype=torch.bool, device=dev).expand(shape).clone()
+            x = torch.where(filled, x, torch.zeros_like(x))
+        y = self.check_labels(y, n)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        cache = self.init_cache(x, y) if cached else None
+        steps = self.sampling_steps()
+        iterator = steps
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(steps, desc="sampling", leave=False)
+        try:
+            for t, index in enumerate(iterator):
+                index = index.to(dev)
+                logp = self.conditional_logprobs(x, index, y, cache)  # (n, S, K)
+                logp = torch.log_softmax(logp.double() / temperature, dim=-1)
+                probs = logp.exp()
+                # inverse-CDF sampling with uniforms drawn from `generator`: the same draws
+                # give the same images for any sampler (naive or cached) that computes the same probs
+                u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(dev)
+                cdf = probs.cumsum(-1)
+                new = (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_(max=self.levels - 1)  # (n, S)
+                c, i, j = index.unbind(1)
+                keep = filled[:, c, i, j]
+                x[:, c, i, j] = torch.where(keep, x[:, c, i, j], new)
+                filled[:, c, i, j] = True
+                if callback is not None:
+                    callback(SampleStep(t, len(steps), index, x, probs.float(), filled))
+        finally:
+            self.train(was_training)
+        return x
+
+    # ----------------------------------------------------------------- summary
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, levels={self.levels}"

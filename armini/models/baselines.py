@@ -1,0 +1,99 @@
+"""Lesson 01's baselines: three ways to fill in the chain rule p(x) = prod_d p(x_d | x_<d).
+
+- IndependentPixels: p(x_d | x_<d) = p(x_d). No context at all; one K-way
+  histogram per dimension. The best a model can do without looking at other pixels.
+- FVSBN, the fully visible sigmoid belief net (Frey, 1998; Neal, 1992): every
+  conditional is a logistic (softmax for K > 2) regression on all earlier dimensions,
+      p(x_d = k | x_<d) = softmax_k( b_{d,k} + sum_{j<d} W_{d,k,j} x_j ).
+  D*D*K weights: fine for binarised 28x28 images (K = 2), too many for K = 256.
+- NADE (Larochelle & Murray, 2011): the regressions share one hidden layer,
+      h_d = sigmoid(c + sum_{j<d} W[:, j] x_j),   p(x_d = . | x_<d) = softmax(b_d + V_d h_d),
+  and the sums over j < d for all d are one cumulative sum: O(D*H) per image.
+
+All three order dimensions as the base class does (raster, channels within a pixel).
+Inputs are fed as values scaled to [0, 1].
+
+Legend: B batch, C, H, W image, D = C*H*W, K levels, N hidden units.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..nn.masked import MaskedLinear
+from .base import ARModel
+
+
+class IndependentPixels(ARModel):
+    """p(x) = prod_d p(x_d): one learned K-way distribution per dimension."""
+
+    def __init__(self, shape=(1, 28, 28), levels=256):
+        super().__init__(shape, levels)
+        self.logits = nn.Parameter(torch.zeros(*self.shape, self.levels))  # (C, H, W, K)
+
+    def conditionals(self, x, y=None):
+        lp = torch.log_softmax(self.logits, dim=-1)  # (C, H, W, K)
+        return lp.expand(x.shape[0], *lp.shape)  # (B, C, H, W, K)
+
+
+class _Sequential(ARModel):
+    """Shared plumbing for models that see the image as a sequence in generation order."""
+
+    def __init__(self, shape, levels):
+        super().__init__(shape, levels)
+        C, H, W = self.shape
+        order = self.generation_order()  # (D, 3) of (c, i, j)
+        flat = order[:, 0] * H * W + order[:, 1] * W + order[:, 2]  # position in x.flatten(1)
+        self.register_buffer("order", flat, persistent=False)  # sequence index -> flat index
+        self.register_buffer("rank", torch.argsort(flat), persistent=False)  # flat index -> sequence index
+
+    def to_sequence(self, x):
+        return x.flatten(1)[:, self.order].float() / (self.levels - 1)  # (B, D) in [0, 1]
+
+    def from_sequence(self, logits):
+        B = logits.shape[0]
+        return logits[:, self.rank].view(B, *self.shape, self.levels)  # (B, D, K) -> (B, C, H, W, K)
+
+
+class FVSBN(_Sequential):
+    """Fully visible sigmoid belief net: a masked linear map from earlier dimensions to logits."""
+
+    max_weights = 50_000_000
+
+    def __init__(self, shape=(1, 28, 28), levels=2):
+        super().__init__(shape, levels)
+        D, K = self.dims, self.levels
+        if D * D * K > self.max_weights:
+            raise ValueError(
+                f"FVSBN needs D*D*K = {D}*{D}*{K} = {D * D * K:,} weights for shape={self.shape}, "
+                f"levels={K}; that is over {self.max_weights:,}. Use levels=2 (binarised images, the "
+                "model's classic setting) or a smaller shape such as (1, 14, 14)"
+            )
+        # output (d, k) may read input j only if j < d in generation order
+        mask = (torch.arange(D)[None, :] < torch.arange(D)[:, None]).float()  # (D, D): [d, j]
+        self.linear = MaskedLinear(D, D * K, mask.repeat_interleave(K, dim=0))  # rows d*K + k
+
+    def conditionals(self, x, y=None):
+        s = self.to_sequence(x)  # (B, D)
+        logits = self.linear(s).view(x.shape[0], self.dims, self.levels)  # (B, D, K)
+        return torch.log_softmax(self.from_sequence(logits), dim=-1)  # (B, C, H, W, K)
+
+
+class NADE(_Sequential):
+    """Neural autoregressive distribution estimator with N shared hidden units."""
+
+    def __init__(self, shape=(1, 28, 28), levels=256, hidden=32):
+        super().__init__(shape, levels)
+        D, K, N = self.dims, self.levels, int(hidden)
+        self.W = nn.Parameter(torch.randn(N, D) * 0.01)  # input -> hidden, shared by every conditional
+        self.c = nn.Parameter(torch.zeros(N))
+        self.V = nn.Parameter(torch.randn(D, K, N) * (1.0 / N**0.5))  # hidden -> logits of dimension d
+        self.b = nn.Parameter(torch.zeros(D, K))
+
+    def conditionals(self, x, y=None):
+        s = self.to_sequence(x)  # (B, D)
+        contrib = s[:, None, :] * self.W[None]  # (B, N, D): W[:, j] x_j
+        a = torch.cumsum(contrib, dim=2) - contrib  # exclusive sum over j < d: (B, N, D)
+        h = torch.sigmoid(self.c[None, :, None] + a)  # h_d, (B, N, D)
+        logits = torch.einsum("bnd,dkn->bdk", h, self.V) + self.b  # (B, D, K)
+        return torch.log_softmax(self.from_sequence(logits), dim=-1)  # (B, C, H, W, K)

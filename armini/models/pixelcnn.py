@@ -1,0 +1,91 @@
+"""PixelCNN (van den Oord, Kalchbrenner & Kavukcuoglu, 2016, "Pixel Recurrent Neural Networks", sec. 3.4).
+
+A stack of masked convolutions computes, for every pixel at once, a K-way
+softmax over its value given the pixels above and to the left:
+
+    p(x) = prod_{i,j,c} p(x_{i,j,c} | x_{<(i,j)}, x_{i,j,<c})
+
+Layout, as in the paper: one 7x7 mask-A convolution, then residual blocks
+(1x1 -> 3x3 -> 1x1, all mask B, ReLU before each), then two 1x1 mask-B
+convolutions to C*K logits. The receptive field grows by one pixel per 3x3
+layer but never covers the pixels above and to the right of the centre's
+upward cone: the "blind spot" that Gated PixelCNN (lesson 04) removes.
+
+Deviations from the paper: inputs are scaled to [-1, 1] rather than fed as
+one-hot; widths and depth are small so a CPU trains it in minutes.
+
+Legend: B batch, C image channels, H, W height and width, K levels, F feature channels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..nn.masked import MaskedConv2d
+from .base import ARModel
+
+
+class ResidualBlock(nn.Module):
+    """h + 1x1(relu(3x3(relu(1x1(relu(h)))))), every convolution mask B (the paper's Figure 5)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        half = channels // 2
+        self.net = nn.Sequential(
+            nn.ReLU(),
+            MaskedConv2d(channels, half, 1, "B", groups),
+            nn.ReLU(),
+            MaskedConv2d(half, half, 3, "B", groups),
+            nn.ReLU(),
+            MaskedConv2d(half, channels, 1, "B", groups),
+        )
+
+    def forward(self, h):
+        return h + self.net(h)  # (B, F, H, W)
+
+
+@dataclass
+class PixelCNNConfig:
+    shape: tuple = (1, 28, 28)
+    levels: int = 256
+    channels: int = 64  # F, feature channels (rounded up to a multiple of 2*C)
+    n_blocks: int = 5  # residual blocks after the 7x7 mask-A layer
+    first_kernel: int = 7
+    head_channels: int = 128  # width of the 1x1 output layers (rounded up to a multiple of C)
+
+
+class PixelCNN(ARModel):
+    """Masked-convolution PixelCNN with a K-way softmax per sub-pixel."""
+
+    def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
+        super().__init__(shape, levels)
+        cfg = PixelCNNConfig(shape=self.shape, levels=self.levels, **kwargs)
+        C = self.shape[0]
+        # every feature layer is split into C channel groups (and halved inside a block)
+        cfg.channels = -(-cfg.channels // (2 * C)) * (2 * C)
+        cfg.head_channels = -(-cfg.head_channels // C) * C
+        self.config = cfg
+        K, F = self.levels, cfg.channels
+        self.input_conv = MaskedConv2d(C, F, cfg.first_kernel, "A", C)  # sees strictly earlier sub-pixels
+        self.blocks = nn.Sequential(*[ResidualBlock(F, C) for _ in range(cfg.n_blocks)])
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            MaskedConv2d(F, cfg.head_channels, 1, "B", C),
+            nn.ReLU(),
+            MaskedConv2d(cfg.head_channels, C * K, 1, "B", C),  # channel c's logits are block c of K
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""
+        B, C, H, W = x.shape
+        K = self.levels
+        h = x.float() * (2.0 / (K - 1)) - 1.0  # values scaled to [-1, 1]
+        h = self.input_conv(h)  # (B, F, H, W)
+        h = self.blocks(h)  # (B, F, H, W)
+        out = self.head(h)  # (B, C*K, H, W), channel-major: block c holds channel c's K logits
+        return out.view(B, C, K, H, W).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
+
+    def conditionals(self, x, y=None):
+        return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)
