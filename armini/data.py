@@ -1,0 +1,477 @@
+"""Image datasets for the course: Fashion-MNIST (the main one) and scikit-learn's 8x8 digits.
+
+An autoregressive model sees an image as integers, so every view here returns
+integer tensors: images (N, C, H, W) with values in {0, ..., levels-1}.
+
+    from armini import data
+    train = data.load("fashion-mnist", "train")              # (N, 1, 28, 28), 256 levels
+    print(train.source)                                       # which files were used
+    tiny = data.load("fashion-mnist", "train", levels=2, size=14, limit=1000)
+    rgb = data.load("fashion-mnist", "test", color=True)      # (N, 3, 28, 28)
+    digits = data.load("digits", "train")                     # (1500, 1, 8, 8), 17 levels
+
+Where the Fashion-MNIST images come from (`source=`):
+
+    "full"    the official IDX files (60000 train / 10000 test), looked for in order in
+              $ARMINI_DATA, the per-user cache ($XDG_CACHE_HOME/armini/fashion-mnist or
+              ~/.cache/armini/fashion-mnist) and Debian's /usr/share/datasets/fashion-mnist
+              (package dataset-fashion-mnist); with download=True they are fetched into the cache.
+    "subset"  the class-balanced subset committed in data/ (10000 train / 2000 test), so that
+              every lesson runs offline out of the box.
+    "auto"    (default) the full set when found, else the subset.
+              ARMINI_DATA_SUBSET=1 makes "auto" always pick the subset (tests, CI).
+
+Every file is checked against a hard-coded SHA-256 of its unpacked contents, so .gz and
+unpacked IDX files, from Zalando, Debian or a mirror, are all accepted. Nothing on
+disk is ever deleted or overwritten; a download is written under a temporary name,
+verified, and only then renamed into place.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.client
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError", "ImageData", "load", "quantize", "downscale", "colorize",
+    "read_idx", "parse_idx", "write_idx", "find_fashion_mnist", "download_fashion_mnist",
+    "fashion_mnist_arrays", "digits_arrays", "search_dirs", "cache_dir",
+    "FASHION_CLASSES", "DIGIT_CLASSES", "FILES", "SHA256", "DEFAULT_URL", "BUNDLED_DIR",
+]
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+# The four official files. Their .gz downloads have the MD5s in Zalando's README
+# (train-images 8d4fb7e6..., see data/README.md); we check the SHA-256 of the *unpacked*
+# bytes instead, which is the same whichever way a mirror compressed them.
+FILES = {  # (split, kind) -> file name without .gz
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+SHA256 = {  # file name -> SHA-256 of its unpacked IDX bytes
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+SYSTEM_DIRS = [Path("/usr/share/datasets/fashion-mnist")]  # Debian/Ubuntu: apt install dataset-fashion-mnist
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data"  # the repository's data/ folder
+SUBSET_FILE = "fashion-mnist-subset.npz"
+DIGITS_FILE = "digits.npz"
+DIGITS_TRAIN = 1500  # digits: the first 1500 images are "train", the remaining 297 "test"
+SOURCES = ("auto", "full", "subset")
+
+
+class DataError(ValueError):
+    """A data file is missing, corrupt or not what it should be. The message names the file and the fix."""
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+# IDX format (http://yann.lecun.com/exdb/mnist/): bytes 0,0; a type code; the number of
+# dimensions n; n big-endian uint32 sizes; then the values, row-major, big-endian.
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode the bytes of an IDX file into an array; `name` is only used in error messages."""
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_TYPES:
+        raise DataError(f"{name}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}; "
+                        "expected 0000 then a type code such as 08 for uint8)")
+    dtype, ndim = np.dtype(IDX_TYPES[raw[2]]), raw[3]
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"{name}: truncated IDX header ({len(raw)} bytes)")
+    dims = struct.unpack(f">{ndim}I", raw[4:start])
+    expected = start + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{name}: {len(raw)} bytes, but its header {dims} promises {expected}: "
+                        "the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype, offset=start).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_bytes(path: Path, gz: bool | None = None) -> bytes:
+    """The bytes of `path`, unpacked first if `gz` (default: if its name ends in .gz)."""
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if (path.suffix == ".gz" if gz is None else gz) else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot be read or unpacked ({e}); the file is damaged or "
+                        "truncated: delete it and fetch it again") from e
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (`.gz` or unpacked) into a NumPy array."""
+    path = Path(path)
+    return parse_idx(_read_bytes(path), str(path))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write `array` as an IDX file (gzipped if `path` ends in .gz). The inverse of `read_idx`."""
+    array = np.asarray(array)
+    code = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}[array.dtype]
+    raw = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw += array.astype(np.dtype(IDX_TYPES[code])).tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_checked_cached(path: str, mtime_ns: int, size: int, sha256: str | None) -> np.ndarray:
+    raw = _read_bytes(Path(path))
+    if sha256 is not None:
+        got = hashlib.sha256(raw).hexdigest()
+        if got != sha256:
+            raise DataError(
+                f"{path}: checksum mismatch (SHA-256 of the unpacked data: expected {sha256}, got {got}). "
+                "The file is corrupt or not the official Fashion-MNIST file. armini never deletes your "
+                "files: delete it yourself, then fetch it again (load(..., source='full', download=True) "
+                "or reinstall the Debian package dataset-fashion-mnist).")
+    array = parse_idx(raw, path)
+    array.flags.writeable = False  # shared by every caller through the cache
+    return array
+
+
+def _read_checked(path: Path, sha256: str | None) -> np.ndarray:
+    """read_idx + checksum check, cached in-process (keyed on the file's size and mtime)."""
+    st = path.stat()
+    return _read_checked_cached(str(path), st.st_mtime_ns, st.st_size, sha256)
+
+
+# ----------------------------------------------------------------------------- finding and downloading
+
+def cache_dir() -> Path:
+    """The per-user download cache: $XDG_CACHE_HOME/armini/fashion-mnist or ~/.cache/armini/fashion-mnist."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "armini" / "fashion-mnist"
+
+
+def search_dirs() -> list[Path]:
+    """Where the full Fashion-MNIST is looked for, in order."""
+    dirs = []
+    if os.environ.get("ARMINI_DATA"):
+        root = Path(os.environ["ARMINI_DATA"]).expanduser()
+        dirs += [root, root / "fashion-mnist"]
+    return dirs + [cache_dir()] + list(SYSTEM_DIRS)
+
+
+def _find_file(directory: Path, name: str) -> Path | None:
+    """`directory/name` or `directory/name.gz`, whichever exists (unpacked first: faster), else None."""
+    for path in (directory / name, directory / (name + ".gz")):
+        if path.is_file():
+            return path
+    return None
+
+
+def find_fashion_mnist(download: bool = False, base_url: str | None = None) -> Path:
+    """The first directory of `search_dirs()` that holds all four official files.
+
+    If there is none: with download=True, fetch the missing files into `cache_dir()`;
+    otherwise raise DataError listing the places searched and the ways to fix it.
+    """
+    for directory in search_dirs():
+        if all(_find_file(directory, name) for name in FILES.values()):
+            return directory
+    if download:
+        return download_fashion_mnist(base_url=base_url)
+    searched = "\n".join(f"  - {d}" for d in search_dirs())
+    if not os.environ.get("ARMINI_DATA"):
+        searched = "  - $ARMINI_DATA (not set)\n" + searched
+    raise DataError(
+        "the full Fashion-MNIST was not found (need the four files "
+        f"{', '.join(FILES.values())}, .gz or unpacked). Looked in:\n{searched}\n"
+        "Fix it one of these ways:\n"
+        "  - install the Debian/Ubuntu package: sudo apt install dataset-fashion-mnist\n"
+        "  - put the four files in a folder and set ARMINI_DATA=/that/folder\n"
+        f"  - download them into {cache_dir()} with load(..., source='full', download=True)\n"
+        "  - or use source='auto' (the default), which falls back to the bundled subset")
+
+
+def download_fashion_mnist(root: str | Path | None = None, base_url: str | None = None,
+                           checksums: dict[str, str] | None = None, timeout: float = 60.0) -> Path:
+    """Download the official files missing from `root` (default `cache_dir()`); return `root`.
+
+    base_url: default $ARMINI_DATA_URL, else DEFAULT_URL. Files already in `root` are never
+    touched. Each download is verified against `checksums` (default SHA256) before it gets
+    its final name, so a failed or interrupted download leaves nothing behind.
+    """
+    root = Path(root) if root is not None else cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    base = (base_url or os.environ.get("ARMINI_DATA_URL") or DEFAULT_URL).rstrip("/") + "/"
+    checksums = SHA256 if checksums is None else checksums
+    for name in FILES.values():
+        if _find_file(root, name) is None:
+            print(f"downloading {base}{name}.gz -> {root}")
+            _download_one(base + name + ".gz", root / (name + ".gz"), checksums[name], timeout)
+    return root
+
+
+def _download_one(url: str, dest: Path, sha256: str, timeout: float) -> None:
+    """Fetch `url` to a temporary file next to `dest`, verify it, then rename it to `dest`."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    length, got = response.headers.get("Content-Length"), 0
+                    while chunk := response.read(1 << 20):
+                        f.write(chunk)
+                        got += len(chunk)
+            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+                raise DataError(f"downloading {url} failed ({e!r}); nothing was saved. Check the "
+                                "connection or set ARMINI_DATA_URL to a mirror.") from e
+        if length is not None and got != int(length):
+            raise DataError(f"downloading {url}: the connection ended after {got} of {length} bytes; "
+                            "nothing was saved. Try again.")
+        digest = hashlib.sha256(_read_bytes(Path(tmp), gz=dest.suffix == ".gz")).hexdigest()
+        if digest != sha256:
+            raise DataError(f"downloading {url}: checksum mismatch (SHA-256 of the unpacked data: "
+                            f"expected {sha256}, got {digest}); nothing was saved. The server sent a "
+                            "damaged or different file: try again, or another mirror (ARMINI_DATA_URL).")
+        os.replace(tmp, dest)  # atomic: `dest` appears complete, or not at all
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------- raw arrays
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"bundled data file {path} is missing. Restore it (git checkout -- data/) or "
+                        "regenerate it (python data/make_subset.py); if armini was installed without "
+                        "its data/ folder, install it from a clone with pip install -e .")
+    return _load_npz_cached(str(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_npz_cached(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    for a in arrays.values():
+        a.flags.writeable = False
+    return arrays
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, where: str, hw: tuple[int, int]) -> None:
+    """Images (N, H, W) uint8 and labels (N,) in 0..9, or a DataError naming `where`."""
+    if images.ndim != 3 or images.shape[1:] != hw or images.dtype != np.uint8:
+        raise DataError(f"{where}: images should be uint8 of shape (N, {hw[0]}, {hw[1]}), "
+                        f"got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(f"{where}: labels should be uint8 of shape (N,), got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and labels.max() > 9:
+        raise DataError(f"{where}: labels should be 0..9, found {labels.max()}")
+
+
+def fashion_mnist_arrays(split: str = "train", source: str = "auto", download: bool = False,
+                         base_url: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fashion-MNIST as stored: images (N, 28, 28) uint8, labels (N,) uint8, and a description of the source."""
+    _check_split(split)
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source == "full" or (source == "auto" and not _env_true("ARMINI_DATA_SUBSET")):
+        try:
+            directory = find_fashion_mnist(download=download, base_url=base_url)
+        except DataError:
+            if source == "full" or download:
+                raise
+            directory = None  # auto: fall back to the subset
+        if directory is not None:
+            paths = [_find_file(directory, FILES[split, kind]) for kind in ("images", "labels")]
+            images, labels = (_read_checked(p, SHA256[p.name.removesuffix(".gz")]) for p in paths)
+            _check_pair(images, labels, f"{paths[0]} + {paths[1]}", (28, 28))
+            return images, labels, f"full Fashion-MNIST ({split}: {len(images)} images) from {directory}"
+    path = BUNDLED_DIR / SUBSET_FILE
+    arrays = _load_npz(path)
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    _check_pair(images, labels, str(path), (28, 28))
+    total = 60000 if split == "train" else 10000
+    return images, labels, f"bundled subset ({split}: {len(images)} of {total} images) from {path}"
+
+
+def digits_arrays(split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
+    """scikit-learn's 8x8 digits, bundled: images (N, 8, 8) uint8 in 0..16, labels (N,), source.
+
+    Split: the first 1500 images are "train", the last 297 "test" (the file's own order).
+    """
+    _check_split(split)
+    path = BUNDLED_DIR / DIGITS_FILE
+    arrays = _load_npz(path)
+    images, labels = arrays["images"], arrays["labels"]
+    _check_pair(images, labels, str(path), (8, 8))
+    part = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
+    return images[part], labels[part], (f"8x8 digits ({split}: {len(images[part])} of {len(images)} "
+                                        f"images, UCI via scikit-learn) from {path}")
+
+
+# ----------------------------------------------------------------------------- views
+
+def quantize(x, levels: int, native: int = 256):
+    """Map integers in [0, native) to [0, levels): floor(x * levels / native).
+
+    native=256 (uint8): levels=256 is the identity, levels=2 binarises at 128.
+    native=17 (digits): levels=17 is the identity, levels=2 gives 1 for x >= 9.
+    Works on NumPy arrays and tensors; the result has the type and dtype of `x`.
+    """
+    if not 2 <= levels <= native:
+        raise ValueError(f"levels must be between 2 and {native}, got {levels}")
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+    if x.min() < 0 or x.max() >= native:
+        raise ValueError(f"values must lie in [0, {native}), got [{x.min()}, {x.max()}]")
+    table = np.arange(native) * levels // native  # (native,): value v -> its level
+    if isinstance(x, torch.Tensor):
+        return torch.as_tensor(table, dtype=x.dtype, device=x.device)[x.long()]
+    return table.astype(x.dtype)[x]               # a lookup: much faster than arithmetic on 47M pixels
+
+
+def downscale(x: np.ndarray, size: int) -> np.ndarray:
+    """Shrink (..., H, W) integer images to (..., size, size) by averaging f x f blocks, rounding half up.
+
+    `size` must divide H (= W): for 28x28 images, 14, 7, 4, 2 or 1.
+    """
+    h = x.shape[-1]
+    if not isinstance(size, int) or size < 1 or h % size or x.shape[-2] != h:
+        raise ValueError(f"size must be a whole divisor of the image side {h} (e.g. "
+                         f"{[d for d in range(h, 0, -1) if h % d == 0]}), got {size!r}")
+    f = h // size
+    blocks = x.reshape(*x.shape[:-2], size, f, size, f).astype(np.uint32)  # (..., size, f, size, f)
+    total = blocks.sum(axis=(-3, -1))                                       # (..., size, size)
+    return ((total + f * f // 2) // (f * f)).astype(x.dtype)
+
+
+# A fixed palette of 10 distinct colours (Sasha Trubetskoy's list), 0..255.
+PALETTE = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+], dtype=np.int64)
+
+
+def colorize(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A fixed, deterministic colouring: (N, 1, H, W) grey -> (N, 3, H, W), same value range.
+
+    An image of class y is tinted by a vertical gradient from PALETTE[y] (top row) to
+    PALETTE[(y + 5) % 10] (bottom row): out[c, i, j] = x[i, j] * tint[c, i] // 255. The three
+    channels share the shape of the garment, so they are strongly correlated but not equal.
+    """
+    h = x.shape[2]
+    top, bottom = PALETTE[labels], PALETTE[(labels + 5) % 10]                 # (N, 3) each
+    i = np.arange(h)                                                          # (H,) row index
+    tint = (top[:, :, None] * (h - 1 - i) + bottom[:, :, None] * i) // max(h - 1, 1)  # (N, 3, H) in 0..255
+    out = x.astype(np.uint16) * tint[:, :, :, None].astype(np.uint16) // 255  # (N, 3, H, W); 255*255 fits
+    return out.astype(x.dtype)
+
+
+@dataclass(repr=False)
+class ImageData:
+    """A dataset view: integer images and their labels.
+
+    images:  LongTensor (N, C, H, W), values in {0, ..., levels-1}
+    labels:  LongTensor (N,), class indices into `classes`
+    levels:  K, the number of values a pixel channel can take
+    classes: class names
+    source:  which files the images came from (print it!)
+    name, split: what was asked for
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    levels: int
+    classes: list[str]
+    source: str
+    name: str = ""
+    split: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        """(images[index], labels[index]); index may be an int, a slice or an index tensor."""
+        return self.images[index], self.labels[index]
+
+    def batches(self, batch_size: int, shuffle: bool = True,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the data in batches of (images (B, C, H, W), labels (B,)); the last may be smaller."""
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            idx = order[start:start + batch_size]
+            yield self.images[idx], self.labels[idx]
+
+    def __repr__(self) -> str:
+        return (f"ImageData({self.name} {self.split}: {len(self)} images of shape {self.shape}, "
+                f"{self.levels} levels, {len(self.classes)} classes; source: {self.source})")
+
+
+def load(name: str = "fashion-mnist", split: str = "train", levels: int | None = None,
+         size: int | None = None, color: bool = False, source: str = "auto",
+         download: bool = False, limit: int | None = None) -> ImageData:
+    """Load a dataset as integer images ready for an autoregressive model.
+
+    name:     "fashion-mnist" (28x28, 256 levels) or "digits" (8x8, 17 levels)
+    split:    "train" or "test" (Fashion-MNIST: the official split)
+    levels:   K, quantise pixel values to {0..K-1} with floor(v * K / native); default native
+    size:     side after area-averaging (must divide 28, or 8 for digits); default native
+    color:    True for the deterministic RGB variant (see `colorize`): C = 3
+    source:   "auto" | "full" | "subset" (Fashion-MNIST only; see the module docstring)
+    download: allow fetching the full Fashion-MNIST into the cache when it is not found
+    limit:    keep only the first `limit` images (deterministic)
+    """
+    if name == "fashion-mnist":
+        images, labels, where = fashion_mnist_arrays(split, source, download)
+        native, classes = 256, FASHION_CLASSES
+    elif name == "digits":
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        images, labels, where = digits_arrays(split)  # always the complete bundled set
+        native, classes = 17, DIGIT_CLASSES
+    else:
+        raise ValueError(f"unknown dataset {name!r}: use 'fashion-mnist' or 'digits'")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be a positive number of images, got {limit}")
+        images, labels = images[:limit], labels[:limit]
+        where += f", first {len(images)}"
+    x = images[:, None]                                          # (N, 1, H, W) uint8
+    if color:
+        x = colorize(x, labels)                                  # (N, 3, H, W)
+    if size is not None and size != x.shape[-1]:
+        x = downscale(x, size)                                   # (N, C, size, size)
+    levels = native if levels is None else levels
+    return ImageData(images=torch.from_numpy(quantize(x, levels, native)).long(),   # (N, C, H, W)
+                     labels=torch.from_numpy(labels.astype(np.int64)),
+                     levels=levels, classes=list(classes), source=where, name=name, split=split)
