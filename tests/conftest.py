@@ -8,3 +8,5 @@ os.environ.setdefault("OMP_NUM_THREADS", str(min(4, os.cpu_count() or 1)))  # fo
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# Lessons and tests train on the bundled subset, so results do not depend on whether the full set is installed.
+os.environ.setdefault("ARMINI_DATA_SUBSET", "1")

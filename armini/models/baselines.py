@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..nn.masked import MaskedLinear
+from ..nn.masked import MaskedLinear, sequence_mask
 from .base import ARModel
 
 
@@ -30,6 +30,20 @@ class IndependentPixels(ARModel):
     def __init__(self, shape=(1, 28, 28), levels=256):
         super().__init__(shape, levels)
         self.logits = nn.Parameter(torch.zeros(*self.shape, self.levels))  # (C, H, W, K)
+
+    @classmethod
+    @torch.no_grad()
+    def from_counts(cls, images: torch.Tensor, levels: int, alpha: float = 1.0) -> "IndependentPixels":
+        """The maximum-likelihood fit in closed form: per-dimension histograms with add-alpha smoothing,
+            p(x_d = k) = (n_{d,k} + alpha) / (N + K alpha)."""
+        model = cls(shape=images.shape[1:], levels=levels)
+        images = model.check_input(images, "images")
+        D, K = model.dims, levels
+        # n_{d,k}: how many images have value k at dimension d, as one bincount over d*K + k
+        code = torch.arange(D) * K + images.flatten(1)  # (N, D)
+        counts = torch.bincount(code.flatten(), minlength=D * K).view(*model.shape, K).float()  # (C, H, W, K)
+        model.logits.copy_(torch.log(counts + alpha))  # softmax divides by N + K alpha
+        return model
 
     def conditionals(self, x, y=None):
         lp = torch.log_softmax(self.logits, dim=-1)  # (C, H, W, K)
@@ -69,8 +83,7 @@ class FVSBN(_Sequential):
                 f"levels={K}; that is over {self.max_weights:,}. Use levels=2 (binarised images, the "
                 "model's classic setting) or a smaller shape such as (1, 14, 14)"
             )
-        # output (d, k) may read input j only if j < d in generation order
-        mask = (torch.arange(D)[None, :] < torch.arange(D)[:, None]).float()  # (D, D): [d, j]
+        mask = sequence_mask(D)  # (D, D): output d may read input j only if j < d in generation order
         self.linear = MaskedLinear(D, D * K, mask.repeat_interleave(K, dim=0))  # rows d*K + k
 
     def conditionals(self, x, y=None):
@@ -84,6 +97,7 @@ class NADE(_Sequential):
 
     def __init__(self, shape=(1, 28, 28), levels=256, hidden=32):
         super().__init__(shape, levels)
+        self.config = {"hidden": int(hidden)}  # rebuilds the model from a checkpoint
         D, K, N = self.dims, self.levels, int(hidden)
         self.W = nn.Parameter(torch.randn(N, D) * 0.01)  # input -> hidden, shared by every conditional
         self.c = nn.Parameter(torch.zeros(N))

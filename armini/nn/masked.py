@@ -85,6 +85,16 @@ class MaskedConv2d(nn.Conv2d):
         return super().extra_repr() + f", mask_type={self.mask_type}"
 
 
+def sequence_mask(length: int, strict: bool = True) -> torch.Tensor:
+    """The autoregressive mask of a sequence: M[d, j] = 1 iff j < d (strict) or j <= d.
+
+    Row d lists what the prediction for position d may read. Strict for a model
+    whose inputs are the values themselves (FVSBN, NADE); non-strict once the
+    inputs are shifted right by one (a transformer with a start token)."""
+    d = torch.arange(length)
+    return (d[None, :] < d[:, None]).float() if strict else (d[None, :] <= d[:, None]).float()  # (T, T)
+
+
 class MaskedLinear(nn.Linear):
     """A linear layer y = (W * M) x + b with a fixed 0/1 mask M (out_features, in_features).
 

@@ -1,0 +1,176 @@
+"""The benchmark: every model, the same time budget, the same data, one table.
+
+    python -m armini.bench                                  # every model, 60 s of training each
+    python -m armini.bench --models pixelcnn,nade --budget-s 300 --json bench.json --device cuda
+
+For each model: build it for Fashion-MNIST 28x28 with 256 levels (a model that cannot take
+that, like FVSBN with its D*D*K weights, falls back to its own default levels and says so
+in `note`), train it for a fixed wall-clock budget with armini.train.fit (constant learning
+rate after warmup, since the number of steps is not known in advance), then measure
+
+    train_images_per_s   training throughput (images per second, training steps only)
+    test_bpd             bits per dimension on the first `test_images` test images
+    sample_s_per_image   seconds to sample `sample_n` images, divided by sample_n
+
+Models with a fast sampler (an `init_cache` override that returns a cache) are timed both
+ways in the same run: sample_s_per_image_naive (cached=False), sample_s_per_image_cached and
+cache_speedup = naive / cached. ARMINI_QUICK=1 shrinks the budget and the test subset.
+Everything is seeded; timings depend on the machine (the JSON records the device).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+import armini
+from armini.models import MODELS, ARModel
+
+SHAPE, LEVELS = (1, 28, 28), 256  # Fashion-MNIST as it comes
+
+
+def build(name: str):
+    """(model, note): the model for 28x28 with 256 levels, else with its own default levels."""
+    cls = MODELS[name]
+    try:
+        return cls(shape=SHAPE, levels=LEVELS), ""
+    except ValueError as e:
+        model = cls(shape=SHAPE)
+        return model, f"levels={model.levels} (cannot take {LEVELS}: {str(e).split(';')[0]})"
+
+
+def has_fast_sampler(model) -> bool:
+    """True if the model overrides init_cache and it returns a cache (not None)."""
+    if type(model).init_cache is ARModel.init_cache:
+        return False
+    n = 1
+    x = torch.zeros((n,) + model.shape, dtype=torch.long, device=model.model_device)
+    with torch.no_grad():
+        return model.init_cache(x, labels_for(model, n)) is not None
+
+
+def labels_for(model, n: int):
+    """Class labels 0, 1, 2, ... for class-conditional models; None for the others."""
+    if model.num_classes is None:
+        return None
+    return torch.arange(n, device=model.model_device) % model.num_classes
+
+
+def _sync(dev: torch.device):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    elif dev.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_sampling(model, n: int, seed: int, cached: bool):
+    """(seconds per image, images) for drawing n images."""
+    dev = model.model_device
+    gen = torch.Generator().manual_seed(seed)
+    _sync(dev)
+    t0 = time.perf_counter()
+    x = model.sample(n, y=labels_for(model, n), generator=gen, cached=cached)
+    _sync(dev)
+    return (time.perf_counter() - t0) / n, x
+
+
+def bench_model(name: str, *, budget_s: float, device, batch_size=64, lr=1e-3, test_images=1000, sample_n=2,
+                seed=0, datasets=None) -> dict:
+    """Train one model for `budget_s` seconds and measure it; returns one JSON record."""
+    from armini import data, train
+
+    datasets = {} if datasets is None else datasets  # levels -> (train, test), shared between models
+    dev = armini.device(device) if device is None or isinstance(device, str) else device
+    armini.seed_everything(seed)
+    model, note = build(name)
+    if model.levels not in datasets:
+        datasets[model.levels] = (data.load("fashion-mnist", "train", levels=model.levels),
+                                  data.load("fashion-mnist", "test", levels=model.levels, limit=test_images))
+    train_set, test_set = datasets[model.levels]
+
+    hist = train.fit(model, train_set, test_set, steps=10**9, time_limit=budget_s, batch_size=batch_size, lr=lr,
+                     lr_schedule="constant", device=dev, seed=seed, progress=False)
+    record = dict(
+        model=name, device=str(dev), params=model.num_params(), levels=model.levels, shape=list(model.shape),
+        batch_size=batch_size, budget_s=budget_s, steps=hist.steps, train_images_per_s=hist.images_per_s,
+        train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd, test_images=len(test_set),
+        data_source=train_set.source, sample_n=sample_n,
+    )
+    if has_fast_sampler(model):
+        naive, x_naive = time_sampling(model, sample_n, seed, cached=False)
+        cached, x_cached = time_sampling(model, sample_n, seed, cached=True)
+        record.update(sample_s_per_image=cached, sample_s_per_image_naive=naive, sample_s_per_image_cached=cached,
+                      cache_speedup=naive / cached, cached_matches_naive=bool(torch.equal(x_naive, x_cached)))
+    else:
+        record["sample_s_per_image"] = time_sampling(model, sample_n, seed, cached=False)[0]
+    record["note"] = note
+    return record
+
+
+def format_table(records, budget_s, test_images) -> str:
+    """The records as a text table with aligned columns."""
+    head = ["model", "device", "params", "levels", "train img/s", "steps", "test bpd", "sample s/img",
+            "cache speedup", "note"]
+    rows = []
+    for r in records:
+        speedup = f"{r['cache_speedup']:.1f}x" if "cache_speedup" in r else "-"
+        rows.append([r["model"], r["device"], f"{r['params']:,}", str(r["levels"]), f"{r['train_images_per_s']:.0f}",
+                     str(r["steps"]), f"{r['test_bpd']:.3f}", f"{r['sample_s_per_image']:.3f}", speedup,
+                     r["note"] if len(r["note"]) <= 60 else r["note"][:57] + "..."])  # the JSON has it all
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    numeric = {2, 3, 4, 5, 6, 7, 8}  # right-aligned columns
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    title = (f"Fashion-MNIST 28x28, {budget_s:g} s of training per model (constant lr after warmup); "
+             f"test bits/dim on the first {test_images} test images")
+    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m armini.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated names (default all: {','.join(MODELS)})")
+    p.add_argument("--budget-s", type=float, default=None, help="training seconds per model (default 60; 3 in quick mode)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: armini.device())")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--test-images", type=int, default=None, help="test subset size (default 1000; 200 in quick mode)")
+    p.add_argument("--sample-n", type=int, default=None, help="images sampled for timing (default 2; 1 in quick mode)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> list:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
+    budget_s = args.budget_s if args.budget_s is not None else armini.budget(60.0, 3.0)
+    test_images = args.test_images if args.test_images is not None else armini.budget(1000, 200)
+    sample_n = args.sample_n if args.sample_n is not None else armini.budget(2, 1)
+    dev = armini.device(args.device)
+
+    records, datasets = [], {}
+    for name in names:
+        print(f"benchmarking {name} on {dev} for {budget_s:g} s ...", flush=True)
+        records.append(bench_model(name, budget_s=budget_s, device=dev, batch_size=args.batch_size, lr=args.lr,
+                                   test_images=test_images, sample_n=sample_n, seed=args.seed, datasets=datasets))
+    print()
+    print(format_table(records, budget_s, test_images))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return records
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,106 @@
+"""Tests for the command line (python -m armini) and the benchmark (python -m armini.bench), with tiny settings."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from armini import bench
+from armini.__main__ import image_grid, main
+from armini.models import MODELS, IndependentPixels
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and robust on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_cli(args, cwd):
+    env = {**os.environ, "ARMINI_QUICK": "1", "ARMINI_DATA_SUBSET": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-m", "armini", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_train_command_writes_checkpoint_samples_and_metrics(tmp_path, monkeypatch):
+    args = ["train", "pixelcnn", "--data", "fashion-mnist", "--size", "7", "--levels", "4", "--batch-size", "16",
+            "--eval-images", "100", "--samples", "4", "--out", "run", "--device", "cpu", "--no-progress",
+            "-o", "channels=16", "-o", "n_blocks=1"]
+    out = run_cli(args + ["--steps", "3"], tmp_path)
+    assert "test bits/dim" in out
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.pt", "samples.png"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == "pixelcnn" and metrics["steps"] == 3 and metrics["shape"] == [1, 7, 7]
+    assert metrics["levels"] == 4 and metrics["test_images"] == 100 and 0 < metrics["test_bpd"] < 10
+    assert "subset" in metrics["data_source"] and metrics["train_images_per_s"] > 0
+
+    import matplotlib.image
+
+    png = matplotlib.image.imread(run / "samples.png")
+    assert png.shape[:2] == (17, 17)  # 2 x 2 images of 7 x 7 with 1-pixel borders
+
+    # resume in this process (quicker than a second interpreter)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    assert main(args + ["--steps", "5", "--resume", "--samples", "0"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 5
+
+
+def test_list_and_unknown_model(capsys):
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in MODELS)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "no-such-model"])
+    assert e.value.code == 2 and "pixelcnn" in capsys.readouterr().err
+
+
+def test_image_grid():
+    grid = image_grid(torch.full((3, 3, 4, 4), 255), levels=256)  # colour: (rows, cols, 3)
+    assert grid.shape == (2 * 5 + 1, 2 * 5 + 1, 3) and grid.max() == 1.0
+
+
+class CachedIndependent(IndependentPixels):
+    """IndependentPixels with a 'fast sampler' (its cache is the normalised table), for the benchmark's timing."""
+
+    def init_cache(self, x, y=None):
+        return {"logp": torch.log_softmax(self.logits, dim=-1)}  # (C, H, W, K)
+
+    def conditional_logprobs(self, x, index, y=None, cache=None):
+        if cache is None:
+            return super().conditional_logprobs(x, index, y, cache)
+        c, i, j = index.unbind(1)
+        return cache["logp"][c, i, j].expand(x.shape[0], -1, -1)  # (n, S, K)
+
+
+def test_bench_json_schema(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    monkeypatch.setitem(MODELS, "cached-toy", CachedIndependent)
+    path = tmp_path / "bench.json"
+    records = bench.main(["--models", "fvsbn,cached-toy", "--budget-s", "0.5", "--test-images", "50",
+                          "--sample-n", "1", "--device", "cpu", "--json", str(path)])
+    assert json.loads(path.read_text()) == records and [r["model"] for r in records] == ["fvsbn", "cached-toy"]
+    for r in records:
+        for key in ("model", "device", "params", "levels", "shape", "train_images_per_s", "budget_s", "steps",
+                    "test_bpd", "test_images", "sample_s_per_image", "note"):
+            assert key in r, key
+        assert r["device"] == "cpu" and r["shape"] == [1, 28, 28] and r["budget_s"] == 0.5 and r["test_images"] == 50
+        assert r["steps"] >= 1 and r["train_images_per_s"] > 0 and r["sample_s_per_image"] > 0
+    fvsbn, toy = records
+    assert fvsbn["levels"] == 2 and "levels=2" in fvsbn["note"] and "sample_s_per_image_cached" not in fvsbn
+    assert toy["levels"] == 256 and toy["note"] == ""
+    assert toy["sample_s_per_image_naive"] > 0 and toy["sample_s_per_image_cached"] > 0
+    assert toy["cache_speedup"] == pytest.approx(toy["sample_s_per_image_naive"] / toy["sample_s_per_image_cached"])
+    assert toy["cached_matches_naive"]
+    table = capsys.readouterr().out
+    assert "first 50 test images" in table and "cached-toy" in table
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "nope"])
