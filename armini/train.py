@@ -74,18 +74,19 @@ class History:
         """Train bits/dim of the last step (None before any step)."""
         return self.train[-1][1] if self.train else None
 
-    def plot(self, ax=None):
-        """Train and test bits per dimension against step; returns the matplotlib axes."""
+    def plot(self, ax=None, label=None):
+        """Train and test bits per dimension against step; returns the matplotlib axes.
+        label: a name put before the legend entries (to compare several runs on one axes)."""
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(6, 3.5))
         if self.train:
             s, b = zip(*self.train)
-            ax.plot(s, b, lw=0.8, alpha=0.7, label="train (per batch)")
+            ax.plot(s, b, lw=0.8, alpha=0.7, label=f"{label}: train (per batch)" if label else "train (per batch)")
         if self.test:
             s, b = zip(*self.test)
-            ax.plot(s, b, "o-", label="test")
+            ax.plot(s, b, "o-", label=f"{label}: test" if label else "test")
         ax.set_xlabel("step")
         ax.set_ylabel("bits per dimension")
         ax.grid(alpha=0.3)

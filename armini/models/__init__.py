@@ -5,12 +5,22 @@
 from .base import ARModel, SampleStep
 from .baselines import FVSBN, NADE, IndependentPixels
 from .pixelcnn import PixelCNN
+from .pixelcnnpp import PixelCNNpp
+from .pixelrnn import DiagonalBiLSTM, RowLSTM
+from .pixelsnail import PixelSNAIL
+from .transformer import PixelTransformer
 
 MODELS = {
     "independent": IndependentPixels,  # lesson 01
     "fvsbn": FVSBN,  # lesson 01
     "nade": NADE,  # lesson 01
     "pixelcnn": PixelCNN,  # lesson 02
+    "row-lstm": RowLSTM,  # lesson 03
+    "diagonal-bilstm": DiagonalBiLSTM,  # lesson 03
+    "pixelcnn++": PixelCNNpp,  # lesson 05
+    "pixelsnail": PixelSNAIL,  # lesson 06
+    "pixel-transformer": PixelTransformer,  # lesson 07
 }
 
-__all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN"]
+__all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "RowLSTM",
+           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..nn.masked import MaskedLinear, sequence_mask
 from .base import ARModel
@@ -107,7 +108,7 @@ class NADE(_Sequential):
     def conditionals(self, x, y=None):
         s = self.to_sequence(x)  # (B, D)
         contrib = s[:, None, :] * self.W[None]  # (B, N, D): W[:, j] x_j
-        a = torch.cumsum(contrib, dim=2) - contrib  # exclusive sum over j < d: (B, N, D)
+        a = F.pad(torch.cumsum(contrib, dim=2)[..., :-1], (1, 0))  # sum over j < d only, shifted: (B, N, D)
         h = torch.sigmoid(self.c[None, :, None] + a)  # h_d, (B, N, D)
         logits = torch.einsum("bnd,dkn->bdk", h, self.V) + self.b  # (B, D, K)
         return torch.log_softmax(self.from_sequence(logits), dim=-1)  # (B, C, H, W, K)

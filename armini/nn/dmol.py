@@ -123,8 +123,9 @@ def coupled_means(mu: torch.Tensor, coeff: torch.Tensor, v: torch.Tensor) -> tor
 # -------------------------------------------------------------- one logistic, one bin
 def _log1mexp(d: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(-d)) for d > 0, accurate for small and large d (Maechler, 2012)."""
-    d = d.clamp(min=1e-30)
-    return torch.where(d < math.log(2.0), torch.log(-torch.expm1(-d)), torch.log1p(-torch.exp(-d)))
+    ln2 = math.log(2.0)
+    small, large = d.clamp(1e-30, ln2), d.clamp(min=ln2)  # each branch only sees its own range: finite gradients
+    return torch.where(d < ln2, torch.log(-torch.expm1(-small)), torch.log1p(-torch.exp(-large)))
 
 
 def log_bin_mass(x: torch.Tensor, mean: torch.Tensor, log_s: torch.Tensor, levels: int) -> torch.Tensor:

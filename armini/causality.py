@@ -1,0 +1,349 @@
+"""The causality inspector: which input dimensions move the conditional of dimension d?
+
+An autoregressive model is only a valid model of p(x) if every conditional
+p(x_d | x_<d) depends on earlier dimensions only. A bug that lets dimension d
+peek at itself or at a later dimension still trains (the loss even drops
+quickly: the model copies the answer) but the "likelihood" no longer sums to
+one and sampling produces garbage. The inspector finds such leaks by experiment:
+
+    M[d, j] = max over trials and values k of | log p(x_d = k | x') - log p(x_d = k | x) |,
+
+where x' is x with input dimension j replaced by a different random value.
+M[d, j] > 0 means "d's conditional moves when j changes": j is in d's context.
+A model is causal iff M[d, j] = 0 whenever j does not come strictly before d.
+
+"Before" is the model's own order: the step at which `model.sampling_steps()`
+fills each dimension (for raster models that is `model.generation_order()`,
+one dimension per step). Dimensions filled in the same step must not see each
+other either, since they are drawn at the same time.
+
+The test is generic: it only calls `model.conditionals(x)` on integer images,
+so it works for every model in the course, whatever its inside looks like.
+A gradient-based variant would need models to accept real-valued (relaxed
+one-hot) inputs, which the contract does not promise, so there is none.
+
+Each perturbed image is compared with the unperturbed one computed in the same
+row of a batch of the same size: the same arithmetic in the same order, so on
+a CPU an input that does not matter changes nothing, bit for bit. "Moves" means
+"not torch.isclose": |change| > atol + rtol * |log p|. The tolerance absorbs
+rounding-level effects (NADE's exclusive cumulative sum, non-deterministic GPU
+kernels) and hides dependencies weaker than rounding (the faint outer edge of
+a deep network's receptive field). Perturbation can also miss a dependency (a
+random change may happen not to move the output, e.g. behind a dead ReLU),
+hence `trials` and the random base image.
+
+    report = check_causality(model)      # D forward passes, batched
+    print(report)                        # OK / the leaking (target, input) pairs
+    report.blind_spot((0, 3, 3))         # earlier dimensions the target does NOT see
+    assert_causal(model)                 # for tests
+
+Coordinates are (c, i, j): channel, row, column. Legend: C, H, W image, D = C*H*W, K levels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# categories of `context_categories`, also the colour indices of viz.plot_context
+FUTURE, BLIND, SEEN, TARGET = 0, 1, 2, 3
+
+
+# ------------------------------------------------------------------------------ orders
+def raster_rank(shape) -> torch.Tensor:
+    """Step of each dimension in raster order, channels within a pixel: (C, H, W) long."""
+    C, H, W = shape
+    c, i, j = torch.meshgrid(torch.arange(C), torch.arange(H), torch.arange(W), indexing="ij")
+    return (i * W + j) * C + c  # (C, H, W)
+
+
+def step_rank(model) -> torch.Tensor:
+    """The step at which `model` generates each dimension: (C, H, W) long.
+
+    Read from `model.sampling_steps()` (a list of (S, 3) index groups in order),
+    so dimensions generated together share a step."""
+    C, H, W = model.shape
+    rank = torch.full((C, H, W), -1, dtype=torch.long)
+    for t, index in enumerate(model.sampling_steps()):
+        c, i, j = index.cpu().long().unbind(1)
+        if (rank[c, i, j] >= 0).any():
+            raise ValueError(f"{type(model).__name__}.sampling_steps() fills a dimension twice (step {t})")
+        rank[c, i, j] = t
+    if (rank < 0).any():
+        missing = tuple(int(v) for v in (rank < 0).nonzero()[0])
+        raise ValueError(f"{type(model).__name__}.sampling_steps() never fills dimension {missing}")
+    return rank
+
+
+def _coord(flat: int, shape) -> tuple:
+    """Flat index into x.flatten(1) -> (c, i, j)."""
+    C, H, W = shape
+    return (flat // (H * W), (flat // W) % H, flat % W)
+
+
+def _flat(target, shape) -> int:
+    """(c, i, j), or (i, j) meaning the last channel, -> flat index into x.flatten(1)."""
+    C, H, W = shape
+    target = tuple(int(t) for t in target)
+    if len(target) == 2:
+        target = (C - 1,) + target
+    c, i, j = target
+    if not (0 <= c < C and 0 <= i < H and 0 <= j < W):
+        raise ValueError(f"target {target} is outside the image of shape (C, H, W) = {tuple(shape)}")
+    return (c * H + i) * W + j
+
+
+def as_coord(target, shape) -> tuple:
+    """A target as (c, i, j); None means default_target(shape), (i, j) the pixel's last channel."""
+    return _coord(_flat(default_target(shape) if target is None else target, shape), shape)
+
+
+def default_target(shape) -> tuple:
+    """The centre pixel's last channel: it has context on all sides, and sees its own earlier channels."""
+    C, H, W = shape
+    return (C - 1, H // 2, W // 2)
+
+
+# ------------------------------------------------------------------------ perturbation
+def _base_images(model, x, generator) -> torch.Tensor:
+    """The images to perturb, (N, C, H, W) long: x, or one random image drawn with `generator`."""
+    if x is None:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        x = torch.randint(model.levels, (1,) + tuple(model.shape), generator=g)
+    x = torch.as_tensor(x)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    return model.check_input(x, "x")
+
+
+def _perturbed(x0: torch.Tensor, levels: int, trials: int, generator) -> torch.Tensor:
+    """trials*D copies of one image x0 (C, H, W); copy (t, j) has dimension j set to a different value.
+
+    Returns (trials*D, C, H, W), ordered trial-major: row t*D + j changes dimension j."""
+    D = x0.numel()
+    flat = x0.reshape(1, D).repeat(trials * D, 1)  # (T*D, D)
+    j = torch.arange(D).repeat(trials)  # (T*D,) which dimension each copy changes
+    shift = torch.randint(1, levels, (trials * D,), generator=generator)  # never 0: the value really changes
+    rows = torch.arange(trials * D)
+    flat[rows, j] = (flat[rows, j] + shift.to(flat.device)) % levels
+    return flat.view(trials * D, *x0.shape)
+
+
+def _change(lp: torch.Tensor, lp0: torch.Tensor, rtol: float, atol: float):
+    """Compare log-probabilities lp with lp0 over the last axis (the K values).
+
+    Returns (max_k |lp - lp0|, moved), moved = some k is not close in torch.isclose's sense:
+    |lp - lp0| > atol + rtol * |lp0|. The rtol part absorbs float32 rounding, which grows with
+    |log p| (a kernel may sum in another order for another row of a batch)."""
+    diff = (lp - lp0).abs()
+    diff = torch.where(lp == lp0, torch.zeros_like(diff), diff)  # -inf == -inf is no change
+    moved = (diff > atol + rtol * lp0.abs()).any(-1)
+    return diff.amax(-1), moved
+
+
+def _labels(model, y, n):
+    """Class labels for a batch of n images (None for unconditional models; label 0 if y is None)."""
+    if getattr(model, "num_classes", None) is None:
+        return None
+    y = torch.zeros((), dtype=torch.long) if y is None else torch.as_tensor(y).reshape(-1)[:1].squeeze()
+    return y.expand(n).to(model.model_device)
+
+
+@torch.no_grad()
+def _sweep(model, x, trials, generator, y, batch_size, pick, rtol=1e-5, atol=1e-6):
+    """Perturb every input dimension of every base image, `trials` times, and return (change, moved):
+
+        change[j, ...] = max over images and trials of max_k |pick(conditionals(x'))_k - pick(conditionals(x))_k|
+        moved[j, ...]  = some image and trial moved it beyond the tolerance (see _change)
+
+    where pick selects the part of the (B, C, H, W, K) conditionals we care about."""
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()  # dropout off: the output must be a function of the input
+    dev = model.model_device
+    D = model.dims
+    changes, moves = [], []  # one (D, ...) result per base image
+    try:
+        for x0 in _base_images(model, x, g):
+            xs = _perturbed(x0, model.levels, trials, g)  # (T*D, C, H, W)
+            base = {}  # batch size -> conditionals of that many copies of x0
+            parts = []
+            for chunk in xs.split(batch_size):
+                b = len(chunk)
+                if b not in base:
+                    base[b] = pick(model.conditionals(x0.repeat(b, 1, 1, 1).to(dev), _labels(model, y, b)))
+                lp = pick(model.conditionals(chunk.to(dev), _labels(model, y, b)))  # (b, ...)
+                # row r is compared with x0 computed in the same row of a batch of the same size: the same
+                # arithmetic in the same order, so an input that does not matter changes nothing, exactly
+                parts.append([t.cpu() for t in _change(lp, base[b], rtol, atol)])
+            ch, mv = (torch.cat(p).view(trials, D, *p[0].shape[1:]) for p in zip(*parts))  # (T, D, ...)
+            changes.append(ch.float().amax(0))  # (D, ...): max over trials
+            moves.append(mv.any(0))
+    finally:
+        model.train(was_training)
+    return torch.stack(changes).amax(0), torch.stack(moves).any(0)  # over base images
+
+
+def dependency_map(model, x=None, *, target=None, trials: int = 2, generator=None, y=None,
+                   batch_size: int = 64) -> torch.Tensor:
+    """How much each input dimension moves the conditional of one target dimension: (C, H, W) float.
+
+    map[c, i, j] = max over trials of max_k |change of log p(x_target = k | ...)| when x[c, i, j]
+    is replaced by a random different value. target: (c, i, j), or (i, j) for the last channel;
+    default: `default_target` (the centre pixel's last channel). x: (C, H, W) or (N, C, H, W)
+    integer images to perturb (default: one random image from `generator`, seed 0 if None).
+    y: one class label for class-conditional models (default 0).
+    Costs trials*D forward passes of the whole model (batched): seconds for 28x28 images.
+    Tiny values (~1e-7) may be rounding rather than dependence: `context_map` applies a tolerance."""
+    c, i, j = as_coord(target, model.shape)
+    change, _ = _sweep(model, x, trials, generator, y, batch_size, lambda lp: lp[:, c, i, j, :])  # (D,)
+    return change.view(model.shape)
+
+
+def context_map(model, x=None, *, target=None, trials: int = 2, generator=None, y=None,
+                rtol: float = 1e-5, atol: float = 1e-6, batch_size: int = 64) -> torch.Tensor:
+    """(C, H, W) bool: the input dimensions that move the target's conditional (beyond rounding).
+
+    Same experiment as dependency_map; "moves" means some log p(x_target = k) is not
+    torch.isclose to its old value: |change| > atol + rtol * |log p|."""
+    c, i, j = as_coord(target, model.shape)
+    _, moved = _sweep(model, x, trials, generator, y, batch_size, lambda lp: lp[:, c, i, j, :], rtol, atol)
+    return moved.view(model.shape)
+
+
+def dependency_matrix(model, x=None, *, trials: int = 2, generator=None, y=None,
+                      batch_size: int = 64) -> torch.Tensor:
+    """M[d, j]: how much the conditional of dimension d moves when input dimension j changes: (D, D).
+
+    d and j index x.flatten(1), i.e. (c, i, j) -> (c*H + i)*W + j. trials*D forward passes, batched:
+    meant for small images."""
+    return _matrices(model, x, trials, generator, y, batch_size)[0]
+
+
+def _matrices(model, x, trials, generator, y, batch_size, rtol=1e-5, atol=1e-6):
+    """(change, moved), both (D targets, D inputs): see dependency_matrix and context_map."""
+    D, K = model.dims, model.levels
+    change, moved = _sweep(model, x, trials, generator, y, batch_size,
+                           lambda lp: lp.reshape(lp.shape[0], D, K), rtol, atol)  # (D inputs, D targets)
+    return change.T.contiguous(), moved.T.contiguous()
+
+
+# ----------------------------------------------------------------------------- report
+def context_categories(seen: torch.Tensor, rank: torch.Tensor, target) -> torch.Tensor:
+    """Label every dimension relative to `target`: (C, H, W) long with values
+
+    TARGET (the target itself), SEEN (moves the target), BLIND (earlier, but does not move it),
+    FUTURE (not earlier: must not move it; a leak if it does, shown as SEEN)."""
+    shape = tuple(rank.shape)
+    t = as_coord(target, shape)
+    earlier = rank < rank[t]
+    cat = torch.full(shape, FUTURE, dtype=torch.long)
+    cat[earlier] = BLIND
+    cat[seen.bool()] = SEEN
+    cat[t] = TARGET
+    return cat
+
+
+@dataclass
+class CausalityReport:
+    """What `check_causality` found.
+
+    matrix: (D, D) float, matrix[d, j] = change of d's conditional when input j changes (dependency_matrix);
+            d and j index x.flatten(1)
+    seen:   (D, D) bool, seen[d, j] = that change is beyond rounding (see context_map)
+    rank:   (C, H, W) long, the step at which the model generates each dimension
+    leaks:  list of (target, input) coordinate pairs ((c, i, j), (c, i, j)) where the target's conditional
+            moves although the input is not strictly earlier. Must be empty.
+    """
+
+    name: str
+    shape: tuple
+    matrix: torch.Tensor
+    seen: torch.Tensor
+    rank: torch.Tensor
+    trials: int
+    leaks: list
+
+    @property
+    def ok(self) -> bool:
+        """True when no leak was found."""
+        return not self.leaks
+
+    def _row(self, target) -> int:
+        return _flat(as_coord(target, self.shape), self.shape)
+
+    def context(self, target=None) -> torch.Tensor:
+        """(C, H, W) bool: the dimensions that move the target's conditional (default target: the centre)."""
+        return self.seen[self._row(target)].view(self.shape)
+
+    def earlier(self, target=None) -> torch.Tensor:
+        """(C, H, W) bool: the dimensions generated strictly before the target."""
+        return self.rank < self.rank.flatten()[self._row(target)]
+
+    def blind_spot(self, target=None) -> torch.Tensor:
+        """(C, H, W) bool: earlier dimensions that do NOT move the target (PixelCNN's hole above-right)."""
+        return self.earlier(target) & ~self.context(target)
+
+    def categories(self, target=None) -> torch.Tensor:
+        """(C, H, W) long: TARGET / SEEN / BLIND / FUTURE for every dimension (see context_categories)."""
+        return context_categories(self.context(target), self.rank, as_coord(target, self.shape))
+
+    def context_text(self, target=None) -> str:
+        """The target's context as text, one block per channel: X target, # seen, o blind spot, . future."""
+        symbols = {TARGET: "X", SEEN: "#", BLIND: "o", FUTURE: "."}
+        blocks = []
+        for c, cat in enumerate(self.categories(target)):
+            rows = [" ".join(symbols[int(v)] for v in row) for row in cat]
+            blocks.append(f"channel {c}:\n" + "\n".join(rows))
+        return "\n".join(blocks)
+
+    def _kind(self, d, j) -> str:
+        """Why input j may not be in d's context, in words."""
+        if d == j:
+            return "the dimension itself"
+        if self.rank[d] == self.rank[j]:
+            return "generated in the same step"
+        if d[1:] == j[1:]:
+            return "a later channel of the same pixel"
+        return "a later dimension"
+
+    def __str__(self) -> str:
+        D = self.seen.shape[0]
+        head = f"Causality check of {self.name} (shape {self.shape}, {D} dimensions, {self.trials} trials): "
+        if not self.ok:
+            lines = [f"  {d} moves when {j} changes: {self._kind(d, j)}" for d, j in self.leaks[:10]]
+            more = f"\n  ... and {len(self.leaks) - 10} more" if len(self.leaks) > 10 else ""
+            return head + f"LEAKS in {len(self.leaks)} (target, input) pairs\n" + "\n".join(lines) + more
+        r = self.rank.flatten()
+        earlier = r[None, :] < r[:, None]  # (D, D): [d, j] = j is generated before d
+        n_seen = (self.seen & earlier).sum(1).float()  # (D,)
+        n_blind = int((earlier & ~self.seen).sum())
+        return head + (f"OK, no leaks.\n  a conditional sees {n_seen.mean():.1f} earlier dimensions on average "
+                       f"(min {int(n_seen.min())}, max {int(n_seen.max())}); {n_blind} (dimension, earlier "
+                       f"dimension) pairs are blind spots")
+
+    __repr__ = __str__
+
+
+def check_causality(model, x=None, *, trials: int = 2, generator=None, y=None, rtol: float = 1e-5,
+                    atol: float = 1e-6, batch_size: int = 64) -> CausalityReport:
+    """Measure the full dependency matrix and list every leak: an input that is not strictly
+    earlier in the model's order (itself, a later dimension, or one filled in the same step)
+    but moves the conditional beyond rounding (|change| > atol + rtol * |log p|).
+    See the module docstring for the method and its limits; x, trials, generator, y as in dependency_map."""
+    M, seen = _matrices(model, x, trials, generator, y, batch_size, rtol, atol)  # (D, D) each
+    rank = step_rank(model)  # (C, H, W)
+    r = rank.flatten()
+    not_before = r[None, :] >= r[:, None]  # (D, D): [d, j] = j is not strictly before d
+    pairs = (seen & not_before).nonzero().tolist()
+    pairs.sort(key=lambda p: (int(r[p[0]]), int(r[p[1]])))  # first leaks in generation order first
+    leaks = [(_coord(d, model.shape), _coord(j, model.shape)) for d, j in pairs]
+    return CausalityReport(type(model).__name__, tuple(model.shape), M, seen, rank, trials, leaks)
+
+
+def assert_causal(model, x=None, **kwargs) -> CausalityReport:
+    """Raise AssertionError naming the first leaking (target, input) pairs; return the report if causal."""
+    report = check_causality(model, x, **kwargs)
+    if not report.ok:
+        raise AssertionError(str(report))
+    return report

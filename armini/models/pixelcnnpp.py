@@ -1,0 +1,235 @@
+"""PixelCNN++ (Salimans, Karpathy, Chen & Kingma, 2017, "PixelCNN++: Improving the PixelCNN
+with Discretized Logistic Mixture Likelihood and Other Modifications").
+
+The changes to PixelCNN, all here:
+
+1. Output (sec. 2.1): a discretised logistic mixture per pixel instead of a K-way
+   softmax per sub-pixel (armini.nn.dmol), so neighbouring values share probability
+   mass and the output layer has M * (1 + 2C + C(C-1)/2) channels instead of C * K.
+2. Conditioning on whole pixels (sec. 2.2): the network's output at pixel (i, j)
+   depends on earlier *pixels* only; the channels of a pixel are tied together inside
+   the mixture (the mean of G is shifted by R, the mean of B by R and G), so no
+   channel masks are needed anywhere.
+3. Two streams of shifted convolutions (armini.nn.shifted), as in Gated PixelCNN, so
+   there is no blind spot: u ("up") sees the rows above, ul ("up-left") sees the rows
+   above and the pixels to the left in the current row. ul reads u at every layer,
+   never the other way.
+
+       u  at (i, j):  . . . . .        ul at (i, j):  . . . . .
+                      # # # # #                       # # # # #
+                      # # # # #                       # # # # #
+                      . . o . .                       # # o . .
+
+4. Down-sampling (sec. 2.3: stride-2 shifted convolutions, up-sampling by stride-2
+   transposed ones) with shortcut connections (sec. 2.4) from the up pass (fine ->
+   coarse) to the down pass (coarse -> fine), like a U-net: 28 -> 14 -> 7 -> 14 -> 28.
+5. Every block is a gated resnet with dropout (sec. 2.5) and the reference code's
+   concatenated ELU:
+
+       c1 = conv(concat_elu(h)) [+ nin(concat_elu(skip))];  c2 = conv(dropout(concat_elu(c1)))
+       h  = h + a * sigmoid(b),   (a, b) = split(c2)
+
+Why it stays causal: a pixel's u lives on the rows strictly above it (the first
+layer is followed by a down-shift) and its ul on what is strictly before it in
+raster order (a down-shift plus a right-shift of the first layer); every later
+convolution reads the current position of features that already have that
+property. A stride-2 convolution reads positions up to (2i, 2j) into coarse
+position (i, j), and the transposed one writes (i, j) back into (2i..2i+1, 2j..2j+1),
+never earlier.
+
+Deviations from the paper: no weight normalisation or data-dependent init (plain
+convolutions, Adam is fine at this size); no class conditioning; any number of
+down-sampling stages (`n_stages`); images whose sides do not divide by 2^(n_stages-1)
+are zero-padded at the bottom and right (padding after the last row and column of
+each row keeps the raster order of the real pixels, so causality is unchanged);
+defaults are small (nr_filters 32, 1 resnet per stage, no dropout, instead of 160,
+5 and 0.5) so a CPU trains it in minutes (a few epochs do not overfit); the sampler
+draws from the exact per-sub-pixel conditionals through the shared loop
+(armini.nn.dmol.dmol_sample is the paper's sampler, given the parameters).
+
+Legend: B batch, C image channels, H, W height and width, K levels, F filters (nr_filters),
+P mixture parameters per pixel, S number of sampled dimensions in one step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..nn.dmol import dmol_conditionals, dmol_log_prob_pixels, dmol_num_params, to_unit_range
+from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
+from .base import ARModel
+
+
+def concat_elu(x: torch.Tensor) -> torch.Tensor:
+    """elu of x and of -x, side by side, so no sign is cut off (the reference code's nonlinearity): (B, 2F, H, W)."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+def down_shifted_conv(in_channels, out_channels, stride=1):
+    """The u stream's convolution: rows i-1..i, columns j-1..j+1."""
+    return DownShiftedConv2d(in_channels, out_channels, (2, 3), stride=stride)
+
+
+def down_right_shifted_conv(in_channels, out_channels, stride=1):
+    """The ul stream's convolution: rows i-1..i, columns j-1..j."""
+    return DownRightShiftedConv2d(in_channels, out_channels, (2, 2), stride=stride)
+
+
+class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
+    """Stride-2 up-sampling of the u stream: coarse (i, j) writes fine rows 2i, 2i+1 (never above)
+    and columns 2j-1..2j+1: (B, F, h, w) -> (B, F, 2h, 2w)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=(2, 3)):
+        super().__init__(in_channels, out_channels, kernel_size, stride=2)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        left = (self.kernel_size[1] - 1) // 2
+        return super().forward(x)[:, :, : 2 * h, left : left + 2 * w]  # (B, F, 2h, 2w)
+
+
+class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
+    """Stride-2 up-sampling of the ul stream: coarse (i, j) writes fine (2i..2i+1, 2j..2j+1),
+    all at or after (2i, 2j) in raster order: (B, F, h, w) -> (B, F, 2h, 2w)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=(2, 2)):
+        super().__init__(in_channels, out_channels, kernel_size, stride=2)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return super().forward(x)[:, :, : 2 * h, : 2 * w]  # (B, F, 2h, 2w)
+
+
+class GatedResnet(nn.Module):
+    """h + a * sigmoid(b), (a, b) = conv(dropout(concat_elu(conv(concat_elu(h)) + nin(concat_elu(skip)))))."""
+
+    def __init__(self, filters: int, conv, skip_channels: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.conv_in = conv(2 * filters, filters)
+        self.nin_skip = nn.Conv2d(2 * skip_channels, filters, 1) if skip_channels else None  # "nin": a 1x1 conv
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv_out = conv(2 * filters, 2 * filters)
+
+    def forward(self, h, skip=None):
+        c1 = self.conv_in(concat_elu(h))  # (B, F, H, W)
+        if skip is not None:
+            c1 = c1 + self.nin_skip(concat_elu(skip))  # the other stream, or the up pass's shortcut
+        c2 = self.conv_out(self.dropout(concat_elu(c1)))  # (B, 2F, H, W)
+        a, b = c2.chunk(2, dim=1)  # (B, F, H, W) each
+        return h + a * torch.sigmoid(b)  # gating
+
+
+@dataclass
+class PixelCNNppConfig:
+    shape: tuple = (1, 28, 28)
+    levels: int = 256
+    nr_filters: int = 32  # F, channels of both streams
+    nr_resnet: int = 1  # gated resnets per stage in the up pass (nr_resnet + 1 per stage in the down pass)
+    n_stages: int = 3  # resolutions: 28 -> 14 -> 7 (the paper: 32 -> 16 -> 8)
+    nr_mix: int = 5  # M, logistics in the mixture
+    dropout: float = 0.0  # on the gated resnets' hidden layer; the paper uses 0.5 (long training, overfitting)
+
+
+class PixelCNNpp(ARModel):
+    """PixelCNN++: two shifted-convolution streams in a U-net, discretised logistic mixture output."""
+
+    def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
+        super().__init__(shape, levels)
+        cfg = PixelCNNppConfig(shape=self.shape, levels=self.levels, **kwargs)
+        if cfg.nr_filters < 1 or cfg.nr_resnet < 0 or cfg.n_stages < 1 or cfg.nr_mix < 1:
+            raise ValueError(f"need nr_filters >= 1, nr_resnet >= 0, n_stages >= 1, nr_mix >= 1; got {cfg}")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout!r}")
+        self.config = cfg
+        C = self.shape[0]
+        Fn, R, S = cfg.nr_filters, cfg.nr_resnet, cfg.n_stages
+
+        def resnets(n, conv, skip):
+            return nn.ModuleList([GatedResnet(Fn, conv, skip, cfg.dropout) for _ in range(n)])
+
+        # first layer, on the image plus a channel of ones (so the convolutions' zero padding is visible)
+        self.u_init = DownShiftedConv2d(C + 1, Fn, (2, 3))  # rows above (after the down-shift)
+        self.ul_init_up = DownShiftedConv2d(C + 1, Fn, (1, 3))  # the row above (after the down-shift)
+        self.ul_init_left = DownRightShiftedConv2d(C + 1, Fn, (2, 1))  # left column (after the right-shift)
+        # up pass: fine -> coarse; ul reads u at the same position
+        self.up_u = nn.ModuleList([resnets(R, down_shifted_conv, 0) for _ in range(S)])
+        self.up_ul = nn.ModuleList([resnets(R, down_right_shifted_conv, Fn) for _ in range(S)])
+        self.downsize_u = nn.ModuleList([down_shifted_conv(Fn, Fn, stride=2) for _ in range(S - 1)])
+        self.downsize_ul = nn.ModuleList([down_right_shifted_conv(Fn, Fn, stride=2) for _ in range(S - 1)])
+        # down pass: coarse -> fine; every block also reads a shortcut from the up pass
+        n_down = [R] + [R + 1] * (S - 1)
+        self.down_u = nn.ModuleList([resnets(n, down_shifted_conv, Fn) for n in n_down])
+        self.down_ul = nn.ModuleList([resnets(n, down_right_shifted_conv, 2 * Fn) for n in n_down])
+        self.upsize_u = nn.ModuleList([DownShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
+        self.upsize_ul = nn.ModuleList([DownRightShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
+        self.nin_out = nn.Conv2d(Fn, dmol_num_params(C, cfg.nr_mix), 1)
+
+    def dmol_params(self, x: torch.Tensor) -> torch.Tensor:
+        """Mixture parameters (B, P, H, W) of every pixel, computed from the pixels strictly before it."""
+        B, C, H, W = x.shape
+        S = self.config.n_stages
+        h = to_unit_range(x.to(self.nin_out.weight.dtype), self.levels)  # (B, C, H, W) in [-1, 1]
+        h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (B, C+1, H, W)
+        # pad bottom and right to a multiple of 2^(S-1): the real pixels keep their raster order
+        step = 2 ** (S - 1)
+        h = F.pad(h, (0, -W % step, 0, -H % step))  # (B, C+1, H', W')
+
+        # up pass: keep every output for the shortcuts
+        u_list = [down_shift(self.u_init(h))]  # (B, F, H', W'): rows above
+        ul_list = [down_shift(self.ul_init_up(h)) + right_shift(self.ul_init_left(h))]  # above and left
+        for s in range(S):
+            for res_u, res_ul in zip(self.up_u[s], self.up_ul[s]):
+                u_list.append(res_u(u_list[-1]))
+                ul_list.append(res_ul(ul_list[-1], u_list[-1]))
+            if s < S - 1:
+                u_list.append(self.downsize_u[s](u_list[-1]))  # (B, F, H'/2^(s+1), W'/2^(s+1))
+                ul_list.append(self.downsize_ul[s](ul_list[-1]))
+
+        # down pass: consume the shortcuts in reverse
+        u, ul = u_list.pop(), ul_list.pop()
+        for s in range(S):
+            if s > 0:
+                u = self.upsize_u[s - 1](u)  # (B, F, 2h, 2w)
+                ul = self.upsize_ul[s - 1](ul)
+            for res_u, res_ul in zip(self.down_u[s], self.down_ul[s]):
+                u = res_u(u, u_list.pop())
+                ul = res_ul(ul, torch.cat([u, ul_list.pop()], dim=1))
+        assert not u_list and not ul_list
+
+        out = self.nin_out(F.elu(ul))  # (B, P, H', W')
+        return out[:, :, :H, :W]  # (B, P, H, W)
+
+    # ------------------------------------------------------------- likelihood
+    def log_prob_pixels(self, x, y=None):
+        x = self.check_input(x)
+        self.check_labels(y, x.shape[0])
+        return dmol_log_prob_pixels(self.dmol_params(x), x, self.levels)  # (B, C, H, W)
+
+    def conditionals(self, x, y=None):
+        x = self.check_input(x)
+        self.check_labels(y, x.shape[0])
+        return dmol_conditionals(self.dmol_params(x), x, self.levels)  # (B, C, H, W, K)
+
+    # --------------------------------------------------------------- sampling
+    def init_cache(self, x, y=None):
+        """The mixture parameters of the pixel being sampled: its later channels reuse them."""
+        return {}
+
+    def conditional_logprobs(self, x, index, y=None, cache=None):
+        """Only the sampled pixels' K-way conditionals (not the whole image's): (n, S, K).
+
+        The network output at pixel (i, j) does not depend on (i, j) itself, so G and B
+        reuse the parameters computed for R (one network pass per pixel, not per sub-pixel)."""
+        c, i, j = index.unbind(1)
+        key = (tuple(i.tolist()), tuple(j.tolist()))
+        if cache is not None and cache.get("pixels") == key:
+            params = cache["params"]
+        else:
+            params = self.dmol_params(x)[:, :, i, j]  # (n, P, S)
+            if cache is not None:
+                cache.update(pixels=key, params=params)
+        lp = dmol_conditionals(params[:, :, None], x[:, :, i, j][:, :, None], self.levels)  # (n, C, 1, S, K)
+        return lp[:, c, 0, torch.arange(len(c), device=x.device)]  # (n, S, K)

@@ -1,0 +1,393 @@
+"""Pictures for the lessons: image grids, training curves, per-pixel likelihood, masks,
+a model's context, and a widget to scrub through sampling one step at a time.
+
+Matplotlib only. Every drawing function takes an optional `ax` and returns what it drew on,
+so lessons can combine them in one figure. Images are integer tensors (B, C, H, W) with
+values in [0, K), as everywhere in armini; K = levels.
+
+    viz.show_images(model.sample(16), levels=model.levels)
+    viz.plot_context(model, target=(0, 14, 14))      # what does pixel (14, 14) see?
+    viz.SamplingScrubber(model, n=4)                 # a slider over sampling steps (in Jupyter)
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Patch, Rectangle
+
+from . import causality
+from .models.base import LN2
+
+
+# ------------------------------------------------------------------------------ images
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def make_grid(x, nrow: int = 8, pad: int = 1, pad_value: float = 0.0) -> np.ndarray:
+    """Tile images (B, C, H, W) into one array, `nrow` images per row, `pad` pixels between and around.
+
+    Returns (rows*(H+pad)+pad, cols*(W+pad)+pad) for C = 1, with a trailing C axis otherwise
+    (what plt.imshow wants); rows = ceil(B / nrow), cols = min(nrow, B)."""
+    x = _numpy(x).astype(np.float64)
+    if x.ndim != 4:
+        raise ValueError(f"make_grid wants images (B, C, H, W), got shape {x.shape}")
+    B, C, H, W = x.shape
+    cols = max(1, min(nrow, B))
+    rows = math.ceil(B / cols)
+    grid = np.full((C, rows * (H + pad) + pad, cols * (W + pad) + pad), pad_value, dtype=np.float64)
+    for b in range(B):
+        top, left = _tile_origin(b, cols, H, W, pad)
+        grid[:, top:top + H, left:left + W] = x[b]
+    return grid[0] if C == 1 else grid.transpose(1, 2, 0)  # (H', W') or (H', W', C)
+
+
+def _tile_origin(b: int, cols: int, H: int, W: int, pad: int) -> tuple:
+    """Top-left (row, column) of image b in make_grid's layout."""
+    return pad + (b // cols) * (H + pad), pad + (b % cols) * (W + pad)
+
+
+def _as_images(x, levels):
+    """Integer images (B, C, H, W), (C, H, W) or (H, W) -> floats (B, C, H, W) in [0, 1]."""
+    x = _numpy(x)
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)  # (B, C, H, W)
+    if x.shape[1] not in (1, 3):
+        x = x.reshape(-1, 1, *x.shape[2:])  # neither gray nor RGB: each channel as a gray image
+    if levels is None:
+        if np.issubdtype(x.dtype, np.floating):
+            return x.astype(np.float64)  # assume floats in [0, 1] already
+        levels = max(int(x.max()) + 1, 2)  # a guess: pass levels to be sure
+    return x.astype(np.float64) / (levels - 1)
+
+
+def show_images(x, levels=None, nrow: int = 8, ax=None, title=None):
+    """Show integer images (B, C, H, W) with values in [0, levels) as a grid (grayscale or RGB).
+
+    levels=None guesses max+1 for integers (floats are taken as [0, 1]): pass it when you know it.
+    Returns the axes."""
+    grid = make_grid(_as_images(x, levels), nrow=nrow, pad=1, pad_value=1.0)
+    ax = ax or plt.subplots(figsize=(min(12, 1 + grid.shape[1] / 12), min(12, 1 + grid.shape[0] / 12)))[1]
+    ax.imshow(grid.clip(0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# ---------------------------------------------------------------------------- training
+def _curve(points):
+    """[(step, bpd), ...] or [bpd, ...] -> (steps, values) arrays."""
+    points = list(points)
+    if points and np.ndim(points[0]) == 0:
+        return np.arange(1, len(points) + 1), np.asarray(points, dtype=float)
+    arr = np.asarray(points, dtype=float).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
+
+
+def plot_curves(history, ax=None, title=None):
+    """Train and test bits/dim against training steps.
+
+    history: an object with `.train` and `.test` lists of (step, bpd) pairs (what armini's training
+    loop returns), or a dict with those keys. Plain lists of numbers are plotted against 1, 2, ..."""
+    get = history.get if isinstance(history, dict) else (lambda k, d=None: getattr(history, k, d))
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for name, style in (("train", "-"), ("test", "o-")):
+        points = get(name, None)
+        if points:
+            steps, bpd = _curve(points)
+            ax.plot(steps, bpd, style, label=f"{name} ({bpd[-1]:.3f} at the end)", markersize=4)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("bits / dimension")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+@torch.no_grad()
+def nll_heatmap(model, x, ax=None, nrow: int = 8, y=None):
+    """Per-pixel cost -log2 p(x_ij | earlier) in bits, summed over channels, beside the images.
+
+    x: integer images (B, C, H, W). ax: None or a pair of axes (images, heatmap).
+    Returns (axes, nll) with nll a (B, H, W) numpy array of bits per pixel."""
+    was_training = model.training
+    model.eval()
+    try:
+        lp = model.log_prob_pixels(x.to(model.model_device), y)  # (B, C, H, W) nats
+    finally:
+        model.train(was_training)
+    nll = (-lp / LN2).sum(1).cpu().numpy()  # (B, H, W) bits: -log2 p = -ln p / ln 2
+    if ax is None:
+        ax = plt.subplots(1, 2, figsize=(10, 4))[1]
+    show_images(x, model.levels, nrow=nrow, ax=ax[0], title="images")
+    heat = make_grid(nll[:, None], nrow=nrow, pad=1, pad_value=np.nan)  # padding stays blank
+    im = ax[1].imshow(heat, cmap="magma", interpolation="nearest")
+    ax[1].set_axis_off()
+    ax[1].set_title(f"-log2 p per pixel (mean {nll.mean():.2f} bits)")
+    ax[1].figure.colorbar(im, ax=ax[1], label="bits", shrink=0.8)
+    return ax, nll
+
+
+# ------------------------------------------------------------------------ masks, context
+def plot_mask(mask, ax=None, title=None):
+    """Draw a k x k 0/1 mask as a grid with its numbers (masks A and B of lesson 02).
+
+    A 4-D conv mask (out, in, k, k) shows its [0, 0] slice; the centre tap is outlined."""
+    m = _numpy(mask)
+    m = m[0, 0] if m.ndim == 4 else m  # (k, k)
+    k = m.shape[0]
+    ax = ax or plt.subplots(figsize=(0.5 * k + 1, 0.5 * k + 1))[1]
+    ax.imshow(m, cmap="Blues", vmin=-0.3, vmax=1.3)
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=11)
+    ax.set_xticks(np.arange(-0.5, m.shape[1]), minor=True)
+    ax.set_yticks(np.arange(-0.5, k), minor=True)
+    ax.grid(which="minor", color="k", linewidth=0.5)
+    ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+    ax.add_patch(Rectangle((k // 2 - 0.5, k // 2 - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+CONTEXT_COLOURS = {  # category of causality.context_categories -> (colour, legend label)
+    causality.FUTURE: ("#d9d9d9", "future (must not be seen)"),
+    causality.BLIND: ("#f4a261", "earlier but not seen (blind spot)"),
+    causality.SEEN: ("#2a6f97", "seen"),
+    causality.TARGET: ("#e63946", "target"),
+}
+
+
+def plot_context(model_or_map, target=None, ax=None, *, channel=None, x=None, generator=None, title=None):
+    """Draw which pixels move the conditional of `target` (c, i, j): target, seen, blind spot, future.
+
+    model_or_map: an ARModel (measured here with causality.context_map), a causality.CausalityReport,
+    or a (C, H, W) dependency map (non-zero = seen; "earlier" then means raster order).
+    With C > 1 every pixel is drawn as C vertical stripes (its channels, left to right);
+    channel=c draws that channel only."""
+    obj = model_or_map
+    if isinstance(obj, causality.CausalityReport):
+        seen, rank = obj.context(target), obj.rank
+    elif isinstance(obj, torch.nn.Module):
+        seen = causality.context_map(obj, x, target=target, generator=generator)
+        rank = causality.step_rank(obj)
+    else:
+        seen = torch.as_tensor(obj) != 0
+        rank = causality.raster_rank(seen.shape)
+    target = causality.as_coord(target, tuple(rank.shape))
+    cat = causality.context_categories(seen, rank, target)  # (C, H, W)
+    cat = cat[channel:channel + 1] if channel is not None else cat
+    C, H, W = cat.shape
+    stripes = cat.permute(1, 2, 0).reshape(H, W * C).numpy()  # each pixel: C thin stripes, R G B
+    colours = [CONTEXT_COLOURS[k][0] for k in sorted(CONTEXT_COLOURS)]
+    ax = ax or plt.subplots(figsize=(4.5, 4))[1]
+    ax.imshow(stripes, cmap=matplotlib.colors.ListedColormap(colours), vmin=-0.5, vmax=len(colours) - 0.5,
+              interpolation="nearest", aspect=C)  # aspect C keeps pixels square
+    ax.set_xticks(np.arange(-0.5, W * C, C), minor=True)
+    ax.set_yticks(np.arange(-0.5, H), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.5 if max(H, W) > 12 else 1)
+    ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+    handles = [Patch(color=c, label=lab) for c, lab in CONTEXT_COLOURS.values()][::-1]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    note = f"\n(each pixel: channels 0..{C - 1}, left to right)" if C > 1 else ""
+    ax.set_title(title or f"context of {target}{note}")
+    return ax
+
+
+# --------------------------------------------------------------------------- sampling
+NOT_YET = (0.78, 0.86, 0.95)  # colour of the pixels a sampler has not generated yet
+
+
+def static_mode() -> bool:
+    """True when widgets cannot be shown: ARMINI_STATIC=1, the Agg backend, or no ipywidgets."""
+    if os.environ.get("ARMINI_STATIC", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if matplotlib.get_backend().lower() == "agg":
+        return True
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def _display(obj) -> bool:
+    """Show obj with IPython's display when running under IPython; return whether it was shown."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return False
+    if get_ipython() is None:
+        return False
+    display(obj)
+    return True
+
+
+class SamplingScrubber:
+    """Sample once, then look at any step: the image so far and the distribution it drew from.
+
+    While `model.sample` runs, a callback records for every step t the dimensions filled
+    (index, (S, 3)) and their predictive distributions (probs, (n, S, K)). The partial image
+    at step t is not stored: it is the final image with every dimension filled after step t
+    set to 0 (what the sampler holds there), since `step_of[b, c, i, j]` records when each
+    dimension was filled (-1 for observed ones).
+
+        s = SamplingScrubber(model, n=4, generator=torch.Generator().manual_seed(0))
+        s                      # in Jupyter: a slider and a play button
+        s.frame(100)           # (partial images, probs of image 0, (c, i, j), value) at step 100
+        s.show()               # a static strip of frames where widgets cannot run
+
+    `callback` is also called at every step with the SampleStep (e.g. to check or log it).
+    """
+
+    def __init__(self, model, n: int = 1, generator=None, y=None, x=None, observed=None,
+                 temperature: float = 1.0, image: int = 0, callback=None):
+        self.model, self.image, self.current = model, int(image), 0
+        self.indices, self.probs = [], []  # per step: (S, 3) long, (n, S, K) float32
+        n = int(n)
+        self.step_of = torch.full((n,) + tuple(model.shape), -1, dtype=torch.long)  # (n, C, H, W)
+        observed_mask = None if observed is None else torch.as_tensor(observed, dtype=torch.bool).cpu()
+
+        def record(step):
+            c, i, j = step.index.cpu().unbind(1)
+            self.indices.append(step.index.cpu().clone())
+            self.probs.append(step.probs.detach().float().cpu().clone())
+            self.step_of[:, c, i, j] = step.step
+            if callback is not None:
+                callback(step)
+
+        self.final = model.sample(n, x=x, observed=observed, y=y, generator=generator,
+                                  temperature=temperature, callback=record).cpu()  # (n, C, H, W)
+        if observed_mask is not None:
+            self.step_of[observed_mask.expand_as(self.step_of)] = -1  # known from the start
+        self._widget = None
+
+    @property
+    def steps(self) -> int:
+        """Number of sampling steps recorded."""
+        return len(self.indices)
+
+    def partial(self, t: int) -> torch.Tensor:
+        """The image after step t (n, C, H, W): dimensions filled later hold 0, as in the sampler."""
+        return torch.where(self.step_of <= t, self.final, torch.zeros_like(self.final))
+
+    def frame(self, t: int):
+        """Step t as (partial images (n, C, H, W) numpy, probs (K,) numpy, (c, i, j), sampled value).
+
+        probs and value are those of image `self.image` and the first dimension filled at step t."""
+        if not 0 <= t < self.steps:
+            raise IndexError(f"step {t} is outside 0..{self.steps - 1}")
+        c, i, j = (int(v) for v in self.indices[t][0])
+        probs = self.probs[t][self.image, 0].numpy()  # (K,)
+        return self.partial(t).numpy(), probs, (c, i, j), int(self.final[self.image, c, i, j])
+
+    # ------------------------------------------------------------------ drawing
+    def _draw(self, t: int, ax_img, ax_bar):
+        """Partial images with the current pixel boxed in red (left), its distribution (right)."""
+        images, probs, (c, i, j), value = self.frame(t)
+        n, C, H, W = images.shape
+        rgb = images / (self.model.levels - 1)  # (n, C, H, W) in [0, 1]
+        rgb = rgb if C == 3 else rgb[:, :1].repeat(3, axis=1)  # (n, 3, H, W): gray as RGB
+        todo = (self.step_of > t).all(1).numpy()  # (n, H, W): no channel generated yet
+        rgb.transpose(0, 2, 3, 1)[todo] = NOT_YET  # pixels still to come, in a colour of their own
+        cols = min(n, 8)
+        ax_img.imshow(make_grid(rgb, nrow=cols, pad=1, pad_value=1.0), interpolation="nearest")
+        for b in range(n):
+            top, left = _tile_origin(b, cols, H, W, 1)
+            ax_img.add_patch(Rectangle((left + j - 0.5, top + i - 0.5), 1, 1, fill=False, edgecolor="red",
+                                       linewidth=1.5))
+        ax_img.set_axis_off()
+        ax_img.set_title(f"step {t + 1}/{self.steps}: pixel ({i}, {j})" + (f", channel {c}" if C > 1 else ""))
+        bars = ax_bar.bar(np.arange(len(probs)), probs, color="#2a6f97", width=1.0)
+        bars[value].set_color("#e63946")
+        ax_bar.set_xlabel("value")
+        ax_bar.set_ylabel("probability")
+        how = "given" if self.step_of[self.image, c, i, j] < 0 else "sampled"  # observed dims are kept
+        ax_bar.set_title(f"p(x = . | earlier), {how} {value}")
+        ax_bar.set_ylim(0, max(1e-3, float(probs.max())) * 1.1)
+
+    def render(self, t: int):
+        """A matplotlib figure of step t. Returns the figure."""
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1.2, 1]})
+        self._draw(t, a, b)
+        fig.tight_layout()
+        return fig
+
+    def static(self, frames: int = 6):
+        """A strip of `frames` evenly spaced steps: partial images above, distributions below."""
+        ts = np.unique(np.linspace(0, self.steps - 1, frames).round().astype(int))
+        fig, axes = plt.subplots(2, len(ts), figsize=(2.6 * len(ts), 5), squeeze=False)
+        for k, t in enumerate(ts):
+            self._draw(int(t), axes[0, k], axes[1, k])
+            axes[0, k].title.set_fontsize(8)
+            axes[1, k].title.set_fontsize(8)
+        fig.tight_layout()
+        return fig
+
+    # ------------------------------------------------------------------ widget
+    def widget(self):
+        """The ipywidgets VBox: play button and step slider above the picture of the current step."""
+        if self._widget is None:
+            import ipywidgets as w
+
+            slider = w.IntSlider(value=0, min=0, max=self.steps - 1, description="step",
+                                 continuous_update=False, layout=w.Layout(width="60%"))
+            play = w.Play(value=0, min=0, max=self.steps - 1, interval=100, description="play")
+            w.jslink((play, "value"), (slider, "value"))  # the browser moves the slider while playing
+            slider.observe(self._on_change, names="value")
+            self._parts = {"slider": slider, "play": play, "output": w.Output()}
+            self._widget = w.VBox([w.HBox([play, slider]), self._parts["output"]])
+            self._update(0)
+        return self._widget
+
+    @property
+    def slider(self):
+        """The step slider (built on first use); setting slider.value moves to that step."""
+        self.widget()
+        return self._parts["slider"]
+
+    @property
+    def output(self):
+        """The widget's output area, where the current step is drawn."""
+        self.widget()
+        return self._parts["output"]
+
+    def _on_change(self, change):
+        """Slider callback: move to the new step."""
+        self._update(int(change["new"]))
+
+    def _update(self, t: int):
+        """Make step t current and redraw it into the output area (when a front end shows it)."""
+        self.current = t
+        from IPython import get_ipython
+
+        if get_ipython() is None:
+            return  # no front end (a test, a script): keep the state, skip the picture
+        out = self._parts["output"]
+        out.clear_output(wait=True)
+        with out:
+            fig = self.render(t)
+            _display(fig)
+            plt.close(fig)
+
+    def show(self):
+        """Display the widget, or the static strip (static_mode()) where widgets cannot run.
+
+        Outside IPython the static figure is left open for plt.savefig; nothing is returned."""
+        if not static_mode():
+            _display(self.widget())
+            return
+        fig = self.static()
+        if _display(fig):
+            plt.close(fig)  # shown once; the inline backend would show it again
+
+    def _ipython_display_(self):
+        self.show()

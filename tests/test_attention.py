@@ -1,0 +1,158 @@
+"""armini.nn.attention: causal masks (strict, local), the zero first row, KV cache = full forward."""
+import math
+
+import pytest
+import torch
+
+from armini.nn.attention import CausalSelfAttention, KVCache, attention_mask, local_2d_mask
+
+B, T, DIM = 2, 9, 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids the cost of syncing threads on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def naive_attention(layer, x, context=None, allowed=None):
+    """softmax(q_i . k_j / sqrt(d_k) over allowed j) weighted sum of v_j, one query at a time."""
+    c = x if context is None else context
+    nh = layer.n_heads
+    q, k, v = layer.query(x), layer.key(c), layer.value(c)  # (B, T, nh*d)
+    dk, dv = q.shape[-1] // nh, v.shape[-1] // nh
+    out = torch.zeros(x.shape[0], x.shape[1], v.shape[-1])
+    for b in range(x.shape[0]):
+        for h in range(nh):
+            for i in range(x.shape[1]):
+                js = [j for j in range(x.shape[1]) if allowed[i, j]]
+                if not js:
+                    continue  # no key: the head outputs 0
+                qi = q[b, i, h * dk:(h + 1) * dk]
+                scores = torch.stack([qi @ k[b, j, h * dk:(h + 1) * dk] for j in js]) / math.sqrt(dk)
+                p = torch.softmax(scores, 0)
+                out[b, i, h * dv:(h + 1) * dv] = sum(p[n] * v[b, j, h * dv:(h + 1) * dv] for n, j in enumerate(js))
+    y = layer.proj(out)
+    empty = ~allowed.any(1)
+    y[:, empty] = 0.0
+    return y
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+@pytest.mark.parametrize("strict", [False, True])
+def test_matches_naive_reference(n_heads, strict):
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(DIM, n_heads, strict=strict)
+    x = torch.randn(B, T, DIM)
+    allowed = torch.tensor([[(j < i) if strict else (j <= i) for j in range(T)] for i in range(T)])
+    ref = naive_attention(layer, x, allowed=allowed)
+    torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)  # the fused is_causal path
+    masked = CausalSelfAttention(DIM, n_heads, strict=strict, mask=torch.ones(T, T, dtype=torch.bool))
+    masked.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(masked(x), ref, atol=1e-5, rtol=1e-5)  # the boolean-mask path
+    y, w = layer(x, return_weights=True)  # the written-out path
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    assert w.shape == (B, n_heads, T, T)
+    assert (w[..., ~allowed] == 0).all()
+    sums = w.sum(-1)  # each row sums to 1, except a row with no key
+    torch.testing.assert_close(sums[..., 1:], torch.ones_like(sums[..., 1:]))
+    torch.testing.assert_close(sums[..., 0], torch.full_like(sums[..., 0], 0.0 if strict else 1.0))
+
+
+def test_attention_mask_definition():
+    m = attention_mask(4, 4)
+    assert torch.equal(m, torch.ones(4, 4, dtype=torch.bool).tril())
+    assert torch.equal(attention_mask(4, 4, strict=True), torch.ones(4, 4, dtype=torch.bool).tril(-1))
+    w = attention_mask(5, 5, window=2)  # i-2 < j <= i
+    assert w.sum(1).tolist() == [1, 2, 2, 2, 2] and w[4, 3] and w[4, 4] and not w[4, 2]
+    ws = attention_mask(5, 5, window=2, strict=True)  # i-2 <= j < i
+    assert ws.sum(1).tolist() == [0, 1, 2, 2, 2] and ws[4, 2] and ws[4, 3] and not ws[4, 4]
+    # rows of a later chunk (offset) are the matching rows of the full mask
+    assert torch.equal(attention_mask(2, 5, offset=3, window=2), w[3:5])
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+def test_strict_first_row_is_zero_without_nan(with_context):
+    torch.manual_seed(0)
+    kv = DIM + 3
+    layer = CausalSelfAttention(DIM, 2, strict=True, kv_dim=kv if with_context else None)
+    x = torch.randn(B, T, DIM, requires_grad=True)
+    c = torch.randn(B, T, kv, requires_grad=True) if with_context else None
+    y = layer(x, c)
+    assert torch.isfinite(y).all()
+    assert (y[:, 0] == 0).all()  # exactly zero, not NaN, not the output bias
+    y.square().sum().backward()
+    grads = [x.grad] + ([c.grad] if with_context else []) + [p.grad for p in layer.parameters()]
+    assert all(torch.isfinite(g).all() for g in grads)
+    _, w = layer(x, c, return_weights=True)
+    assert torch.isfinite(w).all() and (w[:, :, 0] == 0).all()
+
+
+def _moved_rows(layer, x, c, j, which):
+    """Rows of the output that change when position j of `which` ('x' or 'c') changes."""
+    with torch.no_grad():
+        y0 = layer(x, c)
+        x2, c2 = x.clone(), (None if c is None else c.clone())
+        (x2 if which == "x" else c2)[:, j] += 1.0
+        return ((layer(x2, c2) - y0).abs().amax((0, 2)) > 0).nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_causality_by_perturbation(strict):
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(DIM, 2, strict=strict, kv_dim=5)
+    x, c = torch.randn(B, T, DIM), torch.randn(B, T, 5)
+    for j in range(T):
+        first = j + 1 if strict else j
+        assert _moved_rows(layer, x, c, j, "c") == list(range(first, T))  # keys/values: later queries only
+        n_keys = j if strict else j + 1  # with a single key, softmax gives it weight 1 whatever the query
+        assert _moved_rows(layer, x, c, j, "x") == ([j] if n_keys > 1 else [])  # a query only moves its own row
+
+
+def test_window_is_local():
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(DIM, 2, window=3)
+    x = torch.randn(B, T, DIM)
+    for j in range(T):
+        assert _moved_rows(layer, x, None, j, "x") == list(range(j, min(j + 3, T)))
+    allowed = attention_mask(T, T, window=3)
+    torch.testing.assert_close(layer(x), naive_attention(layer, x, allowed=allowed), atol=1e-5, rtol=1e-5)
+
+
+def test_local_2d_mask():
+    m = local_2d_mask(4, 5, rows=1, cols=1).view(4, 5, 4, 5)  # [query i, j, key i', j']
+    assert m[2, 2, 1, 1] and m[2, 2, 1, 3] and m[2, 2, 2, 1] and m[2, 2, 2, 3]  # (2,3) later: causal mask hides it
+    assert not m[2, 2, 0, 2] and not m[2, 2, 1, 4] and not m[2, 2, 3, 2]
+    mc = local_2d_mask(2, 2, rows=0, cols=0, C=3)  # only the own pixel's 3 sub-pixel tokens
+    assert torch.equal(mc, torch.block_diag(*[torch.ones(3, 3)] * 4).bool())
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(DIM, 1, mask=local_2d_mask(3, 3, rows=1, cols=0))
+    x = torch.randn(1, 9, DIM)
+    allowed = local_2d_mask(3, 3, rows=1, cols=0) & attention_mask(9, 9)
+    torch.testing.assert_close(layer(x), naive_attention(layer, x, allowed=allowed), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(strict=True), dict(window=3), dict(strict=True, window=2),
+                                     dict(mask=local_2d_mask(3, 3, rows=1, cols=1))])
+def test_kv_cache_equals_full_forward(options):
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(DIM, 2, kv_dim=6, key_dim=4, **options)
+    x, c = torch.randn(B, T, DIM), torch.randn(B, T, 6)
+    full = layer(x, c)
+    for chunks in ([1] * T, [4, 1, 3, 1]):  # one position per call, and uneven chunks
+        cache, outs, t = KVCache(), [], 0
+        for n in chunks:
+            outs.append(layer(x[:, t:t + n], c[:, t:t + n], cache=cache))
+            t += n
+        assert len(cache) == T
+        torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="multiples of n_heads"):
+        CausalSelfAttention(10, 4)
+    with pytest.raises(ValueError, match="window"):
+        CausalSelfAttention(8, 2, window=0)

@@ -1,0 +1,223 @@
+"""The causality inspector on hand-made tiny models whose true dependencies we know exactly."""
+import pytest
+import torch
+import torch.nn as nn
+
+from armini import causality
+from armini.causality import assert_causal, check_causality, dependency_map, dependency_matrix
+from armini.models import ARModel, IndependentPixels
+
+
+class ReadsAR(ARModel):
+    """A toy AR model whose conditional d reads exactly the inputs j with reads[d, j] = True.
+
+    logits[d, k] = b[d, k] + sum_j reads[d, j] W[d, k, j] x_j / (K - 1); d, j index x.flatten(1)."""
+
+    def __init__(self, shape, levels, reads):
+        super().__init__(shape, levels)
+        D = self.dims
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("reads", reads.float())
+        self.W = nn.Parameter(torch.randn(D, levels, D, generator=g) + 1.0)  # (D, K, D), far from 0
+        self.b = nn.Parameter(torch.randn(D, levels, generator=g))
+
+    def conditionals(self, x, y=None):
+        s = x.flatten(1).float() / (self.levels - 1)  # (B, D)
+        logits = torch.einsum("dkj,bj->bdk", self.W * self.reads[:, None, :], s) + self.b  # (B, D, K)
+        return torch.log_softmax(logits, -1).view(x.shape[0], *self.shape, self.levels)
+
+
+def causal_reads(shape, rank=None):
+    """reads[d, j] = j strictly before d in `rank` (default raster order): (D, D) bool."""
+    r = (causality.raster_rank(shape) if rank is None else rank).flatten()
+    return r[None, :] < r[:, None]
+
+
+def flat(c, i, j, shape):
+    C, H, W = shape
+    return (c * H + i) * W + j
+
+
+def test_correct_model_has_no_leaks_and_the_matrix_recovers_its_reads():
+    shape = (1, 3, 4)
+    reads = causal_reads(shape)
+    model = ReadsAR(shape, 3, reads)
+    report = check_causality(model)
+    assert report.ok and report.leaks == []
+    assert torch.equal(report.seen, reads)  # every dependency found, none invented
+    M = dependency_matrix(model)
+    assert M.shape == (12, 12)
+    assert torch.equal(M > 0, reads)
+    assert_causal(model)  # does not raise
+    assert "OK" in str(report)
+
+
+def test_leak_of_the_current_pixel_is_flagged():
+    shape = (1, 3, 3)
+    reads = causal_reads(shape)
+    d = flat(0, 1, 1, shape)
+    reads[d, d] = True  # pixel (1, 1) peeks at itself
+    report = check_causality(ReadsAR(shape, 4, reads))
+    assert not report.ok
+    assert report.leaks == [((0, 1, 1), (0, 1, 1))]
+    assert "itself" in str(report)
+    with pytest.raises(AssertionError, match=r"\(0, 1, 1\) moves when \(0, 1, 1\) changes"):
+        assert_causal(ReadsAR(shape, 4, reads))
+
+
+def test_leak_of_a_future_pixel_is_flagged():
+    shape = (1, 4, 4)
+    reads = causal_reads(shape)
+    reads[flat(0, 0, 2, shape), flat(0, 2, 3, shape)] = True  # (0, 2) reads a pixel two rows below
+    report = check_causality(ReadsAR(shape, 2, reads))
+    assert report.leaks == [((0, 0, 2), (0, 2, 3))]
+    assert "a later dimension" in str(report)
+
+
+def test_channel_leak_is_flagged():
+    shape = (3, 2, 2)
+    reads = causal_reads(shape)
+    reads[flat(0, 1, 0, shape), flat(1, 1, 0, shape)] = True  # R of pixel (1, 0) reads its own G
+    report = check_causality(ReadsAR(shape, 3, reads))
+    assert report.leaks == [((0, 1, 0), (1, 1, 0))]
+    assert "later channel of the same pixel" in str(report)
+    # ...while G reading R of the same pixel is fine: R comes first
+    assert report.context((1, 1, 0))[0, 1, 0]
+
+
+def test_independent_pixels_see_nothing():
+    model = IndependentPixels((1, 4, 4), 4)
+    with torch.no_grad():
+        model.logits.normal_()
+    report = check_causality(model)
+    assert report.ok
+    assert not report.seen.any()
+    target = (0, 2, 2)
+    assert not report.context(target).any()
+    assert torch.equal(report.blind_spot(target), report.earlier(target))  # every earlier pixel unseen
+    assert int(report.earlier(target).sum()) == 2 * 4 + 2
+    assert not dependency_map(model, target=target).any()
+
+
+def test_dependency_map_is_a_row_of_the_matrix_and_targets_default_to_the_centre():
+    shape = (2, 3, 3)
+    model = ReadsAR(shape, 3, causal_reads(shape))
+    M = dependency_matrix(model, trials=1, generator=torch.Generator().manual_seed(3))
+    m = dependency_map(model, trials=1, generator=torch.Generator().manual_seed(3))  # default target
+    assert causality.default_target(shape) == (1, 1, 1)
+    assert m.shape == shape
+    assert torch.equal(m.flatten(), M[flat(1, 1, 1, shape)])
+    # (i, j) means the pixel's last channel
+    assert torch.equal(dependency_map(model, target=(1, 1)), dependency_map(model, target=(1, 1, 1)))
+    with pytest.raises(ValueError, match="outside the image"):
+        dependency_map(model, target=(0, 3, 0))
+
+
+def test_own_generation_order_defines_what_is_earlier():
+    class Reversed(ReadsAR):
+        def generation_order(self):
+            return super().generation_order().flip(0)  # bottom-right pixel first
+
+    shape = (1, 3, 3)
+    rank = causality.raster_rank(shape).flip(1, 2)  # step of each pixel in reversed raster order
+    model = Reversed(shape, 3, causal_reads(shape, rank))
+    report = check_causality(model)
+    assert report.ok, str(report)
+    assert torch.equal(report.rank, rank)
+    # the same reads under raster order leak: every read is of a later pixel
+    assert not check_causality(ReadsAR(shape, 3, causal_reads(shape, rank))).ok
+
+
+def test_dimensions_generated_in_the_same_step_must_not_see_each_other():
+    class Pairs(ReadsAR):
+        def sampling_steps(self):  # two pixels per step, in raster order
+            return list(self.generation_order().split(2))
+
+    shape = (1, 2, 2)
+    rank = torch.tensor([[[0, 0], [1, 1]]])
+    ok = Pairs(shape, 3, causal_reads(shape, rank))
+    assert check_causality(ok).ok
+    reads = causal_reads(shape, rank)
+    reads[flat(0, 0, 1, shape), flat(0, 0, 0, shape)] = True  # fine in raster order, not in pairs
+    report = check_causality(Pairs(shape, 3, reads))
+    assert report.leaks == [((0, 0, 1), (0, 0, 0))]
+    assert "same step" in str(report)
+
+
+def test_step_rank_rejects_orders_that_skip_or_repeat_dimensions():
+    class Bad(ReadsAR):
+        def sampling_steps(self):
+            steps = list(self.generation_order().split(1))
+            return steps[:-1] + [steps[0]]
+
+    model = Bad((1, 2, 2), 2, causal_reads((1, 2, 2)))
+    with pytest.raises(ValueError, match="twice"):
+        causality.step_rank(model)
+
+
+def test_dropout_is_off_and_the_model_is_left_as_found():
+    class Dropped(ReadsAR):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.drop = nn.Dropout(0.5)
+
+        def conditionals(self, x, y=None):
+            return torch.log_softmax(self.drop(super().conditionals(x)), -1)
+
+    shape = (1, 3, 3)
+    model = Dropped(shape, 3, causal_reads(shape)).train()
+    before = [p.clone() for p in model.parameters()]
+    assert check_causality(model).ok  # with dropout on, every output would "move"
+    assert model.training
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_minus_infinity_log_probs_are_no_change():
+    class Impossible(ReadsAR):
+        def conditionals(self, x, y=None):
+            lp = super().conditionals(x).clone()
+            lp[..., 0] = -float("inf")  # value 0 is impossible everywhere (not normalised: fine here)
+            return lp
+
+    shape = (1, 2, 3)
+    assert check_causality(Impossible(shape, 3, causal_reads(shape))).ok
+
+
+def test_class_conditional_models_get_labels():
+    class Conditional(ReadsAR):
+        num_classes = 3
+
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.emb = nn.Parameter(torch.randn(3, self.levels))
+
+        def conditionals(self, x, y=None):
+            y = self.check_labels(y, x.shape[0])
+            return torch.log_softmax(super().conditionals(x) + self.emb[y][:, None, None, None, :], -1)
+
+    shape = (1, 2, 2)
+    model = Conditional(shape, 3, causal_reads(shape))
+    assert check_causality(model).ok  # label 0 by default
+    assert check_causality(model, y=2).ok
+
+
+def test_several_base_images_and_user_images():
+    shape = (1, 2, 3)
+    model = ReadsAR(shape, 4, causal_reads(shape))
+    x = torch.randint(4, (3, 1, 2, 3), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(dependency_matrix(model, x) > 0, causal_reads(shape))
+    assert dependency_map(model, x[0]).shape == shape  # one (C, H, W) image works too
+    with pytest.raises(TypeError):
+        dependency_matrix(model, x.float())
+
+
+def test_context_text_and_categories():
+    shape = (1, 3, 3)
+    reads = causal_reads(shape)
+    reads[flat(0, 1, 1, shape), flat(0, 0, 2, shape)] = False  # a hole above-right
+    report = check_causality(ReadsAR(shape, 3, reads))
+    assert report.blind_spot((0, 1, 1)).nonzero().tolist() == [[0, 0, 2]]
+    assert report.context_text((0, 1, 1)) == "channel 0:\n# # o\n# X .\n. . ."
+    cat = report.categories((0, 1, 1))
+    assert cat[0, 1, 1] == causality.TARGET and cat[0, 0, 2] == causality.BLIND
+    assert cat[0, 0, 0] == causality.SEEN and cat[0, 2, 2] == causality.FUTURE

@@ -1,0 +1,267 @@
+"""Correctness of every model in armini.models.MODELS: the contract of armini/models/base.py.
+
+Every model must: give normalised conditionals (each K-vector, and the whole distribution over
+all images of a tiny shape), agree between conditionals / log_prob_pixels / log_prob / loss,
+be causal in its own generation order (at initialisation and after training steps), sample
+reproducibly, agree with its own likelihood while sampling, and reject bad input with a clear
+message. PixelCNN gets extra tests: its RGB channel masks, masks applied in forward, broken
+masks caught by the causality inspector, and its blind spot.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+
+from armini.causality import assert_causal, check_causality
+from armini.models import MODELS, PixelCNN
+from armini.nn.masked import causal_mask
+
+NAMES = sorted(MODELS)
+SHAPES = [((1, 6, 6), 4), ((3, 4, 4), 3)]  # (shape, levels): grayscale, RGB
+
+
+def build(name, shape, levels, seed=0, **kwargs):
+    """MODELS[name] for this shape, or skip if the model refuses it (grayscale must always work)."""
+    torch.manual_seed(seed)
+    try:
+        return MODELS[name](shape=shape, levels=levels, **kwargs)
+    except ValueError as e:
+        if shape[0] == 1:
+            raise
+        pytest.skip(f"{name} does not support shape={shape}, levels={levels}: {e}")
+
+
+def labels(model, n):
+    """Class labels for class-conditional models (all 0), else None."""
+    return None if model.num_classes is None else torch.zeros(n, dtype=torch.long)
+
+
+def data(model, n=8, seed=1):
+    return torch.randint(model.levels, (n,) + model.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def train_steps(model, steps=5, lr=5e-3):
+    """A few Adam steps on random images, so that tests do not only see initial weights."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x = data(model, 16, seed=2)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(x, labels(model, len(x)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def all_images(shape, levels):
+    """Every image of this shape: (levels ** D, C, H, W)."""
+    D = math.prod(shape)
+    grid = torch.tensor(list(itertools.product(range(levels), repeat=D)))  # (K^D, D)
+    return grid.view(-1, *shape)
+
+
+@pytest.fixture(params=[(n, s, k) for n in NAMES for s, k in SHAPES], ids=lambda p: f"{p[0]}-{p[1][0]}ch")
+def model(request):
+    name, shape, levels = request.param
+    return build(name, shape, levels)
+
+
+# ------------------------------------------------------------------------- likelihood
+def test_conditionals_are_normalised(model):
+    x = data(model)
+    lp = model.conditionals(x, labels(model, len(x)))
+    assert lp.shape == (len(x),) + model.shape + (model.levels,)
+    assert not lp.isnan().any()
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(()), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(1, 2, 2), (3, 1, 1)], ids=["gray-2x2", "rgb-1x1"])
+def test_probabilities_of_all_images_sum_to_one(name, shape):
+    """sum over all K^D images of p(x) = 1: only true if the model is normalised AND causal."""
+    model = build(name, shape, 3)
+    x = all_images(shape, 3)  # (81, ...) or (27, ...)
+    for trained in (False, True):
+        with torch.no_grad():
+            total = torch.logsumexp(model.log_prob(x, labels(model, len(x))).double(), 0).exp()
+        assert total.item() == pytest.approx(1.0, abs=1e-4), f"trained={trained}"
+        train_steps(model)
+
+
+def test_log_prob_pixels_gathers_the_conditionals(model):
+    x = data(model)
+    y = labels(model, len(x))
+    lp = model.conditionals(x, y)  # (B, C, H, W, K)
+    expected = lp.gather(-1, x.unsqueeze(-1)).squeeze(-1)
+    lpp = model.log_prob_pixels(x, y)
+    assert lpp.shape == x.shape
+    assert torch.allclose(lpp, expected, atol=1e-5)
+    assert torch.allclose(model.log_prob(x, y), expected.flatten(1).sum(1), atol=1e-4)
+
+
+def test_loss_is_bits_per_dimension(model):
+    x = data(model)
+    y = labels(model, len(x))
+    lpp = model.log_prob_pixels(x, y)
+    expected = -lpp.mean() / math.log(2)  # nats -> bits, averaged over dimensions and images
+    assert model.loss(x, y).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model.loss(x, y).dim() == 0
+
+
+# -------------------------------------------------------------------------- causality
+def test_causal_at_init_and_after_training(model):
+    assert_causal(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = train_steps(model)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "training changed nothing"
+    assert all(math.isfinite(v) for v in losses), losses
+    assert_causal(model)
+    assert_causal(model, data(model, 2, seed=5))  # other base images
+
+
+# --------------------------------------------------------------------------- sampling
+def test_sample_shape_dtype_range_and_reproducible(model):
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    y = labels(model, 3)
+    a = model.sample(3, generator=g(0), y=y)
+    assert a.shape == (3,) + model.shape and a.dtype == torch.long
+    assert int(a.min()) >= 0 and int(a.max()) < model.levels
+    assert torch.equal(a, model.sample(3, generator=g(0), y=y))
+    assert torch.equal(a, model.sample(3, generator=g(0), y=y, cached=False))  # fast sampler = naive one
+    assert not torch.equal(a, model.sample(3, generator=g(1), y=y))
+
+
+def test_partial_completion_keeps_observed_dimensions(model):
+    C, H, W = model.shape
+    x = data(model, 2)
+    observed = torch.zeros(1, C, H, W, dtype=torch.bool)
+    observed[:, :, : H // 2] = True  # the top half is given
+    out = model.sample(2, x=x, observed=observed, y=labels(model, 2), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, : H // 2], x[:, :, : H // 2])
+    assert int(out.min()) >= 0 and int(out.max()) < model.levels
+
+
+def test_sampling_agrees_with_the_likelihood(model):
+    """Each step's distribution equals exp(conditionals) of the image so far (also for cached samplers)."""
+    steps = []
+    model.sample(2, y=labels(model, 2), generator=torch.Generator().manual_seed(0),
+                 callback=lambda s: steps.append((s.index.clone(), s.x.clone(), s.probs.clone(), s.total)))
+    assert len(steps) == steps[0][3] and sum(len(s[0]) for s in steps) == model.dims
+    model.eval()
+    before = torch.zeros_like(steps[0][1])  # the image before step t
+    for index, after, probs, _ in steps:
+        c, i, j = index.unbind(1)
+        with torch.no_grad():
+            expected = model.conditionals(before, labels(model, 2))[:, c, i, j].exp()  # (n, S, K)
+        assert torch.allclose(probs, expected.float(), atol=1e-4)
+        before = after
+
+
+# ------------------------------------------------------------------------ bad inputs
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_is_rejected_with_a_clear_message(name):
+    model = build(name, (1, 6, 6), 4)
+    x = data(model, 2)
+    with pytest.raises(TypeError, match="dtype"):
+        model.log_prob(x.float() / 3)
+    with pytest.raises(ValueError, match="shape"):
+        model.log_prob(x[:, :, :5])
+    with pytest.raises(ValueError, match="shape"):
+        model.loss(x[0])  # no batch axis
+    with pytest.raises(ValueError, match="levels"):
+        model.log_prob(x + 4)  # value 4 with levels=4
+    with pytest.raises(ValueError, match="levels"):
+        model.log_prob(x - 1)
+    with pytest.raises(ValueError, match="levels"):
+        MODELS[name](shape=(1, 6, 6), levels=1)
+    with pytest.raises(ValueError, match="shape"):
+        MODELS[name](shape=(6, 6), levels=4)
+    with pytest.raises(ValueError, match="observed"):
+        model.sample(2, x=x)
+    with pytest.raises(ValueError, match="n must"):
+        model.sample(0)
+
+
+# ---------------------------------------------------------------------------- PixelCNN
+def pixelcnn(shape=(3, 5, 5), levels=4, **kwargs):
+    torch.manual_seed(0)
+    return PixelCNN(shape=shape, levels=levels, channels=24, n_blocks=2, head_channels=24, **kwargs)
+
+
+def test_pixelcnn_rgb_sub_pixels_see_exactly_the_earlier_channels():
+    """R sees neither G nor B of its pixel, G sees R, B sees R and G: the output head's layout
+    (channel c's logits are block c of K) agrees with the masks' channel groups."""
+    model = pixelcnn()
+    train_steps(model)
+    report = check_causality(model)
+    assert report.ok, str(report)
+    for i, j in [(2, 2), (0, 0), (4, 4)]:
+        seen = [report.context((c, i, j))[:, i, j].tolist() for c in range(3)]  # own pixel's channels
+        assert seen == [[False, False, False], [True, False, False], [True, True, False]], (i, j, seen)
+
+
+def test_pixelcnn_masks_are_applied_in_forward():
+    """Masked weights may hold anything (the optimiser is free to write there): the output ignores them."""
+    model = pixelcnn()
+    train_steps(model)
+    convs = [m for m in model.modules() if hasattr(m, "mask")]
+    hidden = sum(float((m.weight.detach() * (1 - m.mask)).abs().sum()) for m in convs)
+    assert hidden > 0  # masked positions hold non-zero weights ...
+    x = data(model, 4)
+    with torch.no_grad():
+        before = model.conditionals(x)
+        for m in convs:
+            m.weight.add_(1e3 * torch.randn_like(m.weight) * (1 - m.mask))  # garbage where masked
+        after = model.conditionals(x)
+    assert torch.equal(before, after)  # ... and they change nothing
+    assert_causal(model)
+
+
+def test_pixelcnn_first_layer_with_mask_b_is_flagged():
+    model = pixelcnn(shape=(1, 5, 5))
+    conv = model.input_conv
+    conv.mask.copy_(causal_mask(conv.kernel_size[0], "B", conv.in_channels, conv.out_channels, 1))
+    train_steps(model)
+    report = check_causality(model)
+    assert not report.ok
+    assert ((0, 2, 2), (0, 2, 2)) in report.leaks  # a pixel sees itself
+    with pytest.raises(AssertionError, match="LEAKS"):
+        assert_causal(model)
+
+
+def test_pixelcnn_head_with_the_wrong_channel_layout_is_flagged():
+    class WrongHead(PixelCNN):
+        def logits(self, x):
+            B, C, H, W = x.shape
+            h = self.head(self.blocks(self.input_conv(x.float() * (2.0 / (self.levels - 1)) - 1.0)))
+            return h.view(B, self.levels, C, H, W).permute(0, 2, 3, 4, 1)  # (B, K, C, ...): wrong blocks
+
+    torch.manual_seed(0)
+    model = WrongHead(shape=(3, 4, 4), levels=4, channels=24, n_blocks=1, head_channels=24)
+    report = check_causality(model)
+    assert not report.ok
+    assert any(d[1:] == j[1:] and j[0] > d[0] for d, j in report.leaks)  # a channel sees a later one
+    assert "later channel of the same pixel" in str(report)
+
+
+def test_pixelcnn_unmasked_later_layer_is_flagged():
+    model = pixelcnn(shape=(1, 5, 5))
+    model.blocks[0].net[3].mask.fill_(1)  # the first block's 3x3 convolution loses its mask
+    report = check_causality(model)
+    assert not report.ok
+    assert any(j > d for d, j in report.leaks)  # later pixels leak in
+
+
+def test_pixelcnn_has_a_blind_spot():
+    """With 3x3 kernels, pixel (i, j) never sees (i - 1, j + 2): the hole above-right."""
+    torch.manual_seed(0)
+    model = PixelCNN(shape=(1, 8, 8), levels=4, channels=16, n_blocks=4, first_kernel=3, head_channels=16)
+    report = check_causality(model)
+    assert report.ok
+    target = (0, 4, 3)
+    blind = report.blind_spot(target)
+    assert blind.any()
+    assert blind[0, 3, 5] and blind[0, 2, 6]  # above-right, out of reach of the stacked 3x3 masks
+    assert report.context(target)[0, 3, 4] and report.context(target)[0, 4, 2]  # above-right neighbour, left

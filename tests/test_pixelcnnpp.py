@@ -1,0 +1,177 @@
+"""PixelCNN++ (armini.models.pixelcnnpp): the contract's tests (normalisation, consistency,
+causality at init and after training, a broken variant caught, sampling, bad input), plus
+no blind spot and the colour dependencies that the mixture's coupling creates."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import armini.models.pixelcnnpp as pp
+from armini.causality import check_causality
+from armini.models.pixelcnnpp import PixelCNNpp
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (25x slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = dict(nr_filters=8, nr_mix=2, nr_resnet=1)
+# (shape, levels, extra config): grayscale, colour, sides that need padding, fewer stages, binary
+CASES = [
+    ((1, 4, 4), 4, {}),
+    ((3, 4, 4), 4, {}),
+    ((1, 5, 6), 5, {}),
+    ((3, 3, 5), 3, dict(n_stages=2)),
+    ((1, 4, 4), 2, dict(n_stages=1)),
+]
+IDS = ["gray4x4", "rgb4x4", "gray5x6-padded", "rgb3x5-2stages", "binary-1stage"]
+
+
+def make(shape, levels, seed=0, **kw):
+    torch.manual_seed(seed)
+    return PixelCNNpp(shape=shape, levels=levels, **{**TINY, **kw})
+
+
+def random_images(n, shape, levels, seed=1):
+    return torch.randint(levels, (n,) + tuple(shape), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape,K,kw", CASES, ids=IDS)
+def test_conditionals_normalise_and_agree_with_log_prob(shape, K, kw):
+    model = make(shape, K, **kw).eval()
+    x = random_images(3, shape, K)
+    lp = model.conditionals(x)
+    assert lp.shape == (3,) + shape + (K,)
+    torch.testing.assert_close(lp.logsumexp(-1), torch.zeros(3, *shape), atol=1e-5, rtol=0)
+    lpp = model.log_prob_pixels(x)
+    torch.testing.assert_close(lpp, lp.gather(-1, x.unsqueeze(-1)).squeeze(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.log_prob(x), lpp.flatten(1).sum(1))
+    torch.testing.assert_close(model.loss(x), -lpp.mean() / math.log(2))
+
+
+@pytest.mark.parametrize("shape,K", [((1, 2, 2), 3), ((3, 1, 2), 3)], ids=["gray2x2", "rgb1x2"])
+def test_exhaustive_sum_over_all_images_is_one(shape, K):
+    model = make(shape, K).double().eval()
+    D = math.prod(shape)
+    every = torch.tensor(list(itertools.product(range(K), repeat=D))).view(-1, *shape)  # (K^D, C, H, W)
+    total = model.log_prob(every).logsumexp(0)
+    torch.testing.assert_close(total, torch.tensor(0.0, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("shape,K,kw", CASES[:4], ids=IDS[:4])
+def test_causal_at_init_and_after_training(shape, K, kw):
+    model = make(shape, K, dropout=0.1, **kw)
+    report = check_causality(model)
+    assert report.ok, str(report)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data = random_images(8, shape, K, seed=2)
+    for _ in range(3):
+        loss = model.loss(data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    report = check_causality(model, generator=torch.Generator().manual_seed(3))
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("shape,kw", [((1, 6, 6), {}), ((3, 4, 4), {}), ((1, 5, 7), {}), ((1, 5, 5), dict(n_stages=2))],
+                         ids=["gray6x6", "rgb4x4", "gray5x7-padded", "gray5x5-2stages"])
+def test_no_blind_spot(shape, kw):
+    """The mixture parameters of pixel (i, j) depend on every earlier pixel (all channels) and on
+    nothing else. Gradients give exact zeros, so weak but real dependencies count too (random
+    perturbations can miss those at init)."""
+    model = make(shape, 4, **kw).double().eval()
+    C, H, W = shape
+    # one copy of a random image per target pixel; copy n backpropagates from pixel n only
+    x = random_images(1, shape, 4).double().expand(H * W, C, H, W).clone().requires_grad_()
+    params = model.dmol_params(x)  # (H*W, P, H, W): the model accepts real values here
+    n = torch.arange(H * W)
+    params[n, :, n // W, n % W].abs().sum().backward()
+    seen = x.grad.abs() > 0  # (H*W, C, H, W): seen[n] = inputs that move pixel n's parameters
+    earlier = (n[None, :] < n[:, None]).view(H * W, 1, H, W).expand(-1, C, -1, -1)  # raster order
+    assert torch.equal(seen, earlier), (seen ^ earlier).nonzero()[:5].tolist()
+
+
+def test_colour_sub_pixel_dependencies():
+    """R does not see its own pixel; G sees R; B sees R and G (through the mixture's coupling and
+    the posterior over components), in every pixel."""
+    shape = (3, 3, 3)
+    model = make(shape, 6).eval()
+    report = check_causality(model, random_images(2, shape, 6, seed=4))
+    assert report.ok, str(report)
+    for i, j in itertools.product(range(3), range(3)):
+        assert not report.context((0, i, j))[:, i, j].any()
+        assert report.context((1, i, j))[:, i, j].tolist() == [True, False, False]
+        assert report.context((2, i, j))[:, i, j].tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("broken", ["down_shift", "right_shift"])
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 4, 4)], ids=["gray", "rgb"])
+def test_check_catches_a_missing_shift(monkeypatch, broken, shape):
+    """Without the first layer's down-shift (u sees its own row) or right-shift (ul sees its own
+    pixel), the network reads the pixel it predicts: the causality check must say so."""
+    monkeypatch.setattr(pp, broken, lambda h: h)
+    model = make(shape, 4)
+    report = check_causality(model)
+    assert not report.ok
+    assert any(d == j for d, j in report.leaks)  # a conditional that reads its own value
+
+
+@pytest.mark.parametrize("shape,K", [((1, 4, 4), 256), ((3, 3, 3), 4)], ids=["gray256", "rgb4"])
+def test_sampling(shape, K):
+    model = make(shape, K, dropout=0.2)
+    samples = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3,) + shape and samples.dtype == torch.long
+    assert samples.min() >= 0 and samples.max() < K
+    assert model.training  # sample() switches dropout off and back on
+    again = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(samples, again)
+    # reusing a pixel's parameters for its later channels draws exactly what full recomputation draws
+    slow = model.sample(3, generator=torch.Generator().manual_seed(0), cached=False)
+    assert torch.equal(samples, slow)
+    assert not torch.equal(samples, model.sample(3, generator=torch.Generator().manual_seed(1)))
+
+
+def test_completion_keeps_observed_pixels():
+    shape, K = (1, 4, 4), 8
+    model = make(shape, K)
+    x = random_images(2, shape, K)
+    observed = torch.zeros(shape, dtype=torch.bool)
+    observed[:, :2] = True  # top half given
+    out = model.sample(2, x=x, observed=observed, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, :2], x[:, :, :2])
+
+
+def test_bad_input_and_config_raise():
+    model = make((1, 4, 4), 4)
+    x = random_images(2, (1, 4, 4), 4)
+    with pytest.raises(TypeError):
+        model.log_prob(x.float())
+    with pytest.raises(ValueError, match="shape"):
+        model.log_prob(x[:, :, :3])
+    with pytest.raises(ValueError, match="values must lie"):
+        model.conditionals(x + 4)
+    with pytest.raises(ValueError, match="unconditional"):
+        model.loss(x, y=torch.zeros(2, dtype=torch.long))
+    for bad in [dict(n_stages=0), dict(nr_mix=0), dict(nr_filters=0), dict(dropout=1.0)]:
+        with pytest.raises(ValueError):
+            PixelCNNpp(shape=(1, 4, 4), levels=4, **bad)
+    with pytest.raises(TypeError):
+        PixelCNNpp(shape=(1, 4, 4), levels=4, no_such_option=1)
+
+
+def test_defaults_and_config():
+    model = PixelCNNpp()
+    assert model.shape == (1, 28, 28) and model.levels == 256
+    cfg = model.config
+    assert (cfg.nr_filters, cfg.nr_resnet, cfg.n_stages, cfg.nr_mix) == (32, 1, 3, 5)
+    assert model.nin_out.out_channels == 5 * 3  # M * (1 logit + 1 mean + 1 log-scale) for grayscale
+    assert PixelCNNpp(shape=(3, 8, 8), nr_mix=10).nin_out.out_channels == 10 * 10  # + 3 couplings, C=3
+    x = random_images(2, (1, 28, 28), 256)
+    assert torch.isfinite(model.loss(x))

@@ -1,0 +1,146 @@
+"""PixelSNAIL: the model contract (normalisation, likelihood API, causality, sampling, input checks),
+no blind spot (every earlier pixel moves a conditional), and the attention maps."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from armini.causality import assert_causal, check_causality
+from armini.models.pixelsnail import PixelSNAIL
+
+SHAPES = [(1, 6, 6), (3, 4, 4)]
+SMALL = dict(channels=8, n_blocks=2, n_res=1, key_dim=4, value_dim=8, head_channels=12)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids the cost of syncing threads on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(shape, levels=4, seed=0, **kw):
+    torch.manual_seed(seed)
+    return PixelSNAIL(shape=shape, levels=levels, **{**SMALL, **kw})
+
+
+def train_steps(model, steps=3, batch=8, lr=1e-2):
+    """A few Adam steps on random data, so checks do not rely on the initialisation."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randint(model.levels, (batch,) + model.shape, generator=g)
+        opt.zero_grad()
+        model.loss(x).backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_conditionals_normalised(shape):
+    m = make(shape)
+    x = torch.randint(4, (3,) + shape)
+    lp = m.conditionals(x)
+    assert lp.shape == (3,) + shape + (4,)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, *shape))
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2), (3, 1, 2)])
+def test_exhaustive_sum_is_one(shape):
+    m = make(shape, levels=3)
+    D = math.prod(shape)
+    x = torch.tensor(list(itertools.product(range(3), repeat=D))).view(-1, *shape)  # every image: 3^D
+    total = torch.logsumexp(m.log_prob(x).double(), 0).exp()
+    assert abs(total.item() - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_log_prob_and_loss_consistent(shape):
+    m = make(shape)
+    x = torch.randint(4, (5,) + shape)
+    lpp = m.log_prob_pixels(x)
+    torch.testing.assert_close(lpp, m.conditionals(x).gather(-1, x.unsqueeze(-1)).squeeze(-1))
+    torch.testing.assert_close(m.log_prob(x), lpp.flatten(1).sum(1))
+    torch.testing.assert_close(m.loss(x), -lpp.mean() / math.log(2))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_causal_at_init_and_after_training(shape):
+    m = make(shape)
+    assert_causal(m)
+    assert_causal(train_steps(m))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_earlier_dimension_is_seen(shape):
+    """Attention over the raw pixels removes the blind spot of a convolutional stack:
+    every earlier dimension moves the conditional of the last pixel and of a middle pixel."""
+    C, H, W = shape
+    report = check_causality(train_steps(make(shape)), atol=1e-7)
+    for target in [(C - 1, H - 1, W - 1), (C - 1, H // 2, W // 2), (0, H // 2, W // 2)]:
+        assert report.earlier(target).sum() > 0
+        assert not report.blind_spot(target).any(), f"blind spot for {target}:\n{report.context_text(target)}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_check_fails_on_non_strict_attention(shape):
+    """Keys and values carry the raw pixel: attention with j <= i lets a pixel read itself."""
+    m = make(shape)
+    for block in m.blocks:
+        block.attention.attn.strict = False
+    with pytest.raises(AssertionError, match="LEAKS"):
+        assert_causal(m)
+
+
+def test_check_fails_on_unmasked_colour_head():
+    """The head's mask A is what hides a sub-pixel (and the later ones) from its own logits."""
+    m = make((3, 3, 3))
+    m.head_pixel.mask.fill_(1.0)
+    report = check_causality(m)
+    assert not report.ok
+    assert all(d[1:] == j[1:] for d, j in report.leaks)  # only leaks within a pixel
+
+
+def test_attention_maps():
+    m = train_steps(make((1, 4, 5)))
+    x = torch.randint(4, (2, 1, 4, 5))
+    maps = m.attention_maps(x)
+    assert len(maps) == SMALL["n_blocks"]
+    for w in maps:
+        assert w.shape == (2, 1, 20, 20)
+        assert (w.triu() == 0).all()  # strictly causal: the diagonal too is zero
+        torch.testing.assert_close(w.sum(-1)[..., 1:], torch.ones(2, 1, 19))
+        assert (w[..., 0, :] == 0).all()  # pixel 0 has nothing to read
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sampling(shape):
+    m = make(shape)
+    s1 = m.sample(2, generator=torch.Generator().manual_seed(3))
+    s2 = m.sample(2, generator=torch.Generator().manual_seed(3))
+    assert s1.shape == (2,) + shape and s1.dtype == torch.long
+    assert s1.min() >= 0 and s1.max() < 4
+    assert torch.equal(s1, s2)
+
+
+def test_bad_input_raises():
+    m = make((1, 6, 6))
+    with pytest.raises(TypeError):
+        m.loss(torch.rand(2, 1, 6, 6))
+    with pytest.raises(ValueError):
+        m.loss(torch.zeros(2, 1, 5, 6, dtype=torch.long))
+    with pytest.raises(ValueError):
+        m.loss(torch.full((2, 1, 6, 6), 4))
+    with pytest.raises(ValueError):
+        m.attention_maps(torch.zeros(2, 3, 6, 6, dtype=torch.long))
+
+
+def test_defaults():
+    m = PixelSNAIL()
+    assert m.shape == (1, 28, 28) and m.levels == 256
+    assert m.config.channels == 32 and m.config.n_blocks == 2
+    x = torch.randint(256, (1, 1, 28, 28))
+    assert m.conditionals(x).shape == (1, 1, 28, 28, 256)

@@ -1,0 +1,225 @@
+"""PixelTransformer (ImageGPT-style): the model contract, the KV-cached sampler (identical images,
+same probabilities), local attention, the linear-probe features, and the k-means palette."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from armini.causality import assert_causal, check_causality
+from armini.models.transformer import PixelTransformer
+from armini.nn.palette import Palette, kmeans
+
+SHAPES = [(1, 6, 6), (3, 4, 4)]
+SMALL = dict(dim=16, n_layers=2, n_heads=2, mlp_ratio=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids the cost of syncing threads on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(shape, levels=4, seed=0, **kw):
+    torch.manual_seed(seed)
+    return PixelTransformer(shape=shape, levels=levels, **{**SMALL, **kw})
+
+
+def train_steps(model, steps=3, batch=8, lr=1e-2):
+    """A few Adam steps on random data, so checks do not rely on the initialisation."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randint(model.levels, (batch,) + model.shape, generator=g)
+        opt.zero_grad()
+        model.loss(x).backward()
+        opt.step()
+    return model
+
+
+# ------------------------------------------------------------------ the contract
+@pytest.mark.parametrize("shape", SHAPES)
+def test_conditionals_normalised(shape):
+    m = make(shape)
+    lp = m.conditionals(torch.randint(4, (3,) + shape))
+    assert lp.shape == (3,) + shape + (4,)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, *shape))
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2), (3, 1, 2)])
+def test_exhaustive_sum_is_one(shape):
+    m = train_steps(make(shape, levels=3))
+    D = math.prod(shape)
+    x = torch.tensor(list(itertools.product(range(3), repeat=D))).view(-1, *shape)  # every image: 3^D
+    total = torch.logsumexp(m.log_prob(x).double(), 0).exp()
+    assert abs(total.item() - 1.0) < 1e-4
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_log_prob_and_loss_consistent(shape):
+    m = make(shape)
+    x = torch.randint(4, (5,) + shape)
+    lpp = m.log_prob_pixels(x)
+    torch.testing.assert_close(lpp, m.conditionals(x).gather(-1, x.unsqueeze(-1)).squeeze(-1))
+    torch.testing.assert_close(m.log_prob(x), lpp.flatten(1).sum(1))
+    torch.testing.assert_close(m.loss(x), -lpp.mean() / math.log(2))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_causal_at_init_and_after_training(shape):
+    m = make(shape)
+    assert_causal(m)
+    report = assert_causal(train_steps(m))
+    C, H, W = shape
+    assert not report.blind_spot((C - 1, H - 1, W - 1)).any()  # full attention: no blind spot
+
+
+class NoShift(PixelTransformer):
+    """Broken on purpose: position d is fed x_d instead of x_{d-1} (the right shift is gone)."""
+
+    def embed(self, seq, first=0, last=None):
+        return super().embed(torch.roll(seq, -1, dims=1), first, last)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_check_fails_without_right_shift(shape):
+    torch.manual_seed(0)
+    m = NoShift(shape=shape, levels=4, **SMALL)
+    with pytest.raises(AssertionError, match="LEAKS"):
+        assert_causal(m)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sampling(shape):
+    m = make(shape)
+    s1 = m.sample(2, generator=torch.Generator().manual_seed(3))
+    s2 = m.sample(2, generator=torch.Generator().manual_seed(3))
+    assert s1.shape == (2,) + shape and s1.dtype == torch.long
+    assert s1.min() >= 0 and s1.max() < 4
+    assert torch.equal(s1, s2)
+
+
+def test_bad_input_raises():
+    m = make((1, 6, 6))
+    with pytest.raises(TypeError):
+        m.loss(torch.rand(2, 1, 6, 6))
+    with pytest.raises(ValueError):
+        m.loss(torch.zeros(2, 1, 5, 6, dtype=torch.long))
+    with pytest.raises(ValueError):
+        m.features(torch.full((2, 1, 6, 6), 4))
+    with pytest.raises(ValueError):
+        m.features(torch.zeros(2, 1, 6, 6, dtype=torch.long), layer=3)
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        PixelTransformer(shape=(1, 4, 4), levels=4, dim=10, n_heads=4)
+
+
+# ------------------------------------------------------------------ KV cache
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("window", [None, 5])
+def test_cached_sampling_equals_full_recompute(shape, window):
+    m = train_steps(make(shape, window=window))
+    runs = {}
+    for cached in (True, False):
+        probs = []
+        images = m.sample(3, generator=torch.Generator().manual_seed(7), cached=cached,
+                          callback=lambda step: probs.append(step.probs.clone()))
+        runs[cached] = (images, torch.stack(probs))  # (D, n, 1, K)
+    assert torch.equal(runs[True][0], runs[False][0])  # the very same images
+    torch.testing.assert_close(runs[True][1], runs[False][1], atol=1e-5, rtol=1e-4)  # at every step
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cached_step_equals_conditionals(shape):
+    """Feeding a fixed image token by token through the cache gives the full forward's conditionals."""
+    m = train_steps(make(shape))
+    x = torch.randint(4, (2,) + shape)
+    full = m.conditionals(x)  # (2, C, H, W, K)
+    cache = m.init_cache(x)
+    for index in m.sampling_steps():
+        c, i, j = index[0]
+        torch.testing.assert_close(m.conditional_logprobs(x, index, cache=cache)[:, 0], full[:, c, i, j],
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="raster order"):
+        m.conditional_logprobs(x, m.sampling_steps()[0], cache=cache)  # going back is refused
+
+
+def test_observed_completion_with_cache():
+    m = make((1, 4, 4))
+    x = torch.randint(4, (2, 1, 4, 4))
+    top = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    top[..., :2, :] = True
+    outs = [m.sample(2, x=x, observed=top, generator=torch.Generator().manual_seed(1), cached=c) for c in (True, False)]
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0][..., :2, :], x[..., :2, :])
+
+
+# ------------------------------------------------------------------ local attention, features
+def test_window_limits_the_context():
+    """One layer with window w: token d reads input positions d-w+1..d, which hold x_{d-w}..x_{d-1}."""
+    w = 3
+    m = train_steps(make((1, 4, 4), n_layers=1, window=w))
+    report = check_causality(m, atol=1e-7)
+    assert report.ok
+    D = 16
+    seen = report.seen  # (D, D): [d, j]
+    for d in range(D):
+        assert seen[d].nonzero().flatten().tolist() == list(range(max(d - w, 0), d))
+
+
+def test_features_for_a_linear_probe():
+    m = make((1, 6, 6))
+    x = torch.randint(4, (5, 1, 6, 6))
+    f = m.features(x)
+    assert f.shape == (5, SMALL["dim"])
+    torch.testing.assert_close(m.features(x, layer=1), m.hidden(x, 1).mean(1))
+    assert not torch.allclose(m.features(x, layer=1), m.features(x, layer=2))
+
+
+def test_defaults():
+    m = PixelTransformer()
+    assert m.shape == (1, 28, 28) and m.levels == 256
+    assert (m.config.dim, m.config.n_layers, m.config.n_heads) == (64, 4, 4)
+    assert m.conditionals(torch.randint(256, (1, 1, 28, 28))).shape == (1, 1, 28, 28, 256)
+
+
+# ------------------------------------------------------------------ palette
+def test_kmeans_finds_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    true = torch.tensor([[-0.8, -0.8, -0.8], [0.8, 0.0, -0.5], [0.0, 0.7, 0.7]])
+    u = true.repeat_interleave(200, 0) + 0.02 * torch.randn(600, 3, generator=g)
+    mu = kmeans(u, 3, iters=5)
+    err = torch.cdist(true, mu).min(1).values
+    assert (err < 0.05).all()
+
+
+def test_palette_encode_decode():
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(256, (4, 3, 5, 6), generator=g)
+    p1 = Palette.fit(rgb, n_colors=8, seed=0)
+    p2 = Palette.fit(rgb, n_colors=8, seed=0)
+    assert torch.equal(p1.centres, p2.centres)  # seeded: the same palette every run
+    codes = p1.encode(rgb)
+    assert codes.shape == (4, 1, 5, 6) and codes.dtype == torch.long and codes.max() < 8
+    # nearest centre, written out
+    u = rgb.float() * 2 / 255 - 1  # (B, 3, H, W)
+    d2 = (u.permute(0, 2, 3, 1)[..., None, :] - p1.centres).square().sum(-1)  # (B, H, W, P)
+    torch.testing.assert_close(d2.gather(-1, codes[:, 0, ..., None]), d2.min(-1, keepdim=True).values)
+    back = p1.decode(codes)
+    assert back.shape == rgb.shape and back.min() >= 0 and back.max() < 256
+    assert torch.equal(p1.encode(back), codes)  # a decoded colour encodes to its own code
+    with pytest.raises(ValueError):
+        p1.encode(torch.randint(256, (4, 1, 5, 6)))
+
+
+def test_transformer_on_palette_codes():
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(256, (6, 3, 4, 4), generator=g)
+    palette = Palette.fit(rgb, n_colors=5)
+    m = make((1, 4, 4), levels=palette.n_colors)
+    codes = palette.encode(rgb)
+    assert torch.isfinite(m.loss(codes))
+    images = palette.decode(m.sample(2, generator=torch.Generator().manual_seed(0)))
+    assert images.shape == (2, 3, 4, 4)

@@ -1,0 +1,166 @@
+"""armini.viz with the Agg backend: pure helpers exactly, drawings by what they return."""
+import math
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from armini import causality, viz  # noqa: E402
+from armini.models import PixelCNN  # noqa: E402
+from armini.nn.masked import causal_mask  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def small_pixelcnn(shape=(1, 5, 5), levels=4):
+    torch.manual_seed(0)
+    return PixelCNN(shape=shape, levels=levels, channels=8, n_blocks=1, head_channels=8, first_kernel=3)
+
+
+# ------------------------------------------------------------------------- make_grid
+def test_make_grid_shapes_and_padding():
+    x = torch.arange(5 * 4 * 3).view(5, 1, 4, 3)
+    grid = viz.make_grid(x, nrow=2, pad=1, pad_value=-1)
+    assert grid.shape == (3 * (4 + 1) + 1, 2 * (3 + 1) + 1)  # 3 rows of 2 images
+    assert np.array_equal(grid[1:5, 1:4], x[0, 0].numpy())  # image 0 top-left
+    assert np.array_equal(grid[1:5, 5:8], x[1, 0].numpy())  # image 1 to its right
+    assert np.array_equal(grid[6:10, 1:4], x[2, 0].numpy())  # image 2 on the next row
+    assert (grid[0] == -1).all() and (grid[:, 4] == -1).all()  # padding
+    assert (grid[11:15, 5:8] == -1).all()  # the missing 6th image is padding
+    rgb = viz.make_grid(np.zeros((3, 3, 4, 4)), nrow=8, pad=2)
+    assert rgb.shape == (4 + 4, 3 * 6 + 2, 3)  # nrow > B: one row of B images, channels last
+    assert viz.make_grid(np.ones((4, 1, 2, 2)), nrow=2, pad=0).shape == (4, 4)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        viz.make_grid(np.zeros((4, 4)))
+
+
+def test_show_images_gray_rgb_and_floats():
+    ax = viz.show_images(torch.randint(4, (6, 1, 5, 5)), levels=4, nrow=3, title="gray")
+    assert ax.get_title() == "gray"
+    img = ax.get_images()[0].get_array()
+    assert img.shape == (2 * 6 + 1, 3 * 6 + 1) and img.max() <= 1
+    ax = viz.show_images(torch.randint(256, (2, 3, 4, 4)))  # levels guessed
+    assert ax.get_images()[0].get_array().shape == (5 + 1, 2 * 5 + 1, 3)
+    viz.show_images(np.random.rand(4, 4))  # one float image in [0, 1]
+
+
+# -------------------------------------------------------------------------- curves
+def test_plot_curves_accepts_objects_dicts_and_plain_lists():
+    history = SimpleNamespace(train=[(1, 3.0), (2, 2.5), (3, 2.0)], test=[(3, 2.2)])
+    ax = viz.plot_curves(history)
+    assert len(ax.lines) == 2
+    assert np.array_equal(ax.lines[0].get_xdata(), [1, 2, 3])
+    ax = viz.plot_curves({"train": [3.0, 2.0], "test": []})  # no test points yet
+    assert len(ax.lines) == 1 and np.array_equal(ax.lines[0].get_xdata(), [1, 2])
+    assert "bits" in ax.get_ylabel()
+
+
+# --------------------------------------------------------------------------- heatmap
+def test_nll_heatmap_matches_log_prob_pixels():
+    model = small_pixelcnn(shape=(3, 4, 4))
+    x = torch.randint(4, (3, 3, 4, 4))
+    axes, nll = viz.nll_heatmap(model, x)
+    assert len(axes) == 2 and nll.shape == (3, 4, 4)
+    with torch.no_grad():
+        expected = (-model.log_prob_pixels(x) / math.log(2)).sum(1).numpy()  # bits per pixel
+        total = -model.log_prob(x).numpy() / math.log(2)
+    assert np.allclose(nll, expected, atol=1e-5)
+    assert np.allclose(nll.sum((1, 2)), total, atol=1e-3)
+    heat = axes[1].get_images()[0].get_array()
+    assert np.allclose(heat[1:5, 1:5], nll[0])
+
+
+# ----------------------------------------------------------------------- mask, context
+def test_plot_mask_writes_every_entry():
+    ax = viz.plot_mask(causal_mask(5, "A"), title="mask A")
+    assert ax.get_title() == "mask A"
+    assert sorted(t.get_text() for t in ax.texts) == ["0"] * 13 + ["1"] * 12
+    viz.plot_mask(causal_mask(3, "B", 6, 6, 3))  # a 4-D mask shows its [0, 0] slice
+
+
+def test_plot_context_from_model_report_and_map():
+    model = small_pixelcnn()
+    ax = viz.plot_context(model, (0, 2, 2))
+    cats = ax.get_images()[0].get_array()
+    report = causality.check_causality(model)
+    assert np.array_equal(cats, report.categories((0, 2, 2))[0].numpy())
+    assert cats[2, 2] == causality.TARGET and cats[4, 4] == causality.FUTURE
+    assert len(ax.get_legend().get_texts()) == 4
+    viz.plot_context(report, (2, 2))
+    m = causality.dependency_map(model, target=(0, 2, 2))
+    ax = viz.plot_context(m, (0, 2, 2))
+    assert np.array_equal(ax.get_images()[0].get_array(), cats)
+    rgb = small_pixelcnn(shape=(3, 3, 3))
+    ax = viz.plot_context(rgb, (1, 1, 1))
+    stripes = ax.get_images()[0].get_array()
+    assert stripes.shape == (3, 9)  # every pixel drawn as 3 channel stripes
+    assert list(stripes[1, 3:6]) == [causality.SEEN, causality.TARGET, causality.FUTURE]
+
+
+# ------------------------------------------------------------------------- scrubber
+@pytest.fixture
+def scrubber_and_steps():
+    model = small_pixelcnn(shape=(1, 4, 4))
+    seen = []
+    s = viz.SamplingScrubber(model, n=2, generator=torch.Generator().manual_seed(0),
+                             callback=lambda st: seen.append((st.x.clone(), st.probs.clone(), st.index.clone())))
+    return s, seen
+
+
+def test_scrubber_frames_equal_what_the_sampler_saw(scrubber_and_steps):
+    s, seen = scrubber_and_steps
+    assert s.steps == len(seen) == 16
+    for t, (x, probs, index) in enumerate(seen):
+        partial, p, (c, i, j), value = s.frame(t)
+        assert np.array_equal(partial, x.numpy())  # rebuilt from the final image, not stored
+        assert np.allclose(p, probs[0, 0].numpy())
+        assert (c, i, j) == tuple(index[0].tolist())
+        assert value == int(x[0, c, i, j])
+    assert np.array_equal(s.frame(15)[0], s.final.numpy())
+    with pytest.raises(IndexError):
+        s.frame(16)
+
+
+def test_scrubber_keeps_observed_dimensions_in_every_frame():
+    model = small_pixelcnn(shape=(1, 4, 4))
+    x = torch.full((1, 1, 4, 4), 3)
+    observed = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    observed[..., :2, :] = True
+    s = viz.SamplingScrubber(model, x=x, observed=observed, generator=torch.Generator().manual_seed(0))
+    assert (s.frame(0)[0][..., :2, :] == 3).all()
+    assert (s.step_of[observed] == -1).all()
+
+
+def test_scrubber_slider_moves_the_current_step(scrubber_and_steps):
+    s, _ = scrubber_and_steps
+    box = s.widget()
+    assert s.slider.max == s.steps - 1 and s.current == 0
+    s.slider.value = 10  # what dragging the slider does
+    assert s.current == 10
+    assert s.widget() is box
+
+
+def test_scrubber_render_and_static_fallback(scrubber_and_steps, monkeypatch):
+    s, _ = scrubber_and_steps
+    fig = s.render(5)
+    assert len(fig.axes) == 2
+    bars = fig.axes[1].patches
+    assert len(bars) == 4  # one bar per level
+    fig = s.static(frames=6)
+    assert len(fig.axes) == 12
+    assert viz.static_mode()  # the Agg backend
+    monkeypatch.setenv("ARMINI_STATIC", "1")
+    before = set(plt.get_fignums())
+    s.show()  # no IPython: draws the static strip and leaves it open
+    s._ipython_display_()
+    assert len(set(plt.get_fignums()) - before) == 2
