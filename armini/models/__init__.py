@@ -4,6 +4,7 @@
 """
 from .base import ARModel, SampleStep
 from .baselines import FVSBN, NADE, IndependentPixels
+from .gated_pixelcnn import GatedPixelCNN
 from .pixelcnn import PixelCNN
 from .pixelcnnpp import PixelCNNpp
 from .pixelrnn import DiagonalBiLSTM, RowLSTM
@@ -17,10 +18,11 @@ MODELS = {
     "pixelcnn": PixelCNN,  # lesson 02
     "row-lstm": RowLSTM,  # lesson 03
     "diagonal-bilstm": DiagonalBiLSTM,  # lesson 03
+    "gated-pixelcnn": GatedPixelCNN,  # lesson 04
     "pixelcnn++": PixelCNNpp,  # lesson 05
     "pixelsnail": PixelSNAIL,  # lesson 06
     "pixel-transformer": PixelTransformer,  # lesson 07
 }
 
-__all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "RowLSTM",
+__all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
            "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer"]

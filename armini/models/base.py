@@ -240,8 +240,7 @@ class ARModel(nn.Module):
             for t, index in enumerate(iterator):
                 index = index.to(dev)
                 logp = self.conditional_logprobs(x, index, y, cache)  # (n, S, K)
-                logp = torch.log_softmax(logp.double() / temperature, dim=-1)
-                probs = logp.exp()
+                probs = torch.softmax(logp.double() / temperature, dim=-1)  # (n, S, K)
                 # inverse-CDF sampling with uniforms drawn from `generator`: the same draws
                 # give the same images for any sampler (naive or cached) that computes the same probs
                 u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(dev)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.masked import MaskedConv2d
+from ..sampling_cache import CachedConvSampling
 from .base import ARModel
 
 
@@ -56,8 +57,11 @@ class PixelCNNConfig:
     head_channels: int = 128  # width of the 1x1 output layers (rounded up to a multiple of C)
 
 
-class PixelCNN(ARModel):
-    """Masked-convolution PixelCNN with a K-way softmax per sub-pixel."""
+class PixelCNN(CachedConvSampling, ARModel):
+    """Masked-convolution PixelCNN with a K-way softmax per sub-pixel.
+
+    Sampling is cached (armini/sampling_cache.py): each step computes only the new pixel's
+    features from the layers' cached windows; sample(..., cached=False) recomputes everything."""
 
     def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
         super().__init__(shape, levels)

@@ -79,7 +79,7 @@ class DownShiftedConv2d(nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size=(2, 3), stride=1, bias=True):
         kh, kw = _pair(kernel_size)
         if kw % 2 != 1:
-            raise ValueError(f"DownShiftedConv2d needs an odd kernel width to centre it, got kernel_size={(kh, kw)}")
+            raise ValueError(f"DownShiftedConv2d needs an odd kernel width to centre it, got {(kh, kw)}")
         super().__init__(in_channels, out_channels, (kh, kw), stride=stride, padding=0, bias=bias)
         self.pad = ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)  # (left, right, top, bottom)
 

@@ -1,0 +1,298 @@
+"""Fast sampling for convolutional AR models: compute each new pixel, not the whole image.
+
+The base sampling loop (armini.models.base) calls the model once per dimension.
+Run naively, a convolutional model recomputes every layer on all H*W positions
+at every one of the C*H*W steps, although only one position's output is read
+and only one input pixel changed. Ramachandran et al. (2017, "Fast Generation
+for Convolutional Autoregressive Models") keep, per layer, a cache of the
+features that layer has already computed, and compute only what is new.
+
+The idea here, in its simplest form. In a causal convolution stack (masked
+convolutions as in PixelCNN, down-right-shifted ones as in Gated PixelCNN's
+horizontal stack) the feature of every layer at position (a, b) is a function
+of the pixels before (a, b) in raster order. So at step (i, j):
+
+    for each layer, in order:
+        write the layer's input at (i, j) into that layer's cache   # (n, F) numbers
+        output at (i, j) = the convolution of the cached window      # one k x k window
+    read the logits at (i, j)
+
+and every value in a window is already final: positions before (i, j) were
+computed at their own step, when everything they depend on was known.
+Positions after (i, j) sit only under zeroed (masked) taps. One exception:
+the raw image at the previous pixel was cached *before* that pixel was drawn.
+By default the previous pixel is recomputed together with the new one (one
+pass of two positions when they are neighbours); a model that knows which
+layers read the raw image rewrites only those caches (`refresh_cache`).
+
+Layers whose window reaches to the right within the current row (Gated
+PixelCNN's vertical stack, which only depends on earlier *rows*) are
+evaluated a whole row at a time, when the row starts (the "vertical stream
+updates once per row" of Ramachandran et al.).
+
+Pieces:
+    ConvCache          per-convolution zero-padded input maps; `cache.at(module, i, j0)`
+                       makes every spatial convolution of `module` read/write them
+    RasterConvSampler  the state a model's init_cache returns: which pixel comes next,
+                       what is stale, and the call that computes a strip of positions
+    CachedConvSampling mixin giving any ARModel whose spatial layers are all causal
+                       convolutions (the rest pointwise: 1x1 convs, ReLU, residual adds)
+                       a cached sampler: class PixelCNN(CachedConvSampling, ARModel)
+
+Assumptions (checked where cheap): raster order, one dimension per step, every
+module other than the spatial convolutions acts per position, convolutions have
+stride 1. Deviations from the paper: no per-layer queues of rows, the caches are
+full-size feature maps (simpler, and as fast on a CPU); convolutions on a few
+positions run as matrix products (F.linear), and one step runs on one CPU
+thread: its operations are so small that threads only add synchronisation.
+
+Legend: n images sampled, C image channels, F feature channels, H, W height and width,
+P positions in one strip, K levels.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple:
+    """(left, right, top, bottom) zero padding a convolution applies to its input."""
+    if hasattr(conv, "pad"):  # armini.nn.shifted: explicit, possibly one-sided padding
+        return tuple(conv.pad)
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0, 0, 0)
+        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+        eh, ew = dh * (kh - 1), dw * (kw - 1)
+        return (ew // 2, ew - ew // 2, eh // 2, eh - eh // 2)  # padding="same"
+    ph, pw = conv.padding
+    return (pw, pw, ph, ph)
+
+
+def conv_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The weight a convolution really uses: weight * mask for masked convolutions."""
+    if hasattr(conv, "masked_weight"):
+        return conv.masked_weight()
+    mask = getattr(conv, "mask", None)
+    return conv.weight if mask is None else conv.weight * mask
+
+
+class _Plan:
+    """What the cache needs to know about one convolution, worked out once per sampling run
+    (the weights do not change while sampling)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        if tuple(conv.stride) != (1, 1):
+            raise ValueError(f"the cached sampler needs stride-1 convolutions, got {conv}")
+        self.pad = conv_padding(conv)  # (left, right, top, bottom)
+        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+        self.kernel, self.dilation, self.groups = (kh, kw), (dh, dw), conv.groups
+        self.extent = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)  # rows and columns one output reads
+        self.spatial = self.extent != (1, 1) or any(self.pad)
+        self.weight = conv_weight(conv).detach()  # (out, F/groups, kh, kw)
+        self.matrix = self.weight.flatten(1)  # (out, F*kh*kw)
+        self.bias = None if conv.bias is None else conv.bias.detach()  # (out,)
+        self.checked = set()  # whole_row values whose taps were checked
+
+
+def apply_conv(plan: _Plan, window: torch.Tensor) -> torch.Tensor:
+    """A convolution without padding on a window one output row high:
+    (n, F, ext_h, P + ext_w - 1) -> (n, out, 1, P).
+
+    As a matrix product of the unfolded window (im2col): on a few positions that is much
+    faster on a CPU than F.conv2d, whose per-call set-up dominates for tiny inputs."""
+    if plan.groups != 1:
+        out = F.conv2d(window, plan.weight, None, dilation=plan.dilation, groups=plan.groups)  # (n, out, 1, P)
+        return out if plan.bias is None else out + plan.bias[:, None, None]
+    if window.shape[-2:] == plan.extent:  # one position
+        return F.linear(window.flatten(1), plan.matrix, plan.bias)[:, :, None, None]  # (n, out, 1, 1)
+    if plan.extent == (1, 1):
+        cols = window[:, :, 0].transpose(1, 2)  # pointwise on a strip: (n, P, F)
+    else:
+        cols = F.unfold(window, plan.kernel, dilation=plan.dilation).transpose(1, 2)  # (n, P, F*kh*kw)
+    return F.linear(cols, plan.matrix, plan.bias).transpose(1, 2).unsqueeze(2)  # (n, out, 1, P)
+
+
+class ConvCache:
+    """Zero-padded input maps, one per spatial convolution, filled a strip of positions at a time.
+
+    conv(c, h, i, j0): h (n, F, 1, P) is c's input at row i, columns j0..j0+P-1; store it and
+    return c's output at the same positions, (n, out, 1, P)."""
+
+    def __init__(self, height: int, width: int):
+        self.H, self.W = height, width
+        self.maps = {}  # conv -> (n, F, top + H + bottom, left + W + right)
+        self.plans = {}  # conv -> _Plan
+        self.convs = {}  # module -> its Conv2d submodules
+        self.state = {}  # free room for a model's own bookkeeping (e.g. Gated PixelCNN's current row)
+
+    def plan(self, conv: nn.Conv2d) -> _Plan:
+        if conv not in self.plans:
+            self.plans[conv] = _Plan(conv)
+        return self.plans[conv]
+
+    def _check_taps(self, conv, plan: _Plan, whole_row: bool):
+        """Refuse a convolution that would read a position not computed yet.
+
+        Tap (r, s) reads row i - top + r*d_h, column j - left + s*d_w. Rows below i are never
+        computed; columns right of j in row i only when the whole row is done in one pass."""
+        left, right, top, bottom = plan.pad
+        (kh, kw), (dh, dw) = plan.kernel, plan.dilation
+        r = torch.arange(kh)[:, None] * dh - top  # (kh, 1) row offset of each tap
+        s = torch.arange(kw)[None, :] * dw - left  # (1, kw) column offset
+        future = (r > 0) | ((r == 0) & (s > 0)) if not whole_row else (r > 0).expand(kh, kw)
+        used = plan.weight.abs().sum((0, 1)) > 0  # (kh, kw)
+        if (future & used.cpu()).any():
+            where = "a row below" if whole_row else "a later position (below, or right in the same row)"
+            raise ValueError(
+                f"{conv} reads {where} with a non-zero weight, so it cannot be evaluated "
+                f"{'row by row' if whole_row else 'pixel by pixel'}: mask or shift it, or evaluate it "
+                "a whole row at a time (cache.at(module, i, 0) on a strip of width W)"
+            )
+        plan.checked.add(whole_row)
+
+    def write(self, conv: nn.Conv2d, h: torch.Tensor, i: int, j0: int) -> torch.Tensor:
+        """Store h (n, F, 1, P), conv's input at (i, j0..j0+P-1), in conv's padded map; return the map."""
+        plan = self.plan(conv)
+        n, Fin, _, P = h.shape
+        left, right, top, bottom = plan.pad
+        buf = self.maps.get(conv)
+        if buf is None or buf.shape[:2] != (n, Fin):
+            buf = h.new_zeros(n, Fin, top + self.H + bottom, left + self.W + right)
+            self.maps[conv] = buf
+        buf.select(2, top + i).narrow(2, left + j0, P).copy_(h.select(2, 0))  # buf[:, :, top+i, left+j0:+P] = h
+        return buf
+
+    def conv(self, conv: nn.Conv2d, h: torch.Tensor, i: int, j0: int) -> torch.Tensor:
+        plan = self.plan(conv)
+        P = h.shape[-1]
+        whole_row = j0 == 0 and P == self.W
+        if whole_row not in plan.checked:
+            self._check_taps(conv, plan, whole_row)
+        buf = self.write(conv, h, i, j0)  # store the new input
+        eh, ew = plan.extent
+        window = buf[:, :, i:i + eh, j0:j0 + P + ew - 1]  # (n, F, ext_h, P + ext_w - 1)
+        return apply_conv(plan, window)  # (n, out, 1, P)
+
+    @contextmanager
+    def at(self, module: nn.Module, i: int, j0: int):
+        """Inside the block, every spatial Conv2d of `module`, called on a strip (n, F, 1, P),
+        is evaluated at positions (i, j0..j0+P-1) through this cache; 1x1 convolutions run as
+        matrix products and the other (pointwise) layers unchanged on the strip."""
+        if module not in self.convs:
+            self.convs[module] = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        convs = self.convs[module]
+        try:
+            for m in convs:  # an instance attribute `forward` shadows the class's method
+                plan = self.plan(m)
+                if plan.spatial:
+                    m.__dict__["forward"] = (lambda h, m=m: self.conv(m, h, i, j0))
+                else:  # 1x1: the same product, without a cache
+                    m.__dict__["forward"] = (lambda h, plan=plan: apply_conv(plan, h))
+            yield self
+        finally:
+            for m in convs:
+                m.__dict__.pop("forward", None)
+
+
+def strip_conditionals(model, cache: ConvCache, x: torch.Tensor, y, i: int, j0: int, j1: int) -> torch.Tensor:
+    """Log-probabilities (n, C, 1, P, K) of positions (i, j0..j1-1), running `model.conditionals`
+    on that strip of x with every spatial convolution served by `cache` (the generic case)."""
+    with cache.at(model, i, j0):
+        return model.conditionals(x[:, :, i:i + 1, j0:j1], y)  # (n, C, 1, P, K)
+
+
+class RasterConvSampler:
+    """What init_cache returns: the caches plus which pixel the sampler is at.
+
+    conditional_logprobs(x, index) -> (n, 1, K) for the next dimension index = [[c, i, j]].
+    strip(cache, x, y, i, j0, j1) -> (n, C, 1, P, K) computes positions (i, j0..j1-1) (default:
+    strip_conditionals). refresh(cache, x, y, i, j0, j1), optional, brings the caches up to date
+    after pixels (i, j0..j1-1) were filled, without computing their conditionals; by default they
+    are recomputed, which is always right. A model may do less: only layers that read the raw
+    image can hold a stale value, since every other feature at a pixel ignores that pixel's
+    (last-filled) value."""
+
+    def __init__(self, model, x: torch.Tensor, y=None, strip=None, refresh=None):
+        C, H, W = model.shape
+        self.model, self.y, self.W = model, y, W
+        self.strip = strip if strip is not None else (lambda *a: strip_conditionals(model, *a))
+        self.refresh = refresh
+        self.cache = ConvCache(H, W)
+        self.seen = x.clone()  # x as it was when each pixel was last computed
+        self.last = -1  # raster index i*W + j of the last pixel asked for
+
+    def _run(self, x, i, j0, j1):
+        lp = self.strip(self.cache, x, self.y, i, j0, j1)  # (n, C, 1, P, K)
+        self.seen[:, :, i, j0:j1] = x[:, :, i, j0:j1]
+        return lp
+
+    @torch.no_grad()
+    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        threads = torch.get_num_threads()
+        if x.device.type != "cpu" or threads == 1:
+            return self._step(x, index)
+        # the operations of one step are tiny: on a CPU, splitting them over threads only costs
+        # synchronisation (several times slower on a busy machine), so run them on one thread
+        torch.set_num_threads(1)
+        try:
+            return self._step(x, index)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _step(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if index.shape[0] != 1:
+            raise ValueError("the cached convolutional sampler fills one dimension per step (raster order)")
+        c, i, j = (int(v) for v in index[0])
+        p = i * self.W + j
+        if p not in (self.last, self.last + 1):
+            raise ValueError(
+                f"the cached sampler must visit pixels in raster order: asked for pixel {(i, j)} after "
+                f"pixel {divmod(self.last, self.W)}; sample with cached=False for other orders"
+            )
+        stale = False  # did the last pixel q change since it was computed (it was just sampled)?
+        if self.last >= 0:
+            qi, qj = divmod(self.last, self.W)
+            stale = not torch.equal(x[:, :, qi, qj], self.seen[:, :, qi, qj])
+            self.seen[:, :, qi, qj] = x[:, :, qi, qj]
+            if not torch.equal(x, self.seen):
+                raise ValueError("x changed at a pixel other than the last one sampled: the cache is stale "
+                                 "(start a new init_cache, or sample with cached=False)")
+        j0 = j  # the strip to compute: this pixel, and the one before if it is recomputed with it
+        if stale and self.last != p:
+            if self.refresh is not None:
+                self.refresh(self.cache, x, self.y, qi, qj, qj + 1)
+            elif qi == i:  # recompute the left neighbour in the same strip
+                j0 = qj
+            else:
+                self._run(x, qi, qj, qj + 1)
+        lp = self._run(x, i, j0, j + 1)
+        self.last = p
+        return lp[:, c, 0, -1, :].unsqueeze(1)  # (n, 1, K)
+
+
+class CachedConvSampling:
+    """Mixin for ARModel subclasses built from causal convolutions: a cached sampler.
+
+        class PixelCNN(CachedConvSampling, ARModel): ...
+
+    `model.sample(n)` then uses the cache; `model.sample(n, cached=False)` the naive loop.
+    A model whose layers are not all "causal spatial convolutions + pointwise layers"
+    overrides `strip_conditionals` (see Gated PixelCNN); a model may override
+    `refresh_cache` to update only its raw-image caches after a pixel is drawn (faster)."""
+
+    refresh_cache = None  # or a method (cache, x, y, i, j0, j1) -> None, see RasterConvSampler
+
+    def strip_conditionals(self, cache, x, y, i, j0, j1):
+        return strip_conditionals(self, cache, x, y, i, j0, j1)  # (n, C, 1, P, K)
+
+    def init_cache(self, x, y=None):
+        return RasterConvSampler(self, x, y, self.strip_conditionals, self.refresh_cache)
+
+    def conditional_logprobs(self, x, index, y=None, cache=None):
+        if cache is None:
+            return super().conditional_logprobs(x, index, y)  # the naive sampler
+        return cache.conditional_logprobs(x, index)  # (n, 1, K)
