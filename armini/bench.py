@@ -5,8 +5,8 @@
 
 For each model: build it for Fashion-MNIST 28x28 with 256 levels (a model that cannot take
 that, like FVSBN with its D*D*K weights, falls back to its own default levels and says so
-in `note`), train it for a fixed wall-clock budget with armini.train.fit (constant learning
-rate after warmup, since the number of steps is not known in advance), then measure
+in `note`), train it for a fixed wall-clock budget with armini.train.fit (a cosine learning-rate
+schedule over the number of steps a short probe run says fits the budget), then measure
 
     train_images_per_s   training throughput (images per second, training steps only)
     test_bpd             bits per dimension on the first `test_images` test images
@@ -20,6 +20,7 @@ Everything is seeded; timings depend on the machine (the JSON records the device
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -30,6 +31,7 @@ import armini
 from armini.models import MODELS, ARModel
 
 SHAPE, LEVELS = (1, 28, 28), 256  # Fashion-MNIST as it comes
+LR = {"pixelcnn": 2e-3, "nade": 3e-3, "fvsbn": 3e-3}  # learning rates that suit a model; 1e-3 otherwise
 
 
 def build(name: str):
@@ -77,7 +79,7 @@ def time_sampling(model, n: int, seed: int, cached: bool):
     return (time.perf_counter() - t0) / n, x
 
 
-def bench_model(name: str, *, budget_s: float, device, batch_size=64, lr=1e-3, test_images=1000, sample_n=2,
+def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, test_images=1000, sample_n=2,
                 seed=0, datasets=None) -> dict:
     """Train one model for `budget_s` seconds and measure it; returns one JSON record."""
     from armini import data, train
@@ -91,11 +93,18 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=64, lr=1e-3, t
                                   data.load("fashion-mnist", "test", levels=model.levels, limit=test_images))
     train_set, test_set = datasets[model.levels]
 
-    hist = train.fit(model, train_set, test_set, steps=10**9, time_limit=budget_s, batch_size=batch_size, lr=lr,
-                     lr_schedule="constant", device=dev, seed=seed, progress=False)
+    lr = lr if lr is not None else LR.get(name, 1e-3)
+    # The learning rate follows a cosine schedule over the number of steps that fits the budget,
+    # estimated from a short probe run on a copy; time_limit stops the real run at the budget anyway.
+    probe = train.fit(copy.deepcopy(model), train_set, None, steps=10**9, time_limit=min(10.0, budget_s / 10),
+                      batch_size=batch_size, lr=lr, lr_schedule="constant", device=dev, seed=seed, progress=False)
+    steps = max(1, int(budget_s * probe.steps / max(probe.train_s, 1e-9)))
+    hist = train.fit(model, train_set, test_set, steps=steps, time_limit=budget_s, batch_size=batch_size, lr=lr,
+                     device=dev, seed=seed, progress=False)
     record = dict(
         model=name, device=str(dev), params=model.num_params(), levels=model.levels, shape=list(model.shape),
-        batch_size=batch_size, budget_s=budget_s, steps=hist.steps, train_images_per_s=hist.images_per_s,
+        batch_size=batch_size, lr=lr, budget_s=budget_s, steps=hist.steps, planned_steps=steps,
+        train_images_per_s=hist.images_per_s,
         train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd, test_images=len(test_set),
         data_source=train_set.source, sample_n=sample_n,
     )
@@ -126,7 +135,7 @@ def format_table(records, budget_s, test_images) -> str:
     def line(cells):
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    title = (f"Fashion-MNIST 28x28, {budget_s:g} s of training per model (constant lr after warmup); "
+    title = (f"Fashion-MNIST 28x28, {budget_s:g} s of training per model (cosine lr over the steps that fit); "
              f"test bits/dim on the first {test_images} test images")
     return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
 
@@ -137,8 +146,8 @@ def build_parser():
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per model (default 60; 3 in quick mode)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: armini.device())")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: bench.LR for the model, else 1e-3)")
     p.add_argument("--test-images", type=int, default=None, help="test subset size (default 1000; 200 in quick mode)")
     p.add_argument("--sample-n", type=int, default=None, help="images sampled for timing (default 2; 1 in quick mode)")
     p.add_argument("--seed", type=int, default=0)

@@ -51,10 +51,10 @@ class ResidualBlock(nn.Module):
 class PixelCNNConfig:
     shape: tuple = (1, 28, 28)
     levels: int = 256
-    channels: int = 64  # F, feature channels (rounded up to a multiple of 2*C)
-    n_blocks: int = 5  # residual blocks after the 7x7 mask-A layer
+    channels: int = 96  # F, feature channels (rounded up to a multiple of 2*C)
+    n_blocks: int = 4  # residual blocks after the 7x7 mask-A layer
     first_kernel: int = 7
-    head_channels: int = 128  # width of the 1x1 output layers (rounded up to a multiple of C)
+    head_channels: int = 64  # width of the 1x1 output layers (rounded up to a multiple of C)
 
 
 class PixelCNN(CachedConvSampling, ARModel):
