@@ -9,13 +9,6 @@ from armini.nn.attention import CausalSelfAttention, KVCache, attention_mask, lo
 B, T, DIM = 2, 9, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids the cost of syncing threads on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def naive_attention(layer, x, context=None, allowed=None):

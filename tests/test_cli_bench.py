@@ -12,13 +12,6 @@ from armini.__main__ import image_grid, main
 from armini.models import MODELS, IndependentPixels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and robust on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run_cli(args, cwd):

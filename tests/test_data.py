@@ -6,7 +6,6 @@ and the places searched for the full set are redirected to temporary folders.
 import gzip
 import hashlib
 import http.server
-import os
 import threading
 from pathlib import Path
 

@@ -18,13 +18,6 @@ from armini.nn.dmol import (
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation (25x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_params(B, C, M, H, W, seed=0, dtype=torch.float64, extreme=False):

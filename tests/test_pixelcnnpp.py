@@ -12,13 +12,6 @@ from armini.causality import check_causality
 from armini.models.pixelcnnpp import PixelCNNpp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation (25x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 TINY = dict(nr_filters=8, nr_mix=2, nr_resnet=1)

@@ -22,13 +22,6 @@ SMALL = dict(hidden=6, n_layers=2, head_channels=12)  # tiny widths: tests run i
 SHAPES = [(1, 4, 5), (3, 3, 4)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The recurrences are thousands of tiny ops: threads only add overhead (and contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(name, shape, levels=4, seed=0, **kwargs):

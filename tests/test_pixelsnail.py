@@ -13,13 +13,6 @@ SHAPES = [(1, 6, 6), (3, 4, 4)]
 SMALL = dict(channels=8, n_blocks=2, n_res=1, key_dim=4, value_dim=8, head_channels=12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids the cost of syncing threads on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(shape, levels=4, seed=0, **kw):

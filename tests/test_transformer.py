@@ -14,13 +14,6 @@ SHAPES = [(1, 6, 6), (3, 4, 4)]
 SMALL = dict(dim=16, n_layers=2, n_heads=2, mlp_ratio=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids the cost of syncing threads on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(shape, levels=4, seed=0, **kw):
