@@ -168,7 +168,7 @@ def test_causality_check_catches_broken_variants(name, shape, breaker):
 
 def test_diagonal_bilstm_without_shift_leaks(monkeypatch):
     # the right-to-left pass sees the rest of its row: without the shift down, that is the future
-    monkeypatch.setattr(pixelrnn, "shift_down", lambda h: h)
+    monkeypatch.setattr(pixelrnn, "down_shift", lambda h: h)
     report = check_causality(make("diagonal-bilstm", (1, 4, 4)))
     assert not report.ok
     assert any(t[1] == s[1] and s[2] > t[2] for t, s in report.leaks)  # a later pixel on the same row

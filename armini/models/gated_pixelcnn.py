@@ -64,6 +64,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..nn.heads import categorical_logits, softmax_head
 from ..nn.masked import MaskedConv2d
 from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift
 from ..sampling_cache import CachedConvSampling
@@ -160,12 +161,7 @@ class GatedPixelCNN(CachedConvSampling, ARModel):
             GatedLayer(F if l else C, F, cfg.kernel if l else cfg.first_kernel, l == 0, C, cfg.num_classes)
             for l in range(cfg.n_layers)
         )
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            MaskedConv2d(F, cfg.head_channels, 1, "B", C),
-            nn.ReLU(),
-            MaskedConv2d(cfg.head_channels, C * K, 1, "B", C),  # channel c's logits are block c of K
-        )
+        self.head = softmax_head(F, cfg.head_channels, C, K)  # relu, 1x1, relu, 1x1 to C*K, all mask B
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.head[-1].weight.dtype  # float32, or float64 after model.double()
@@ -173,10 +169,8 @@ class GatedPixelCNN(CachedConvSampling, ARModel):
 
     def head_logprobs(self, skip: torch.Tensor) -> torch.Tensor:
         """Summed skip connections (B, F, H, W) -> log-probabilities (B, C, H, W, K)."""
-        B, _, H, W = skip.shape
-        C, K = self.shape[0], self.levels
         out = self.head(skip)  # (B, C*K, H, W), block c holds channel c's K logits
-        return torch.log_softmax(out.view(B, C, K, H, W).permute(0, 1, 3, 4, 2), dim=-1)  # (B, C, H, W, K)
+        return torch.log_softmax(categorical_logits(out, self.shape[0], self.levels), dim=-1)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
         x = self.check_input(x)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..nn.heads import categorical_logits, softmax_head
 from ..nn.masked import MaskedConv2d
 from ..sampling_cache import CachedConvSampling
 from .base import ARModel
@@ -74,12 +75,7 @@ class PixelCNN(CachedConvSampling, ARModel):
         K, F = self.levels, cfg.channels
         self.input_conv = MaskedConv2d(C, F, cfg.first_kernel, "A", C)  # sees strictly earlier sub-pixels
         self.blocks = nn.Sequential(*[ResidualBlock(F, C) for _ in range(cfg.n_blocks)])
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            MaskedConv2d(F, cfg.head_channels, 1, "B", C),
-            nn.ReLU(),
-            MaskedConv2d(cfg.head_channels, C * K, 1, "B", C),  # channel c's logits are block c of K
-        )
+        self.head = softmax_head(F, cfg.head_channels, C, K)  # relu, 1x1, relu, 1x1 to C*K, all mask B
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""
@@ -89,7 +85,7 @@ class PixelCNN(CachedConvSampling, ARModel):
         h = self.input_conv(h)  # (B, F, H, W)
         h = self.blocks(h)  # (B, F, H, W)
         out = self.head(h)  # (B, C*K, H, W), channel-major: block c holds channel c's K logits
-        return out.view(B, C, K, H, W).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
+        return categorical_logits(out, C, K)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
         return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)

@@ -21,10 +21,10 @@ The changes to PixelCNN, all here:
                       . . o . .                       # # o . .
 
 4. Down-sampling (sec. 2.3: stride-2 shifted convolutions, up-sampling by stride-2
-   transposed ones) with shortcut connections (sec. 2.4) from the up pass (fine ->
+   transposed ones, all in armini.nn.shifted) with shortcut connections (sec. 2.4) from the up pass (fine ->
    coarse) to the down pass (coarse -> fine), like a U-net: 28 -> 14 -> 7 -> 14 -> 28.
 5. Every block is a gated resnet with dropout (sec. 2.5) and the reference code's
-   concatenated ELU:
+   concatenated ELU (armini.nn.gated):
 
        c1 = conv(concat_elu(h)) [+ nin(concat_elu(skip))];  c2 = conv(dropout(concat_elu(c1)))
        h  = h + a * sigmoid(b),   (a, b) = split(c2)
@@ -59,67 +59,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.dmol import dmol_conditionals, dmol_log_prob_pixels, dmol_num_params, to_unit_range
-from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
+from ..nn.gated import GatedResnet
+from ..nn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
+                          DownShiftedConvTranspose2d, down_shift, right_shift)
 from .base import ARModel
-
-
-def concat_elu(x: torch.Tensor) -> torch.Tensor:
-    """elu of x and of -x, side by side, so no sign is cut off (the reference code's nonlinearity): (B, 2F, H, W)."""
-    return F.elu(torch.cat([x, -x], dim=1))
-
-
-def down_shifted_conv(in_channels, out_channels, stride=1):
-    """The u stream's convolution: rows i-1..i, columns j-1..j+1."""
-    return DownShiftedConv2d(in_channels, out_channels, (2, 3), stride=stride)
-
-
-def down_right_shifted_conv(in_channels, out_channels, stride=1):
-    """The ul stream's convolution: rows i-1..i, columns j-1..j."""
-    return DownRightShiftedConv2d(in_channels, out_channels, (2, 2), stride=stride)
-
-
-class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
-    """Stride-2 up-sampling of the u stream: coarse (i, j) writes fine rows 2i, 2i+1 (never above)
-    and columns 2j-1..2j+1: (B, F, h, w) -> (B, F, 2h, 2w)."""
-
-    def __init__(self, in_channels, out_channels, kernel_size=(2, 3)):
-        super().__init__(in_channels, out_channels, kernel_size, stride=2)
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        left = (self.kernel_size[1] - 1) // 2
-        return super().forward(x)[:, :, : 2 * h, left : left + 2 * w]  # (B, F, 2h, 2w)
-
-
-class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
-    """Stride-2 up-sampling of the ul stream: coarse (i, j) writes fine (2i..2i+1, 2j..2j+1),
-    all at or after (2i, 2j) in raster order: (B, F, h, w) -> (B, F, 2h, 2w)."""
-
-    def __init__(self, in_channels, out_channels, kernel_size=(2, 2)):
-        super().__init__(in_channels, out_channels, kernel_size, stride=2)
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        return super().forward(x)[:, :, : 2 * h, : 2 * w]  # (B, F, 2h, 2w)
-
-
-class GatedResnet(nn.Module):
-    """h + a * sigmoid(b), (a, b) = conv(dropout(concat_elu(conv(concat_elu(h)) + nin(concat_elu(skip)))))."""
-
-    def __init__(self, filters: int, conv, skip_channels: int = 0, dropout: float = 0.0):
-        super().__init__()
-        self.conv_in = conv(2 * filters, filters)
-        self.nin_skip = nn.Conv2d(2 * skip_channels, filters, 1) if skip_channels else None  # "nin": a 1x1 conv
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv_out = conv(2 * filters, 2 * filters)
-
-    def forward(self, h, skip=None):
-        c1 = self.conv_in(concat_elu(h))  # (B, F, H, W)
-        if skip is not None:
-            c1 = c1 + self.nin_skip(concat_elu(skip))  # the other stream, or the up pass's shortcut
-        c2 = self.conv_out(self.dropout(concat_elu(c1)))  # (B, 2F, H, W)
-        a, b = c2.chunk(2, dim=1)  # (B, F, H, W) each
-        return h + a * torch.sigmoid(b)  # gating
 
 
 @dataclass
@@ -154,15 +97,17 @@ class PixelCNNpp(ARModel):
         self.u_init = DownShiftedConv2d(C + 1, Fn, (2, 3))  # rows above (after the down-shift)
         self.ul_init_up = DownShiftedConv2d(C + 1, Fn, (1, 3))  # the row above (after the down-shift)
         self.ul_init_left = DownRightShiftedConv2d(C + 1, Fn, (2, 1))  # left column (after the right-shift)
+        # the u stream's convolutions are DownShiftedConv2d (2, 3): rows i-1..i, columns j-1..j+1;
+        # the ul stream's DownRightShiftedConv2d (2, 2): rows i-1..i, columns j-1..j (their default kernels)
         # up pass: fine -> coarse; ul reads u at the same position
-        self.up_u = nn.ModuleList([resnets(R, down_shifted_conv, 0) for _ in range(S)])
-        self.up_ul = nn.ModuleList([resnets(R, down_right_shifted_conv, Fn) for _ in range(S)])
-        self.downsize_u = nn.ModuleList([down_shifted_conv(Fn, Fn, stride=2) for _ in range(S - 1)])
-        self.downsize_ul = nn.ModuleList([down_right_shifted_conv(Fn, Fn, stride=2) for _ in range(S - 1)])
+        self.up_u = nn.ModuleList([resnets(R, DownShiftedConv2d, 0) for _ in range(S)])
+        self.up_ul = nn.ModuleList([resnets(R, DownRightShiftedConv2d, Fn) for _ in range(S)])
+        self.downsize_u = nn.ModuleList([DownShiftedConv2d(Fn, Fn, stride=2) for _ in range(S - 1)])
+        self.downsize_ul = nn.ModuleList([DownRightShiftedConv2d(Fn, Fn, stride=2) for _ in range(S - 1)])
         # down pass: coarse -> fine; every block also reads a shortcut from the up pass
         n_down = [R] + [R + 1] * (S - 1)
-        self.down_u = nn.ModuleList([resnets(n, down_shifted_conv, Fn) for n in n_down])
-        self.down_ul = nn.ModuleList([resnets(n, down_right_shifted_conv, 2 * Fn) for n in n_down])
+        self.down_u = nn.ModuleList([resnets(n, DownShiftedConv2d, Fn) for n in n_down])
+        self.down_ul = nn.ModuleList([resnets(n, DownRightShiftedConv2d, 2 * Fn) for n in n_down])
         self.upsize_u = nn.ModuleList([DownShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
         self.upsize_ul = nn.ModuleList([DownRightShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
         self.nin_out = nn.Conv2d(Fn, dmol_num_params(C, cfg.nr_mix), 1)

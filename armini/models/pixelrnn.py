@@ -64,7 +64,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.masked import MaskedConv2d, causal_mask
+from ..nn.heads import categorical_logits, softmax_head
+from ..nn.masked import MaskedConv2d, MaskedRowConv
+from ..nn.shifted import down_shift
 from .base import ARModel
 
 
@@ -101,26 +103,13 @@ def lstm_scan(x_is: torch.Tensor, state_to_state, groups: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ Row LSTM
-class MaskedRowConv(nn.Conv2d):
-    """A 1 x k convolution along the row whose taps are the centre row of a mask-B kernel:
-    the pixel's left neighbours, and the pixel itself through the channel-group mask."""
-
-    def __init__(self, in_channels: int, out_channels: int, k: int, groups: int):
-        super().__init__(in_channels, out_channels, (1, k), padding=(0, k // 2))
-        row = causal_mask(k, "B", in_channels, out_channels, groups)[:, :, k // 2 : k // 2 + 1]  # (out, in, 1, k)
-        self.register_buffer("mask", row)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)  # (B, out, H, W)
-
-
 class RowLSTMLayer(nn.Module):
     """x + 1x1(Row LSTM(x)): an LSTM over the rows, top to bottom (paper section 3.1, Figure 4)."""
 
     def __init__(self, channels: int, hidden: int, groups: int, k: int = 3):
         super().__init__()
         self.groups = groups
-        self.input_to_state = MaskedRowConv(channels, 4 * hidden, k, groups)  # K^is: k x 1, mask B
+        self.input_to_state = MaskedRowConv(channels, 4 * hidden, k, groups)  # K^is: 1 x k, mask B
         self.state_to_state = nn.Conv1d(hidden, 4 * hidden, k, padding=k // 2, bias=False)  # K^ss over row i-1
         self.out = MaskedConv2d(hidden, channels, 1, "B", groups)  # h -> 2h channels (section 3.3)
 
@@ -156,11 +145,6 @@ def skew(x: torch.Tensor) -> torch.Tensor:
 def unskew(s: torch.Tensor, W: int) -> torch.Tensor:
     """Undo `skew`: (B, F, H, W + H - 1) -> (B, F, H, W), dropping the offset positions."""
     return torch.stack([row[..., i : i + W] for i, row in enumerate(s.unbind(2))], dim=2)  # (B, F, H, W)
-
-
-def shift_down(x: torch.Tensor) -> torch.Tensor:
-    """Move every row one down, zeros in row 0: row i then holds what row i-1 computed. (B, F, H, W)."""
-    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]  # (B, F, H, W)
 
 
 class DiagonalLSTM(nn.Module):
@@ -207,7 +191,7 @@ class DiagonalBiLSTMLayer(nn.Module):
         """x: the residual stream (B, F, H, W); image: the pixel values (B, C, H, W) in [-1, 1]."""
         h_lr = self.left_to_right(x)  # (B, h, H, W): sees its row's left and everything above-left
         h_rl = self.right_to_left(torch.cat([x, image], 1).flip(3)).flip(3)  # (B, h, H, W): sees its whole row
-        h = h_lr + shift_down(h_rl)  # row i takes the right-to-left states of row i-1: all in the past
+        h = h_lr + down_shift(h_rl)  # row i takes the right-to-left states of row i-1: all in the past
         return x + self.out(h)  # residual connection, (B, F, H, W)
 
 
@@ -249,12 +233,7 @@ class PixelRNN(ARModel):
         K, h = self.levels, cfg.hidden
         self.input_conv = MaskedConv2d(C, 2 * h, cfg.first_kernel, "A", C)  # strictly earlier sub-pixels
         self.layers = nn.ModuleList([self.make_layer(2 * h, h, C) for _ in range(cfg.n_layers)])
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            MaskedConv2d(2 * h, cfg.head_channels, 1, "B", C),
-            nn.ReLU(),
-            MaskedConv2d(cfg.head_channels, C * K, 1, "B", C),  # channel c's logits are block c of K
-        )
+        self.head = softmax_head(2 * h, cfg.head_channels, C, K)  # relu, 1x1, relu, 1x1 to C*K, all mask B
 
     def make_layer(self, channels: int, hidden: int, groups: int) -> nn.Module:
         """One LSTM layer on a residual stream of `channels` (each subclass builds its own)."""
@@ -271,10 +250,8 @@ class PixelRNN(ARModel):
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """Residual stream (B, F, H, W) -> logits (B, C, H, W, K)."""
-        B, _, H, W = h.shape
-        C, K = self.shape[0], self.levels
         out = self.head(h)  # (B, C*K, H, W), block c holds channel c's K logits
-        return out.view(B, C, K, H, W).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
+        return categorical_logits(out, self.shape[0], self.levels)  # (B, C, H, W, K)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""

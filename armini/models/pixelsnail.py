@@ -17,7 +17,7 @@ reads pixels j < i, never itself (pixel 0 reads nothing and gets zeros: armini.n
 Every feature at pixel i then depends on pixels before i only, and through the attention on
 every one of them: no blind spot.
 
-Gated residual block (PixelCNN++, Salimans et al. 2017; armini.models.pixelcnnpp.GatedResnet),
+Gated residual block (PixelCNN++, Salimans et al. 2017; armini.nn.gated.GatedResnet),
 with concat_elu(u) = ELU([u, -u]):
 
     u = conv(concat_elu(h)) (+ nin(concat_elu(a)))
@@ -46,10 +46,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.attention import CausalSelfAttention
+from ..nn.gated import GatedResnet
+from ..nn.heads import categorical_logits
 from ..nn.masked import MaskedConv2d
 from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
 from .base import ARModel
-from .pixelcnnpp import GatedResnet, down_right_shifted_conv
 
 
 def nin(cin: int, cout: int) -> nn.Module:
@@ -82,7 +83,7 @@ class SNAILBlock(nn.Module):
 
     def __init__(self, channels, image_channels, n_res, key_dim, value_dim, n_heads):
         super().__init__()
-        self.res = nn.ModuleList([GatedResnet(channels, down_right_shifted_conv) for _ in range(n_res)])
+        self.res = nn.ModuleList([GatedResnet(channels, DownRightShiftedConv2d) for _ in range(n_res)])  # (2, 2)
         self.attention = AttentionBlock(channels, image_channels, key_dim, value_dim, n_heads)
 
     def forward(self, h, x, pos, return_weights=False):
@@ -153,7 +154,7 @@ class PixelSNAIL(ARModel):
         h, _ = self.trunk(x)  # (B, F, H, W)
         z = self.head_trunk(F.elu(h)) + self.head_pixel(x)  # (B, G, H, W): group c sees channels < c of pixel i
         out = self.head_out(F.elu(z))  # (B, C*K, H, W), channel-major
-        return out.view(B, C, self.levels, H, W).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
+        return categorical_logits(out, C, self.levels)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
         return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)

@@ -42,6 +42,18 @@ def channel_groups(n_channels: int, groups: int) -> torch.Tensor:
     return torch.arange(n_channels) // (n_channels // groups)
 
 
+def current_tap_mask(mask_type: str, in_channels: int, out_channels: int, groups: int) -> torch.Tensor:
+    """Which (out, in) channel pairs may connect through the current-position tap: (out, in) float.
+
+    Channels are split into `groups` contiguous groups (channel_groups);
+    out group g may read in group h iff h < g ("A") or h <= g ("B")."""
+    if mask_type not in ("A", "B"):
+        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+    g_out = channel_groups(out_channels, groups)[:, None]  # (out, 1)
+    g_in = channel_groups(in_channels, groups)[None, :]  # (1, in)
+    return ((g_in < g_out) if mask_type == "A" else (g_in <= g_out)).float()  # (out, in)
+
+
 def causal_mask(
     kernel_size: int,
     mask_type: str = "B",
@@ -63,10 +75,7 @@ def causal_mask(
     mask = torch.zeros(out_channels, in_channels, k, k)
     mask[:, :, :c, :] = 1  # every row above the centre
     mask[:, :, c, :c] = 1  # left of the centre in the centre row
-    g_out = channel_groups(out_channels, groups)[:, None]  # (out, 1)
-    g_in = channel_groups(in_channels, groups)[None, :]  # (1, in)
-    centre = (g_in < g_out) if mask_type == "A" else (g_in <= g_out)  # (out, in)
-    mask[:, :, c, c] = centre.float()
+    mask[:, :, c, c] = current_tap_mask(mask_type, in_channels, out_channels, groups)  # (out, in)
     return mask
 
 
@@ -77,6 +86,27 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
         self.mask_type = mask_type
         self.register_buffer("mask", causal_mask(kernel_size, mask_type, in_channels, out_channels, groups_of_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)  # (B, out, H, W)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mask_type={self.mask_type}"
+
+
+class MaskedRowConv(nn.Conv2d):
+    """A same-padded 1 x k convolution along the row whose taps are the centre row of a k x k
+    causal mask: the pixel's left neighbours, and the pixel itself through the channel-group
+    mask (mask B: groups <= g; mask A: groups < g). The Row LSTM's input-to-state K^is.
+
+        mask B, k = 3, one group:   1 1 0        (left neighbour, the pixel, not the right one)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, k: int, groups_of_channels: int = 1, mask_type: str = "B"):
+        super().__init__(in_channels, out_channels, (1, k), padding=(0, k // 2))
+        self.mask_type = mask_type
+        row = causal_mask(k, mask_type, in_channels, out_channels, groups_of_channels)[:, :, k // 2 : k // 2 + 1]
+        self.register_buffer("mask", row)  # (out, in, 1, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)  # (B, out, H, W)

@@ -37,7 +37,11 @@ For the default (2, 2) and for Gated PixelCNN's horizontal (1, 3):
     "B"   o is visible, but group g only reads groups <= g there (later layers)
 With one group, "A" equals a right-shifted input and "B" equals None.
 
-Every convolution here stores its padding as `self.pad = (left, right, top, bottom)`
+DownShiftedConvTranspose2d and DownRightShiftedConvTranspose2d up-sample by 2 (PixelCNN++'s
+down pass): a coarse position (i, j) writes only fine positions at or after (2i, 2j) in the
+same sense as the matching convolution, so the streams stay causal across resolutions.
+
+Every convolution here (the transposed ones aside) stores its padding as `self.pad = (left, right, top, bottom)`
 (the order of F.pad), so the fast sampler (armini.sampling_cache) can evaluate it
 at a few positions without recomputing the whole image.
 
@@ -49,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .masked import channel_groups
+from .masked import current_tap_mask
 
 
 def down_shift(x: torch.Tensor) -> torch.Tensor:
@@ -90,18 +94,6 @@ class DownShiftedConv2d(nn.Conv2d):
         return super().extra_repr() + f", pad(l,r,t,b)={self.pad}"
 
 
-def current_tap_mask(mask_type: str, in_channels: int, out_channels: int, groups: int) -> torch.Tensor:
-    """Which (out, in) channel pairs may connect through the current-position tap: (out, in) float.
-
-    Channels are split into `groups` contiguous groups (armini.nn.masked.channel_groups);
-    out group g may read in group h iff h < g ("A") or h <= g ("B")."""
-    if mask_type not in ("A", "B"):
-        raise ValueError(f"mask_type must be 'A', 'B' or None, got {mask_type!r}")
-    g_out = channel_groups(out_channels, groups)[:, None]  # (out, 1)
-    g_in = channel_groups(in_channels, groups)[None, :]  # (1, in)
-    return ((g_in < g_out) if mask_type == "A" else (g_in <= g_out)).float()  # (out, in)
-
-
 class DownRightShiftedConv2d(nn.Conv2d):
     """Convolution whose output (i, j) reads rows i-k_h+1..i, columns j-k_w+1..j (see module doc).
 
@@ -111,6 +103,8 @@ class DownRightShiftedConv2d(nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size=(2, 2), mask_type=None, groups_of_channels=1,
                  stride=1, bias=True):
         kh, kw = _pair(kernel_size)
+        if mask_type not in (None, "A", "B"):
+            raise ValueError(f"mask_type must be 'A', 'B' or None, got {mask_type!r}")
         super().__init__(in_channels, out_channels, (kh, kw), stride=stride, padding=0, bias=bias)
         self.pad = (kw - 1, 0, kh - 1, 0)  # (left, right, top, bottom)
         self.mask_type = mask_type
@@ -130,3 +124,30 @@ class DownRightShiftedConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", pad(l,r,t,b)={self.pad}, mask_type={self.mask_type}"
+
+
+class DownShiftedConvTranspose2d(nn.ConvTranspose2d):
+    """Stride-2 up-sampling that keeps DownShiftedConv2d's causality (PixelCNN++'s u stream):
+    coarse (i, j) writes fine rows 2i, 2i+1 (never above) and columns 2j-1..2j+1:
+    (B, F, h, w) -> (B, F, 2h, 2w)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=(2, 3)):
+        super().__init__(in_channels, out_channels, kernel_size, stride=2)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        left = (self.kernel_size[1] - 1) // 2
+        return super().forward(x)[:, :, : 2 * h, left : left + 2 * w]  # (B, F, 2h, 2w)
+
+
+class DownRightShiftedConvTranspose2d(nn.ConvTranspose2d):
+    """Stride-2 up-sampling that keeps DownRightShiftedConv2d's causality (PixelCNN++'s ul stream):
+    coarse (i, j) writes fine (2i..2i+1, 2j..2j+1), all at or after (2i, 2j) in raster order:
+    (B, F, h, w) -> (B, F, 2h, 2w)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=(2, 2)):
+        super().__init__(in_channels, out_channels, kernel_size, stride=2)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        return super().forward(x)[:, :, : 2 * h, : 2 * w]  # (B, F, 2h, 2w)
