@@ -81,7 +81,7 @@ class PixelCNN(CachedConvSampling, ARModel):
         """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""
         B, C, H, W = x.shape
         K = self.levels
-        h = x.float() * (2.0 / (K - 1)) - 1.0  # values scaled to [-1, 1]
+        h = x.to(self.input_conv.weight.dtype) * (2.0 / (K - 1)) - 1.0  # values scaled to [-1, 1]
         h = self.input_conv(h)  # (B, F, H, W)
         h = self.blocks(h)  # (B, F, H, W)
         out = self.head(h)  # (B, C*K, H, W), channel-major: block c holds channel c's K logits
