@@ -8,6 +8,8 @@ import torch
 from armini.causality import assert_causal, check_causality
 from armini.models.gated_pixelcnn import GatedPixelCNN, gate, halves
 from armini.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
+from helpers import class_labels as labels
+from helpers import train_a_little
 
 SMALL = dict(channels=12, n_layers=3, head_channels=12)
 CASES = {
@@ -20,23 +22,6 @@ CASES = {
 def make(case, seed=0):
     torch.manual_seed(seed)
     return GatedPixelCNN(**CASES[case])
-
-
-def labels(model, n):
-    return None if model.num_classes is None else torch.arange(n) % model.num_classes
-
-
-def train_a_little(model, steps=3):
-    """A few Adam steps on random images, so the checks do not only see the initialisation."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        x = torch.randint(model.levels, (8,) + model.shape, generator=g)
-        loss = model.loss(x, labels(model, 8))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model
 
 
 # ------------------------------------------------------------------------ shifted convolutions

@@ -6,6 +6,7 @@ the Row LSTM's triangle leaves earlier pixels unseen, the Diagonal BiLSTM sees a
 Exact receptive fields come from gradients in float64 (no path = exactly zero);
 "moves the conditional" from the perturbation inspector, armini.causality.
 """
+import functools
 import itertools
 import math
 
@@ -16,29 +17,18 @@ from armini.causality import assert_causal, check_causality
 from armini.models import pixelrnn
 from armini.models.pixelrnn import DiagonalBiLSTM, RowLSTM, lstm_cell, skew, unskew
 from armini.nn.masked import causal_mask
+from helpers import train_a_little as _train
+
+train_a_little = functools.partial(_train, steps=5)  # five Adam steps before each check
 
 MODELS = {"row-lstm": RowLSTM, "diagonal-bilstm": DiagonalBiLSTM}
 SMALL = dict(hidden=6, n_layers=2, head_channels=12)  # tiny widths: tests run in seconds
 SHAPES = [(1, 4, 5), (3, 3, 4)]
 
 
-
-
 def make(name, shape, levels=4, seed=0, **kwargs):
     torch.manual_seed(seed)
     return MODELS[name](shape=shape, levels=levels, **{**SMALL, **kwargs}).double()
-
-
-def train_a_little(model, steps=5, seed=1):
-    """A few Adam steps on random images, so checks are not artefacts of the initialisation."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        x = torch.randint(model.levels, (8,) + model.shape, generator=g)
-        opt.zero_grad()
-        model.loss(x).backward()
-        opt.step()
-    return model
 
 
 def input_gradient(model, x, target):

@@ -8,28 +8,15 @@ import torch
 
 from armini.causality import assert_causal, check_causality
 from armini.models.pixelsnail import PixelSNAIL
+from helpers import train_a_little as train_steps
 
 SHAPES = [(1, 6, 6), (3, 4, 4)]
 SMALL = dict(channels=8, n_blocks=2, n_res=1, key_dim=4, value_dim=8, head_channels=12)
 
 
-
-
 def make(shape, levels=4, seed=0, **kw):
     torch.manual_seed(seed)
     return PixelSNAIL(shape=shape, levels=levels, **{**SMALL, **kw})
-
-
-def train_steps(model, steps=3, batch=8, lr=1e-2):
-    """A few Adam steps on random data, so checks do not rely on the initialisation."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        x = torch.randint(model.levels, (batch,) + model.shape, generator=g)
-        opt.zero_grad()
-        model.loss(x).backward()
-        opt.step()
-    return model
 
 
 @pytest.mark.parametrize("shape", SHAPES)

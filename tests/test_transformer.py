@@ -9,28 +9,15 @@ import torch
 from armini.causality import assert_causal, check_causality
 from armini.models.transformer import PixelTransformer
 from armini.nn.palette import Palette, kmeans
+from helpers import train_a_little as train_steps
 
 SHAPES = [(1, 6, 6), (3, 4, 4)]
 SMALL = dict(dim=16, n_layers=2, n_heads=2, mlp_ratio=2)
 
 
-
-
 def make(shape, levels=4, seed=0, **kw):
     torch.manual_seed(seed)
     return PixelTransformer(shape=shape, levels=levels, **{**SMALL, **kw})
-
-
-def train_steps(model, steps=3, batch=8, lr=1e-2):
-    """A few Adam steps on random data, so checks do not rely on the initialisation."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        x = torch.randint(model.levels, (batch,) + model.shape, generator=g)
-        opt.zero_grad()
-        model.loss(x).backward()
-        opt.step()
-    return model
 
 
 # ------------------------------------------------------------------ the contract
