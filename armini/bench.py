@@ -34,12 +34,14 @@ SHAPE, LEVELS = (1, 28, 28), 256  # Fashion-MNIST as it comes
 LR = {"pixelcnn": 2e-3, "nade": 3e-3, "fvsbn": 3e-3}  # learning rates that suit a model; 1e-3 otherwise
 
 
-def build(name: str):
+def build(name: str, **kwargs):
     """(model, note): the model for 28x28 with 256 levels, else with its own default levels."""
     cls = MODELS[name]
     try:
-        return cls(shape=SHAPE, levels=LEVELS), ""
+        return cls(shape=SHAPE, levels=LEVELS, **kwargs), ""
     except ValueError as e:
+        if kwargs:
+            raise
         model = cls(shape=SHAPE)
         return model, f"levels={model.levels} (cannot take {LEVELS}: {str(e).split(';')[0]})"
 
@@ -80,14 +82,15 @@ def time_sampling(model, n: int, seed: int, cached: bool):
 
 
 def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, test_images=1000, sample_n=2,
-                seed=0, datasets=None) -> dict:
+                seed=0, datasets=None, cpu_time=False, **model_kwargs) -> dict:
     """Train one model for `budget_s` seconds and measure it; returns one JSON record."""
     from armini import data, train
 
     datasets = {} if datasets is None else datasets  # levels -> (train, test), shared between models
     dev = armini.device(device) if device is None or isinstance(device, str) else device
     armini.seed_everything(seed)
-    model, note = build(name)
+    model, note = build(name, **model_kwargs)
+    clock = time.process_time if cpu_time else time.perf_counter
     if model.levels not in datasets:
         datasets[model.levels] = (data.load("fashion-mnist", "train", levels=model.levels),
                                   data.load("fashion-mnist", "test", levels=model.levels, limit=test_images))
@@ -97,13 +100,15 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, t
     # The learning rate follows a cosine schedule over the number of steps that fits the budget,
     # estimated from a short probe run on a copy; time_limit stops the real run at the budget anyway.
     probe = train.fit(copy.deepcopy(model), train_set, None, steps=10**9, time_limit=min(10.0, budget_s / 10),
-                      batch_size=batch_size, lr=lr, lr_schedule="constant", device=dev, seed=seed, progress=False)
+                      batch_size=batch_size, lr=lr, lr_schedule="constant", device=dev, seed=seed, progress=False,
+                      clock=clock)
     steps = max(1, int(budget_s * probe.steps / max(probe.train_s, 1e-9)))
     hist = train.fit(model, train_set, test_set, steps=steps, time_limit=budget_s, batch_size=batch_size, lr=lr,
-                     device=dev, seed=seed, progress=False)
+                     device=dev, seed=seed, progress=False, clock=clock)
     record = dict(
         model=name, device=str(dev), params=model.num_params(), levels=model.levels, shape=list(model.shape),
-        batch_size=batch_size, lr=lr, budget_s=budget_s, steps=hist.steps, planned_steps=steps,
+        batch_size=batch_size, lr=lr, budget_s=budget_s, clock="cpu" if cpu_time else "wall",
+        threads=torch.get_num_threads(), model_kwargs=model_kwargs, steps=hist.steps, planned_steps=steps,
         train_images_per_s=hist.images_per_s,
         train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd, test_images=len(test_set),
         data_source=train_set.source, sample_n=sample_n,
@@ -135,7 +140,8 @@ def format_table(records, budget_s, test_images) -> str:
     def line(cells):
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    title = (f"Fashion-MNIST 28x28, {budget_s:g} s of training per model (cosine lr over the steps that fit); "
+    clock = "CPU" if records and records[0].get("clock") == "cpu" else "wall-clock"
+    title = (f"Fashion-MNIST 28x28, {budget_s:g} {clock} s of training per model (cosine lr over the steps that fit); "
              f"test bits/dim on the first {test_images} test images")
     return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
 
@@ -151,6 +157,12 @@ def build_parser():
     p.add_argument("--test-images", type=int, default=None, help="test subset size (default 1000; 200 in quick mode)")
     p.add_argument("--sample-n", type=int, default=None, help="images sampled for timing (default 2; 1 in quick mode)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu-time", action="store_true",
+                   help="budget in CPU seconds of this process (time.process_time), not wall-clock seconds: "
+                        "fair when other work shares the machine")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model keyword argument, e.g. --set channels=64 (repeatable; applies to every model)")
     return p
 
 
@@ -165,12 +177,24 @@ def main(argv=None) -> list:
     test_images = args.test_images if args.test_images is not None else armini.budget(1000, 200)
     sample_n = args.sample_n if args.sample_n is not None else armini.budget(2, 1)
     dev = armini.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_kwargs = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            parser.error(f"--set wants KEY=VALUE, e.g. --set channels=64; got {item!r}")
+        try:
+            model_kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            model_kwargs[key] = value
 
     records, datasets = [], {}
     for name in names:
         print(f"benchmarking {name} on {dev} for {budget_s:g} s ...", flush=True)
         records.append(bench_model(name, budget_s=budget_s, device=dev, batch_size=args.batch_size, lr=args.lr,
-                                   test_images=test_images, sample_n=sample_n, seed=args.seed, datasets=datasets))
+                                   test_images=test_images, sample_n=sample_n, seed=args.seed, datasets=datasets,
+                                   cpu_time=args.cpu_time, **model_kwargs))
     print()
     print(format_table(records, budget_s, test_images))
     if args.json:

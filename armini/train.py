@@ -31,7 +31,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -409,6 +409,7 @@ def fit(
     stop_after: Optional[int] = None,
     lr_schedule: str = "cosine",
     warmup: Optional[int] = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> History:
     """Train `model` in place for `steps` optimizer steps (in total, when resuming); return a History.
 
@@ -427,6 +428,8 @@ def fit(
                    lr_schedule="constant" with a fixed `warmup`)
     seed:          seeds the order of the batches
     time_limit:    stop after this many seconds (History.stopped_early tells)
+    clock:         what a second is for time_limit and the timings: wall-clock time.perf_counter,
+                   or time.process_time for this process's CPU seconds (fair on a shared machine)
     stop_after:    stop once this many steps are done, keeping the schedule of `steps`: train in pieces,
                    fit(steps=2000, stop_after=500, checkpoint=p), later fit(steps=2000, checkpoint=p, resume=True)
     """
@@ -434,7 +437,7 @@ def fit(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-    t_start = time.perf_counter()
+    t_start = clock()
     dev = armini.device(device) if device is None or isinstance(device, str) else torch.device(device)
     warmup = min(100, steps // 10) if warmup is None else int(warmup)
     images, labels = _check_data(model, train, "train")
@@ -494,7 +497,7 @@ def fit(
     elapsed_before = hist.elapsed_s
     try:
         while hist.steps < end:
-            t0 = time.perf_counter()
+            t0 = clock()
             idx = order.next()
             x = _to_device(images[idx], dev).long()  # (B, C, H, W)
             y = _to_device(labels[idx], dev) if labels is not None else None
@@ -512,18 +515,18 @@ def fit(
 
             hist.steps += 1
             hist.images_seen += len(idx)
-            hist.train_s += time.perf_counter() - t0
+            hist.train_s += clock() - t0
             hist.images_per_s = hist.images_seen / hist.train_s
             hist.train.append((hist.steps, value))
             bar.update(1)
             bar.set_postfix(train_bpd=f"{value:.3f}", refresh=False)
 
-            out_of_time = time_limit is not None and time.perf_counter() - t_start > time_limit
+            out_of_time = time_limit is not None and clock() - t_start > time_limit
             last = hist.steps == end or out_of_time
             if test is not None and eval_every and hist.steps % eval_every == 0 and not last:
                 bar.set_postfix(train_bpd=f"{value:.3f}", test_bpd=f"{do_eval():.3f}")
             if path is not None and checkpoint_every and hist.steps % checkpoint_every == 0 and not last:
-                hist.elapsed_s = elapsed_before + time.perf_counter() - t_start
+                hist.elapsed_s = elapsed_before + clock() - t_start
                 save()
             if out_of_time:
                 hist.stopped_early = hist.steps < end
@@ -533,7 +536,7 @@ def fit(
 
     if test is not None:
         hist.final_test_bpd = hist.test[-1][1] if hist.test and hist.test[-1][0] == hist.steps else do_eval()
-    hist.elapsed_s = elapsed_before + time.perf_counter() - t_start
+    hist.elapsed_s = elapsed_before + clock() - t_start
     if path is not None:
         save()
     return hist

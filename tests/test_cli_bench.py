@@ -97,3 +97,15 @@ def test_bench_json_schema(tmp_path, monkeypatch, capsys):
     assert "first 50 test images" in table and "cached-toy" in table
     with pytest.raises(SystemExit):
         bench.main(["--models", "nope"])
+
+
+def test_bench_cpu_clock_and_model_settings(monkeypatch, capsys):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    (r,) = bench.main(["--models", "pixelcnn", "--budget-s", "0.5", "--test-images", "20", "--sample-n", "1",
+                       "--device", "cpu", "--cpu-time", "--set", "channels=8", "--set", "n_blocks=1"])
+    assert r["clock"] == "cpu" and r["model_kwargs"] == {"channels": 8, "n_blocks": 1}
+    assert r["params"] == bench.build("pixelcnn", channels=8, n_blocks=1)[0].num_params()
+    assert r["params"] < bench.build("pixelcnn")[0].num_params()
+    assert "CPU s of training" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "pixelcnn", "--set", "channels"])  # no '='

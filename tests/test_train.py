@@ -67,6 +67,14 @@ def test_time_limit_stops_early():
     assert hist.stopped_early and 1 <= hist.steps < 10**6 and hist.time_limit == 0.5
 
 
+def test_time_limit_follows_the_given_clock():
+    ticks = iter(range(10**6))  # a clock that advances one "second" per reading
+    hist = train.fit(small_pixelcnn(), stripes(), steps=10**6, batch_size=16, time_limit=20,
+                     clock=lambda: float(next(ticks)), **FAST)
+    # each step reads the clock three times (start, end of step, time check): about 20 / 3 steps
+    assert hist.stopped_early and 4 <= hist.steps <= 8
+
+
 def test_lr_schedule():
     f = [train.lr_factor(s, steps=100, warmup=10) for s in range(100)]
     assert f[0] == pytest.approx(1 / 11) and f[9] == pytest.approx(10 / 11) and f[10] == pytest.approx(1.0)
