@@ -2,10 +2,12 @@
 
     python -m armini.bench                                  # every model, 60 s of training each
     python -m armini.bench --models pixelcnn,nade --budget-s 300 --json bench.json --device cuda
+    python -m armini.bench --models pixelcnn,pixelsnail --budget-s 600 --cpu-time --threads 1   # equal CPU time
 
-For each model: build it for Fashion-MNIST 28x28 with 256 levels (a model that cannot take
+For each model: build it for Fashion-MNIST 28x28 (or --size 14) with 256 levels (a model that cannot take
 that, like FVSBN with its D*D*K weights, falls back to its own default levels and says so
-in `note`), train it for a fixed wall-clock budget with armini.train.fit (a cosine learning-rate
+in `note`), train it for a fixed budget of wall-clock seconds (or, with --cpu-time, CPU seconds of
+this process, which stay fair when other work shares the machine) with armini.train.fit (a cosine learning-rate
 schedule over the number of steps a short probe run says fits the budget), then measure
 
     train_images_per_s   training throughput (images per second, training steps only)
@@ -30,19 +32,20 @@ import torch
 import armini
 from armini.models import MODELS, ARModel
 
-SHAPE, LEVELS = (1, 28, 28), 256  # Fashion-MNIST as it comes
+LEVELS = 256  # Fashion-MNIST as it comes (28x28, or the 14x14 view with size=14)
 LR = {"pixelcnn": 2e-3, "nade": 3e-3, "fvsbn": 3e-3}  # learning rates that suit a model; 1e-3 otherwise
 
 
-def build(name: str, **kwargs):
-    """(model, note): the model for 28x28 with 256 levels, else with its own default levels."""
+def build(name: str, size: int = 28, **kwargs):
+    """(model, note): the model for size x size images with 256 levels, else with its own default levels."""
     cls = MODELS[name]
+    shape = (1, size, size)
     try:
-        return cls(shape=SHAPE, levels=LEVELS, **kwargs), ""
+        return cls(shape=shape, levels=LEVELS, **kwargs), ""
     except ValueError as e:
         if kwargs:
             raise
-        model = cls(shape=SHAPE)
+        model = cls(shape=shape)
         return model, f"levels={model.levels} (cannot take {LEVELS}: {str(e).split(';')[0]})"
 
 
@@ -82,19 +85,24 @@ def time_sampling(model, n: int, seed: int, cached: bool):
 
 
 def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, test_images=1000, sample_n=2,
-                seed=0, datasets=None, cpu_time=False, **model_kwargs) -> dict:
-    """Train one model for `budget_s` seconds and measure it; returns one JSON record."""
+                seed=0, datasets=None, models=None, cpu_time=False, size=28, **model_kwargs) -> dict:
+    """Train one model for `budget_s` seconds and measure it; returns one JSON record.
+
+    cpu_time: count the budget in CPU seconds of this process (time.process_time) instead of wall-clock
+    seconds; size: 28 (Fashion-MNIST as it comes) or 14 (the 2x2-averaged view); model_kwargs go to the
+    model's constructor (e.g. channels=64); models: a dict that receives the trained model under `name`."""
     from armini import data, train
 
-    datasets = {} if datasets is None else datasets  # levels -> (train, test), shared between models
+    datasets = {} if datasets is None else datasets  # (levels, size) -> (train, test), shared between models
     dev = armini.device(device) if device is None or isinstance(device, str) else device
     armini.seed_everything(seed)
-    model, note = build(name, **model_kwargs)
+    model, note = build(name, size, **model_kwargs)
     clock = time.process_time if cpu_time else time.perf_counter
-    if model.levels not in datasets:
-        datasets[model.levels] = (data.load("fashion-mnist", "train", levels=model.levels),
-                                  data.load("fashion-mnist", "test", levels=model.levels, limit=test_images))
-    train_set, test_set = datasets[model.levels]
+    key = (model.levels, size)
+    if key not in datasets:
+        datasets[key] = (data.load("fashion-mnist", "train", levels=model.levels, size=size),
+                         data.load("fashion-mnist", "test", levels=model.levels, size=size, limit=test_images))
+    train_set, test_set = datasets[key]
 
     lr = lr if lr is not None else LR.get(name, 1e-3)
     # The learning rate follows a cosine schedule over the number of steps that fits the budget,
@@ -121,6 +129,8 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, t
     else:
         record["sample_s_per_image"] = time_sampling(model, sample_n, seed, cached=False)[0]
     record["note"] = note
+    if models is not None:
+        models[name] = model
     return record
 
 
@@ -141,7 +151,8 @@ def format_table(records, budget_s, test_images) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     clock = "CPU" if records and records[0].get("clock") == "cpu" else "wall-clock"
-    title = (f"Fashion-MNIST 28x28, {budget_s:g} {clock} s of training per model (cosine lr over the steps that fit); "
+    size = "x".join(map(str, records[0]["shape"][1:])) if records else "28x28"
+    title = (f"Fashion-MNIST {size}, {budget_s:g} {clock} s of training per model (cosine lr over the steps that fit); "
              f"test bits/dim on the first {test_images} test images")
     return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
 
@@ -160,6 +171,7 @@ def build_parser():
     p.add_argument("--cpu-time", action="store_true",
                    help="budget in CPU seconds of this process (time.process_time), not wall-clock seconds: "
                         "fair when other work shares the machine")
+    p.add_argument("--size", type=int, default=28, choices=[28, 14], help="image side: 28, or the 14x14 view")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a model keyword argument, e.g. --set channels=64 (repeatable; applies to every model)")
@@ -194,7 +206,7 @@ def main(argv=None) -> list:
         print(f"benchmarking {name} on {dev} for {budget_s:g} s ...", flush=True)
         records.append(bench_model(name, budget_s=budget_s, device=dev, batch_size=args.batch_size, lr=args.lr,
                                    test_images=test_images, sample_n=sample_n, seed=args.seed, datasets=datasets,
-                                   cpu_time=args.cpu_time, **model_kwargs))
+                                   cpu_time=args.cpu_time, size=args.size, **model_kwargs))
     print()
     print(format_table(records, budget_s, test_images))
     if args.json:

@@ -109,3 +109,12 @@ def test_bench_cpu_clock_and_model_settings(monkeypatch, capsys):
     assert "CPU s of training" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--models", "pixelcnn", "--set", "channels"])  # no '='
+
+
+def test_bench_model_on_the_14x14_view_keeps_the_trained_model(monkeypatch):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    models = {}
+    r = bench.bench_model("pixelcnn", budget_s=0.3, device="cpu", test_images=10, sample_n=1, models=models,
+                          channels=8, n_blocks=1, size=14)
+    assert r["shape"] == [1, 14, 14] and r["test_images"] == 10 and r["cached_matches_naive"]
+    assert models["pixelcnn"].shape == (1, 14, 14) and models["pixelcnn"].num_params() == r["params"]
