@@ -134,6 +134,22 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, t
     return record
 
 
+def kendall_tau(a, b) -> float:
+    """Kendall's rank agreement of two equally long lists of scores, in [-1, 1] (tau-a):
+
+        tau = (concordant pairs - discordant pairs) / (n (n - 1) / 2)
+
+    A pair (i, j) is concordant when a and b order it the same way, discordant when they order it
+    oppositely; a tie in either list counts as neither. 1: same ranking, -1: reversed."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need two lists of the same length >= 2, got lengths {len(a)} and {len(b)}")
+    n = len(a)
+    sign = lambda v: (v > 0) - (v < 0)  # noqa: E731
+    s = sum(sign(a[i] - a[j]) * sign(b[i] - b[j]) for i in range(n) for j in range(i + 1, n))
+    return s / (n * (n - 1) / 2)
+
+
 def format_table(records, budget_s, test_images) -> str:
     """The records as a text table with aligned columns."""
     head = ["model", "device", "params", "levels", "train img/s", "steps", "test bpd", "sample s/img",

@@ -118,3 +118,12 @@ def test_bench_model_on_the_14x14_view_keeps_the_trained_model(monkeypatch):
                           channels=8, n_blocks=1, size=14)
     assert r["shape"] == [1, 14, 14] and r["test_images"] == 10 and r["cached_matches_naive"]
     assert models["pixelcnn"].shape == (1, 14, 14) and models["pixelcnn"].num_params() == r["params"]
+
+
+def test_kendall_tau():
+    assert bench.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert bench.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert bench.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)  # 5 concordant, 1 discordant
+    assert bench.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / 3)  # the tied pair counts as neither
+    with pytest.raises(ValueError, match="same length"):
+        bench.kendall_tau([1, 2], [1, 2, 3])
