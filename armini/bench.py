@@ -33,7 +33,11 @@ import armini
 from armini.models import MODELS, ARModel
 
 LEVELS = 256  # Fashion-MNIST as it comes (28x28, or the 14x14 view with size=14)
-LR = {"pixelcnn": 2e-3, "nade": 3e-3, "fvsbn": 3e-3}  # learning rates that suit a model; 1e-3 otherwise
+# Each model's training recipe where it differs from batch 32 at lr 1e-3: the learning rates and
+# batch sizes its lesson trains with (PixelCNN++'s from the equal-CPU-time runs in data/results/).
+LR = {"pixelcnn": 2e-3, "gated-pixelcnn": 2e-3, "pixelsnail": 2e-3, "pixelcnn++": 6e-3, "row-lstm": 2e-3,
+      "diagonal-bilstm": 2e-3, "pixel-transformer": 2e-3, "nade": 3e-3, "fvsbn": 3e-3}
+BATCH = {"pixelcnn++": 16}
 
 
 def build(name: str, size: int = 28, **kwargs):
@@ -84,7 +88,7 @@ def time_sampling(model, n: int, seed: int, cached: bool):
     return (time.perf_counter() - t0) / n, x
 
 
-def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, test_images=1000, sample_n=2,
+def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None, test_images=1000, sample_n=2,
                 seed=0, datasets=None, models=None, cpu_time=False, size=28, **model_kwargs) -> dict:
     """Train one model for `budget_s` seconds and measure it; returns one JSON record.
 
@@ -105,6 +109,7 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=32, lr=None, t
     train_set, test_set = datasets[key]
 
     lr = lr if lr is not None else LR.get(name, 1e-3)
+    batch_size = batch_size if batch_size is not None else BATCH.get(name, 32)
     # The learning rate follows a cosine schedule over the number of steps that fits the budget,
     # estimated from a short probe run on a copy; time_limit stops the real run at the budget anyway.
     probe = train.fit(copy.deepcopy(model), train_set, None, steps=10**9, time_limit=min(10.0, budget_s / 10),
@@ -179,7 +184,7 @@ def build_parser():
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per model (default 60; 3 in quick mode)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: armini.device())")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default: bench.BATCH for the model, else 32")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: bench.LR for the model, else 1e-3)")
     p.add_argument("--test-images", type=int, default=None, help="test subset size (default 1000; 200 in quick mode)")
     p.add_argument("--sample-n", type=int, default=None, help="images sampled for timing (default 2; 1 in quick mode)")

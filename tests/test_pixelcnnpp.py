@@ -163,7 +163,7 @@ def test_defaults_and_config():
     model = PixelCNNpp()
     assert model.shape == (1, 28, 28) and model.levels == 256
     cfg = model.config
-    assert (cfg.nr_filters, cfg.nr_resnet, cfg.n_stages, cfg.nr_mix) == (32, 1, 3, 5)
+    assert (cfg.nr_filters, cfg.nr_resnet, cfg.n_stages, cfg.nr_mix) == (32, 0, 3, 5)
     assert model.nin_out.out_channels == 5 * 3  # M * (1 logit + 1 mean + 1 log-scale) for grayscale
     assert PixelCNNpp(shape=(3, 8, 8), nr_mix=10).nin_out.out_channels == 10 * 10  # + 3 couplings, C=3
     x = random_images(2, (1, 28, 28), 256)
