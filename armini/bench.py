@@ -35,7 +35,7 @@ from armini.models import MODELS, ARModel
 LEVELS = 256  # Fashion-MNIST as it comes (28x28, or the 14x14 view with size=14)
 # Each model's training recipe where it differs from batch 32 at lr 1e-3: the learning rates and
 # batch sizes its lesson trains with (PixelCNN++'s from the equal-CPU-time runs in data/results/).
-LR = {"pixelcnn": 2e-3, "gated-pixelcnn": 2e-3, "pixelsnail": 2e-3, "pixelcnn++": 6e-3, "row-lstm": 2e-3,
+LR = {"pixelcnn": 2e-3, "gated-pixelcnn": 2e-3, "pixelsnail": 2e-3, "pixelcnn++": 4e-3, "row-lstm": 2e-3,
       "diagonal-bilstm": 2e-3, "pixel-transformer": 2e-3, "nade": 3e-3, "fvsbn": 3e-3}
 BATCH = {"pixelcnn++": 16}
 
@@ -192,7 +192,7 @@ def build_parser():
     p.add_argument("--cpu-time", action="store_true",
                    help="budget in CPU seconds of this process (time.process_time), not wall-clock seconds: "
                         "fair when other work shares the machine")
-    p.add_argument("--size", type=int, default=28, choices=[28, 14], help="image side: 28, or the 14x14 view")
+    p.add_argument("--size", type=int, default=28, choices=[28, 14, 7], help="image side: 28, or the 14x14 or 7x7 view")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a model keyword argument, e.g. --set channels=64 (repeatable; applies to every model)")
