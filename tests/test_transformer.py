@@ -156,6 +156,12 @@ def test_features_for_a_linear_probe():
     assert f.shape == (5, SMALL["dim"])
     torch.testing.assert_close(m.features(x, layer=1), m.hidden(x, 1).mean(1))
     assert not torch.allclose(m.features(x, layer=1), m.features(x, layer=2))
+    every = m.features(x, layer="all")  # (5, n_layers, E) from one pass
+    assert every.shape == (5, SMALL["n_layers"], SMALL["dim"])
+    for layer in (1, 2):
+        torch.testing.assert_close(every[:, layer - 1], m.features(x, layer=layer))
+    with pytest.raises(ValueError, match="'all'"):
+        m.features(x, layer="middle")
 
 
 def test_defaults():

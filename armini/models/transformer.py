@@ -18,7 +18,8 @@ the positions it has already seen), so a step costs O(D) instead of a whole forw
 `sample(..., cached=False)` recomputes everything and draws the very same images.
 
 Representation (ImageGPT's linear probe): `features(x, layer)` average-pools the hidden states
-after a middle block into one vector per image; a logistic regression on them classifies images.
+after a middle block into one vector per image (`layer="all"`: after every block, in one pass); a
+logistic regression on them classifies images (armini.probe).
 
 Colour, as ImageGPT does it: cluster RGB colours into P centres (armini.nn.palette.Palette),
 replace each pixel by the index of its nearest centre and train this model on the codes, a
@@ -160,11 +161,20 @@ class PixelTransformer(ARModel):
     def conditionals(self, x, y=None):
         return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)
 
-    def features(self, x: torch.Tensor, layer: Optional[int] = None) -> torch.Tensor:
+    def features(self, x: torch.Tensor, layer=None) -> torch.Tensor:
         """ImageGPT's representation: hidden states after block `layer` (1..n_layers; default
-        config.probe_layer or the middle one), averaged over positions: (B, E)."""
+        config.probe_layer or the middle one), averaged over positions: (B, E).
+        layer="all": the same after every block, from one forward pass: (B, n_layers, E)."""
         x = self.check_input(x)
         n = self.config.n_layers
+        if isinstance(layer, str):
+            if layer != "all":
+                raise ValueError(f"layer must be a block number 1..{n}, None or 'all', got {layer!r}")
+            h, pooled = self.embed(self.sequence(x)), []  # (B, D, E)
+            for block in self.blocks:
+                h = block(h)  # (B, D, E)
+                pooled.append(h.mean(dim=1))  # (B, E)
+            return torch.stack(pooled, dim=1)  # (B, n_layers, E)
         layer = (self.config.probe_layer or max(n // 2, 1)) if layer is None else int(layer)
         if not 1 <= layer <= n:
             raise ValueError(f"layer must lie in 1..{n} (the blocks), got {layer}")
