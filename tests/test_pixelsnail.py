@@ -96,6 +96,14 @@ def test_attention_maps():
         assert (w[..., 0, :] == 0).all()  # pixel 0 has nothing to read
 
 
+def test_float64():
+    """model.double() computes in float64 end to end (lesson 06's probe relies on it)."""
+    m = make((1, 4, 4)).double()
+    lp = m.conditionals(torch.randint(4, (2, 1, 4, 4)))
+    assert lp.dtype == torch.float64
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 1, 4, 4, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_sampling(shape):
     m = make(shape)

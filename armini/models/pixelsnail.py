@@ -133,8 +133,8 @@ class PixelSNAIL(ARModel):
         self.register_buffer("pos", pos[None], persistent=False)  # (1, 2, H, W)
 
     def scaled(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer images (B, C, H, W) -> values in [-1, 1]."""
-        return x.float() * (2.0 / (self.levels - 1)) - 1.0
+        """Integer images (B, C, H, W) -> values in [-1, 1], in the model's dtype (float64 after model.double())."""
+        return x.to(self.pos.dtype) * (2.0 / (self.levels - 1)) - 1.0
 
     def trunk(self, x: torch.Tensor, return_weights: bool = False):
         """Features (B, F, H, W) of every pixel from the pixels before it, for scaled images x
