@@ -4,7 +4,7 @@
     python -m armini.bench --models pixelcnn,nade --budget-s 300 --json bench.json --device cuda
     python -m armini.bench --models pixelcnn,pixelsnail --budget-s 600 --cpu-time --threads 1   # equal CPU time
 
-For each model: build it for Fashion-MNIST 28x28 (or --size 14) with 256 levels (a model that cannot take
+For each model: build it for Fashion-MNIST 28x28 (or the --size 14 or 7 view) with 256 levels (a model that cannot take
 that, like FVSBN with its D*D*K weights, falls back to its own default levels and says so
 in `note`), train it for a fixed budget of wall-clock seconds (or, with --cpu-time, CPU seconds of
 this process, which stay fair when other work shares the machine) with armini.train.fit (a cosine learning-rate
@@ -32,7 +32,7 @@ import torch
 import armini
 from armini.models import MODELS, ARModel
 
-LEVELS = 256  # Fashion-MNIST as it comes (28x28, or the 14x14 view with size=14)
+LEVELS = 256  # Fashion-MNIST as it comes (28x28, or the 14x14 / 7x7 views with size=14 / 7)
 # Each model's training recipe where it differs from batch 32 at lr 1e-3: the learning rates and
 # batch sizes its lesson trains with (PixelCNN++'s from the equal-CPU-time runs in data/results/).
 LR = {"pixelcnn": 2e-3, "gated-pixelcnn": 2e-3, "pixelsnail": 2e-3, "pixelcnn++": 4e-3, "row-lstm": 2e-3,
@@ -93,7 +93,7 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
     """Train one model for `budget_s` seconds and measure it; returns one JSON record.
 
     cpu_time: count the budget in CPU seconds of this process (time.process_time) instead of wall-clock
-    seconds; size: 28 (Fashion-MNIST as it comes) or 14 (the 2x2-averaged view); model_kwargs go to the
+    seconds; size: 28 (Fashion-MNIST as it comes), 14 or 7 (the area-averaged views); model_kwargs go to the
     model's constructor (e.g. channels=64); models: a dict that receives the trained model under `name`."""
     from armini import data, train
 

@@ -41,6 +41,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .train import as_images_labels
+
 __all__ = ["LinearProbe", "ProbeResult", "extract_features", "pixel_features", "linear_probe", "probe_model"]
 
 
@@ -201,15 +203,6 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *, nu
                        fitted, len(train_features), len(test_features))
 
 
-def _images_labels(data, name: str):
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        return data.images, data.labels
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1]
-    raise TypeError(f"{name} must be an ImageData (armini.data.load) or an (images, labels) tuple, "
-                    f"got {type(data).__name__}")
-
-
 def probe_model(model, train, test, *, layer: Optional[int] = None, limit: Optional[int] = None,
                 test_limit: Optional[int] = None, batch_size: int = 256, device=None, **fit_kwargs) -> ProbeResult:
     """ImageGPT's linear probe of `model`: features of the first `limit` training and `test_limit` test
@@ -218,7 +211,10 @@ def probe_model(model, train, test, *, layer: Optional[int] = None, limit: Optio
     train, test: ImageData or (images, labels); fit_kwargs: num_classes, l2, max_iter."""
     results = []
     for data, n, name in ((train, limit, "train"), (test, test_limit, "test")):
-        images, labels = _images_labels(data, name)
+        images, labels = as_images_labels(data)  # the trainer's reader: ImageData or (images, labels)
+        if labels is None:
+            raise TypeError(f"the {name} data have no labels to probe: pass an ImageData (armini.data.load) "
+                            "or an (images, labels) tuple")
         images, labels = images[:n], torch.as_tensor(labels)[:n]
         results += [extract_features(model, images, layer=layer, batch_size=batch_size, device=device), labels]
     return linear_probe(*results, **fit_kwargs)
