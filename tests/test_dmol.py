@@ -204,6 +204,24 @@ def test_paper_sampler_matches_the_likelihood(C, K):
     assert chi2 < dof + 6 * math.sqrt(2 * dof), f"chi2 {chi2:.1f} with {dof} cells"
 
 
+def test_half_precision_outputs_are_computed_in_float32():
+    """Mixed-precision training hands over bfloat16 network outputs: the bins must not get coarser
+    (8 bits of mantissa cannot tell the 256 bin centres apart near 1), under autocast too."""
+    K, C = 256, 3
+    params = random_params(2, C, 4, 3, 3, seed=13, dtype=torch.float32).bfloat16()
+    x = torch.randint(K, (2, C, 3, 3), generator=torch.Generator().manual_seed(0))
+    x[0, :, 0, 0] = K - 2  # next to the edge, where bfloat16 rounds bin centres together
+    lp = dmol_conditionals(params, x, K)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp.logsumexp(-1), torch.zeros(2, C, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(lp, dmol_conditionals(params.float(), x, K))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lpp = dmol_log_prob_pixels(params, x, K)
+    torch.testing.assert_close(lpp, dmol_log_prob_pixels(params.float(), x, K))
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(dmol_sample(params, K, C, generator=g), dmol_sample(params.float(), K, C, generator=g.manual_seed(1)))
+
+
 def test_bad_inputs_raise():
     params = torch.zeros(1, dmol_num_params(3, 2), 2, 2)
     x = torch.zeros(1, 3, 2, 2, dtype=torch.long)

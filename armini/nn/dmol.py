@@ -80,9 +80,14 @@ def dmol_split(params: torch.Tensor, channels: int):
     """Split raw network outputs (B, P, H, W) into the mixture's parameters:
 
     logit_pi (B, M, H, W), mu (B, C, M, H, W), log_s (B, C, M, H, W) clamped at LOG_SCALE_MIN,
-    coeff (B, C(C-1)/2, M, H, W) in (-1, 1): entries ordered (1,0), (2,0), (2,1), ... = alpha, beta, gamma."""
+    coeff (B, C(C-1)/2, M, H, W) in (-1, 1): entries ordered (1,0), (2,0), (2,1), ... = alpha, beta, gamma.
+
+    Half-precision outputs (mixed-precision training) are converted to float32 first: bfloat16's 8 bits of
+    mantissa cannot even tell the bin centres of K = 256 apart near 1."""
     if params.dim() != 4:
         raise ValueError(f"params must be (B, P, H, W), got shape {tuple(params.shape)}")
+    if params.dtype in (torch.float16, torch.bfloat16):
+        params = params.float()
     B, P, H, W = params.shape
     C, per = channels, _per_component(channels)
     if P % per != 0 or P == 0:
@@ -224,12 +229,13 @@ def dmol_sample(params: torch.Tensor, levels: int, channels: int,
     pixel by pixel; this function draws every pixel of `params` at once, given params.)"""
     K, C = int(levels), int(channels)
     logit_pi, mu, log_s, coeff = dmol_split(params, C)
+    dtype, dev = mu.dtype, mu.device  # float32 if params was half precision (see dmol_split)
     B, M, H, W = logit_pi.shape
-    gdev = generator.device if generator is not None else params.device
+    gdev = generator.device if generator is not None else dev
 
     def uniform(*shape):  # in (0, 1): both logs below stay finite
-        u = torch.rand(shape, generator=generator, device=gdev, dtype=params.dtype).to(params.device)
-        return u.clamp(min=torch.finfo(params.dtype).tiny)
+        u = torch.rand(shape, generator=generator, device=gdev, dtype=dtype).to(dev)
+        return u.clamp(min=torch.finfo(dtype).tiny)
 
     # m = argmax_m (log pi_m + Gumbel noise): a draw from the mixture weights
     m = (logit_pi - torch.log(-torch.log(uniform(B, M, H, W)))).argmax(1)  # (B, H, W)
@@ -238,8 +244,8 @@ def dmol_sample(params: torch.Tensor, levels: int, channels: int,
         return t.gather(2, m[:, None, None].expand(B, t.shape[1], 1, H, W)).squeeze(2)
 
     mu_m, log_s_m, coeff_m = pick(mu), pick(log_s), pick(coeff)  # (B, C, H, W), (B, C, H, W), (B, C(C-1)/2, H, W)
-    x = torch.zeros(B, C, H, W, dtype=torch.long, device=params.device)
-    v = torch.zeros(B, C, H, W, dtype=params.dtype, device=params.device)
+    x = torch.zeros(B, C, H, W, dtype=torch.long, device=dev)
+    v = torch.zeros(B, C, H, W, dtype=dtype, device=dev)
     p = 0
     for c in range(C):
         mean = mu_m[:, c]  # (B, H, W)
