@@ -35,12 +35,14 @@ hence `trials` and the random base image.
     report = check_causality(model)      # D forward passes, batched
     print(report)                        # OK / the leaking (target, input) pairs
     report.blind_spot((0, 3, 3))         # earlier dimensions the target does NOT see
+    context_map(positive_copy(model), white, trials=1)  # all the architecture could see
     assert_causal(model)                 # for tests
 
 Coordinates are (c, i, j): channel, row, column. Legend: C, H, W image, D = C*H*W, K levels.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -209,6 +211,22 @@ def context_map(model, x=None, *, target=None, trials: int = 2, generator=None, 
     c, i, j = as_coord(target, model.shape)
     _, moved = _sweep(model, x, trials, generator, y, batch_size, lambda lp: lp[:, c, i, j, :], rtol, atol)
     return moved.view(model.shape)
+
+
+def positive_copy(model, scale: float = 1.0, dtype=torch.float64):
+    """A CPU copy of `model` with every weight and bias replaced by |w| * scale, in `dtype`.
+
+    The architecture probe of lessons 02-06: with positive weights no ReLU is ever off and no two
+    paths cancel, so on an all-white image `context_map(positive_copy(model), white, trials=1)`
+    shows everything the architecture *could* see, not what one set of weights happens to use.
+    Gated and recurrent models saturate (tanh, sigmoid at 1) under large positive weights, and a
+    long chain of small ones falls below rounding: a `scale` < 1 and float64 keep both visible.
+    `model` itself is left untouched."""
+    probe = copy.deepcopy(model).cpu().to(dtype)
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.abs_().mul_(scale)
+    return probe
 
 
 def dependency_matrix(model, x=None, *, trials: int = 2, generator=None, y=None,

@@ -21,13 +21,18 @@ Two halves, both small:
 
    The exercise name comes from a ``# Exercise: <name>`` comment in the cell
    (``"fill this in"`` without one). Markdown regions become ``YOUR ANSWER HERE``.
-   Outputs are stripped except in cells containing ``# KEEP_OUTPUT``.
+   Outputs are stripped except in cells containing ``# KEEP_OUTPUT`` and the reference
+   outputs of ``# NBVAL_CHECK_OUTPUT`` cells: nbval (``--nbval-lax``) compares what such a cell
+   prints with its stored output, so a check cell with nothing stored would check nothing.
+   ``record`` runs a solutions notebook the way the tests do (quick mode, bundled data) and
+   stores exactly those outputs; the learner's copy carries them too.
 
    From the repository root::
 
        python -m armini.course build    # regenerate notebooks/ from solutions/
        python -m armini.course check    # exit 1 if anything is out of sync
        python -m armini.course clean    # strip outputs from solutions/ in place
+       python -m armini.course record solutions/02_pixelcnn.ipynb  # store check-cell outputs
 
 2. **Exercise checks.** In a notebook, a learner's function is compared with
    armini's reference on a few inputs; whatever happens, the notebook goes on::
@@ -52,7 +57,7 @@ import nbformat
 
 __all__ = [
     "SolutionError", "student_notebook", "strip_outputs", "to_json",
-    "build", "build_notebook", "clean", "problems", "main",
+    "build", "build_notebook", "clean", "record", "problems", "main",
     "check", "check_value", "note",
 ]
 
@@ -60,6 +65,11 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository root (parent of the
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 KEEP_OUTPUT = "# KEEP_OUTPUT"
+CHECK_OUTPUT = "# NBVAL_CHECK_OUTPUT"  # nbval compares these cells' outputs with the stored ones
+# the environment of the test run (tests/conftest.py), in which reference outputs are recorded; one
+# thread, because torch's spinning thread pool crawls on a busy machine (a check cell's output must
+# not depend on the thread count anyway)
+RECORD_ENV = {"ARMINI_QUICK": "1", "ARMINI_DATA_SUBSET": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
 NAME_PATTERN = re.compile(r"^\d{2}_[a-z0-9_]+\.ipynb$")  # NN_topic.ipynb
 EXERCISE_NAME = re.compile(r"^\s*#\s*Exercise:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
@@ -132,15 +142,20 @@ def _student_code(source: str, where: str) -> str:
     return code
 
 
+def _is_check(cell) -> bool:
+    return cell.cell_type == "code" and CHECK_OUTPUT in cell.source
+
+
 def strip_outputs(nb) -> "nbformat.NotebookNode":
-    """Strip outputs and execution counts (except in `# KEEP_OUTPUT` cells) and normalise metadata, in place."""
+    """Strip outputs and execution counts and normalise metadata, in place. `# KEEP_OUTPUT` and
+    `# NBVAL_CHECK_OUTPUT` cells keep both (nbval only compares cells with an execution count)."""
     nb.nbformat, nb.nbformat_minor = 4, 5
     nb.metadata = nbformat.from_dict({"kernelspec": KERNELSPEC, "language_info": {"name": "python"}})
     for index, cell in enumerate(nb.cells):
         cell.setdefault("id", f"cell-{index}")
         cell.metadata = nbformat.from_dict(
             {key: cell.metadata[key] for key in KEEP_CELL_METADATA if key in cell.metadata})
-        if cell.cell_type == "code" and KEEP_OUTPUT not in cell.source:
+        if cell.cell_type == "code" and KEEP_OUTPUT not in cell.source and not _is_check(cell):
             cell.outputs, cell.execution_count = [], None
     return nb
 
@@ -199,8 +214,47 @@ def clean(path: Path) -> bool:
 
 
 def _has_outputs(nb) -> list[int]:
+    """Cells with outputs or execution counts that `clean` would remove."""
     return [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and KEEP_OUTPUT not in cell.source
-            and (cell.get("outputs") or cell.get("execution_count") is not None)]
+            and not _is_check(cell) and (cell.get("outputs") or cell.get("execution_count") is not None)]
+
+
+def _unrecorded(nb) -> list[int]:
+    """`# NBVAL_CHECK_OUTPUT` cells with no reference output: nbval would check nothing there."""
+    return [i for i, cell in enumerate(nb.cells) if _is_check(cell) and not cell.get("outputs")]
+
+
+def record(path: Path, timeout: int = 600) -> list[int]:
+    """Run solutions notebook `path` top to bottom as the tests do (RECORD_ENV: quick mode, bundled
+    data), store the outputs of its `# NBVAL_CHECK_OUTPUT` cells, strip all others, and write it back.
+    Returns the indices of the check cells whose output changed. A cell that raises stops the
+    recording with nbclient's CellExecutionError, and the file is left as it was."""
+    import os
+
+    from nbclient import NotebookClient
+
+    path = Path(path).resolve()
+    nb = _read(path)
+    ran = copy.deepcopy(nb)
+    saved = {key: os.environ.get(key) for key in RECORD_ENV}
+    os.environ.update(RECORD_ENV)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(ran, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+    changed = []
+    for index, (cell, new) in enumerate(zip(nb.cells, ran.cells)):
+        if _is_check(cell):
+            if new.outputs != cell.get("outputs"):
+                changed.append(index)
+            cell.outputs, cell.execution_count = new.outputs, new.execution_count
+    _write_if_changed(path, to_json(strip_outputs(nb)))
+    return changed
 
 
 def problems(root: Path | None = None) -> list[str]:
@@ -218,6 +272,9 @@ def problems(root: Path | None = None) -> list[str]:
         nb = _read(src)
         if _has_outputs(nb):
             found.append(f"{rel}: outputs in cells {_has_outputs(nb)} (run python -m armini.course clean)")
+        if _unrecorded(nb):
+            found.append(f"{rel}: {CHECK_OUTPUT} cells {_unrecorded(nb)} have no reference output "
+                         f"(run python -m armini.course record {rel})")
         try:
             expected = to_json(student_notebook(nb, rel))
         except SolutionError as error:
@@ -237,13 +294,25 @@ def problems(root: Path | None = None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    """``python -m armini.course {build,check,clean} [--root DIR]``; returns the exit status."""
+    """``python -m armini.course {build,check,clean,record} [NOTEBOOK ...] [--root DIR]``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m armini.course", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["build", "check", "clean"])
+    parser.add_argument("command", choices=["build", "check", "clean", "record"])
+    parser.add_argument("notebooks", nargs="*", type=Path,
+                        help="record: the solutions notebooks to run (default: every one)")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.notebooks and args.command != "record":
+        parser.error(f"{args.command} takes no notebook names (only record does)")
     try:
-        if args.command == "build":
+        if args.command == "record":
+            for path in args.notebooks or sorted((args.root / "solutions").glob("*.ipynb")):
+                if not path.is_file():
+                    print(f"error: {path}: no such notebook", file=sys.stderr)
+                    return 1
+                changed = record(path)
+                print(f"recorded {path}: " + (f"check cells {changed} changed" if changed else "no change"))
+            print("now run python -m armini.course build")
+        elif args.command == "build":
             changed = build(args.root)
             for path in changed:
                 print(f"wrote {path.relative_to(args.root)}")

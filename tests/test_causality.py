@@ -221,3 +221,34 @@ def test_context_text_and_categories():
     cat = report.categories((0, 1, 1))
     assert cat[0, 1, 1] == causality.TARGET and cat[0, 0, 2] == causality.BLIND
     assert cat[0, 0, 0] == causality.SEEN and cat[0, 2, 2] == causality.FUTURE
+
+
+class DeadReLU(ARModel):
+    """Conditional d reads x_j (j in reads[d]) through relu(W x_j) with W < 0: on a bright image
+    every ReLU is off, so no single set of these weights shows the architecture's context."""
+
+    def __init__(self, shape, levels, reads):
+        super().__init__(shape, levels)
+        self.register_buffer("reads", reads.float())
+        self.W = nn.Parameter(-torch.ones(self.dims, self.dims))  # (D, D)
+        self.V = nn.Parameter(torch.linspace(-1, 1, levels))  # (K,)
+
+    def conditionals(self, x, y=None):
+        s = x.flatten(1).to(self.W.dtype) / (self.levels - 1)  # (B, D), in (0, 1] on a bright image
+        h = torch.relu(torch.einsum("dj,bj->bd", self.W * self.reads, s))  # (B, D)
+        return torch.log_softmax(h[..., None] * self.V, -1).view(x.shape[0], *self.shape, self.levels)
+
+
+def test_positive_copy_reveals_what_dead_relus_hide_and_leaves_the_model_alone():
+    shape, levels = (1, 3, 3), 4
+    reads = causal_reads(shape)
+    model = DeadReLU(shape, levels, reads)
+    white = torch.full((1, *shape), levels - 1)
+    target = (0, 2, 2)
+    assert not causality.context_map(model, white, target=target, trials=1).any()  # all ReLUs off
+
+    probe = causality.positive_copy(model, scale=0.5)
+    assert probe.W.dtype == torch.float64 and model.W.dtype == torch.float32
+    assert torch.equal(probe.W, 0.5 * model.W.abs().double()) and bool((model.W == -1).all())
+    seen = causality.context_map(probe, white, target=target, trials=1)  # (1, 3, 3)
+    assert torch.equal(seen.flatten(), reads[flat(*target, shape)])  # exactly the 8 earlier pixels

@@ -1,5 +1,7 @@
 """Tests for armini.course: the notebook build, the repository's notebooks, and the exercise checks."""
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -132,6 +134,49 @@ def test_clean_and_cli(tmp_path, capsys):
                                          "(run python -m armini.course build)"]
 
 
+def test_check_cells_keep_reference_outputs_and_unrecorded_ones_are_flagged(tmp_path):
+    make_solutions(tmp_path, [code("# NBVAL_CHECK_OUTPUT\nprint(2)", text="2\n", count=4),
+                              code("# NBVAL_CHECK_OUTPUT\nprint(3)", count=None)])
+    nb = nbformat.read(tmp_path / "solutions" / "01_intro.ipynb", as_version=4)
+    nb.cells[1].outputs = []
+    nbformat.write(nb, tmp_path / "solutions" / "01_intro.ipynb")
+    course.build(tmp_path)
+    cells = built(tmp_path).cells
+    assert cells[0].outputs[0].text == "2\n" and cells[0].execution_count == 4  # the learner's copy too
+    assert course.problems(tmp_path) == [
+        "solutions/01_intro.ipynb: # NBVAL_CHECK_OUTPUT cells [1] have no reference output "
+        "(run python -m armini.course record solutions/01_intro.ipynb)"]
+
+
+def run_nbval(path):
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                           "--nbval-current-env", str(path)], cwd=path.parent, capture_output=True, text=True)
+
+
+def test_record_stores_check_outputs_that_nbval_then_enforces(tmp_path, capsys):
+    path = make_solutions(tmp_path, [
+        code("import os\nx = 6 * 7", text="stale\n"),
+        code("# NBVAL_CHECK_OUTPUT\nprint('answer', x, os.environ['ARMINI_QUICK'])\nx", text="stale\n")])
+    assert course.main(["record", str(path)]) == 0
+    assert "check cells [1] changed" in capsys.readouterr().out
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].outputs == [] and nb.cells[0].execution_count is None and nb.cells[1].execution_count == 2
+    assert [o.output_type for o in nb.cells[1].outputs] == ["stream", "execute_result"]
+    assert nb.cells[1].outputs[0].text == "answer 42 1\n" and nb.cells[1].outputs[1].data["text/plain"] == "42"
+    assert course.record(path) == []  # recording again changes nothing
+    assert course.problems(tmp_path) == ["notebooks/01_intro.ipynb: missing (run python -m armini.course build)"]
+    assert run_nbval(path).returncode == 0
+    nb.cells[1].outputs[0].text = "answer 41 1\n"  # a reference the code no longer prints
+    nbformat.write(nb, path)
+    result = run_nbval(path)
+    assert result.returncode == 1, result.stdout
+
+
+def test_record_refuses_missing_notebooks(tmp_path, capsys):
+    assert course.main(["record", str(tmp_path / "nope.ipynb"), "--root", str(tmp_path)]) == 1
+    assert "nope.ipynb: no such notebook" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # The repository's own lessons
 
@@ -148,9 +193,13 @@ def test_course_folders_exist():
 def test_lesson_notebook_is_built_from_solutions(source):
     assert re.fullmatch(r"\d{2}_[a-z0-9_]+\.ipynb", source.name), f"{source.name}: name it NN_topic.ipynb"
     nb = nbformat.read(source, as_version=4)
-    leftovers = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-                 and course.KEEP_OUTPUT not in cell.source and (cell.outputs or cell.execution_count)]
+    leftovers = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and course.KEEP_OUTPUT not in
+                 cell.source and course.CHECK_OUTPUT not in cell.source and (cell.outputs or cell.execution_count)]
     assert not leftovers, f"solutions/{source.name} has outputs in cells {leftovers}: run python -m armini.course clean"
+    unchecked = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+                 and course.CHECK_OUTPUT in cell.source and not cell.outputs]
+    assert not unchecked, (f"solutions/{source.name}: check cells {unchecked} have no reference output: "
+                           f"run python -m armini.course record solutions/{source.name}")
     target = course.ROOT / "notebooks" / source.name
     assert target.exists(), f"notebooks/{source.name} is missing: run python -m armini.course build"
     expected = course.to_json(course.student_notebook(nb, source.name)).encode("utf-8")

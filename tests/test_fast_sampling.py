@@ -84,6 +84,25 @@ def test_cached_completion_agrees(case):
     torch.testing.assert_close(p_fast, p_slow, rtol=1e-5, atol=1e-6)
 
 
+def test_naive_completion_skips_observed_steps_and_still_draws_the_cached_images():
+    """Without a callback the naive sampler skips steps where every image is given, using up their
+    random draws, so it draws exactly what the cached sampler draws."""
+    model = make("gated-gray")
+    C, H, W = model.shape
+    x = torch.randint(model.levels, (2,) + model.shape)
+    observed = torch.zeros(2, *model.shape, dtype=torch.bool)
+    observed[:, :, :3] = True  # top 3 rows given in both images
+    observed[0, 0, 4, 1] = True  # given in one image only: that step still runs
+    calls = []
+    original = model.conditional_logprobs
+    model.conditional_logprobs = lambda *args: calls.append(1) or original(*args)
+    slow = model.sample(2, x=x, observed=observed, cached=False, generator=torch.Generator().manual_seed(3))
+    assert len(calls) == C * H * W - C * 3 * W
+    del model.conditional_logprobs
+    fast = model.sample(2, x=x, observed=observed, cached=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(slow, fast) and torch.equal(slow[observed], x[observed])
+
+
 def test_cache_refuses_misuse():
     model = make("gated-gray")
     x = torch.zeros((1,) + model.shape, dtype=torch.long)

@@ -203,7 +203,8 @@ class ARModel(nn.Module):
         generator: a torch.Generator; the same seed gives the same images.
         temperature: divides the log-probabilities before sampling (1 = the model itself).
         callback: called with a SampleStep after every step (lessons animate sampling with it).
-        cached: use the model's fast sampler if it has one (False forces full recomputation).
+        cached: use the model's fast sampler if it has one (False forces full recomputation;
+            steps whose dimensions are all observed are then skipped, unless a callback watches).
         """
         if int(n) < 1:
             raise ValueError(f"n must be a positive number of images, got {n!r}")
@@ -239,6 +240,13 @@ class ARModel(nn.Module):
         try:
             for t, index in enumerate(iterator):
                 index = index.to(dev)
+                c, i, j = index.unbind(1)
+                keep = filled[:, c, i, j]  # (n, S): dimensions already given
+                if cache is None and callback is None and bool(keep.all()):
+                    # nothing to draw and no cache to update: skip the network, but use up this step's
+                    # uniforms so that the later steps draw what the cached sampler draws
+                    torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
+                    continue
                 logp = self.conditional_logprobs(x, index, y, cache)  # (n, S, K)
                 probs = torch.softmax(logp.double() / temperature, dim=-1)  # (n, S, K)
                 # inverse-CDF sampling with uniforms drawn from `generator`: the same draws
@@ -246,8 +254,6 @@ class ARModel(nn.Module):
                 u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(dev)
                 cdf = probs.cumsum(-1)
                 new = (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_(max=self.levels - 1)  # (n, S)
-                c, i, j = index.unbind(1)
-                keep = filled[:, c, i, j]
                 x[:, c, i, j] = torch.where(keep, x[:, c, i, j], new)
                 filled[:, c, i, j] = True
                 if callback is not None:
