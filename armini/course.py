@@ -48,6 +48,7 @@ import argparse
 import ast
 import copy
 import math
+import os
 import re
 import sys
 import traceback
@@ -229,8 +230,6 @@ def record(path: Path, timeout: int = 600) -> list[int]:
     data), store the outputs of its `# NBVAL_CHECK_OUTPUT` cells, strip all others, and write it back.
     Returns the indices of the check cells whose output changed. A cell that raises stops the
     recording with nbclient's CellExecutionError, and the file is left as it was."""
-    import os
-
     from nbclient import NotebookClient
 
     path = Path(path).resolve()
@@ -309,7 +308,11 @@ def main(argv=None) -> int:
                 if not path.is_file():
                     print(f"error: {path}: no such notebook", file=sys.stderr)
                     return 1
-                changed = record(path)
+                try:
+                    changed = record(path)
+                except Exception as error:  # nbclient's CellExecutionError, or a kernel that died
+                    print(f"error: {path}: {error}\nnothing was written to {path}", file=sys.stderr)
+                    return 1
                 print(f"recorded {path}: " + (f"check cells {changed} changed" if changed else "no change"))
             print("now run python -m armini.course build")
         elif args.command == "build":

@@ -172,6 +172,13 @@ def test_record_stores_check_outputs_that_nbval_then_enforces(tmp_path, capsys):
     assert result.returncode == 1, result.stdout
 
 
+def test_record_stops_on_a_failing_cell_and_writes_nothing(tmp_path, capsys):
+    path = make_solutions(tmp_path, [code("1 / 0"), code("# NBVAL_CHECK_OUTPUT\nprint(1)", text="1\n")])
+    before = path.read_bytes()
+    assert course.main(["record", str(path)]) == 1
+    assert "ZeroDivisionError" in capsys.readouterr().err and path.read_bytes() == before
+
+
 def test_record_refuses_missing_notebooks(tmp_path, capsys):
     assert course.main(["record", str(tmp_path / "nope.ipynb"), "--root", str(tmp_path)]) == 1
     assert "nope.ipynb: no such notebook" in capsys.readouterr().err
