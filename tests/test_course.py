@@ -200,11 +200,9 @@ def test_course_folders_exist():
 def test_lesson_notebook_is_built_from_solutions(source):
     assert re.fullmatch(r"\d{2}_[a-z0-9_]+\.ipynb", source.name), f"{source.name}: name it NN_topic.ipynb"
     nb = nbformat.read(source, as_version=4)
-    leftovers = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and course.KEEP_OUTPUT not in
-                 cell.source and course.CHECK_OUTPUT not in cell.source and (cell.outputs or cell.execution_count)]
+    leftovers = course._has_outputs(nb)  # outputs outside KEEP_OUTPUT and check cells
     assert not leftovers, f"solutions/{source.name} has outputs in cells {leftovers}: run python -m armini.course clean"
-    unchecked = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-                 and course.CHECK_OUTPUT in cell.source and not cell.outputs]
+    unchecked = course._unrecorded(nb)  # check cells without a reference output
     assert not unchecked, (f"solutions/{source.name}: check cells {unchecked} have no reference output: "
                            f"run python -m armini.course record solutions/{source.name}")
     target = course.ROOT / "notebooks" / source.name
