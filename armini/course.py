@@ -235,17 +235,8 @@ def record(path: Path, timeout: int = 600) -> list[int]:
     path = Path(path).resolve()
     nb = _read(path)
     ran = copy.deepcopy(nb)
-    saved = {key: os.environ.get(key) for key in RECORD_ENV}
-    os.environ.update(RECORD_ENV)  # the kernel inherits this process's environment
-    try:
-        NotebookClient(ran, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
+    NotebookClient(ran, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+                   ).execute(env={**os.environ, **RECORD_ENV})  # the kernel's environment; ours stays as it is
     changed = []
     for index, (cell, new) in enumerate(zip(nb.cells, ran.cells)):
         if _is_check(cell):

@@ -1,4 +1,5 @@
 """Tests for armini.course: the notebook build, the repository's notebooks, and the exercise checks."""
+import os
 import re
 import subprocess
 import sys
@@ -153,7 +154,8 @@ def run_nbval(path):
                            "--nbval-current-env", str(path)], cwd=path.parent, capture_output=True, text=True)
 
 
-def test_record_stores_check_outputs_that_nbval_then_enforces(tmp_path, capsys):
+def test_record_stores_check_outputs_that_nbval_then_enforces(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ARMINI_QUICK", "0")  # record runs the kernel in quick mode whatever this process has
     path = make_solutions(tmp_path, [
         code("import os\nx = 6 * 7", text="stale\n"),
         code("# NBVAL_CHECK_OUTPUT\nprint('answer', x, os.environ['ARMINI_QUICK'])\nx", text="stale\n")])
@@ -164,6 +166,8 @@ def test_record_stores_check_outputs_that_nbval_then_enforces(tmp_path, capsys):
     assert [o.output_type for o in nb.cells[1].outputs] == ["stream", "execute_result"]
     assert nb.cells[1].outputs[0].text == "answer 42 1\n" and nb.cells[1].outputs[1].data["text/plain"] == "42"
     assert course.record(path) == []  # recording again changes nothing
+    assert os.environ["ARMINI_QUICK"] == "0"  # this process's environment is left alone
+    monkeypatch.setenv("ARMINI_QUICK", "1")  # nbval's kernel below reads it from here
     assert course.problems(tmp_path) == ["notebooks/01_intro.ipynb: missing (run python -m armini.course build)"]
     assert run_nbval(path).returncode == 0
     nb.cells[1].outputs[0].text = "answer 41 1\n"  # a reference the code no longer prints
