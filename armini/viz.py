@@ -22,6 +22,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from . import causality
 from .models.base import LN2
+from .sampling_record import SamplingRecord
 
 
 # ------------------------------------------------------------------------------ images
@@ -232,90 +233,112 @@ def _display(obj) -> bool:
 
 
 class SamplingScrubber:
-    """Sample once, then look at any step: the image so far and the distribution it drew from.
+    """Sample once, then look at any step: the images so far and the distribution each value came from.
 
-    While `model.sample` runs, a callback records for every step t the dimensions filled
-    (index, (S, 3)) and their predictive distributions (probs, (n, S, K)). The partial image
-    at step t is not stored: it is the final image with every dimension filled after step t
-    set to 0 (what the sampler holds there), since `step_of[b, c, i, j]` records when each
-    dimension was filled (-1 for observed ones).
+    The recording is an armini.sampling_record.SamplingRecord (`self.record`): the dimensions
+    filled at each step and their distributions. This class only draws it: the partial images
+    with the pixels filled at step t boxed in red (all of them, when a model fills several per
+    step), the distribution of the first, and, for video shapes (T, C, H, W), the frame that
+    step is in.
 
         s = SamplingScrubber(model, n=4, generator=torch.Generator().manual_seed(0))
-        s                      # in Jupyter: a slider and a play button
-        s.frame(100)           # (partial images, probs of image 0, (c, i, j), value) at step 100
+        s                      # in Jupyter: a play button and a slider over steps 1..T
+        s.frame(100)           # (partial images, probs of image 0, (c, i, j), value) at step index 100
         s.show()               # a static strip of frames where widgets cannot run
+        SamplingScrubber.from_record(record, levels)   # draw a record made elsewhere
 
     `callback` is also called at every step with the SampleStep (e.g. to check or log it).
     """
 
     def __init__(self, model, n: int = 1, generator=None, y=None, x=None, observed=None,
                  temperature: float = 1.0, image: int = 0, callback=None):
-        self.model, self.image, self.current = model, int(image), 0
-        self.indices, self.probs = [], []  # per step: (S, 3) long, (n, S, K) float32
-        n = int(n)
-        self.step_of = torch.full((n,) + tuple(model.shape), -1, dtype=torch.long)  # (n, C, H, W)
-        observed_mask = None if observed is None else torch.as_tensor(observed, dtype=torch.bool).cpu()
+        record = SamplingRecord.run(model, n, x=x, observed=observed, y=y, generator=generator,
+                                    temperature=temperature, callback=callback)
+        self._init(record, model.levels, image)
 
-        def record(step):
-            c, i, j = step.index.cpu().unbind(1)
-            self.indices.append(step.index.cpu().clone())
-            self.probs.append(step.probs.detach().float().cpu().clone())
-            self.step_of[:, c, i, j] = step.step
-            if callback is not None:
-                callback(step)
+    @classmethod
+    def from_record(cls, record: SamplingRecord, levels: int, image: int = 0) -> "SamplingScrubber":
+        """A scrubber over a record made elsewhere (SamplingRecord.run, or built by hand)."""
+        self = cls.__new__(cls)
+        self._init(record, levels, image)
+        return self
 
-        self.final = model.sample(n, x=x, observed=observed, y=y, generator=generator,
-                                  temperature=temperature, callback=record).cpu()  # (n, C, H, W)
-        if observed_mask is not None:
-            self.step_of[observed_mask.expand_as(self.step_of)] = -1  # known from the start
+    def _init(self, record, levels, image):
+        self.record, self.levels, self.image, self.current = record, int(levels), int(image), 0
+        self.final = record.final  # (n, *shape)
         self._widget = None
 
     @property
     def steps(self) -> int:
         """Number of sampling steps recorded."""
-        return len(self.indices)
+        return self.record.steps
+
+    @property
+    def step_of(self) -> torch.Tensor:
+        """(n, *shape) the step that filled each dimension (-1: observed)."""
+        return self.record.step_of.view(self.final.shape)
 
     def partial(self, t: int) -> torch.Tensor:
-        """The image after step t (n, C, H, W): dimensions filled later hold 0, as in the sampler."""
-        return torch.where(self.step_of <= t, self.final, torch.zeros_like(self.final))
+        """The images after step t (n, *shape): dimensions filled later hold 0, as in the sampler."""
+        return self.record.partial(t)
 
     def frame(self, t: int):
-        """Step t as (partial images (n, C, H, W) numpy, probs (K,) numpy, (c, i, j), sampled value).
+        """Step t (0-based) as (partial images numpy, probs (K,) numpy, coordinates, sampled value).
 
-        probs and value are those of image `self.image` and the first dimension filled at step t."""
-        if not 0 <= t < self.steps:
-            raise IndexError(f"step {t} is outside 0..{self.steps - 1}")
-        c, i, j = (int(v) for v in self.indices[t][0])
-        probs = self.probs[t][self.image, 0].numpy()  # (K,)
-        return self.partial(t).numpy(), probs, (c, i, j), int(self.final[self.image, c, i, j])
+        probs, coordinates and value are those of image `self.image` and the first dimension
+        filled at step t; coordinates are (c, i, j) for images, (t, c, i, j) for video."""
+        point = self.record.coords(t)[0]
+        probs = self.record.probs[t][self.image, 0].numpy()  # (K,)
+        return self.partial(t).numpy(), probs, point, self.record.value(t, self.image)
 
     # ------------------------------------------------------------------ drawing
-    def _draw(self, t: int, ax_img, ax_bar):
-        """Partial images with the current pixel boxed in red (left), its distribution (right)."""
-        images, probs, (c, i, j), value = self.frame(t)
+    def _images_at(self, t: int):
+        """What to draw at step t: (images (n, C, H, W) in [0, 1] as RGB, still-to-come mask (n, H, W),
+        the (i, j) pixels filled at step t, a caption). Video shows the frame of step t."""
+        images, todo = self.partial(t).float(), (self.step_of > t)
+        points = self.record.coords(t)
+        where = ""
+        if images.dim() == 5:  # video (n, T, C, H, W): the frame the step is in
+            f = points[0][0]
+            images, todo = images[:, f], todo[:, f]
+            points = [p[1:] for p in points if p[0] == f]
+            where = f"frame {f}, "
         n, C, H, W = images.shape
-        rgb = images / (self.model.levels - 1)  # (n, C, H, W) in [0, 1]
+        rgb = (images / (self.levels - 1)).numpy()  # (n, C, H, W) in [0, 1]
         rgb = rgb if C == 3 else rgb[:, :1].repeat(3, axis=1)  # (n, 3, H, W): gray as RGB
-        todo = (self.step_of > t).all(1).numpy()  # (n, H, W): no channel generated yet
+        pixels = sorted({(i, j) for _, i, j in points})
+        if len(points) == 1:
+            c, i, j = points[0]
+            where += f"pixel ({i}, {j})" + (f", channel {c}" if C > 1 else "")
+        else:
+            where += f"{len(points)} dimensions at once"
+        return rgb, todo.all(1).numpy(), pixels, where
+
+    def _draw(self, t: int, ax_img, ax_bar):
+        """Partial images with the pixels filled at step t boxed in red (left), the distribution (right)."""
+        rgb, todo, pixels, where = self._images_at(t)
+        n, _, H, W = rgb.shape
         rgb.transpose(0, 2, 3, 1)[todo] = NOT_YET  # pixels still to come, in a colour of their own
         cols = min(n, 8)
         ax_img.imshow(make_grid(rgb, nrow=cols, pad=1, pad_value=1.0), interpolation="nearest")
         for b in range(n):
             top, left = _tile_origin(b, cols, H, W, 1)
-            ax_img.add_patch(Rectangle((left + j - 0.5, top + i - 0.5), 1, 1, fill=False, edgecolor="red",
-                                       linewidth=1.5))
+            for i, j in pixels:
+                ax_img.add_patch(Rectangle((left + j - 0.5, top + i - 0.5), 1, 1, fill=False,
+                                           edgecolor="red", linewidth=1.5))
         ax_img.set_axis_off()
-        ax_img.set_title(f"step {t + 1}/{self.steps}: pixel ({i}, {j})" + (f", channel {c}" if C > 1 else ""))
+        ax_img.set_title(f"step {t + 1}/{self.steps}: {where}")
+        _, probs, _, value = self.frame(t)
         bars = ax_bar.bar(np.arange(len(probs)), probs, color="#2a6f97", width=1.0)
         bars[value].set_color("#e63946")
         ax_bar.set_xlabel("value")
         ax_bar.set_ylabel("probability")
-        how = "given" if self.step_of[self.image, c, i, j] < 0 else "sampled"  # observed dims are kept
+        how = "given" if self.record.observed(t, self.image) else "sampled"  # observed dims are kept
         ax_bar.set_title(f"p(x = . | earlier), {how} {value}")
         ax_bar.set_ylim(0, max(1e-3, float(probs.max())) * 1.1)
 
     def render(self, t: int):
-        """A matplotlib figure of step t. Returns the figure."""
+        """A matplotlib figure of step t (0-based). Returns the figure."""
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1.2, 1]})
         self._draw(t, a, b)
         fig.tight_layout()
@@ -334,13 +357,13 @@ class SamplingScrubber:
 
     # ------------------------------------------------------------------ widget
     def widget(self):
-        """The ipywidgets VBox: play button and step slider above the picture of the current step."""
+        """The ipywidgets VBox: play button and a slider over steps 1..T above the picture."""
         if self._widget is None:
             import ipywidgets as w
 
-            slider = w.IntSlider(value=0, min=0, max=self.steps - 1, description="step",
+            slider = w.IntSlider(value=1, min=1, max=self.steps, description="step",
                                  continuous_update=False, layout=w.Layout(width="60%"))
-            play = w.Play(value=0, min=0, max=self.steps - 1, interval=100, description="play")
+            play = w.Play(value=1, min=1, max=self.steps, interval=100, description="play")
             w.jslink((play, "value"), (slider, "value"))  # the browser moves the slider while playing
             slider.observe(self._on_change, names="value")
             self._parts = {"slider": slider, "play": play, "output": w.Output()}
@@ -350,7 +373,7 @@ class SamplingScrubber:
 
     @property
     def slider(self):
-        """The step slider (built on first use); setting slider.value moves to that step."""
+        """The step slider (built on first use), counting steps from 1 like the titles."""
         self.widget()
         return self._parts["slider"]
 
@@ -361,8 +384,8 @@ class SamplingScrubber:
         return self._parts["output"]
 
     def _on_change(self, change):
-        """Slider callback: move to the new step."""
-        self._update(int(change["new"]))
+        """Slider callback: move to the new step (the slider counts from 1, steps from 0)."""
+        self._update(int(change["new"]) - 1)
 
     def _update(self, t: int):
         """Make step t current and redraw it into the output area (when a front end shows it)."""

@@ -144,9 +144,9 @@ def test_scrubber_keeps_observed_dimensions_in_every_frame():
 def test_scrubber_slider_moves_the_current_step(scrubber_and_steps):
     s, _ = scrubber_and_steps
     box = s.widget()
-    assert s.slider.max == s.steps - 1 and s.current == 0
+    assert (s.slider.min, s.slider.max) == (1, s.steps) and s.current == 0  # counts steps from 1, like the title
     s.slider.value = 10  # what dragging the slider does
-    assert s.current == 10
+    assert s.current == 9
     assert s.widget() is box
 
 
@@ -164,3 +164,20 @@ def test_scrubber_render_and_static_fallback(scrubber_and_steps, monkeypatch):
     s.show()  # no IPython: draws the static strip and leaves it open
     s._ipython_display_()
     assert len(set(plt.get_fignums()) - before) == 2
+
+
+def test_scrubber_draws_several_dimensions_per_step_and_video_frames():
+    from armini.sampling_record import SamplingRecord
+
+    T, C, H, W, n = 2, 1, 3, 3, 1  # a tiny "video": two 3x3 frames, each frame filled in one step
+    final = torch.arange(T * C * H * W).view(n, T, C, H, W) % 4
+    step_of = torch.arange(T).repeat_interleave(C * H * W).view(1, -1)  # (n, D): frame f at step f
+    positions = [torch.arange(f * 9, (f + 1) * 9) for f in range(T)]
+    probs = [torch.full((n, 9, 4), 0.25) for _ in range(T)]
+    rec = SamplingRecord((T, C, H, W), final, step_of, positions, probs)
+    s = viz.SamplingScrubber.from_record(rec, levels=4)
+    assert s.steps == 2 and rec.coords(1)[0] == (1, 0, 0, 0)
+    fig = s.render(1)
+    assert "frame 1" in fig.axes[0].get_title() and "9 dimensions at once" in fig.axes[0].get_title()
+    assert len(fig.axes[0].patches) == 9  # every pixel filled at that step is boxed
+    assert torch.equal(rec.partial(0)[0, 1], torch.zeros(C, H, W)) and torch.equal(rec.partial(1), final)
