@@ -46,8 +46,8 @@ so gating never mixes groups.
 Deviations from the paper: the vertical stack's first layer is written as a
 (k//2) x k convolution of the down-shifted image (armini.nn.shifted), which is
 the paper's "k x k with the centre row and everything below masked"; the
-horizontal convolution is the paper's 1 x (k//2 + 1); inputs are scaled to
-[-1, 1] rather than one-hot; the network is small (CPU); the class embedding
+horizontal convolution is the paper's 1 x (k//2 + 1); pixel values are scaled to
+[-1, 1] rather than one-hot (codebook indices: input="embedding", armini.nn.inputs); the network is small (CPU); the class embedding
 V y is a learned vector per class (one-hot y times a matrix).
 
 Fast sampling (Ramachandran et al., 2017; armini.sampling_cache): the vertical
@@ -65,6 +65,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.heads import categorical_logits, softmax_head
+from ..nn.inputs import ValueInput
 from ..nn.masked import MaskedConv2d
 from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift
 from ..sampling_cache import CachedConvSampling
@@ -135,6 +136,8 @@ class GatedPixelCNNConfig:
     first_kernel: int = 7  # k of the first layer: vertical (k//2) x k, horizontal 1 x (k//2+1)
     head_channels: int = 96  # width of the 1x1 output layer (rounded up to a multiple of C)
     num_classes: Optional[int] = None  # class-conditional with this many classes (None: unconditional)
+    input: str = "ordinal"  # how values are read: "ordinal" (pixels) or "embedding" (codebook indices)
+    embed_dim: int = 16  # embedding size per channel when input="embedding"
 
 
 class GatedPixelCNN(CachedConvSampling, ARModel):
@@ -157,15 +160,16 @@ class GatedPixelCNN(CachedConvSampling, ARModel):
         self.config = cfg
         self.num_classes = cfg.num_classes
         K, F = self.levels, cfg.channels
+        self.inputs = ValueInput(K, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
         self.layers = nn.ModuleList(
-            GatedLayer(F if l else C, F, cfg.kernel if l else cfg.first_kernel, l == 0, C, cfg.num_classes)
+            GatedLayer(F if l else self.inputs.out_channels, F, cfg.kernel if l else cfg.first_kernel, l == 0, C, cfg.num_classes)
             for l in range(cfg.n_layers)
         )
         self.head = softmax_head(F, cfg.head_channels, C, K)  # relu, 1x1, relu, 1x1 to C*K, all mask B
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = self.head[-1].weight.dtype  # float32, or float64 after model.double()
-        return x.to(dtype) * (2.0 / (self.levels - 1)) - 1.0  # integer levels -> [-1, 1]
+        """Integer values (B, C, H, W) -> input features (B, C_in, H, W) (armini.nn.inputs)."""
+        return self.inputs(x, self.head[-1].weight.dtype)  # float32, or float64 after model.double()
 
     def head_logprobs(self, skip: torch.Tensor) -> torch.Tensor:
         """Summed skip connections (B, F, H, W) -> log-probabilities (B, C, H, W, K)."""

@@ -11,19 +11,24 @@ convolutions to C*K logits. The receptive field grows by one pixel per 3x3
 layer but never covers the pixels above and to the right of the centre's
 upward cone: the "blind spot" that Gated PixelCNN (lesson 04) removes.
 
-Deviations from the paper: inputs are scaled to [-1, 1] rather than fed as
-one-hot; widths and depth are small so a CPU trains it in minutes.
+Deviations from the paper: pixel values are scaled to [-1, 1] rather than fed as
+one-hot (codebook indices get a learned embedding instead: input="embedding", see
+armini.nn.inputs); widths and depth are small so a CPU trains it in minutes. Class
+conditioning (num_classes) adds a learned vector per class to the first layer's
+features, at every position: it tells every pixel the class, and nothing else.
 
 Legend: B batch, C image channels, H, W height and width, K levels, F feature channels.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from ..nn.heads import categorical_logits, softmax_head
+from ..nn.inputs import ValueInput
 from ..nn.masked import MaskedConv2d
 from ..sampling_cache import CachedConvSampling
 from .base import ARModel
@@ -56,6 +61,9 @@ class PixelCNNConfig:
     n_blocks: int = 4  # residual blocks after the 7x7 mask-A layer
     first_kernel: int = 7
     head_channels: int = 64  # width of the 1x1 output layers (rounded up to a multiple of C)
+    input: str = "ordinal"  # how values are read: "ordinal" (pixels) or "embedding" (codebook indices)
+    embed_dim: int = 16  # embedding size per channel when input="embedding"
+    num_classes: Optional[int] = None  # class-conditional with this many classes (None: unconditional)
 
 
 class PixelCNN(CachedConvSampling, ARModel):
@@ -72,20 +80,25 @@ class PixelCNN(CachedConvSampling, ARModel):
         cfg.channels = -(-cfg.channels // (2 * C)) * (2 * C)
         cfg.head_channels = -(-cfg.head_channels // C) * C
         self.config = cfg
+        self.num_classes = cfg.num_classes
         K, F = self.levels, cfg.channels
-        self.input_conv = MaskedConv2d(C, F, cfg.first_kernel, "A", C)  # sees strictly earlier sub-pixels
+        self.inputs = ValueInput(K, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
+        self.input_conv = MaskedConv2d(self.inputs.out_channels, F, cfg.first_kernel, "A", C)  # strictly earlier
         self.blocks = nn.Sequential(*[ResidualBlock(F, C) for _ in range(cfg.n_blocks)])
         self.head = softmax_head(F, cfg.head_channels, C, K)  # relu, 1x1, relu, 1x1 to C*K, all mask B
+        if cfg.num_classes is not None:
+            self.class_emb = nn.Embedding(cfg.num_classes, F)  # a learned vector per class
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""
+    def logits(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W) (and labels y (B,))."""
         B, C, H, W = x.shape
-        K = self.levels
-        h = x.to(self.input_conv.weight.dtype) * (2.0 / (K - 1)) - 1.0  # values scaled to [-1, 1]
-        h = self.input_conv(h)  # (B, F, H, W)
+        h = self.input_conv(self.inputs(x, self.input_conv.weight.dtype))  # (B, F, H, W)
+        if y is not None:
+            h = h + self.class_emb(y)[:, :, None, None]  # the class, at every position
         h = self.blocks(h)  # (B, F, H, W)
         out = self.head(h)  # (B, C*K, H, W), channel-major: block c holds channel c's K logits
-        return categorical_logits(out, C, K)  # (B, C, H, W, K)
+        return categorical_logits(out, C, self.levels)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
-        return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)
+        y = self.check_labels(y, x.shape[0])
+        return torch.log_softmax(self.logits(x, y), dim=-1)  # (B, C, H, W, K)

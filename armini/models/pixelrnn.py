@@ -65,6 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.heads import categorical_logits, softmax_head
+from ..nn.inputs import to_unit_range
 from ..nn.masked import MaskedConv2d, MaskedRowConv
 from ..nn.shifted import down_shift
 from .base import ARModel
@@ -240,8 +241,8 @@ class PixelRNN(ARModel):
         raise NotImplementedError(f"{type(self).__name__} must say which LSTM layer it stacks")
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer pixels (B, C, H, W) -> values in [-1, 1], in the weights' dtype."""
-        return x.to(self.input_conv.weight.dtype) * (2.0 / (self.levels - 1)) - 1.0
+        """Integer pixels (B, C, H, W) -> values in [-1, 1], in the weights' dtype (armini.nn.inputs)."""
+        return to_unit_range(x.to(self.input_conv.weight.dtype), self.levels)
 
     def first_features(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Row i of the 7x7 mask-A convolution, from the rows it reads: (B, F, 1, W)."""
