@@ -101,4 +101,5 @@ class PixelCNN(CachedConvSampling, ARModel):
 
     def conditionals(self, x, y=None):
         y = self.check_labels(y, x.shape[0])
-        return torch.log_softmax(self.logits(x, y), dim=-1)  # (B, C, H, W, K)
+        logits = self.logits(x) if y is None else self.logits(x, y)  # a subclass may define logits(x)
+        return torch.log_softmax(logits, dim=-1)  # (B, C, H, W, K)
