@@ -18,6 +18,9 @@ How a lesson uses it (colour Fashion-MNIST):
     model = PixelTransformer(shape=(1, 28, 28), levels=palette.n_colors) # train on codes
     images = palette.decode(model.sample(8))                             # (8, 3, 28, 28) in [0, 256)
 
+A Palette is the course's first tokenizer (armini.tokenizers): one token per pixel, and
+`codebook_size` = n_colors tokens.
+
 Deviations from ImageGPT: a few Lloyd iterations on a pixel sample, initialised by k-means++
 seeding, and small palettes (ImageGPT: 512 colours).
 
@@ -79,6 +82,18 @@ class Palette(nn.Module):
     @property
     def n_colors(self) -> int:
         return self.centres.shape[0]
+
+    @property
+    def codebook_size(self) -> int:
+        """V, the number of tokens (armini.tokenizers): one per colour."""
+        return self.n_colors
+
+    def token_shape(self, image_shape) -> tuple:
+        """One code per pixel: (3, H, W) images -> (1, H, W) tokens."""
+        C, H, W = image_shape
+        if C != 3:
+            raise ValueError(f"a palette encodes RGB images (3, H, W), got shape {tuple(image_shape)}")
+        return (1, H, W)
 
     @classmethod
     def fit(cls, images: torch.Tensor, n_colors: int = 16, levels: int = 256, iters: int = 10,

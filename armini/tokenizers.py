@@ -1,0 +1,73 @@
+"""The tokenizer protocol: what every image tokenizer of the course provides.
+
+Parts III-V stop modelling pixels and model tokens: a tokenizer turns an image into a small
+grid of integers (codebook indices), an AR prior (any model in armini.models.MODELS, with
+`levels` = the codebook size and input="embedding") models those, and the tokenizer turns
+sampled tokens back into pixels. Two-stage generation, as in VQ-VAE + PixelCNN, VQGAN + GPT:
+
+    tokens = tok.encode(images)                      # (B, *tok.token_shape(image_shape)) in [0, V)
+    prior = MODELS["pixelcnn"](shape=tokens.shape[1:], levels=tok.codebook_size, input="embedding")
+    ... train prior on tokens ...
+    images = tok.decode(prior.sample(16))            # (16, *image_shape) integer pixels
+
+A tokenizer is any object with these members (structural typing: no base class to inherit):
+
+    codebook_size: int                  V, the number of distinct tokens
+    levels: int                         K, pixel levels of the images it reads and writes
+    token_shape(image_shape) -> tuple   the token grid of one image, e.g. (1, 7, 7) for (1, 28, 28)
+    encode(images) -> tokens            integer images (B, C, H, W) -> LongTensor (B, *token_shape)
+    decode(tokens) -> images            tokens -> integer images (B, C, H, W)
+
+and, optionally, `decode_logprobs(tokens) -> (B, C, H, W, K)`, a distribution over pixel
+values (for a likelihood bound: bits of the tokens under the prior plus bits of the image
+under the decoder). `check_tokenizer` runs the protocol once and says what is missing or wrong.
+The first tokenizer of the course is lesson 07's colour palette (armini.nn.palette.Palette):
+one token per pixel, V colours.
+
+Legend: B batch, C channels, H, W height and width, K pixel levels, V codebook size.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["Tokenizer", "check_tokenizer"]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    codebook_size: int
+    levels: int
+
+    def token_shape(self, image_shape) -> tuple: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_tokenizer(tok, images: torch.Tensor) -> torch.Tensor:
+    """Run encode and decode once on integer images (B, C, H, W) and check shapes, dtypes and ranges.
+
+    Returns the tokens. Raises a ValueError (TypeError for a missing member) naming what is wrong."""
+    missing = [m for m in ("codebook_size", "levels", "token_shape", "encode", "decode") if not hasattr(tok, m)]
+    if missing:
+        raise TypeError(f"{type(tok).__name__} is not a tokenizer: it lacks {', '.join(missing)} "
+                        "(see armini.tokenizers)")
+    B, shape = images.shape[0], tuple(images.shape[1:])
+    expected = tuple(tok.token_shape(shape))
+    tokens = tok.encode(images)
+    if tokens.dtype.is_floating_point or tuple(tokens.shape) != (B,) + expected:
+        raise ValueError(f"{type(tok).__name__}.encode must return integer tokens of shape {(B,) + expected} "
+                         f"(token_shape says {expected}), got {tuple(tokens.shape)} {tokens.dtype}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= tok.codebook_size):
+        raise ValueError(f"tokens must lie in [0, codebook_size={tok.codebook_size}), found "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
+    decoded = tok.decode(tokens)
+    if decoded.dtype.is_floating_point or tuple(decoded.shape) != tuple(images.shape):
+        raise ValueError(f"{type(tok).__name__}.decode must return integer images of shape "
+                         f"{tuple(images.shape)}, got {tuple(decoded.shape)} {decoded.dtype}")
+    if decoded.numel() and (int(decoded.min()) < 0 or int(decoded.max()) >= tok.levels):
+        raise ValueError(f"decoded pixels must lie in [0, levels={tok.levels})")
+    return tokens
