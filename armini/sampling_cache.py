@@ -205,6 +205,60 @@ def strip_conditionals(model, cache: ConvCache, x: torch.Tensor, y, i: int, j0: 
         return model.conditionals(x[:, :, i:i + 1, j0:j1], y)  # (n, C, 1, P, K)
 
 
+def _writes(x: torch.Tensor):
+    """How many in-place writes x has had (torch's version counter), None where torch keeps no count
+    (tensors made under torch.inference_mode)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
+
+
+class RasterCursor:
+    """Which pixel a raster-order cached sampler is at, and cheap guards that the image x it is
+    handed changes only as the sampling loop changes it. Shared by every cached sampler.
+
+    advance(x, index) -> (c, i, j, moved): the dimension asked for, and whether it starts a new pixel.
+
+    Guards, each O(1) per step with no wait for the device:
+      - one dimension per step, pixels in raster order (a pixel's channels repeat the same pixel);
+      - x is the tensor the cache started with (a new image needs a new init_cache);
+      - at most one in-place write to x between two steps: the sampling loop writes the dimension it
+        just drew. Edits on top of that (a pixel the cache has already read changed) are refused.
+    Not caught: a single write elsewhere *instead of* the drawn dimension. Seeing that would mean
+    comparing the whole image at every step: O(D) per step, O(D^2) per image and a device sync per
+    step, which costs as much as the cache saves on a small model."""
+
+    def __init__(self, x: torch.Tensor, width: int):
+        self.W = width
+        self.last = -1  # raster index i*W + j of the last pixel asked for
+        self.storage, self.shape = x.data_ptr(), x.shape
+        self.writes = _writes(x)
+
+    def advance(self, x: torch.Tensor, index: torch.Tensor):
+        if index.shape[0] != 1:
+            raise ValueError("the cached sampler fills one dimension per step (raster order)")
+        if x.data_ptr() != self.storage or x.shape != self.shape:
+            raise ValueError("x is not the image this cache was started on: start a new init_cache for a new image")
+        writes = _writes(x)
+        if writes is not None and self.writes is not None and writes - self.writes > 1:
+            raise ValueError(
+                f"x was written {writes - self.writes} times since the last step, but the cached sampler allows one "
+                "write between steps (the dimension just drawn): a pixel it already read may have changed, so the "
+                "cache is stale (start a new init_cache, or sample with cached=False)"
+            )
+        self.writes = writes
+        c, i, j = (int(v) for v in index[0])
+        p = i * self.W + j
+        if p not in (self.last, self.last + 1):
+            raise ValueError(
+                f"the cached sampler must visit pixels in raster order: asked for pixel {(i, j)} after "
+                f"pixel {divmod(self.last, self.W)}; sample with cached=False for other orders"
+            )
+        moved, self.last = p != self.last, p
+        return c, i, j, moved
+
+
 class RasterConvSampler:
     """What init_cache returns: the caches plus which pixel the sampler is at.
 
@@ -222,12 +276,12 @@ class RasterConvSampler:
         self.strip = strip if strip is not None else (lambda *a: strip_conditionals(model, *a))
         self.refresh = refresh
         self.cache = ConvCache(H, W)
-        self.seen = x.clone()  # x as it was when each pixel was last computed
-        self.last = -1  # raster index i*W + j of the last pixel asked for
+        self.cursor = RasterCursor(x, W)
+        self.seen = None  # (n, C): the last pixel as it was when it was computed
 
     def _run(self, x, i, j0, j1):
         lp = self.strip(self.cache, x, self.y, i, j0, j1)  # (n, C, 1, P, K)
-        self.seen[:, :, i, j0:j1] = x[:, :, i, j0:j1]
+        self.seen = x[:, :, i, j1 - 1].clone()
         return lp
 
     @torch.no_grad()
@@ -244,25 +298,14 @@ class RasterConvSampler:
             torch.set_num_threads(threads)
 
     def _step(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        if index.shape[0] != 1:
-            raise ValueError("the cached convolutional sampler fills one dimension per step (raster order)")
-        c, i, j = (int(v) for v in index[0])
+        last = self.cursor.last
+        c, i, j, moved = self.cursor.advance(x, index)
         p = i * self.W + j
-        if p not in (self.last, self.last + 1):
-            raise ValueError(
-                f"the cached sampler must visit pixels in raster order: asked for pixel {(i, j)} after "
-                f"pixel {divmod(self.last, self.W)}; sample with cached=False for other orders"
-            )
-        stale = False  # did the last pixel q change since it was computed (it was just sampled)?
-        if self.last >= 0:
-            qi, qj = divmod(self.last, self.W)
-            stale = not torch.equal(x[:, :, qi, qj], self.seen[:, :, qi, qj])
-            self.seen[:, :, qi, qj] = x[:, :, qi, qj]
-            if not torch.equal(x, self.seen):
-                raise ValueError("x changed at a pixel other than the last one sampled: the cache is stale "
-                                 "(start a new init_cache, or sample with cached=False)")
+        # did the last pixel q change since it was computed (it was just sampled)? O(n C), one pixel
+        stale = last >= 0 and not torch.equal(x[:, :, last // self.W, last % self.W], self.seen)
         j0 = j  # the strip to compute: this pixel, and the one before if it is recomputed with it
-        if stale and self.last != p:
+        if stale and moved:  # (the same pixel again, for its next channel, is recomputed below anyway)
+            qi, qj = divmod(last, self.W)
             if self.refresh is not None:
                 self.refresh(self.cache, x, self.y, qi, qj, qj + 1)
             elif qi == i:  # recompute the left neighbour in the same strip
@@ -270,7 +313,6 @@ class RasterConvSampler:
             else:
                 self._run(x, qi, qj, qj + 1)
         lp = self._run(x, i, j0, j + 1)
-        self.last = p
         return lp[:, c, 0, -1, :].unsqueeze(1)  # (n, 1, K)
 
 

@@ -112,9 +112,25 @@ def test_cache_refuses_misuse():
         model.conditional_logprobs(x, torch.tensor([[0, 2, 2]]), None, cache)  # skips pixels
     x[0, 0, 0, 0] = 1  # the pixel just sampled: fine
     model.conditional_logprobs(x, torch.tensor([[0, 0, 1]]), None, cache)
-    x[0, 0, 0, 0] = 2  # an older pixel changed behind the cache's back
+    x[0, 0, 0, 1] = 3  # the pixel just sampled ...
+    x[0, 0, 0, 0] = 2  # ... and an older pixel changed behind the cache's back
     with pytest.raises(ValueError, match="stale"):
         model.conditional_logprobs(x, torch.tensor([[0, 0, 2]]), None, cache)
+    with pytest.raises(ValueError, match="new init_cache"):  # another image than the one the cache started on
+        model.conditional_logprobs(x.clone(), torch.tensor([[0, 0, 2]]), None, cache)
+
+
+def test_cache_checks_only_the_last_pixel_per_step(monkeypatch):
+    """The staleness check compares the pixel just drawn, not the whole image: O(n C) numbers per step
+    (the old sampler compared all of x at every step, O(D^2) per image)."""
+    model = make("gated-colour")
+    compared = []
+    equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(a.numel()) or equal(a, b))
+    n = 2
+    model.sample(n, generator=torch.Generator().manual_seed(0))
+    C, H, W = model.shape
+    assert compared and max(compared) <= n * C, max(compared)
 
 
 def test_cache_refuses_a_convolution_that_reads_the_future():
