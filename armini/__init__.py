@@ -19,15 +19,24 @@ import numpy as np
 import torch
 
 __version__ = "0.1.0"
-__all__ = ["device", "seed_everything", "quick", "budget", "__version__"]
+__all__ = ["device", "seed_everything", "quick", "budget", "env_flag", "class_labels", "__version__"]
 
 
-def device(prefer: str | None = None) -> torch.device:
+def env_flag(name: str) -> bool:
+    """True when the environment variable `name` holds a true value: 1, true, yes or on (any case)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def device(prefer: str | torch.device | None = None) -> torch.device:
     """The device lessons train on: `prefer`, then $ARMINI_DEVICE, then CUDA, then MPS, then CPU.
+
+    prefer: a name ("cpu", "cuda", "cuda:1", "mps") or a torch.device; an unavailable one is an error.
 
     >>> armini.device()                # doctest: +SKIP
     device(type='cpu')
     """
+    if isinstance(prefer, torch.device):
+        prefer = str(prefer)
     name = prefer or os.environ.get("ARMINI_DEVICE")
     if name:
         dev = torch.device(name)
@@ -58,7 +67,7 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
 def quick() -> bool:
     """True when ARMINI_QUICK is set to a true value (1, true, yes): tests and CI shrink every budget."""
-    return os.environ.get("ARMINI_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("ARMINI_QUICK")
 
 
 def budget(default, quick_value):
@@ -67,3 +76,12 @@ def budget(default, quick_value):
     >>> steps = armini.budget(3000, 60)   # 3000 steps normally, 60 under ARMINI_QUICK=1
     """
     return quick_value if quick() else default
+
+
+def class_labels(model, n: int, device=None):
+    """Labels 0, 1, 2, ... (cycling through the classes) for n images of a class-conditional
+    model, None for an unconditional one: what to pass as y= to see every class in turn."""
+    if getattr(model, "num_classes", None) is None:
+        return None
+    dev = device if device is not None else getattr(model, "model_device", "cpu")
+    return torch.arange(int(n), device=dev) % model.num_classes

@@ -12,7 +12,6 @@ values in [0, K), as everywhere in armini; K = levels.
 from __future__ import annotations
 
 import math
-import os
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -21,6 +20,7 @@ import torch
 from matplotlib.patches import Patch, Rectangle
 
 from . import causality
+from . import env_flag
 from .models.base import LN2
 from .sampling_record import SamplingRecord
 
@@ -208,7 +208,7 @@ NOT_YET = (0.78, 0.86, 0.95)  # colour of the pixels a sampler has not generated
 
 def static_mode() -> bool:
     """True when widgets cannot be shown: ARMINI_STATIC=1, the Agg backend, or no ipywidgets."""
-    if os.environ.get("ARMINI_STATIC", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if env_flag("ARMINI_STATIC"):
         return True
     if matplotlib.get_backend().lower() == "agg":
         return True
