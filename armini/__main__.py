@@ -3,162 +3,185 @@
     python -m armini list
     python -m armini train pixelcnn --data fashion-mnist --steps 3000 --out runs/pixelcnn
     python -m armini train pixelcnn --out runs/pixelcnn --steps 6000 --resume     # continue that run
+    python -m armini train pixelcnn --out runs/pixelcnn --overwrite               # start that run again
     python -m armini train pixelcnn --size 14 --levels 4 -o channels=32 -o n_blocks=3
 
 `train` writes three files into --out: model.pt (a checkpoint, see armini.train.load_checkpoint),
-samples.png (a grid of samples) and metrics.json (test bits/dim, speed, settings).
+samples.png (a grid of samples, each image enlarged to at least 112 pixels a side) and metrics.json
+(test bits/dim, speed, settings). It never replaces a checkpoint unless told to: an existing
+OUT/model.pt needs --resume (continue it) or --overwrite (start again). A run that diverges (test
+bits/dim not finite) stops with an error and writes no samples or metrics.
 Default steps shrink under ARMINI_QUICK=1 (see armini.budget).
+
+Errors are one line on stderr and exit status 1 (see armini.cli); --debug or ARMINI_DEBUG=1 adds
+the Python traceback.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import json
+import math
 import sys
 from pathlib import Path
 
 import torch
 
 import armini
+from armini import cli
+from armini.files import atomic_write
 from armini.models import MODELS
 
+SAMPLE_SIDE = 112  # samples.png shows each image at least this many pixels a side: 28x28 drawn 4x, 8x8 14x
 
-def image_grid(images: torch.Tensor, levels: int, nrow: int | None = None, pad: int = 1):
-    """Integer images (n, C, H, W) in [0, levels) -> one float array (rows, cols) or (rows, cols, 3) in [0, 1]."""
-    n, C, H, W = images.shape
-    nrow = nrow or max(1, int(round(n**0.5)))  # images per row
-    ncol = -(-n // nrow)  # rows of images
-    grid = torch.ones(C, ncol * (H + pad) + pad, nrow * (W + pad) + pad)  # white background
-    x = images.float().cpu() / (levels - 1)
-    for k in range(n):
-        r, c = divmod(k, nrow)
-        top, left = pad + r * (H + pad), pad + c * (W + pad)
-        grid[:, top : top + H, left : left + W] = x[k]
-    return grid[0].numpy() if C == 1 else grid.permute(1, 2, 0).numpy()
+
+def image_grid(images: torch.Tensor, levels: int, nrow: int | None = None, pad: int = 1, scale: int = 1):
+    """Integer images (n, C, H, W) in [0, levels) -> one float array (rows, cols) or (rows, cols, 3) in [0, 1]:
+    `nrow` images per row (default about sqrt(n)), each pixel a scale x scale block, white between images."""
+    from armini.viz import make_grid
+
+    n = len(images)
+    x = images.float().cpu() / (levels - 1)  # (n, C, H, W) in [0, 1]
+    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)  # (n, C, H*scale, W*scale)
+    return make_grid(x, nrow=nrow or max(1, round(n**0.5)), pad=pad, pad_value=1.0)
 
 
 def save_grid(images: torch.Tensor, levels: int, path) -> None:
-    """Save integer images as one PNG grid with matplotlib (grayscale for one channel)."""
+    """Save integer images as one PNG grid, enlarged (nearest neighbour) to at least SAMPLE_SIDE pixels an image."""
     import matplotlib.image
 
-    grid = image_grid(images, levels)
-    if grid.ndim == 2:
-        matplotlib.image.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0)
-    else:
-        matplotlib.image.imsave(path, grid)
-
-
-def parse_option(text: str):
-    """'key=value' -> (key, Python value): -o channels=32 gives ("channels", 32)."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"model options look like key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass  # keep it as a string
-    return key.strip(), value
+    H, W = images.shape[-2:]
+    grid = image_grid(images, levels, pad=2, scale=max(1, math.ceil(SAMPLE_SIDE / min(H, W))))
+    with atomic_write(path, "wb") as f:
+        matplotlib.image.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")  # cmap: one channel only
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m armini", description="armini: autoregressive image models")
+    cli.add_debug_flag(p)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the models")
+    cli.add_debug_flag(sub.add_parser("list", help="list the models"), default=argparse.SUPPRESS)
     t = sub.add_parser("train", help="train a model, report test bits/dim, save checkpoint and samples")
     t.add_argument("model", choices=sorted(MODELS), help="model name (see `python -m armini list`)")
     t.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
-    t.add_argument("--levels", type=int, default=None, help="pixel values K (default: the dataset's, 256)")
-    t.add_argument("--size", type=int, default=None, help="image side after downscaling (must divide 28)")
+    t.add_argument("--levels", type=cli.positive_int, default=None, help="pixel values K (default: the dataset's)")
+    t.add_argument("--size", type=cli.positive_int, default=None, help="image side after downscaling (must divide 28)")
     t.add_argument("--color", action="store_true", help="the RGB variant of the data")
     t.add_argument("--source", default="auto", choices=["auto", "full", "subset"], help="Fashion-MNIST files")
-    t.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 3000; 30 in quick mode)")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--limit", type=cli.positive_int, default=None, help="use only the first N training images")
+    t.add_argument("--steps", type=cli.non_negative_int, default=None,
+                   help="optimizer steps (default 3000; 30 in quick mode)")
+    t.add_argument("--batch-size", type=cli.positive_int, default=64)
+    t.add_argument("--lr", type=cli.positive_float, default=1e-3)
+    t.add_argument("--weight-decay", type=cli.non_negative_float, default=0.0)
     t.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
-    t.add_argument("--eval-every", type=int, default=None, help="test bits/dim every N steps (default: at the end)")
-    t.add_argument("--eval-images", type=int, default=None, help="test images used (default all; 500 in quick mode)")
-    t.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
+    t.add_argument("--eval-every", type=cli.positive_int, default=None,
+                   help="test bits/dim every N steps (default: at the end)")
+    t.add_argument("--eval-images", type=cli.positive_int, default=None,
+                   help="test images used (default all; 500 in quick mode)")
+    t.add_argument("--time-limit", type=cli.positive_float, default=None, help="stop training after this many seconds")
     t.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
+    again.add_argument("--overwrite", action="store_true", help="replace OUT/model.pt (and its samples and metrics)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--samples", type=int, default=16, help="images to sample into samples.png (0: none)")
-    t.add_argument("--device", default=None, help="cpu, cuda, mps (default: armini.device())")
-    t.add_argument("-o", "--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
+    t.add_argument("--samples", type=cli.non_negative_int, default=16,
+                   help="images to sample into samples.png (0: none)")
+    t.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
+    t.add_argument("-o", "--option", action="append", default=[], type=cli.key_value, metavar="KEY=VALUE",
                    help="model constructor option, e.g. -o channels=32 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_debug_flag(t, default=argparse.SUPPRESS)
     return p
 
 
-def cmd_list() -> None:
+def cmd_list(args) -> None:
     width = max(map(len, MODELS))
     for name, cls in MODELS.items():
         doc = (cls.__doc__ or "").strip().splitlines()
         print(f"{name:<{width}}  {cls.__name__:<18} {doc[0] if doc else ''}")
 
 
-def cmd_train(args, parser) -> dict:
-    from armini import data, train
-
-    dev = armini.device(args.device)
-    steps = args.steps if args.steps is not None else armini.budget(3000, 30)
-    eval_images = args.eval_images if args.eval_images is not None else armini.budget(None, 500)
+def output_folder(args) -> Path:
+    """--out, checked before any data is loaded: never replace a checkpoint the user did not say to."""
     out = Path(args.out or f"runs/{args.model}")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder: choose another --out")
+    checkpoint = out / "model.pt"
+    if checkpoint.exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{checkpoint} already exists: add --resume to continue that run, "
+                              "--overwrite to replace it, or choose another --out")
+    return out
+
+
+def load_data(args):
+    """(train set, test set) as the flags ask."""
+    from armini import data
+
     load = dict(levels=args.levels, size=args.size, color=args.color)
     if args.data == "fashion-mnist":
         load["source"] = args.source
-    train_set = data.load(args.data, "train", limit=args.limit, **load)
-    test_set = data.load(args.data, "test", **load)
+    return data.load(args.data, "train", limit=args.limit, **load), data.load(args.data, "test", **load)
+
+
+def save_samples(model, args, path) -> None:
+    """args.samples images into one PNG grid; class-conditional models draw every class in turn."""
+    y = torch.arange(args.samples) % model.num_classes if model.num_classes is not None else None
+    gen = torch.Generator().manual_seed(args.seed)
+    save_grid(model.sample(args.samples, y=y, generator=gen, progress=not args.no_progress), model.levels, path)
+
+
+def cmd_train(args) -> dict:
+    from armini import train
+
+    out = output_folder(args)
+    dev = armini.device(args.device)
+    steps = args.steps if args.steps is not None else armini.budget(3000, 30)
+    eval_images = args.eval_images if args.eval_images is not None else armini.budget(None, 500)
+    train_set, test_set = load_data(args)
     print(f"data: {train_set}")
+    test_images = len(test_set) if eval_images is None else min(eval_images, len(test_set))  # what fit evaluates on
 
     armini.seed_everything(args.seed)
-    try:
-        model = MODELS[args.model](shape=train_set.shape, levels=train_set.levels, **dict(args.option))
-    except (TypeError, ValueError) as e:
-        parser.error(f"cannot build {args.model} for shape {train_set.shape}, levels {train_set.levels}: {e}")
+    options = dict(args.option)
+    model = cli.build_model(args.model, options, shape=train_set.shape, levels=train_set.levels)  # and tried once
     print(f"model: {args.model}, {model.num_params():,} parameters, device {dev}")
 
+    out.mkdir(parents=True, exist_ok=True)
     hist = train.fit(
         model, train_set, test_set, steps=steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
-        eval_images=eval_images, device=dev, checkpoint=out / "model.pt", resume=args.resume, seed=args.seed,
-        progress=not args.no_progress, time_limit=args.time_limit,
+        eval_images=eval_images, device=dev, checkpoint=out / "model.pt", resume=args.resume,
+        overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress, time_limit=args.time_limit,
     )
-    used = f"first {eval_images}" if eval_images and eval_images < len(test_set) else f"all {len(test_set)}"
-    print(f"test bits/dim: {hist.final_test_bpd:.4f} ({used} test images), after {hist.steps} steps, "
+    if not math.isfinite(hist.final_test_bpd):  # a diverged run: no samples or metrics that look like results
+        raise FloatingPointError(f"test bits/dim is {hist.final_test_bpd} after {hist.steps} steps: training "
+                                 f"diverged; try a lower --lr (this run: {args.lr:g}). No samples or metrics written.")
+    used = "all" if test_images == len(test_set) else "first"
+    print(f"test bits/dim: {hist.final_test_bpd:.4f} ({used} {test_images} test images), after {hist.steps} steps, "
           f"{hist.images_per_s:.0f} train images/s")
 
     metrics = dict(
         model=args.model, params=model.num_params(), data=args.data, data_source=train_set.source,
         shape=list(model.shape), levels=model.levels, steps=hist.steps, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, device=str(dev), test_bpd=hist.final_test_bpd, test_images=min(eval_images or 10**12,
-        len(test_set)), train_bpd=hist.final_train_bpd, train_images_per_s=hist.images_per_s,
+        seed=args.seed, device=str(dev), test_bpd=hist.final_test_bpd, test_images=test_images,
+        train_bpd=hist.final_train_bpd, train_images_per_s=hist.images_per_s,
         elapsed_s=hist.elapsed_s, stopped_early=hist.stopped_early, checkpoint=str(out / "model.pt"),
     )
     if args.samples > 0:
-        y = None
-        if model.num_classes is not None:
-            y = torch.arange(args.samples) % model.num_classes  # every class in turn
-        gen = torch.Generator().manual_seed(args.seed)
-        x = model.sample(args.samples, y=y, generator=gen, progress=not args.no_progress)
-        save_grid(x, model.levels, out / "samples.png")
+        save_samples(model, args, out / "samples.png")
         metrics["samples"] = str(out / "samples.png")
-    with open(out / "metrics.json", "w") as f:
-        json.dump(metrics, f, indent=2)
+    with atomic_write(out / "metrics.json", "w") as f:
+        json.dump(metrics, f, indent=2, allow_nan=False)  # allow_nan=False: always valid JSON
     print(f"saved {out / 'model.pt'}, {out / 'metrics.json'}" + (f", {out / 'samples.png'}" if args.samples else ""))
     return metrics
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (errors: one line on stderr, see armini.cli)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "list":
-        cmd_list()
-    elif args.command == "train":
-        cmd_train(args, parser)
-    return 0
+    command = {"list": cmd_list, "train": cmd_train}[args.command]
+    return cli.run(lambda: command(args), parser.prog, args.debug)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ Models with a fast sampler (an `init_cache` override that returns a cache) are t
 ways in the same run: sample_s_per_image_naive (cached=False), sample_s_per_image_cached and
 cache_speedup = naive / cached. ARMINI_QUICK=1 shrinks the budget and the test subset.
 Everything is seeded; timings depend on the machine (the JSON records the device).
+
+Every setting is checked before the first model trains: the flags' values (--sample-n must be at
+least 1: every record has sampling timings), each model built and run once with the --set options,
+and the --json file (its folder must exist; an existing file is replaced only with --overwrite). The
+JSON is rewritten atomically after each model, so a run that stops midway keeps the models done.
+Errors are one line on stderr and exit status 1 (see armini.cli); --debug adds the traceback.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ import time
 import torch
 
 import armini
+from armini import cli
+from armini.files import atomic_write
 from armini.models import MODELS, ARModel
 
 LEVELS = 256  # Fashion-MNIST as it comes (28x28, or the 14x14 / 7x7 views with size=14 / 7)
@@ -44,11 +52,11 @@ def build(name: str, size: int = 28, **kwargs):
     """(model, note): the model for size x size images with 256 levels, else with its own default levels."""
     cls = MODELS[name]
     shape = (1, size, size)
+    if kwargs:  # the user's settings: no fallback, a clear error if the model cannot take them
+        return cli.build_model(name, kwargs, shape=shape, levels=LEVELS), ""
     try:
-        return cls(shape=shape, levels=LEVELS, **kwargs), ""
+        return cls(shape=shape, levels=LEVELS), ""
     except ValueError as e:
-        if kwargs:
-            raise
         model = cls(shape=shape)
         return model, f"levels={model.levels} (cannot take {LEVELS}: {str(e).split(';')[0]})"
 
@@ -97,6 +105,7 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
     model's constructor (e.g. channels=64); models: a dict that receives the trained model under `name`."""
     from armini import data, train
 
+    check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n)
     datasets = {} if datasets is None else datasets  # (levels, size) -> (train, test), shared between models
     dev = armini.device(device) if device is None or isinstance(device, str) else device
     armini.seed_everything(seed)
@@ -137,6 +146,16 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
     if models is not None:
         models[name] = model
     return record
+
+
+def check_settings(budget_s: float, test_images: int, sample_n: int):
+    """Refuse, before any training, settings that would only fail (or mean nothing) at the end."""
+    if not budget_s > 0:
+        raise ValueError(f"budget_s must be a number of seconds > 0, got {budget_s}")
+    if test_images is not None and test_images < 1:
+        raise ValueError(f"test_images must be at least 1 (or None: all), got {test_images}")
+    if sample_n < 1:
+        raise ValueError(f"sample_n (images sampled for timing) must be at least 1, got {sample_n}")
 
 
 def kendall_tau(a, b) -> float:
@@ -181,27 +200,45 @@ def format_table(records, budget_s, test_images) -> str:
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m armini.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated names (default all: {','.join(MODELS)})")
-    p.add_argument("--budget-s", type=float, default=None, help="training seconds per model (default 60; 3 in quick mode)")
+    p.add_argument("--budget-s", type=cli.positive_float, default=None,
+                   help="training seconds per model (default 60; 3 in quick mode)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: armini.device())")
-    p.add_argument("--batch-size", type=int, default=None, help="default: bench.BATCH for the model, else 32")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: bench.LR for the model, else 1e-3)")
-    p.add_argument("--test-images", type=int, default=None, help="test subset size (default 1000; 200 in quick mode)")
-    p.add_argument("--sample-n", type=int, default=None, help="images sampled for timing (default 2; 1 in quick mode)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
+    p.add_argument("--batch-size", type=cli.positive_int, default=None, help="default: bench.BATCH for the model, else 32")
+    p.add_argument("--lr", type=cli.positive_float, default=None,
+                   help="learning rate (default: bench.LR for the model, else 1e-3)")
+    p.add_argument("--test-images", type=cli.positive_int, default=None,
+                   help="test subset size (default 1000; 200 in quick mode)")
+    p.add_argument("--sample-n", type=cli.positive_int, default=None,
+                   help="images sampled for timing, at least 1 (default 2; 1 in quick mode)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu-time", action="store_true",
                    help="budget in CPU seconds of this process (time.process_time), not wall-clock seconds: "
                         "fair when other work shares the machine")
     p.add_argument("--size", type=int, default=28, choices=[28, 14, 7], help="image side: 28, or the 14x14 or 7x7 view")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--set", action="append", default=[], type=cli.key_value, metavar="KEY=VALUE",
                    help="a model keyword argument, e.g. --set channels=64 (repeatable; applies to every model)")
+    cli.add_debug_flag(p)
     return p
 
 
-def main(argv=None) -> list:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_models(names, size: int, model_kwargs: dict):
+    """Build every model once with the --set options (and run it on two blank images, see
+    cli.build_model): a bad option fails now, not after the models before it have trained."""
+    for name in names:
+        build(name, size, **model_kwargs)
+
+
+def save_records(records, path):
+    """The records as JSON, written atomically (armini.files): the old file or the new one, never half."""
+    with atomic_write(path, "w") as f:
+        json.dump(records, f, indent=2)
+
+
+def run(args, parser) -> list:
+    """The benchmark the parsed flags ask for; returns the records."""
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:
@@ -209,18 +246,14 @@ def main(argv=None) -> list:
     budget_s = args.budget_s if args.budget_s is not None else armini.budget(60.0, 3.0)
     test_images = args.test_images if args.test_images is not None else armini.budget(1000, 200)
     sample_n = args.sample_n if args.sample_n is not None else armini.budget(2, 1)
+    check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n)
+    if args.json:
+        cli.check_new_file(args.json, args.overwrite, "--json")  # before the benchmark, not after it
+    model_kwargs = dict(args.set)
+    check_models(names, args.size, model_kwargs)
     dev = armini.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_kwargs = {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq or not key.isidentifier():
-            parser.error(f"--set wants KEY=VALUE, e.g. --set channels=64; got {item!r}")
-        try:
-            model_kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            model_kwargs[key] = value
 
     records, datasets = [], {}
     for name in names:
@@ -228,15 +261,21 @@ def main(argv=None) -> list:
         records.append(bench_model(name, budget_s=budget_s, device=dev, batch_size=args.batch_size, lr=args.lr,
                                    test_images=test_images, sample_n=sample_n, seed=args.seed, datasets=datasets,
                                    cpu_time=args.cpu_time, size=args.size, **model_kwargs))
+        if args.json:
+            save_records(records, args.json)  # after every model: a run that stops midway keeps what it measured
     print()
     print(format_table(records, budget_s, test_images))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
         print(f"\nwrote {args.json}")
     return records
 
 
+def main(argv=None) -> int:
+    """Run the benchmark from the command line; returns the exit status (errors: one line, see armini.cli)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return cli.run(lambda: run(args, parser), parser.prog, args.debug)
+
+
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(main())

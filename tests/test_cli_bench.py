@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,7 +39,7 @@ def test_train_command_writes_checkpoint_samples_and_metrics(tmp_path, monkeypat
     import matplotlib.image
 
     png = matplotlib.image.imread(run / "samples.png")
-    assert png.shape[:2] == (17, 17)  # 2 x 2 images of 7 x 7 with 1-pixel borders
+    assert png.shape[:2] == (230, 230)  # 2 x 2 images of 7 x 7 drawn 16x (112 px) with 2-pixel borders
 
     # resume in this process (quicker than a second interpreter)
     monkeypatch.chdir(tmp_path)
@@ -61,6 +62,16 @@ def test_image_grid():
     assert grid.shape == (2 * 5 + 1, 2 * 5 + 1, 3) and grid.max() == 1.0
 
 
+def test_image_grid_is_viz_make_grid_with_pixels_enlarged():
+    from armini.viz import make_grid
+
+    x = torch.randint(0, 4, (5, 1, 3, 2))
+    grid = image_grid(x, levels=4, scale=3, pad=2)
+    big = x.repeat_interleave(3, dim=2).repeat_interleave(3, dim=3) / 3.0  # each pixel a 3 x 3 block
+    assert grid.shape == (3 * (9 + 2) + 2, 2 * (6 + 2) + 2)  # 5 images, 2 a row (sqrt(5) rounded), 3 rows
+    np.testing.assert_allclose(grid, make_grid(big, nrow=2, pad=2, pad_value=1.0))
+
+
 class CachedIndependent(IndependentPixels):
     """IndependentPixels with a 'fast sampler' (its cache is the normalised table), for the benchmark's timing."""
 
@@ -78,9 +89,11 @@ def test_bench_json_schema(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
     monkeypatch.setitem(MODELS, "cached-toy", CachedIndependent)
     path = tmp_path / "bench.json"
-    records = bench.main(["--models", "fvsbn,cached-toy", "--budget-s", "0.5", "--test-images", "50",
-                          "--sample-n", "1", "--device", "cpu", "--json", str(path)])
-    assert json.loads(path.read_text()) == records and [r["model"] for r in records] == ["fvsbn", "cached-toy"]
+    path.write_text("[]")  # an earlier result: replaced only because of --overwrite
+    assert bench.main(["--models", "fvsbn,cached-toy", "--budget-s", "0.5", "--test-images", "50",
+                       "--sample-n", "1", "--device", "cpu", "--json", str(path), "--overwrite"]) == 0
+    records = json.loads(path.read_text())
+    assert [r["model"] for r in records] == ["fvsbn", "cached-toy"]
     for r in records:
         for key in ("model", "device", "params", "levels", "shape", "train_images_per_s", "budget_s", "steps",
                     "test_bpd", "test_images", "sample_s_per_image", "note"):
@@ -99,10 +112,13 @@ def test_bench_json_schema(tmp_path, monkeypatch, capsys):
         bench.main(["--models", "nope"])
 
 
-def test_bench_cpu_clock_and_model_settings(monkeypatch, capsys):
+def test_bench_cpu_clock_and_model_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
-    (r,) = bench.main(["--models", "pixelcnn", "--budget-s", "0.5", "--test-images", "20", "--sample-n", "1",
-                       "--device", "cpu", "--cpu-time", "--set", "channels=8", "--set", "n_blocks=1"])
+    path = tmp_path / "bench.json"
+    assert bench.main(["--models", "pixelcnn", "--budget-s", "0.5", "--test-images", "20", "--sample-n", "1",
+                       "--device", "cpu", "--cpu-time", "--set", "channels=8", "--set", "n_blocks=1",
+                       "--json", str(path)]) == 0
+    (r,) = json.loads(path.read_text())
     assert r["clock"] == "cpu" and r["model_kwargs"] == {"channels": 8, "n_blocks": 1}
     assert r["params"] == bench.build("pixelcnn", channels=8, n_blocks=1)[0].num_params()
     assert r["params"] < bench.build("pixelcnn")[0].num_params()
