@@ -233,7 +233,7 @@ def test_pixelcnn_first_layer_with_mask_b_is_flagged():
 
 def test_pixelcnn_head_with_the_wrong_channel_layout_is_flagged():
     class WrongHead(PixelCNN):
-        def logits(self, x):
+        def logits(self, x, y=None):
             B, C, H, W = x.shape
             h = self.head(self.blocks(self.input_conv(x.float() * (2.0 / (self.levels - 1)) - 1.0)))
             return h.view(B, self.levels, C, H, W).permute(0, 2, 3, 4, 1)  # (B, K, C, ...): wrong blocks
@@ -265,3 +265,40 @@ def test_pixelcnn_has_a_blind_spot():
     assert blind.any()
     assert blind[0, 3, 5] and blind[0, 2, 6]  # above-right, out of reach of the stacked 3x3 masks
     assert report.context(target)[0, 3, 4] and report.context(target)[0, 4, 2]  # above-right neighbour, left
+
+
+# ---------------------------------------------------------------------- FVSBN and NADE
+@pytest.mark.parametrize("name", ["fvsbn", "nade"])
+def test_sequence_models_follow_the_weights_dtype(name):
+    """Old code: to_sequence called .float(), so FVSBN(...).double() failed and NADE rounded its inputs."""
+    model = build(name, (1, 4, 4), 256).double()
+    x = data(model, 3)
+    s = model.to_sequence(x)
+    assert s.dtype == torch.float64 and torch.equal(s, x.flatten(1).double() / 255)  # raster order
+    lp = model.conditionals(x)
+    assert lp.dtype == torch.float64
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(3, 1, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["fvsbn", "nade"])
+def test_sequence_models_read_their_order_after_init(name):
+    """Old code: generation_order() was called in __init__, before a subclass had set up its own order."""
+
+    class Reversed(MODELS[name]):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.reverse = True  # set after super().__init__(), as a subclass naturally would
+
+        def generation_order(self):
+            order = super().generation_order()
+            return order.flip(0) if self.reverse else order
+
+    torch.manual_seed(0)
+    model = Reversed(shape=(1, 2, 2), levels=3)
+    train_steps(model)
+    assert_causal(model)  # causal in its own (reversed) order
+    x = all_images((1, 2, 2), 3)
+    with torch.no_grad():
+        total = torch.logsumexp(model.log_prob(x).double(), 0).exp()
+    assert total.item() == pytest.approx(1.0, abs=1e-4)
+    assert model.to_sequence(x[-1:])[0, 0] == x[-1, 0, 1, 1] / 2  # the first step is the last pixel

@@ -24,13 +24,29 @@ another generation order overrides `generation_order()`; a model that fills
 several dimensions per step (scale-wise, parallel decoding) overrides
 `sampling_steps()`; a model with a cache for fast sampling overrides
 `conditional_logprobs(x, step, cache)` and `init_cache(x)`. The `y` keyword
-carries class labels for class-conditional models (ignored by others).
+carries class labels for class-conditional models (unconditional models refuse them).
+
+Inputs are checked once, where a call enters the model. `conditionals`, `log_prob_pixels`,
+`log_prob` and `loss` are wrapped (by `__init_subclass__`, for every subclass) so that the first
+of them a call reaches checks x (integers of shape (B, C, H, W) in [0, K), B >= 1), the labels y
+and the memory the batch needs; the calls it makes in turn trust what was checked, and so does
+`conditional_logprobs`, the sampling loop's call on the canvas `sample` checked once. A
+subclass writes its methods as plain functions of valid inputs. An empty batch (B = 0) is an
+error, not an empty result: its mean loss would be 0/0.
+
+Memory: a model whose activations grow fast with the image size overrides
+`activation_bytes(batch)`; a batch (or a `sample(n)`) that would need more memory than the
+device has is then refused before the forward pass, with a message that names the size and a
+smaller batch or image that fits (NotEnoughMemory, a ValueError and a MemoryError).
 
 Legend for shape comments: B batch, C channels, H height, W width, K levels, D = C*H*W.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -38,6 +54,92 @@ import torch
 import torch.nn as nn
 
 LN2 = math.log(2.0)
+GIB = 2**30
+
+
+class NotEnoughMemory(ValueError, MemoryError):
+    """A model setting would need more memory than the device has. The message names the size
+    needed and a smaller choice that fits. It is a ValueError (a bad setting) and a MemoryError."""
+
+
+@functools.lru_cache(maxsize=None)
+def device_memory(device: torch.device) -> Optional[int]:
+    """Total memory of `device` in bytes (a GPU's own memory; for the CPU the machine's RAM), None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
+            return None
+    return None
+
+
+def require_memory(need: int, device, what: str, fix: str) -> None:
+    """Raise NotEnoughMemory if `need` bytes exceed the memory of `device`.
+
+    what: what needs the memory ("NADE's weights for shape=..."); fix: a smaller choice that fits."""
+    have = device_memory(torch.device(device))
+    if have is not None and need > have:
+        raise NotEnoughMemory(
+            f"{what} need about {need / GIB:,.1f} GiB of memory, more than the {have / GIB:,.1f} GiB this "
+            f"machine has ({torch.device(device).type}). {fix}"
+        )
+
+
+def check_temperature(temperature) -> float:
+    """A sampling temperature must be a finite positive number (nan or inf would give all-zero images)."""
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__} {temperature!r}") from None
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(
+            f"temperature must be a finite positive number (1 = the model itself, below 1 sharper, "
+            f"above 1 flatter), got {temperature!r}"
+        )
+    return t
+
+
+def checks_inputs(method):
+    """Wrap a likelihood method (conditionals, log_prob_pixels, log_prob, loss) so that x and y are
+    checked once, where a call enters the model.
+
+    The outermost wrapped call checks x, y and the memory the batch needs, then runs with
+    `model._inputs_checked` set: the wrapped methods it calls in turn (loss -> log_prob_pixels ->
+    conditionals) and a subclass's own check_input/check_labels calls skip their checks. So a call
+    checks once and waits for the device at most once (to read x's smallest and largest value)."""
+    if getattr(method, "checks_inputs", False):
+        return method  # already wrapped (a subclass that does not override it)
+
+    @functools.wraps(method)
+    def checked(self, x, y=None, *args, **kwargs):
+        if self._inputs_checked:  # called from inside the model: the entry point checked x and y
+            return method(self, x, y, *args, **kwargs)
+        x = self.check_input(x)
+        y = self.check_labels(y, x.shape[0])
+        self.check_memory(x.shape[0])
+        with self.inputs_checked():
+            return method(self, x, y, *args, **kwargs)
+
+    checked.checks_inputs = True
+    return checked
+
+
+def trusts_inputs(method):
+    """Wrap a sampling-step method (conditional_logprobs): it runs on the sampler's own canvas, which
+    `sample` checked once, so the model calls it makes skip the input checks (a fast sampler may
+    run `conditionals` on a strip of the image, which is not a whole image)."""
+    if getattr(method, "checks_inputs", False):
+        return method
+
+    @functools.wraps(method)
+    def trusted(self, *args, **kwargs):
+        with self.inputs_checked():
+            return method(self, *args, **kwargs)
+
+    trusted.checks_inputs = True
+    return trusted
 
 
 @dataclass
@@ -66,6 +168,15 @@ class ARModel(nn.Module):
 
     #: number of classes for class-conditional models (None: unconditional)
     num_classes: Optional[int] = None
+    #: True while a call that entered the model through a checked method runs (see checks_inputs)
+    _inputs_checked: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass's likelihood methods check their inputs once, on entry (see checks_inputs)."""
+        super().__init_subclass__(**kwargs)
+        for name in ("conditionals", "log_prob_pixels", "log_prob", "loss"):
+            setattr(cls, name, checks_inputs(getattr(cls, name)))
+        cls.conditional_logprobs = trusts_inputs(cls.conditional_logprobs)
 
     def __init__(self, shape=(1, 28, 28), levels: int = 256):
         super().__init__()
@@ -89,8 +200,25 @@ class ARModel(nn.Module):
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point weights (float32 unless converted, e.g. by .double())."""
+        p = next((p for p in self.parameters() if p.is_floating_point()), None)
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    @contextlib.contextmanager
+    def inputs_checked(self):
+        """Inside this block the model trusts its inputs: check_input and check_labels return them as they are."""
+        outer, self._inputs_checked = self._inputs_checked, True
+        try:
+            yield
+        finally:
+            self._inputs_checked = outer
+
     def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        """Raise a clear error unless x is an integer tensor (B, C, H, W) with values in [0, K)."""
+        """Raise a clear error unless x is an integer tensor (B, C, H, W), B >= 1, with values in [0, K)."""
+        if self._inputs_checked:
+            return x  # checked where this call entered the model (see checks_inputs)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of integers, got {type(x).__name__}")
         if x.dtype.is_floating_point or x.dtype == torch.bool or x.dtype.is_complex:
@@ -104,15 +232,23 @@ class ARModel(nn.Module):
                 f"{name} must have shape (B, {', '.join(map(str, self.shape))}) for this model "
                 f"(shape={self.shape}), got {tuple(x.shape)}"
             )
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.levels):
+        if x.shape[0] == 0:
+            raise ValueError(
+                f"{name} holds no images (batch of 0): pass at least one image, a tensor of shape "
+                f"(B, {', '.join(map(str, self.shape))}) with B >= 1"
+            )
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one wait for the device, not one per number
+        if lo < 0 or hi >= self.levels:
             raise ValueError(
                 f"{name} values must lie in [0, {self.levels}) for levels={self.levels}, found range "
-                f"[{int(x.min())}, {int(x.max())}]; quantise the data to {self.levels} levels first"
+                f"[{lo}, {hi}]; quantise the data to {self.levels} levels first"
             )
         return x.long()
 
     def check_labels(self, y, batch: int):
         """Validate class labels for conditional models; unconditional models must get None."""
+        if self._inputs_checked:
+            return y  # checked where this call entered the model (see checks_inputs)
         if self.num_classes is None:
             if y is not None:
                 raise ValueError(f"{type(self).__name__} is unconditional: pass y=None (got labels)")
@@ -124,11 +260,33 @@ class ARModel(nn.Module):
             y = y.expand(batch)
         if y.shape != (batch,) or y.dtype.is_floating_point:
             raise ValueError(f"y must be an integer tensor of shape ({batch},), got {tuple(y.shape)} {y.dtype}")
-        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-            raise ValueError(f"y must lie in [0, {self.num_classes}), got range [{int(y.min())}, {int(y.max())}]")
+        lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one wait for the device
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"y must lie in [0, {self.num_classes}), got range [{lo}, {hi}]")
         return y.long()
 
+    def activation_bytes(self, batch: int) -> Optional[int]:
+        """Roughly the most memory (bytes) one forward pass over `batch` images holds at once, or None
+        (no estimate: nothing is checked). Models whose memory grows fast with the image size
+        override it (NADE: its (B, D, K) logits; attention: its (B, heads, D, D) weights), so that a
+        size that cannot fit is refused with a clear message instead of an allocator error."""
+        return None
+
+    def check_memory(self, batch: int) -> None:
+        """Raise NotEnoughMemory, naming a batch or image size that fits, if `batch` images cannot fit."""
+        need, have = self.activation_bytes(batch), device_memory(self.model_device)
+        if need is None or have is None or need <= have:
+            return
+        fits = have // max(self.activation_bytes(1), 1)  # the estimate grows about linearly with the batch
+        if fits >= 1:
+            fix = f"Use batches of at most {fits} images (CLI: --batch-size {fits}) or smaller images (CLI: --size 28)."
+        else:
+            fix = "Not even one image fits: use smaller images (CLI: --size 28 or 14) or a smaller model."
+        what = f"{type(self).__name__}'s activations for a batch of {batch} images of shape {self.shape}"
+        require_memory(need, self.model_device, what, fix)
+
     # --------------------------------------------------------------- likelihood
+    @checks_inputs
     def conditionals(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """log p(x_d = k | x_<d) for every dimension d and every value k: (B, C, H, W, K), in nats.
 
@@ -136,16 +294,18 @@ class ARModel(nn.Module):
         causality tests check. Subclasses implement this (or log_prob_pixels)."""
         raise NotImplementedError(f"{type(self).__name__} must implement conditionals(x)")
 
+    @checks_inputs
     def log_prob_pixels(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """log p(x_d | x_<d) in nats for every dimension: (B, C, H, W)."""
-        x = self.check_input(x)
         lp = self.conditionals(x, y)  # (B, C, H, W, K)
         return lp.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # (B, C, H, W)
 
+    @checks_inputs
     def log_prob(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """log p(x) = sum_d log p(x_d | x_<d), in nats: (B,)."""
         return self.log_prob_pixels(x, y).flatten(1).sum(1)
 
+    @checks_inputs
     def loss(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """The training objective: mean negative log-likelihood in bits per dimension,
         -(1/D) sum_d log2 p(x_d | x_<d), averaged over the batch."""
@@ -170,6 +330,7 @@ class ARModel(nn.Module):
         """State a fast sampler keeps between steps (None: recompute everything each step)."""
         return None
 
+    @trusts_inputs
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor, y=None, cache=None) -> torch.Tensor:
         """log-probabilities (n, S, K) of the dimensions `index` (S, 3) given the image so far.
 
@@ -201,15 +362,16 @@ class ARModel(nn.Module):
             earlier in its order, e.g. the top half of an image).
         y: class labels (n,) or one label for class-conditional models.
         generator: a torch.Generator; the same seed gives the same images.
-        temperature: divides the log-probabilities before sampling (1 = the model itself).
+        temperature: divides the log-probabilities before sampling (1 = the model itself; a finite
+            positive number: below 1 sharper, above 1 flatter).
         callback: called with a SampleStep after every step (lessons animate sampling with it).
         cached: use the model's fast sampler if it has one (False forces full recomputation;
             steps whose dimensions are all observed are then skipped, unless a callback watches).
         """
         if int(n) < 1:
             raise ValueError(f"n must be a positive number of images, got {n!r}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        check_temperature(temperature)
+        self.check_memory(int(n))
         was_training = self.training
         self.eval()
         dev = self.model_device
@@ -230,13 +392,14 @@ class ARModel(nn.Module):
             x = torch.where(filled, x, torch.zeros_like(x))
         y = self.check_labels(y, n)
         gdev = generator.device if generator is not None else torch.device("cpu")
-        cache = self.init_cache(x, y) if cached else None
         steps = self.sampling_steps()
         iterator = steps
         if progress:
             from tqdm.auto import tqdm
 
             iterator = tqdm(steps, desc="sampling", leave=False)
+        with self.inputs_checked():  # x and y are checked: the cache may trust them
+            cache = self.init_cache(x, y) if cached else None
         try:
             for t, index in enumerate(iterator):
                 index = index.to(dev)

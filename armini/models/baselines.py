@@ -10,8 +10,9 @@
       h_d = sigmoid(c + sum_{j<d} W[:, j] x_j),   p(x_d = . | x_<d) = softmax(b_d + V_d h_d),
   and the sums over j < d for all d are one cumulative sum: O(D*H) per image.
 
-All three order dimensions as the base class does (raster, channels within a pixel).
-Inputs are fed as values scaled to [0, 1].
+All three order dimensions as `generation_order()` says (the base class: raster, channels
+within a pixel); a subclass may override it. Inputs are fed as values scaled to [0, 1], in the
+dtype of the weights (so `.double()` computes in float64 throughout).
 
 Legend: B batch, C, H, W image, D = C*H*W, K levels, N hidden units.
 """
@@ -22,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.masked import MaskedLinear, sequence_mask
-from .base import ARModel
+from .base import ARModel, require_memory
 
 
 class IndependentPixels(ARModel):
@@ -56,18 +57,28 @@ class _Sequential(ARModel):
 
     def __init__(self, shape, levels):
         super().__init__(shape, levels)
-        C, H, W = self.shape
-        order = self.generation_order()  # (D, 3) of (c, i, j)
-        flat = order[:, 0] * H * W + order[:, 1] * W + order[:, 2]  # position in x.flatten(1)
-        self.register_buffer("order", flat, persistent=False)  # sequence index -> flat index
-        self.register_buffer("rank", torch.argsort(flat), persistent=False)  # flat index -> sequence index
+        self._orders = {}  # device -> (order, rank), filled on first use (see sequence_order)
+
+    def sequence_order(self, device):
+        """(order, rank) on `device`: order[t] is the position in x.flatten(1) of step t of
+        generation_order(), rank its inverse (position -> step). Computed on the first forward
+        pass, not in __init__, so that a subclass's generation_order() may use settings the
+        subclass sets after super().__init__(); kept per device, so no step copies it again."""
+        if device not in self._orders:
+            C, H, W = self.shape
+            c, i, j = self.generation_order().unbind(1)  # (D,) each
+            order = (c * H * W + i * W + j).to(device)  # (D,) sequence index -> flat index
+            self._orders[device] = order, torch.argsort(order)  # rank: flat index -> sequence index
+        return self._orders[device]
 
     def to_sequence(self, x):
-        return x.flatten(1)[:, self.order].float() / (self.levels - 1)  # (B, D) in [0, 1]
+        order, _ = self.sequence_order(x.device)
+        return x.flatten(1)[:, order].to(self.model_dtype) / (self.levels - 1)  # (B, D) in [0, 1]
 
     def from_sequence(self, logits):
         B = logits.shape[0]
-        return logits[:, self.rank].view(B, *self.shape, self.levels)  # (B, D, K) -> (B, C, H, W, K)
+        _, rank = self.sequence_order(logits.device)
+        return logits[:, rank].view(B, *self.shape, self.levels)  # (B, D, K) -> (B, C, H, W, K)
 
 
 class FVSBN(_Sequential):
@@ -100,10 +111,31 @@ class NADE(_Sequential):
         super().__init__(shape, levels)
         self.config = {"hidden": int(hidden)}  # rebuilds the model from a checkpoint
         D, K, N = self.dims, self.levels, int(hidden)
+        self.check_weight_memory(N)
         self.W = nn.Parameter(torch.randn(N, D) * 0.01)  # input -> hidden, shared by every conditional
         self.c = nn.Parameter(torch.zeros(N))
         self.V = nn.Parameter(torch.randn(D, K, N) * (1.0 / N**0.5))  # hidden -> logits of dimension d
         self.b = nn.Parameter(torch.zeros(D, K))
+
+    def weight_bytes(self, C, H, W, N) -> int:
+        """Memory of the weights W, c, V, b for images (C, H, W) and N hidden units; V, D*K*N numbers, dominates."""
+        D, K = C * H * W, self.levels
+        return (N * D + N + D * K * N + D * K) * torch.get_default_dtype().itemsize
+
+    def check_weight_memory(self, N):
+        """Refuse, before allocating, weights that cannot fit (a 512x512 image: 8.6 GB)."""
+        C, H, W = self.shape
+        small = self.weight_bytes(C, 28, 28, N) / 2**20
+        require_memory(self.weight_bytes(C, H, W, N), torch.get_default_device(),
+                       f"NADE's weights for shape={self.shape}, levels={self.levels}, hidden={N}",
+                       f"Use smaller images (CLI: --size 28 gives shape ({C}, 28, 28): {small:,.0f} MiB), "
+                       "fewer levels (--levels) or fewer hidden units (-o hidden=...).")
+
+    def activation_bytes(self, batch):
+        """Live at once in a forward pass: about three (B, D, K) tensors (logits, reordered, log-softmax)
+        and three (B, N, D) ones (the running sums and h)."""
+        D, K, N = self.dims, self.levels, self.config["hidden"]
+        return batch * D * (3 * K + 3 * N) * self.model_dtype.itemsize
 
     def conditionals(self, x, y=None):
         s = self.to_sequence(x)  # (B, D)
