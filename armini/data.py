@@ -23,8 +23,12 @@ Where the Fashion-MNIST images come from (`source=`):
 
 Every file is checked against a hard-coded SHA-256 of its unpacked contents, so .gz and
 unpacked IDX files, from Zalando, Debian or a mirror, are all accepted. Nothing on
-disk is ever deleted or overwritten; a download is written under a temporary name,
-verified, and only then renamed into place.
+disk is ever deleted or overwritten; a download is verified and only then written,
+through armini.files.atomic_write (a hidden `.part` temporary renamed into place, with
+the user's normal permissions; temporaries left by a killed download are removed by the
+next download). If $ARMINI_DATA is set but holds no complete set, a warning (once per
+folder and process) says what is missing and what is used instead. A damaged bundled
+file gives a DataError that names it and says how to restore it.
 """
 from __future__ import annotations
 
@@ -34,9 +38,10 @@ import hashlib
 import http.client
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
+import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +49,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+from .files import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "DataError", "ImageData", "load", "quantize", "downscale", "colorize",
@@ -181,6 +188,37 @@ def _find_file(directory: Path, name: str) -> Path | None:
     return None
 
 
+def _armini_data_problem() -> str | None:
+    """Why $ARMINI_DATA, if set, holds no complete Fashion-MNIST (None: unset, or complete)."""
+    value = os.environ.get("ARMINI_DATA")
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        return f"ARMINI_DATA={value} is not an existing folder"
+    found = {}  # folder -> the official files it lacks
+    for directory in (root, root / "fashion-mnist"):
+        if directory.is_dir():
+            found[directory] = [n for n in FILES.values() if _find_file(directory, n) is None]
+            if not found[directory]:
+                return None
+    directory, missing = min(found.items(), key=lambda item: len(item[1]))  # the most complete folder
+    return (f"ARMINI_DATA={value}: {directory} lacks {', '.join(missing)} (each .gz or unpacked; "
+            f"also looked in {root / 'fashion-mnist'})")
+
+
+_WARNED_ARMINI_DATA: set[str] = set()  # the $ARMINI_DATA values already warned about in this process
+
+
+def _warn_armini_data(instead: str) -> None:
+    """Warn, once per $ARMINI_DATA value and process, that it was passed over and what is used instead."""
+    problem = _armini_data_problem()
+    if problem is None or os.environ["ARMINI_DATA"] in _WARNED_ARMINI_DATA:
+        return
+    _WARNED_ARMINI_DATA.add(os.environ["ARMINI_DATA"])
+    warnings.warn(f"{problem}; using {instead} instead", stacklevel=3)
+
+
 def find_fashion_mnist(download: bool = False, base_url: str | None = None) -> Path:
     """The first directory of `search_dirs()` that holds all four official files.
 
@@ -189,12 +227,16 @@ def find_fashion_mnist(download: bool = False, base_url: str | None = None) -> P
     """
     for directory in search_dirs():
         if all(_find_file(directory, name) for name in FILES.values()):
+            _warn_armini_data(f"the full set in {directory}")
             return directory
     if download:
+        _warn_armini_data(f"a download into {cache_dir()}")
         return download_fashion_mnist(base_url=base_url)
     searched = "\n".join(f"  - {d}" for d in search_dirs())
     if not os.environ.get("ARMINI_DATA"):
         searched = "  - $ARMINI_DATA (not set)\n" + searched
+    elif problem := _armini_data_problem():
+        searched += f"\n  ({problem})"
     raise DataError(
         "the full Fashion-MNIST was not found (need the four files "
         f"{', '.join(FILES.values())}, .gz or unpacked). Looked in:\n{searched}\n"
@@ -218,6 +260,7 @@ def download_fashion_mnist(root: str | Path | None = None, base_url: str | None 
     base = (base_url or os.environ.get("ARMINI_DATA_URL") or DEFAULT_URL).rstrip("/") + "/"
     checksums = SHA256 if checksums is None else checksums
     for name in FILES.values():
+        remove_stale_temporaries(root / (name + ".gz"), suffix=".part")  # left by killed downloads
         if _find_file(root, name) is None:
             print(f"downloading {base}{name}.gz -> {root}")
             _download_one(base + name + ".gz", root / (name + ".gz"), checksums[name], timeout)
@@ -225,31 +268,32 @@ def download_fashion_mnist(root: str | Path | None = None, base_url: str | None 
 
 
 def _download_one(url: str, dest: Path, sha256: str, timeout: float) -> None:
-    """Fetch `url` to a temporary file next to `dest`, verify it, then rename it to `dest`."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    """Fetch `url` into memory, verify it, then write it to `dest` (atomic_write: a hidden
+    `.part` temporary renamed into place), so that `dest` appears complete and checked, or not at all."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    length, got = response.headers.get("Content-Length"), 0
-                    while chunk := response.read(1 << 20):
-                        f.write(chunk)
-                        got += len(chunk)
-            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
-                raise DataError(f"downloading {url} failed ({e!r}); nothing was saved. Check the "
-                                "connection or set ARMINI_DATA_URL to a mirror.") from e
-        if length is not None and got != int(length):
-            raise DataError(f"downloading {url}: the connection ended after {got} of {length} bytes; "
-                            "nothing was saved. Try again.")
-        digest = hashlib.sha256(_read_bytes(Path(tmp), gz=dest.suffix == ".gz")).hexdigest()
-        if digest != sha256:
-            raise DataError(f"downloading {url}: checksum mismatch (SHA-256 of the unpacked data: "
-                            f"expected {sha256}, got {digest}); nothing was saved. The server sent a "
-                            "damaged or different file: try again, or another mirror (ARMINI_DATA_URL).")
-        os.replace(tmp, dest)  # atomic: `dest` appears complete, or not at all
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            length, chunks = response.headers.get("Content-Length"), []
+            while chunk := response.read(1 << 20):
+                chunks.append(chunk)
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+        raise DataError(f"downloading {url} failed ({e!r}); nothing was saved. Check the "
+                        "connection or set ARMINI_DATA_URL to a mirror.") from e
+    raw = b"".join(chunks)
+    if length is not None and len(raw) != int(length):
+        raise DataError(f"downloading {url}: the connection ended after {len(raw)} of {length} bytes; "
+                        "nothing was saved. Try again.")
+    try:
+        unpacked = gzip.decompress(raw) if dest.suffix == ".gz" else raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"downloading {url}: the file cannot be unpacked ({e}); nothing was saved. "
+                        "Try again, or another mirror (ARMINI_DATA_URL).") from e
+    digest = hashlib.sha256(unpacked).hexdigest()
+    if digest != sha256:
+        raise DataError(f"downloading {url}: checksum mismatch (SHA-256 of the unpacked data: "
+                        f"expected {sha256}, got {digest}); nothing was saved. The server sent a "
+                        "damaged or different file: try again, or another mirror (ARMINI_DATA_URL).")
+    with atomic_write(dest, "wb", suffix=".part") as f:
+        f.write(raw)
 
 
 # ----------------------------------------------------------------------------- raw arrays
@@ -263,17 +307,40 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _restore_hint(path: Path) -> str:
+    needs = "scikit-learn" if path.name == DIGITS_FILE else "the full Fashion-MNIST"
+    return (f"Restore it in your clone of armini with git checkout -- data/{path.name}, or regenerate it "
+            f"with python data/make_subset.py (needs {needs}).")
+
+
+def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays `keys` of a bundled .npz file, or a DataError that names the file and how to restore it."""
     if not path.is_file():
-        raise DataError(f"bundled data file {path} is missing. Restore it (git checkout -- data/) or "
-                        "regenerate it (python data/make_subset.py); if armini was installed without "
-                        "its data/ folder, install it from a clone with pip install -e .")
-    return _load_npz_cached(str(path))
+        raise DataError(f"bundled data file {path} is missing. {_restore_hint(path)} If armini was "
+                        "installed without its data/ folder, install it from a clone with pip install -e .")
+    st = path.stat()
+    try:
+        arrays = _load_npz_cached(str(path), st.st_mtime_ns, st.st_size)
+    except ValueError as e:  # not a zip, not .npy: numpy would suggest allow_pickle (never load pickles)
+        raise DataError(f"bundled data file {path} is damaged: it is not an .npz archive of plain arrays. "
+                        f"{_restore_hint(path)}") from e
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # a truncated or empty file (EOFError, BadZipFile), a damaged member (BadZipFile: bad CRC, zlib.error)
+        raise DataError(f"bundled data file {path} is damaged or truncated ({type(e).__name__}: {e}). "
+                        f"{_restore_hint(path)}") from e
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise DataError(f"bundled data file {path} lacks the arrays {', '.join(missing)} (it holds "
+                        f"{', '.join(arrays) or 'none'}). {_restore_hint(path)}")
+    return arrays
 
 
 @functools.lru_cache(maxsize=4)
-def _load_npz_cached(path: str) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
+def _load_npz_cached(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    f = np.load(path)  # allow_pickle=False: a file that is not .npz or .npy raises ValueError
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError("a single array (.npy), not an .npz archive")
+    with f:
         arrays = {k: f[k] for k in f.files}
     for a in arrays.values():
         a.flags.writeable = False
@@ -293,6 +360,16 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, where: str, hw: tuple[in
         raise DataError(f"{where}: labels should be 0..9, found {labels.max()}")
 
 
+def _bundled_pair(path: Path, images_key: str, labels_key: str, hw: tuple[int, int]):
+    """Images and labels from a bundled .npz file, checked; a DataError says how to restore a damaged file."""
+    arrays = _load_npz(path, (images_key, labels_key))
+    try:
+        _check_pair(arrays[images_key], arrays[labels_key], str(path), hw)
+    except DataError as e:
+        raise DataError(f"bundled data file {e}. {_restore_hint(path)}") from e
+    return arrays[images_key], arrays[labels_key]
+
+
 def fashion_mnist_arrays(split: str = "train", source: str = "auto", download: bool = False,
                          base_url: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """Fashion-MNIST as stored: images (N, 28, 28) uint8, labels (N,) uint8, and a description of the source."""
@@ -306,15 +383,14 @@ def fashion_mnist_arrays(split: str = "train", source: str = "auto", download: b
             if source == "full" or download:
                 raise
             directory = None  # auto: fall back to the subset
+            _warn_armini_data(f"the bundled subset {BUNDLED_DIR / SUBSET_FILE}")
         if directory is not None:
             paths = [_find_file(directory, FILES[split, kind]) for kind in ("images", "labels")]
             images, labels = (_read_checked(p, SHA256[p.name.removesuffix(".gz")]) for p in paths)
             _check_pair(images, labels, f"{paths[0]} + {paths[1]}", (28, 28))
             return images, labels, f"full Fashion-MNIST ({split}: {len(images)} images) from {directory}"
     path = BUNDLED_DIR / SUBSET_FILE
-    arrays = _load_npz(path)
-    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    _check_pair(images, labels, str(path), (28, 28))
+    images, labels = _bundled_pair(path, f"{split}_images", f"{split}_labels", (28, 28))
     total = 60000 if split == "train" else 10000
     return images, labels, f"bundled subset ({split}: {len(images)} of {total} images) from {path}"
 
@@ -326,9 +402,7 @@ def digits_arrays(split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
     """
     _check_split(split)
     path = BUNDLED_DIR / DIGITS_FILE
-    arrays = _load_npz(path)
-    images, labels = arrays["images"], arrays["labels"]
-    _check_pair(images, labels, str(path), (8, 8))
+    images, labels = _bundled_pair(path, "images", "labels", (8, 8))
     part = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
     return images[part], labels[part], (f"8x8 digits ({split}: {len(images[part])} of {len(images)} "
                                         f"images, UCI via scikit-learn) from {path}")

@@ -6,7 +6,10 @@ and the places searched for the full set are redirected to temporary folders.
 import gzip
 import hashlib
 import http.server
+import io
+import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ def isolated(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(data, "SYSTEM_DIRS", [tmp_path / "system"])
+    monkeypatch.setattr(data, "_WARNED_ARMINI_DATA", set())  # each test starts unwarned
 
 
 def synthetic_files(n_train=30, n_test=20, seed=0):
@@ -207,7 +211,37 @@ def test_incomplete_folder_is_skipped(tmp_path, monkeypatch, fake):
     partial = write_dir(tmp_path / "mine", {k: v for k, v in fake.items() if "train" in k})
     monkeypatch.setenv("ARMINI_DATA", str(partial))
     system = write_dir(tmp_path / "system", fake)
-    assert data.find_fashion_mnist() == system
+    with pytest.warns(UserWarning, match=f"ARMINI_DATA={partial}: {partial} lacks t10k-images-idx3-ubyte, "
+                                         f"t10k-labels-idx1-ubyte .*; using the full set in {system} instead"):
+        assert data.find_fashion_mnist() == system
+
+
+def recorded_warnings(call):
+    """The warning messages `call()` raises, with Python's own once-per-place filter switched off."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught]
+
+
+def test_a_missing_armini_data_folder_is_reported_once(tmp_path, monkeypatch):
+    """Old code: ARMINI_DATA pointing nowhere was ignored without a word."""
+    nowhere = tmp_path / "typo"
+    monkeypatch.setenv("ARMINI_DATA", str(nowhere))
+    first = recorded_warnings(lambda: data.load(limit=3))
+    assert first == [f"ARMINI_DATA={nowhere} is not an existing folder; using the bundled subset "
+                     f"{data.BUNDLED_DIR / data.SUBSET_FILE} instead"]
+    assert recorded_warnings(lambda: data.load(limit=3)) == []  # once per folder and process
+    with pytest.raises(DataError, match=f"ARMINI_DATA={nowhere} is not an existing folder"):
+        data.load(source="full")  # the error says it too
+    elsewhere = tmp_path / "other-typo"
+    monkeypatch.setenv("ARMINI_DATA", str(elsewhere))
+    assert len(recorded_warnings(lambda: data.load(limit=3))) == 1  # another folder: warned again
+
+
+def test_a_complete_armini_data_folder_gives_no_warning(tmp_path, monkeypatch, fake):
+    monkeypatch.setenv("ARMINI_DATA", str(write_dir(tmp_path / "mine" / "fashion-mnist", fake).parent))
+    assert recorded_warnings(lambda: data.load(source="full")) == []
 
 
 def test_missing_full_set_explains_the_fixes(tmp_path):
@@ -279,6 +313,79 @@ def test_broken_server_leaves_nothing(tmp_path, server, fake, mode):
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz.*nothing was saved"):
         data.download_fashion_mnist(root, base_url=server.url, checksums=checksums, timeout=10)
     assert listing(root) == {}
+
+
+DEAD_PID = 2**31 - 1  # no process has it
+
+
+@pytest.mark.parametrize("ready", [False, True], ids=["downloading", "already-there"])
+def test_stale_part_files_of_killed_downloads_are_removed(tmp_path, server, fake, ready):
+    """Old code: a download killed midway left a hidden .part file forever."""
+    serve(server, fake)
+    root = write_dir(tmp_path / "dl", fake if ready else {})
+    stale = [root / ".train-images-idx3-ubyte.gz.k2j4_x9q.part",  # old naming: no process id
+             root / f".t10k-labels-idx1-ubyte.gz.{DEAD_PID}.abcd1234.part"]  # a process that is gone
+    for path in stale:
+        path.write_bytes(b"half a download")
+    mine = root / "notes.part"  # not ours: kept
+    mine.write_bytes(b"keep me")
+    checksums = {name: sha(raw) for name, raw in fake.items()}
+    data.download_fashion_mnist(root, base_url=server.url, checksums=checksums)
+    assert sorted(listing(root)) == sorted([name + ".gz" for name in fake] + ["notes.part"])
+    assert (len(server.requests) == 0) == ready
+
+
+def test_downloads_get_the_users_normal_permissions(tmp_path, server, fake):
+    """Old code: downloads kept mkstemp's private mode 0600."""
+    serve(server, fake)
+    checksums = {name: sha(raw) for name, raw in fake.items()}
+    old = os.umask(0o022)
+    try:
+        root = data.download_fashion_mnist(tmp_path / "dl", base_url=server.url, checksums=checksums)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in root.iterdir()}
+    assert modes == {name + ".gz": 0o644 for name in fake}
+
+
+# ----------------------------------------------------------------------------- bundled files
+
+def damaged(raw: bytes, how: str) -> bytes:
+    """The bytes of a bundled .npz file, damaged in one of the ways a learner's copy can be."""
+    if how == "truncated":
+        return raw[: len(raw) // 2]
+    if how == "empty":
+        return b""
+    if how == "flipped-byte":
+        b = bytearray(raw)
+        b[len(b) // 3] ^= 0xFF
+        return bytes(b)
+    if how == "not-an-npz":
+        return b"<html>Git LFS pointer or an error page</html>\n" * 20
+    if how == "missing-array":  # the labels are gone (old code: KeyError: 'test_labels')
+        with np.load(io.BytesIO(raw)) as f:
+            arrays = {k: f[k] for k in f.files if not k.endswith("labels")}
+        out = io.BytesIO()
+        np.savez(out, **arrays)
+        return out.getvalue()
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "flipped-byte", "not-an-npz", "missing-array"])
+@pytest.mark.parametrize("name", ["fashion-mnist", "digits"])
+def test_a_damaged_bundled_file_is_named_with_the_fix(tmp_path, monkeypatch, name, how):
+    """Old code: raw BadZipFile, EOFError, KeyError('test_labels') or numpy's allow_pickle hint."""
+    file = data.SUBSET_FILE if name == "fashion-mnist" else data.DIGITS_FILE
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / file).write_bytes(damaged((data.BUNDLED_DIR / file).read_bytes(), how))
+    monkeypatch.setattr(data, "BUNDLED_DIR", folder)
+    with pytest.raises(DataError) as err:
+        data.load(name, "test", source="subset")
+    message = str(err.value)
+    assert str(folder / file) in message
+    assert f"git checkout -- data/{file}" in message and "python data/make_subset.py" in message
+    assert "allow_pickle" not in message
 
 
 # ----------------------------------------------------------------------------- views
