@@ -11,11 +11,17 @@ What `fit` does, step by step (the same on CPU, CUDA and Apple MPS):
 
     1. draw a batch of images from the training set (random order, reshuffled every epoch,
        from its own seeded generator), move it to the device;
-    2. loss = model.loss(x) (bits per dimension), under mixed precision on CUDA;
+    2. loss = model.loss(x) (bits per dimension; any objective through `loss_fn=`), under
+       mixed precision on CUDA;
     3. backpropagate, clip the gradient norm, take an AdamW step, update the learning rate
        (short linear warmup, then cosine decay to a tenth);
     4. every `eval_every` steps measure test bits/dim; every `checkpoint_every` steps and
-       at the end save everything needed to resume exactly.
+       at the end save everything needed to resume exactly (never weights that diverged).
+
+The pieces, each readable alone: `_Settings` checks every setting before the first step,
+`_open_checkpoint` decides what an existing checkpoint means (resume, overwrite or refuse),
+`_Run` holds what a run updates and does one step (`train_step`), one evaluation and one
+checkpoint (`save`, after `check_finite`), and `_train` is the loop.
 
 Models only have to implement the contract of `armini.models.base.ARModel`; class-
 conditional models (`model.num_classes` set) also receive the labels as `y=`.
@@ -24,10 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
+import numbers
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import partial
 from pathlib import Path
@@ -36,8 +42,10 @@ from typing import Callable, Optional
 import torch
 
 import armini
+from armini.files import atomic_write, remove_stale_temporaries
 
-__all__ = ["fit", "evaluate", "optimizer_step", "History", "load_checkpoint", "save_checkpoint", "is_checkpoint", "lr_factor"]
+__all__ = ["fit", "evaluate", "bits_per_dim", "optimizer_step", "History", "load_checkpoint", "save_checkpoint",
+           "is_checkpoint", "lr_factor"]
 
 CHECKPOINT_FORMAT = 1  # the value of the "armini_checkpoint" key: how we recognise our own files
 
@@ -49,7 +57,7 @@ CHECKPOINT_FORMAT = 1  # the value of the "armini_checkpoint" key: how we recogn
 class History:
     """What happened during training.
 
-    train:   [(step, train bits/dim of that step's batch), ...]
+    train:   [(step, train bits/dim of that step's batch (or what fit's loss_fn returns)), ...]
     test:    [(step, test bits/dim), ...] every `eval_every` steps and at the end
     steps:   optimizer steps completed (counting earlier runs when resumed)
     elapsed_s: wall-clock seconds spent in `fit`, evaluation and saving included (summed over resumes)
@@ -99,38 +107,64 @@ class History:
 
 
 def as_images_labels(data):
-    """(images, labels or None) from an images tensor, an (images, labels) tuple or an ImageData."""
+    """(images tensor, labels tensor or None) from an images tensor, an (images, labels) pair or an ImageData.
+
+    NumPy arrays and lists become tensors here, once, so every reader (fit, evaluate, probes) gets tensors."""
     if isinstance(data, torch.Tensor):
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1]
-    if hasattr(data, "images"):
-        return data.images, getattr(data, "labels", None)
-    raise TypeError(
-        "data must be an images LongTensor (N, C, H, W), an (images, labels) tuple, or an object with "
-        f".images and .labels such as armini.data.load(...); got {type(data).__name__}"
-    )
+        images, labels = data, None
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labels = data
+    elif hasattr(data, "images"):
+        images, labels = data.images, getattr(data, "labels", None)
+    else:
+        raise TypeError(
+            "data must be an images LongTensor (N, C, H, W), an (images, labels) tuple, or an object with "
+            f".images and .labels such as armini.data.load(...); got {type(data).__name__}"
+        )
+    return _as_tensor(images, "images"), None if labels is None else _as_tensor(labels, "labels")
 
 
-def _check_data(model, data, name):
-    """Validate a whole dataset once (shape, integer type, value range, labels) before any step."""
-    images, labels = as_images_labels(data)
-    images = model.check_input(images, f"{name} images")  # raises a clear error on a wrong shape or range
-    if len(images) == 0:
-        raise ValueError(f"{name} set is empty")
-    if model.num_classes is None:
-        return images, None
+def _as_tensor(values, name: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values
+    try:
+        return torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(
+            f"{name} must be a tensor, a NumPy array or a list of numbers, got {type(values).__name__}: {e}"
+        ) from e
+
+
+def _check_labels(model, labels, n: int, name: str) -> torch.Tensor:
+    """Class labels of a conditional model as a LongTensor (n,) in [0, num_classes), or a clear error."""
     if labels is None:
         raise ValueError(
             f"{type(model).__name__} is class-conditional (num_classes={model.num_classes}): pass {name} "
             "data with labels, as an (images, labels) tuple or an ImageData"
         )
-    labels = torch.as_tensor(labels).long()
-    if labels.shape != (len(images),):
-        raise ValueError(f"{name} labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} labels must have shape ({n},), got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point and not torch.equal(labels, labels.round()):
+        raise ValueError(f"{name} labels must be whole numbers (class indices), got fractions such as {labels[0]}")
+    labels = labels.long()
     if int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
         raise ValueError(f"{name} labels must lie in [0, {model.num_classes}), found [{labels.min()}, {labels.max()}]")
-    return images, labels
+    return labels
+
+
+def _check_data(model, data, name: str, limit: Optional[int] = None):
+    """(images, labels or None) checked once (shape, integer type, value range, labels) before any step.
+
+    Labels come back as a LongTensor for class-conditional models and as None for the others (which ignore them)."""
+    images, labels = as_images_labels(data)
+    if limit is not None:
+        images, labels = images[:limit], None if labels is None else labels[:limit]
+    images = model.check_input(images, f"{name} images")  # raises a clear error on a wrong shape or range
+    if len(images) == 0:
+        raise ValueError(f"{name} set is empty")
+    if model.num_classes is None:
+        return images, None
+    return images, _check_labels(model, labels, len(images), name)
 
 
 class BatchOrder:
@@ -177,22 +211,15 @@ def evaluate(model, data, batch_size: int = 256, device=None, limit: Optional[in
     data: like `fit`'s; limit: use only the first `limit` images; device: default the model's.
     Runs in eval mode without gradients and restores the model's previous mode.
     """
-    images, labels = as_images_labels(data)
-    if limit is not None:
-        images = images[:limit]
-        labels = labels[:limit] if labels is not None else None
-    if len(images) == 0:
-        raise ValueError("evaluate() got no images")
-    if model.num_classes is not None and labels is None:
-        raise ValueError(f"{type(model).__name__} is class-conditional: evaluate() needs labels")
+    images, labels = _check_data(model, data, "test", limit)
     dev = torch.device(device) if device is not None else model.model_device
     was_training = model.training
     model.eval()
     total_nats = 0.0
     try:
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(dev).long()
-            y = labels[start : start + batch_size].to(dev) if model.num_classes is not None else None
+            x = images[start : start + batch_size].to(dev).long()  # (B, C, H, W)
+            y = labels[start : start + batch_size].to(dev) if labels is not None else None
             total_nats -= model.log_prob(x, y).double().sum().item()
     finally:
         model.train(was_training)
@@ -250,57 +277,72 @@ def model_kwargs(model) -> dict:
     return _plain(kwargs)
 
 
-def is_checkpoint(path) -> bool:
-    """True if `path` is a file written by armini's `save_checkpoint`."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(ckpt, dict) and ckpt.get("armini_checkpoint") == CHECKPOINT_FORMAT
-
-
-def _check_can_write(path: Path):
-    """Refuse to overwrite anything that is not an armini checkpoint."""
-    if path.is_dir():
-        raise IsADirectoryError(f"checkpoint path {path} is a directory; give a file name such as {path / 'model.pt'}")
-    if path.exists() and not is_checkpoint(path):
-        raise FileExistsError(
-            f"{path} exists and is not an armini checkpoint: refusing to overwrite it. "
-            "Choose another checkpoint path, or move that file away yourself."
-        )
-
-
-def save_checkpoint(path, state: dict):
-    """Write `state` to `path` atomically: to a temporary file in the same folder, then os.replace.
-
-    A crash midway leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _check_can_write(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"armini_checkpoint": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load could not read `path`: a damaged file of ours, or something else entirely."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+    looks_ours = size == 0 or head == b"PK\x03\x04"  # torch.save writes a zip archive
+    if looks_ours and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:  # a whole zip archive: was it written by torch.save?
+            looks_ours = any(name.endswith("data.pkl") for name in z.namelist())
+    if looks_ours:
+        return (f"{path} is damaged or incomplete ({size:,} bytes); it cannot be loaded; "
+                "delete it or restore a backup")
+    return f"{path} is not an armini checkpoint (torch.load cannot read it: {error})"
 
 
 def _read_checkpoint(path) -> dict:
+    """The checkpoint at `path`, or a ValueError saying what is wrong with the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not an armini checkpoint (torch.load failed: {e})") from e
+        raise ValueError(_unreadable(path, e)) from e
     if not (isinstance(ckpt, dict) and ckpt.get("armini_checkpoint") == CHECKPOINT_FORMAT):
-        raise ValueError(f"{path} is not an armini checkpoint")
+        raise ValueError(f"{path} is not an armini checkpoint (a torch file, but not one save_checkpoint wrote)")
     return ckpt
+
+
+def is_checkpoint(path) -> bool:
+    """True if `path` is a whole, readable file written by armini's `save_checkpoint`."""
+    try:
+        _read_checkpoint(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _refuse_foreign(path: Path) -> Optional[dict]:
+    """Refuse to write over anything that is not an armini checkpoint (a folder, a damaged file, someone's thesis).
+
+    Returns the checkpoint already at `path` (None if there is none)."""
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {path} is a directory; give a file name such as {path / 'model.pt'}")
+    if not path.exists():
+        return None
+    try:
+        return _read_checkpoint(path)
+    except ValueError as e:
+        raise FileExistsError(f"refusing to overwrite {path}: {e}. Choose another checkpoint path") from e
+
+
+def _write_checkpoint(path: Path, state: dict):
+    """Write through armini.files.atomic_write: a crash midway leaves the old file or the new one, never half."""
+    with atomic_write(path, "wb") as f:
+        torch.save({"armini_checkpoint": CHECKPOINT_FORMAT, **state}, f)
+
+
+def save_checkpoint(path, state: dict):
+    """Write `state` to `path` atomically (a temporary file in the same folder, then a rename).
+
+    Creates the folder if needed; replaces an armini checkpoint but refuses to touch any other file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign(path)
+    _write_checkpoint(path, state)
 
 
 def _rng_state(dev: torch.device) -> dict:
@@ -386,6 +428,288 @@ def optimizer_step(loss, model, optimizer, scaler, clip: Optional[float]):
     optimizer.zero_grad(set_to_none=True)
 
 
+# ----------------------------------------------------------------------------- settings
+
+# What a resume keeps: the run continues with the same model (its class and model_kwargs), the same
+# batches (batch_size, seed, number of training images), the same optimizer and the same schedule.
+# `steps` may change (that is how a run is extended); everything else (eval_every, eval_images,
+# checkpoint_every, time_limit, stop_after, device, amp, progress) is free to change.
+RESUME_KEEPS = ("batch_size", "seed", "train_images", "lr", "weight_decay", "clip", "lr_schedule", "warmup")
+
+
+def _whole(name: str, value, low: Optional[int] = None, none: Optional[str] = None):
+    """`value` if it is a whole number >= low (or None where `none` says what None means), else a clear error."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        also = f", or None ({none})" if none else ""
+        raise ValueError(f"{name} must be a whole number{bound}{also}; got {value!r}")
+    return int(value)
+
+
+def _positive(name: str, value, none: Optional[str] = None, zero_ok: bool = False):
+    """`value` if it is a finite number > 0 (>= 0 with zero_ok; None where `none` says what None means)."""
+    if value is None and none is not None:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero_ok):
+        also = f", or None ({none})" if none else ""
+        raise ValueError(f"{name} must be a finite number {'>= 0' if zero_ok else '> 0'}{also}; got {value!r}")
+    return float(value)
+
+
+@dataclass
+class _Settings:
+    """fit's settings, each checked when fit starts: nothing that can only fail at the end of a run."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    clip: Optional[float]
+    lr_schedule: str
+    warmup: Optional[int]  # None: min(100, steps // 10), or the checkpoint's when resuming
+    seed: int
+    eval_every: Optional[int]
+    eval_images: Optional[int]
+    checkpoint_every: Optional[int]
+    time_limit: Optional[float]
+    stop_after: Optional[int]
+
+    def __post_init__(self):
+        self.steps = _whole("steps", self.steps, 0)
+        self.batch_size = _whole("batch_size", self.batch_size, 1)
+        self.lr = _positive("lr", self.lr)
+        self.weight_decay = _positive("weight_decay", self.weight_decay, zero_ok=True)
+        self.clip = _positive("clip", self.clip, none="no clipping")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        self.warmup = _whole("warmup", self.warmup, 0, none="min(100, steps // 10)")
+        self.seed = _whole("seed", self.seed)
+        self.eval_every = _whole("eval_every", self.eval_every, 1, none="only at the end")
+        self.eval_images = _whole("eval_images", self.eval_images, 1, none="all test images")
+        self.checkpoint_every = _whole("checkpoint_every", self.checkpoint_every, 1, none="only at the end")
+        self.time_limit = _positive("time_limit", self.time_limit, none="no limit")
+        self.stop_after = _whole("stop_after", self.stop_after, 0, none="run all `steps`")
+
+    @property
+    def end(self) -> int:
+        """The step at which this call stops (stop_after keeps the schedule of `steps`)."""
+        return self.steps if self.stop_after is None else min(self.steps, self.stop_after)
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _resume_mismatches(ckpt: dict, model, fit_args: dict) -> list:
+    """'name saved -> given' for every setting a resume keeps (RESUME_KEEPS, the model) that differs."""
+    diffs = []
+    saved_class = ckpt.get("model_class")
+    if saved_class is not None and saved_class != type(model).__name__:
+        diffs.append(f"model {saved_class} -> {type(model).__name__}")
+    saved, given = ckpt.get("model_kwargs") or {}, model_kwargs(model)
+    for key in [*given, *(k for k in saved if k not in given)]:
+        old, new = saved.get(key, "(absent)"), given.get(key, "(absent)")
+        if old != new:
+            diffs.append(f"{key} {_show(old)} -> {_show(new)}")
+    saved_fit = ckpt.get("fit_args") or {}
+    for key in RESUME_KEEPS:
+        if key in saved_fit and saved_fit[key] != fit_args[key]:
+            diffs.append(f"{key} {_show(saved_fit[key])} -> {_show(fit_args[key])}")
+    return diffs
+
+
+def _open_checkpoint(path: Path, resume: bool, overwrite: bool) -> Optional[dict]:
+    """Check the checkpoint path before any training; return the checkpoint to resume from (or None).
+
+    Also deletes temporaries that killed runs left beside it (armini.files.remove_stale_temporaries)."""
+    if resume and overwrite:
+        raise ValueError("resume=True continues the checkpoint and overwrite=True replaces it: pass only one")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {path} is a directory; give a file name such as {path / 'model.pt'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    if not path.exists():
+        return None
+    if resume:
+        return _read_checkpoint(path)  # a clear ValueError if it is damaged or not ours
+    held = _refuse_foreign(path)  # never overwrite what is not an armini checkpoint, even with overwrite=True
+    if not overwrite:
+        raise FileExistsError(
+            f"{path} already holds a checkpoint ({held.get('model_name') or held.get('model_class')}, step "
+            f"{held.get('step')}): pass resume=True (--resume) to continue that run, overwrite=True (--overwrite) "
+            "to replace it, or choose another checkpoint path"
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def bits_per_dim(model, x, y=None):
+    """The default objective: model.loss(x, y), the batch's mean negative log2-likelihood per dimension."""
+    return model.loss(x, y)
+
+
+class _Run:
+    """Everything one call of `fit` updates (model, optimizer, schedule, batch order, history) and the
+    three things it does with them: one training step, an evaluation, a checkpoint."""
+
+    def __init__(self, model, images, labels, test, settings: _Settings, *, dev, amp, path, loss_fn, clock, t_start):
+        self.model, self.test, self.settings, self.dev, self.path = model, test, settings, dev, path
+        self.images = images.to(torch.uint8) if images.max() < 256 else images  # 8x less memory; long on the device
+        self.labels = labels
+        self.loss_fn = bits_per_dim if loss_fn is None else loss_fn
+        self.clock, self.t_start, self.elapsed_before = clock, t_start, 0.0
+        model.to(dev).train()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.schedule = partial(lr_factor, steps=settings.steps, warmup=settings.warmup, schedule=settings.lr_schedule)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.amp_dtype, self.scaler = _amp_setup(dev, amp)
+        self.order = BatchOrder(len(images), settings.batch_size, settings.seed)
+        self.hist = History(time_limit=settings.time_limit)
+        self.last_batch = None  # (x, y) of the latest step: the updated weights are checked on it before a save
+        self.saved_step = None  # step of the last checkpoint written or resumed from
+        self.lr_used = self.lr()  # the learning rate of the latest step
+        self.fit_args = dict(
+            steps=settings.steps, batch_size=self.order.batch_size, lr=settings.lr,
+            weight_decay=settings.weight_decay, clip=settings.clip, lr_schedule=settings.lr_schedule,
+            warmup=settings.warmup, seed=settings.seed, amp=str(self.amp_dtype), train_images=len(images),
+            objective=f"{getattr(self.loss_fn, '__module__', '')}.{getattr(self.loss_fn, '__qualname__', '?')}",
+        )
+
+    def autocast(self):
+        """Mixed precision on CUDA (bfloat16 or float16), nothing elsewhere."""
+        return torch.autocast(self.dev.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def resume_from(self, ckpt: dict):
+        """Restore everything the checkpoint holds, so the run continues exactly where it stopped."""
+        _load_model_state(self.model, ckpt, self.path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * self.schedule(self.scheduler.last_epoch)  # the next step's lr, from this schedule
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.order.load_state_dict(ckpt["data_order"])
+        _set_rng_state(ckpt["rng"], self.dev)
+        self.hist = History(**{**ckpt["history"], "time_limit": self.settings.time_limit, "stopped_early": False})
+        self.elapsed_before, self.saved_step = self.hist.elapsed_s, self.hist.steps
+        self.lr_used = self.lr()
+
+    def diverged(self, what: str, step: int, lr: float) -> FloatingPointError:
+        """The error for a run whose loss or weights stopped being finite: what, where, the fix, what is kept."""
+        if self.saved_step is not None:
+            kept = f"the last good checkpoint {self.path} (step {self.saved_step}) is kept"
+        elif self.path is not None and self.path.exists():
+            kept = f"{self.path} was left as it was"
+        else:
+            kept = "nothing was saved"
+        return FloatingPointError(
+            f"training diverged at step {step} (lr {lr:.3g}): {what}. Try a lower learning rate (lr=) or gradient "
+            f"clipping (clip=), and check that the data are integers in [0, {self.model.levels}); {kept}."
+        )
+
+    def train_step(self) -> float:
+        """One optimizer step on the next batch; returns the batch's loss (before the update)."""
+        t0 = self.clock()
+        idx = self.order.next()
+        x = _to_device(self.images[idx], self.dev).long()  # (B, C, H, W)
+        y = _to_device(self.labels[idx], self.dev) if self.labels is not None else None
+        with self.autocast():
+            loss = self.loss_fn(self.model, x, y)  # default: mean bits per dimension of the batch
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"loss_fn must return a scalar tensor (the loss to minimise), got {type(loss).__name__} "
+                            f"{tuple(getattr(loss, 'shape', ()))}")
+        value = loss.item()
+        if not math.isfinite(value):
+            raise self.diverged(f"the training loss is {value}", self.hist.steps + 1, self.lr())
+        self.lr_used = self.lr()
+        optimizer_step(loss, self.model, self.optimizer, self.scaler, self.settings.clip)
+        self.scheduler.step()  # the learning rate of the next step
+        self.last_batch = (x, y)
+
+        hist = self.hist
+        hist.steps += 1
+        hist.images_seen += len(idx)
+        hist.train_s += self.clock() - t0
+        hist.images_per_s = hist.images_seen / hist.train_s
+        hist.train.append((hist.steps, value))
+        return value
+
+    def evaluate(self) -> float:
+        """Test bits/dim now (on the first eval_images test images), recorded in the history."""
+        bpd = evaluate(self.model, self.test, device=self.dev, limit=self.settings.eval_images)
+        if not math.isfinite(bpd):
+            raise self.diverged(f"test bits/dim is {bpd}", self.hist.steps, self.lr_used)
+        self.hist.test.append((self.hist.steps, bpd))
+        return bpd
+
+    @torch.no_grad()
+    def check_finite(self):
+        """Refuse to save diverged weights: every weight finite, and a finite loss on the latest batch.
+
+        Weights can be finite yet useless (values of 1e5 whose logits overflow), hence the loss. It is
+        computed in eval mode with the random state put back, so checking changes nothing in the run."""
+        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:
+            raise self.diverged(f"the weights hold NaN or inf ({', '.join(bad[:3])})", self.hist.steps, self.lr_used)
+        if self.last_batch is None:
+            return
+        rng = _rng_state(self.dev)
+        self.model.eval()
+        try:
+            with self.autocast():
+                value = self.loss_fn(self.model, *self.last_batch).item()
+        finally:
+            self.model.train()
+            _set_rng_state(rng, self.dev)
+        if not math.isfinite(value):
+            raise self.diverged(f"the updated weights give a loss of {value}", self.hist.steps, self.lr_used)
+
+    def save(self):
+        """Write a checkpoint with everything needed to resume exactly (never a diverged model)."""
+        self.check_finite()
+        hist, model = self.hist, self.model
+        hist.elapsed_s = self.elapsed_before + self.clock() - self.t_start
+        metrics = dict(steps=hist.steps, train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd,
+                       images_per_s=hist.images_per_s, elapsed_s=hist.elapsed_s, device=str(self.dev),
+                       params=sum(p.numel() for p in model.parameters()))
+        _write_checkpoint(self.path, dict(
+            model_name=model_name(model), model_class=type(model).__name__, model_kwargs=model_kwargs(model),
+            model=model.state_dict(), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), step=hist.steps, data_order=self.order.state_dict(),
+            rng=_rng_state(self.dev), history=asdict(hist), metrics=metrics, fit_args=self.fit_args,
+        ))
+        self.saved_step = hist.steps
+
+    def evaluate_and_save_if_due(self) -> Optional[float]:
+        """Every eval_every steps: test bits/dim (returned, else None); every checkpoint_every steps: a checkpoint."""
+        s, step = self.settings, self.hist.steps
+        bpd = self.evaluate() if self.test is not None and s.eval_every and step % s.eval_every == 0 else None
+        if self.path is not None and s.checkpoint_every and step % s.checkpoint_every == 0:
+            self.save()
+        return bpd
+
+    def finish(self) -> History:
+        """The final test bits/dim and the final checkpoint."""
+        hist = self.hist
+        if self.test is not None:
+            hist.final_test_bpd = hist.test[-1][1] if hist.test and hist.test[-1][0] == hist.steps else self.evaluate()
+        hist.elapsed_s = self.elapsed_before + self.clock() - self.t_start
+        if self.path is not None:
+            self.save()
+        return hist
+
+
+# ----------------------------------------------------------------------------- fit
+
+
 def fit(
     model,
     train,
@@ -401,8 +725,9 @@ def fit(
     amp: Optional[bool] = None,
     device=None,
     checkpoint=None,
-    checkpoint_every: int = 1000,
+    checkpoint_every: Optional[int] = 1000,
     resume: bool = False,
+    overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
     time_limit: Optional[float] = None,
@@ -410,6 +735,7 @@ def fit(
     lr_schedule: str = "cosine",
     warmup: Optional[int] = None,
     clock: Callable[[], float] = time.perf_counter,
+    loss_fn: Optional[Callable] = None,
 ) -> History:
     """Train `model` in place for `steps` optimizer steps (in total, when resuming); return a History.
 
@@ -417,126 +743,88 @@ def fit(
     batch_size, lr, weight_decay: AdamW settings; clip: max gradient norm (None: no clipping)
     lr_schedule:   "cosine" (decay to lr/10 at `steps`) or "constant", after `warmup` linear warmup
                    steps (default min(100, steps // 10))
+    loss_fn:       the objective, loss_fn(model, x, y) -> scalar tensor to minimise (default
+                   `bits_per_dim`: model.loss(x, y)); History.train records what it returns
     eval_every:    test bits/dim every this many steps (None: only at the end), on the first
                    `eval_images` test images (None: all)
     amp:           mixed precision; None = on when training on CUDA (bfloat16, or float16 + GradScaler)
     device:        default armini.device(); the dataset stays on the CPU, batches are copied over
-    checkpoint:    file to save to every `checkpoint_every` steps and at the end (atomically)
+    checkpoint:    file saved (atomically) every `checkpoint_every` steps (None: never) and at the end;
+                   an existing checkpoint is refused unless `resume` or `overwrite` says what to do with it
     resume:        continue from `checkpoint` if it exists: the same batches, RNG and optimizer state,
                    so training N steps, then resuming to 2N gives the very same weights as 2N at once
                    (the cosine schedule spans `steps`: split a run with `stop_after`, or use
                    lr_schedule="constant" with a fixed `warmup`)
+    overwrite:     replace an existing checkpoint (never a file that is not an armini checkpoint)
     seed:          seeds the order of the batches
     time_limit:    stop after this many seconds (History.stopped_early tells)
     clock:         what a second is for time_limit and the timings: wall-clock time.perf_counter,
                    or time.process_time for this process's CPU seconds (fair on a shared machine)
     stop_after:    stop once this many steps are done, keeping the schedule of `steps`: train in pieces,
                    fit(steps=2000, stop_after=500, checkpoint=p), later fit(steps=2000, checkpoint=p, resume=True)
+
+    What a resume keeps: the model (class, shape, levels, config), batch_size, seed, the number of
+    training images, lr, weight_decay, clip, lr_schedule and warmup (None takes the saved one) must be
+    those of the checkpoint, or fit refuses and names each difference; `steps` may change (the rest of
+    the schedule then follows the new `steps`), and so may everything else (evaluation, checkpoint
+    interval, time limits, device).
+
+    Every setting is checked before the first step, and a run that diverges (a non-finite loss,
+    weights or test bits/dim) raises FloatingPointError without saving: the last good checkpoint stays.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if lr_schedule not in ("cosine", "constant"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
     t_start = clock()
+    settings = _Settings(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
+                         lr_schedule=lr_schedule, warmup=warmup, seed=seed, eval_every=eval_every,
+                         eval_images=eval_images, checkpoint_every=checkpoint_every, time_limit=time_limit,
+                         stop_after=stop_after)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function loss_fn(model, x, y) -> scalar tensor, got {loss_fn!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint to resume from: pass checkpoint=path")
     dev = armini.device(device) if device is None or isinstance(device, str) else torch.device(device)
-    warmup = min(100, steps // 10) if warmup is None else int(warmup)
     images, labels = _check_data(model, train, "train")
-    if images.max() < 256:
-        images = images.to(torch.uint8)  # 8x less memory and host->device traffic; back to long on the device
-    if test is not None:
-        _check_data(model, test, "test")
+    test = _check_data(model, test, "test") if test is not None else None
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None:
-        _check_can_write(path)  # fail now, not after an hour of training
+    ckpt = _open_checkpoint(path, resume, overwrite) if path is not None else None  # fail now, not after an hour
+    if settings.warmup is None:
+        saved = (ckpt or {}).get("fit_args", {}).get("warmup")
+        settings.warmup = saved if saved is not None else min(100, settings.steps // 10)
 
-    model.to(dev).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = partial(lr_factor, steps=steps, warmup=warmup, schedule=lr_schedule)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    amp_dtype, scaler = _amp_setup(dev, amp)
-    order = BatchOrder(len(images), batch_size, seed)
-    hist = History(time_limit=time_limit)
-    fit_args = dict(steps=steps, batch_size=order.batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
-                    lr_schedule=lr_schedule, warmup=warmup, seed=seed, amp=str(amp_dtype))
+    run = _Run(model, images, labels, test, settings, dev=dev, amp=amp, path=path, loss_fn=loss_fn, clock=clock,
+               t_start=t_start)
+    if ckpt is not None:
+        differ = _resume_mismatches(ckpt, model, run.fit_args)
+        if differ:
+            raise ValueError(
+                f"cannot resume from {path}: these settings differ from the saved run (saved -> given): "
+                f"{', '.join(differ)}. A resume continues the same run: give the saved settings, or train into "
+                "another checkpoint path (or replace this one with overwrite=True / --overwrite, without resume)"
+            )
+        run.resume_from(ckpt)
+    if progress and resume:
+        print(f"resuming from {path} at step {run.hist.steps}" if ckpt else
+              f"no checkpoint at {path}: starting from scratch")
+    return _train(run, progress)
 
-    if resume and path is not None and path.exists():
-        ckpt = _read_checkpoint(path)
-        _load_model_state(model, ckpt, path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        order.load_state_dict(ckpt["data_order"])
-        _set_rng_state(ckpt["rng"], dev)
-        hist = History(**{**ckpt["history"], "time_limit": time_limit, "stopped_early": False})
-        if progress:
-            print(f"resuming from {path} at step {hist.steps}")
-    elif resume and progress:
-        print(f"no checkpoint at {path}: starting from scratch")
 
-    def do_eval():
-        bpd = evaluate(model, test, device=dev, limit=eval_images)
-        hist.test.append((hist.steps, bpd))
-        return bpd
-
-    def save():
-        metrics = dict(steps=hist.steps, train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd,
-                       images_per_s=hist.images_per_s, elapsed_s=hist.elapsed_s, device=str(dev),
-                       params=sum(p.numel() for p in model.parameters()))
-        save_checkpoint(path, dict(
-            model_name=model_name(model), model_class=type(model).__name__, model_kwargs=model_kwargs(model),
-            model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(), step=hist.steps, data_order=order.state_dict(), rng=_rng_state(dev),
-            history=asdict(hist), metrics=metrics, fit_args=fit_args,
-        ))
-
+def _train(run: _Run, progress: bool) -> History:
+    """The loop: a step, a look at the clock, an evaluation and a checkpoint when due; then the last ones."""
     from tqdm.auto import tqdm
 
-    end = steps if stop_after is None else min(steps, stop_after)
-    bar = tqdm(total=steps, initial=min(hist.steps, steps), disable=not progress, desc="training", unit="step")
-    elapsed_before = hist.elapsed_s
+    s, hist = run.settings, run.hist
+    bar = tqdm(total=s.steps, initial=min(hist.steps, s.steps), disable=not progress, desc="training", unit="step")
     try:
-        while hist.steps < end:
-            t0 = clock()
-            idx = order.next()
-            x = _to_device(images[idx], dev).long()  # (B, C, H, W)
-            y = _to_device(labels[idx], dev) if labels is not None else None
-            with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
-                loss = model.loss(x, y)  # mean bits per dimension of the batch
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"training loss is {value} at step {hist.steps + 1} (lr {optimizer.param_groups[0]['lr']:.3g}): "
-                    "try a lower learning rate (lr=) or gradient clipping (clip=), and check that the data are "
-                    f"integers in [0, {model.levels}). Nothing was saved for this step."
-                )
-            optimizer_step(loss, model, optimizer, scaler, clip)
-            scheduler.step()  # the learning rate of the next step
-
-            hist.steps += 1
-            hist.images_seen += len(idx)
-            hist.train_s += clock() - t0
-            hist.images_per_s = hist.images_seen / hist.train_s
-            hist.train.append((hist.steps, value))
+        while hist.steps < s.end:
+            loss = run.train_step()
             bar.update(1)
-            bar.set_postfix(train_bpd=f"{value:.3f}", refresh=False)
-
-            out_of_time = time_limit is not None and clock() - t_start > time_limit
-            last = hist.steps == end or out_of_time
-            if test is not None and eval_every and hist.steps % eval_every == 0 and not last:
-                bar.set_postfix(train_bpd=f"{value:.3f}", test_bpd=f"{do_eval():.3f}")
-            if path is not None and checkpoint_every and hist.steps % checkpoint_every == 0 and not last:
-                hist.elapsed_s = elapsed_before + clock() - t_start
-                save()
-            if out_of_time:
-                hist.stopped_early = hist.steps < end
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            out_of_time = s.time_limit is not None and run.clock() - run.t_start > s.time_limit
+            if hist.steps == s.end or out_of_time:
+                hist.stopped_early = hist.steps < s.end
                 break
+            test_bpd = run.evaluate_and_save_if_due()
+            if test_bpd is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", test_bpd=f"{test_bpd:.3f}")
     finally:
         bar.close()
-
-    if test is not None:
-        hist.final_test_bpd = hist.test[-1][1] if hist.test and hist.test[-1][0] == hist.steps else do_eval()
-    hist.elapsed_s = elapsed_before + clock() - t_start
-    if path is not None:
-        save()
-    return hist
+    return run.finish()

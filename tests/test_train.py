@@ -1,5 +1,10 @@
 """Tests for armini.train: the loop learns, reports, fails loudly, saves safely and resumes exactly."""
 import math
+import os
+import re
+import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -31,8 +36,6 @@ def same_params(a, b):
 
 
 FAST = dict(device="cpu", progress=False)
-
-
 
 
 # ----------------------------------------------------------------------------- learning and History
@@ -118,6 +121,119 @@ def test_nan_loss_raises_and_saves_nothing(tmp_path):
     assert not any(tmp_path.rglob("*.tmp"))
 
 
+def dead_pid():
+    """The id of a process that has exited (its stale temporaries may be deleted)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_nan_loss_also_cleans_stale_temporaries_of_killed_runs(tmp_path):
+    path = tmp_path / "model.pt"
+    stale = [tmp_path / f".model.pt.{dead_pid()}.abcd.tmp", tmp_path / ".model.pt.k2j4h5.tmp"]  # new and old naming
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    with pytest.raises(FloatingPointError):
+        train.fit(NaNModel(), stripes(), steps=5, checkpoint=path, **FAST)  # fails before any save ...
+    assert not any(p.exists() for p in stale)  # ... and still the killed runs' leftovers are gone
+
+
+def test_a_diverging_run_never_saves_its_weights(tmp_path):
+    """lr 1e6: the loss of step 1 is finite, the weights it leads to give NaN. Nothing is saved."""
+    path = tmp_path / "model.pt"
+    kw = dict(batch_size=16, lr_schedule="constant", warmup=0, checkpoint_every=1, checkpoint=path, **FAST)
+    lr_1e6 = r"diverged at step 1 \(lr 1e\+06\).*lower learning rate.*nothing was saved"
+    with pytest.raises(FloatingPointError, match=lr_1e6):
+        train.fit(small_pixelcnn(), stripes(64), steps=5, lr=1e6, **kw)
+    assert not path.exists() and not any(tmp_path.iterdir())
+
+    # lr 1e3: the first steps are fine, then the weights of a step give an infinite loss: the checkpoint before stays
+    kept = r"loss (of|is) (inf|nan).*last good checkpoint .*model.pt \(step \d+\) is kept"
+    with pytest.raises(FloatingPointError, match=kept) as e:
+        train.fit(small_pixelcnn(), stripes(64), steps=5, lr=1e3, **kw)
+    bad_step = int(re.search(r"diverged at step (\d+)", str(e.value)).group(1))
+    model, info = train.load_checkpoint(path, device="cpu")
+    assert info["step"] == bad_step - 1 >= 1 and all(p.isfinite().all() for p in model.parameters())
+    assert math.isfinite(train.evaluate(model, stripes(64)))
+
+
+class NaNGradient(ARModel):
+    """Finite loss, infinite gradient (d sqrt(z)/dz at z = 0): one step turns a weight into NaN."""
+
+    def __init__(self):
+        super().__init__(SHAPE, K)
+        self.w = nn.Parameter(torch.zeros(K))
+        self.z = nn.Parameter(torch.zeros(()))
+
+    def conditionals(self, x, y=None):
+        return torch.log_softmax(self.w + self.z.sqrt(), -1).expand(*x.shape, K)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    path = tmp_path / "model.pt"
+    with pytest.raises(FloatingPointError, match=r"step 1 .*weights hold NaN or inf \(z\)"):
+        train.fit(NaNGradient(), stripes(), steps=3, checkpoint=path, checkpoint_every=1, **FAST)
+    assert not path.exists()
+
+
+def test_non_finite_final_test_bits_per_dim_fails_and_saves_nothing(tmp_path):
+    """What `python -m armini train pixelcnn --steps 1 --lr 1e6` does: one step, then NaN test bits/dim."""
+    path = tmp_path / "model.pt"
+    x = stripes(64)
+    with pytest.raises(FloatingPointError, match=r"test bits/dim is nan"):
+        train.fit(small_pixelcnn(), x, x[:16], steps=1, batch_size=16, lr=1e6, checkpoint=path, **FAST)
+    assert not path.exists()
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("batch_size", 0), ("batch_size", -3), ("batch_size", 2.5), ("batch_size", True), ("steps", -1),
+    ("eval_images", 0), ("eval_images", -5), ("eval_every", 0), ("checkpoint_every", 0), ("lr", 0.0),
+    ("lr", -1e-3), ("lr", float("nan")), ("weight_decay", -0.1), ("clip", 0.0), ("time_limit", -1.0),
+    ("warmup", -1), ("stop_after", -2), ("seed", 1.5),
+])
+def test_settings_are_checked_before_any_step(setting, value, tmp_path):
+    model = small_pixelcnn()
+    before = [p.clone() for p in model.parameters()]
+    x = stripes(32)
+    with pytest.raises(ValueError, match=rf"^{setting} must be .*got {re.escape(repr(value))}$"):
+        train.fit(model, x, x[:8], checkpoint=tmp_path / "model.pt", **{"steps": 2, setting: value, **FAST})
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # not one step taken
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_contradictory_checkpoint_settings():
+    with pytest.raises(ValueError, match="resume=True needs the checkpoint"):
+        train.fit(small_pixelcnn(), stripes(32), steps=1, resume=True, **FAST)
+    with pytest.raises(TypeError, match="loss_fn must be a function"):
+        train.fit(small_pixelcnn(), stripes(32), steps=1, loss_fn="bits", **FAST)
+
+
+def test_an_existing_checkpoint_needs_resume_or_overwrite(tmp_path):
+    path = tmp_path / "model.pt"
+    kw = dict(batch_size=16, checkpoint=path, **FAST)
+    train.fit(small_pixelcnn(), stripes(32), steps=2, **kw)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds a checkpoint \(pixelcnn, step 2\): pass resume=True "
+                                              r"\(--resume\) to continue that run, overwrite=True \(--overwrite\)"):
+        train.fit(small_pixelcnn(), stripes(32), steps=3, **kw)
+    assert path.read_bytes() == before
+    with pytest.raises(ValueError, match="pass only one"):
+        train.fit(small_pixelcnn(), stripes(32), steps=3, resume=True, overwrite=True, **kw)
+    train.fit(small_pixelcnn(), stripes(32), steps=3, overwrite=True, **kw)
+    assert train.load_checkpoint(path)[1]["step"] == 3
+
+
+def test_checkpoints_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        train.fit(small_pixelcnn(), stripes(32), steps=1, batch_size=16, checkpoint=tmp_path / "model.pt", **FAST)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "model.pt").st_mode) == 0o644  # not tempfile's 0600
+
+
 # ----------------------------------------------------------------------------- checkpoints and resume
 
 
@@ -143,7 +259,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     path = tmp_path / "model.pt"
     first = dropout_model(0)
     torch.manual_seed(1)
-    train.fit(first, x, steps=8, checkpoint=path, **kw)
+    train.fit(first, x, steps=8, checkpoint=path, checkpoint_every=3, **kw)  # each save's finiteness check uses no RNG
     assert not same_params(first, straight)
 
     torch.manual_seed(12345)  # a different global RNG state and initial weights: the checkpoint restores both
@@ -179,7 +295,7 @@ def test_checkpoint_is_atomic_and_never_overwrites_other_files(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        train.fit(small_pixelcnn(), stripes(32), steps=2, batch_size=16, checkpoint=path, **FAST)
+        train.fit(small_pixelcnn(), stripes(32), steps=2, batch_size=16, checkpoint=path, overwrite=True, **FAST)
     monkeypatch.undo()
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
@@ -205,8 +321,62 @@ def test_load_checkpoint_rebuilds_the_model(tmp_path):
     assert info["history"].train == hist.train and info["metrics"]["test_bpd"] == hist.final_test_bpd
     model.eval()
     assert torch.equal(loaded.log_prob(x[:4]), model.log_prob(x[:4]))
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="channels 8 -> 32"):
         train.fit(small_pixelcnn(channels=32), x, steps=4, checkpoint=path, resume=True, **FAST)
+
+
+def test_resume_refuses_changed_settings_and_names_each(tmp_path):
+    path = tmp_path / "model.pt"
+    train.fit(small_pixelcnn(), stripes(64), steps=3, batch_size=16, checkpoint=path, **FAST)
+    before = path.read_bytes()
+    # a PixelCNN's weights fit any image size, so without the check this "resumed" silently, and ignored lr
+    armini.seed_everything(0)
+    other = PixelCNN(shape=(1, 4, 4), levels=K, **TINY)
+    x = torch.randint(0, K, (64, 1, 4, 4))
+    with pytest.raises(ValueError) as e:
+        train.fit(other, x, steps=6, batch_size=8, lr=1e-2, checkpoint=path, resume=True, **FAST)
+    message = str(e.value)
+    assert message.startswith(f"cannot resume from {path}: these settings differ from the saved run (saved -> given): "
+                              "shape (1, 8, 8) -> (1, 4, 4), batch_size 16 -> 8, lr 0.001 -> 0.01. ")
+    assert "give the saved settings, or train into another checkpoint path" in message
+    assert path.read_bytes() == before
+
+
+def test_resume_may_extend_steps_and_keeps_the_saved_warmup(tmp_path):
+    path = tmp_path / "model.pt"
+    kw = dict(batch_size=16, lr_schedule="constant", checkpoint=path, **FAST)
+    train.fit(small_pixelcnn(), stripes(64), steps=40, **kw)  # warmup min(100, 40 // 10) = 4
+    hist = train.fit(small_pixelcnn(), stripes(64), steps=60, resume=True, **kw)  # default warmup would be 6
+    assert hist.steps == 60
+    info = train.load_checkpoint(path)[1]
+    assert info["fit_args"]["steps"] == 60 and info["fit_args"]["warmup"] == 4  # recorded as run
+    with pytest.raises(ValueError, match=r"warmup 4 -> 6"):
+        train.fit(small_pixelcnn(), stripes(64), steps=70, warmup=6, resume=True, **kw)
+
+
+def test_damaged_checkpoints_are_called_damaged(tmp_path):
+    path = tmp_path / "model.pt"
+    train.fit(small_pixelcnn(), stripes(32), steps=1, batch_size=16, checkpoint=path, **FAST)
+    whole = path.read_bytes()
+    for cut in (len(whole) // 2, 100, 0):
+        path.write_bytes(whole[:cut])
+        damaged = re.escape(f"{path} is damaged or incomplete ({cut:,} bytes); it cannot be loaded; "
+                            "delete it or restore a backup")
+        with pytest.raises(ValueError, match=damaged):
+            train.load_checkpoint(path)
+        with pytest.raises(ValueError, match=damaged):
+            train.fit(small_pixelcnn(), stripes(32), steps=2, checkpoint=path, resume=True, **FAST)
+        with pytest.raises(FileExistsError, match="refusing to overwrite .*" + damaged):
+            train.fit(small_pixelcnn(), stripes(32), steps=2, checkpoint=path, overwrite=True, **FAST)
+        assert path.read_bytes() == whole[:cut] and not train.is_checkpoint(path)
+
+    # files that are not ours keep that message
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match=r"is not an armini checkpoint \(a torch file"):
+        train.load_checkpoint(path)
+    path.write_text("my thesis")
+    with pytest.raises(ValueError, match=r"is not an armini checkpoint \(torch.load cannot read it"):
+        train.load_checkpoint(path)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -253,6 +423,42 @@ def test_labels_reach_conditional_models():
     assert hist.final_test_bpd < 0.2
     with pytest.raises(ValueError, match="class-conditional"):
         train.fit(ClassHistograms(), images, steps=1, **FAST)
+
+
+def test_labels_as_numpy_or_lists_reach_evaluation():
+    """Raw labels used to crash the final evaluation, after all the training."""
+    labels = torch.arange(60) % 3
+    images = labels.view(-1, 1, 1, 1).expand(60, *SHAPE).clone()
+    hist = train.fit(ClassHistograms(), (images, labels.numpy()), (images, labels.tolist()), steps=3,
+                     batch_size=20, lr=0.1, eval_every=2, **FAST)
+    assert hist.steps == 3 and math.isfinite(hist.final_test_bpd) and len(hist.test) == 2
+    assert math.isfinite(train.evaluate(ClassHistograms(), (images, labels.numpy())))
+    with pytest.raises(ValueError, match="whole numbers"):
+        train.evaluate(ClassHistograms(), (images, labels.numpy() + 0.5))
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+def test_loss_fn_is_the_objective_and_the_history_records_it(tmp_path):
+    x = stripes(64)
+    kw = dict(steps=4, batch_size=16, **FAST)
+    plain = small_pixelcnn()
+    hist = train.fit(plain, x, **kw)
+    calls = []
+
+    def shifted(model, x, y):  # a constant changes no gradient: the same weights, the history shifted by 10
+        calls.append(x.shape)
+        return model.loss(x, y) + 10.0
+
+    shifted_model = small_pixelcnn()
+    path = tmp_path / "model.pt"
+    shifted_hist = train.fit(shifted_model, x, checkpoint=path, loss_fn=shifted, **kw)
+    assert same_params(plain, shifted_model) and len(calls) == 4 + 1  # 4 steps + the check before the save
+    assert [b for _, b in shifted_hist.train] == pytest.approx([b + 10.0 for _, b in hist.train], abs=1e-5)
+    assert train.load_checkpoint(path)[1]["fit_args"]["objective"].endswith("shifted")
+    with pytest.raises(TypeError, match="scalar tensor"):
+        train.fit(small_pixelcnn(), x, loss_fn=lambda m, x, y: m.log_prob(x, y), **kw)
 
 
 def test_unconditional_models_ignore_labels():
