@@ -45,7 +45,7 @@ import armini
 from armini.files import atomic_write, remove_stale_temporaries
 
 __all__ = ["fit", "evaluate", "bits_per_dim", "optimizer_step", "History", "load_checkpoint", "save_checkpoint",
-           "is_checkpoint", "lr_factor"]
+           "is_checkpoint", "CheckpointError", "lr_factor"]
 
 CHECKPOINT_FORMAT = 1  # the value of the "armini_checkpoint" key: how we recognise our own files
 
@@ -145,10 +145,12 @@ def _check_labels(model, labels, n: int, name: str) -> torch.Tensor:
     if labels.shape != (n,):
         raise ValueError(f"{name} labels must have shape ({n},), got {tuple(labels.shape)}")
     if labels.dtype.is_floating_point and not torch.equal(labels, labels.round()):
-        raise ValueError(f"{name} labels must be whole numbers (class indices), got fractions such as {labels[0]}")
+        fraction = labels[labels != labels.round()][0].item()
+        raise ValueError(f"{name} labels must be whole numbers (class indices), got fractions such as {fraction}")
     labels = labels.long()
-    if int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
-        raise ValueError(f"{name} labels must lie in [0, {model.num_classes}), found [{labels.min()}, {labels.max()}]")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= model.num_classes:
+        raise ValueError(f"{name} labels must lie in [0, {model.num_classes}), found [{low}, {high}]")
     return labels
 
 
@@ -277,7 +279,16 @@ def model_kwargs(model) -> dict:
     return _plain(kwargs)
 
 
-def _unreadable(path: Path, error: Exception) -> str:
+class CheckpointError(ValueError):
+    """A file that cannot be read as an armini checkpoint (damaged, or not ours); `reason` is the message
+    without the path."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path} {reason}")
+        self.reason = reason
+
+
+def _unreadable(path: Path) -> str:
     """Why torch.load could not read `path`: a damaged file of ours, or something else entirely."""
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -287,9 +298,8 @@ def _unreadable(path: Path, error: Exception) -> str:
         with zipfile.ZipFile(path) as z:  # a whole zip archive: was it written by torch.save?
             looks_ours = any(name.endswith("data.pkl") for name in z.namelist())
     if looks_ours:
-        return (f"{path} is damaged or incomplete ({size:,} bytes); it cannot be loaded; "
-                "delete it or restore a backup")
-    return f"{path} is not an armini checkpoint (torch.load cannot read it: {error})"
+        return f"is damaged or incomplete ({size:,} bytes); it cannot be loaded; delete it or restore a backup"
+    return "is not an armini checkpoint (not a file torch.save wrote)"
 
 
 def _read_checkpoint(path) -> dict:
@@ -300,9 +310,9 @@ def _read_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(_unreadable(path, e)) from e
+        raise CheckpointError(path, _unreadable(path)) from e
     if not (isinstance(ckpt, dict) and ckpt.get("armini_checkpoint") == CHECKPOINT_FORMAT):
-        raise ValueError(f"{path} is not an armini checkpoint (a torch file, but not one save_checkpoint wrote)")
+        raise CheckpointError(path, "is not an armini checkpoint (a torch file, but not one save_checkpoint wrote)")
     return ckpt
 
 
@@ -325,8 +335,9 @@ def _refuse_foreign(path: Path) -> Optional[dict]:
         return None
     try:
         return _read_checkpoint(path)
-    except ValueError as e:
-        raise FileExistsError(f"refusing to overwrite {path}: {e}. Choose another checkpoint path") from e
+    except CheckpointError as e:
+        raise FileExistsError(f"refusing to overwrite {path}, which {e.reason}; to keep it, choose another "
+                              "checkpoint path") from e
 
 
 def _write_checkpoint(path: Path, state: dict):
@@ -611,8 +622,8 @@ class _Run:
         else:
             kept = "nothing was saved"
         return FloatingPointError(
-            f"training diverged at step {step} (lr {lr:.3g}): {what}. Try a lower learning rate (lr=) or gradient "
-            f"clipping (clip=), and check that the data are integers in [0, {self.model.levels}); {kept}."
+            f"training diverged at step {step} (lr {lr:.3g}): {what}. Try a lower learning rate (lr= or --lr) or "
+            f"gradient clipping (clip=), and check that the data are integers in [0, {self.model.levels}); {kept}."
         )
 
     def train_step(self) -> float:

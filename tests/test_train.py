@@ -366,7 +366,7 @@ def test_damaged_checkpoints_are_called_damaged(tmp_path):
             train.load_checkpoint(path)
         with pytest.raises(ValueError, match=damaged):
             train.fit(small_pixelcnn(), stripes(32), steps=2, checkpoint=path, resume=True, **FAST)
-        with pytest.raises(FileExistsError, match="refusing to overwrite .*" + damaged):
+        with pytest.raises(FileExistsError, match="refusing to overwrite .*, which is damaged or incomplete"):
             train.fit(small_pixelcnn(), stripes(32), steps=2, checkpoint=path, overwrite=True, **FAST)
         assert path.read_bytes() == whole[:cut] and not train.is_checkpoint(path)
 
@@ -375,7 +375,7 @@ def test_damaged_checkpoints_are_called_damaged(tmp_path):
     with pytest.raises(ValueError, match=r"is not an armini checkpoint \(a torch file"):
         train.load_checkpoint(path)
     path.write_text("my thesis")
-    with pytest.raises(ValueError, match=r"is not an armini checkpoint \(torch.load cannot read it"):
+    with pytest.raises(ValueError, match=r"is not an armini checkpoint \(not a file torch.save wrote\)"):
         train.load_checkpoint(path)
 
 
