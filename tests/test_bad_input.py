@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
+from armini import memory
+from armini.memory import NotEnoughMemory
 from armini.models import MODELS, NADE, ARModel, IndependentPixels, PixelCNN
-from armini.models import base as model_base
-from armini.models.base import NotEnoughMemory
 
 NAMES = sorted(MODELS)
 
@@ -133,11 +133,11 @@ GIB = 2**30
 
 def test_nade_refuses_weights_that_cannot_fit(monkeypatch):
     """Old code: NADE(shape=(1, 512, 512)) asked the allocator for 8.6 GB of weights."""
-    monkeypatch.setattr(model_base, "device_memory", lambda device: 4 * GIB)
-    with pytest.raises(NotEnoughMemory, match=r"NADE's weights .*\(1, 512, 512\).* 8\.3 GiB .* 4\.0 GiB.*--size 28"):
+    monkeypatch.setattr(memory, "device_memory", lambda device: 4 * GIB)
+    with pytest.raises(NotEnoughMemory, match=r"NADE's weights .*\(1, 512, 512\).* 8\.3 GiB .* 4\.0 GiB of RAM.*--size 28"):
         NADE(shape=(1, 512, 512), levels=256)
     # small enough for an old-code failure check: 26 MiB of weights, 1 MiB of memory
-    monkeypatch.setattr(model_base, "device_memory", lambda device: 2**20)
+    monkeypatch.setattr(memory, "device_memory", lambda device: 2**20)
     with pytest.raises(MemoryError):  # NotEnoughMemory is a MemoryError and a ValueError
         NADE(shape=(1, 28, 28), levels=256)
 
@@ -145,20 +145,21 @@ def test_nade_refuses_weights_that_cannot_fit(monkeypatch):
 def test_nade_refuses_a_batch_that_cannot_fit_and_names_one_that_does(monkeypatch):
     model = NADE(shape=(1, 4, 4), levels=4, hidden=8)
     per_image = model.activation_bytes(1)
-    monkeypatch.setattr(model_base, "device_memory", lambda device: 10 * per_image)
+    monkeypatch.setattr(memory, "device_memory", lambda device: 10 * per_image)
     x = images(model, 11)
-    with pytest.raises(NotEnoughMemory, match="batch of 11 images.*at most 10 images.*--batch-size 10"):
+    with pytest.raises(NotEnoughMemory, match=r"batch of 11 images.*at most 10 images at a time \(training CLI: "
+                                              r"--batch-size 10\) or smaller images \(CLI: --size 2\)"):
         model.loss(x)
     with pytest.raises(ValueError, match="at most 10 images"):
         model.sample(11)
     assert torch.isfinite(model.loss(x[:10]))  # 10 fit
-    monkeypatch.setattr(model_base, "device_memory", lambda device: per_image // 2)
+    monkeypatch.setattr(memory, "device_memory", lambda device: per_image // 2)
     with pytest.raises(NotEnoughMemory, match="Not even one image fits"):
         model.loss(x[:1])
 
 
 def test_models_without_an_estimate_are_not_checked(monkeypatch):
-    monkeypatch.setattr(model_base, "device_memory", lambda device: 1)
+    monkeypatch.setattr(memory, "device_memory", lambda device: 1)
     torch.manual_seed(0)
     model = PixelCNN(shape=(1, 4, 4), levels=4, channels=8, n_blocks=1, head_channels=8)
     assert model.activation_bytes(64) is None

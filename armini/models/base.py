@@ -37,7 +37,7 @@ error, not an empty result: its mean loss would be 0/0.
 Memory: a model whose activations grow fast with the image size overrides
 `activation_bytes(batch)`; a batch (or a `sample(n)`) that would need more memory than the
 device has is then refused before the forward pass, with a message that names the size and a
-smaller batch or image that fits (NotEnoughMemory, a ValueError and a MemoryError).
+smaller batch or image that fits (armini.memory.NotEnoughMemory, a ValueError and a MemoryError).
 
 Legend for shape comments: B batch, C channels, H height, W width, K levels, D = C*H*W.
 """
@@ -46,45 +46,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
+from .. import memory
+from ..memory import NotEnoughMemory, require_memory  # noqa: F401  (NotEnoughMemory: part of the contract)
+
 LN2 = math.log(2.0)
-GIB = 2**30
-
-
-class NotEnoughMemory(ValueError, MemoryError):
-    """A model setting would need more memory than the device has. The message names the size
-    needed and a smaller choice that fits. It is a ValueError (a bad setting) and a MemoryError."""
-
-
-@functools.lru_cache(maxsize=None)
-def device_memory(device: torch.device) -> Optional[int]:
-    """Total memory of `device` in bytes (a GPU's own memory; for the CPU the machine's RAM), None if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    if device.type == "cpu":
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, OSError, ValueError):  # no sysconf (Windows)
-            return None
-    return None
-
-
-def require_memory(need: int, device, what: str, fix: str) -> None:
-    """Raise NotEnoughMemory if `need` bytes exceed the memory of `device`.
-
-    what: what needs the memory ("NADE's weights for shape=..."); fix: a smaller choice that fits."""
-    have = device_memory(torch.device(device))
-    if have is not None and need > have:
-        raise NotEnoughMemory(
-            f"{what} need about {need / GIB:,.1f} GiB of memory, more than the {have / GIB:,.1f} GiB this "
-            f"machine has ({torch.device(device).type}). {fix}"
-        )
+def smaller_size(side: int) -> Optional[int]:
+    """A smaller image side the data can give (a divisor of 28, `--size`), or None below 2."""
+    return next((s for s in (28, 14, 7, 4, 2) if s < side), None)
 
 
 def check_temperature(temperature) -> float:
@@ -274,14 +248,16 @@ class ARModel(nn.Module):
 
     def check_memory(self, batch: int) -> None:
         """Raise NotEnoughMemory, naming a batch or image size that fits, if `batch` images cannot fit."""
-        need, have = self.activation_bytes(batch), device_memory(self.model_device)
+        need, have = self.activation_bytes(batch), memory.device_memory(self.model_device)
         if need is None or have is None or need <= have:
             return
         fits = have // max(self.activation_bytes(1), 1)  # the estimate grows about linearly with the batch
+        size = smaller_size(self.shape[1])
+        smaller = f"smaller images (CLI: --size {size})" if size else "a smaller model"
         if fits >= 1:
-            fix = f"Use batches of at most {fits} images (CLI: --batch-size {fits}) or smaller images (CLI: --size 28)."
+            fix = f"Use at most {fits} images at a time (training CLI: --batch-size {fits}) or {smaller}."
         else:
-            fix = "Not even one image fits: use smaller images (CLI: --size 28 or 14) or a smaller model."
+            fix = f"Not even one image fits: use {smaller}."
         what = f"{type(self).__name__}'s activations for a batch of {batch} images of shape {self.shape}"
         require_memory(need, self.model_device, what, fix)
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..memory import require_memory
 from ..nn.masked import MaskedLinear, sequence_mask
-from .base import ARModel, require_memory
+from .base import ARModel, smaller_size
 
 
 class IndependentPixels(ARModel):
@@ -125,11 +126,14 @@ class NADE(_Sequential):
     def check_weight_memory(self, N):
         """Refuse, before allocating, weights that cannot fit (a 512x512 image: 8.6 GB)."""
         C, H, W = self.shape
-        small = self.weight_bytes(C, 28, 28, N) / 2**20
+        size = smaller_size(H)
+        smaller = ""
+        if size:
+            mib = self.weight_bytes(C, size, size, N) / 2**20
+            smaller = f"smaller images (CLI: --size {size} gives shape ({C}, {size}, {size}): {mib:,.0f} MiB), "
         require_memory(self.weight_bytes(C, H, W, N), torch.get_default_device(),
                        f"NADE's weights for shape={self.shape}, levels={self.levels}, hidden={N}",
-                       f"Use smaller images (CLI: --size 28 gives shape ({C}, 28, 28): {small:,.0f} MiB), "
-                       "fewer levels (--levels) or fewer hidden units (-o hidden=...).")
+                       f"Use {smaller}fewer levels (--levels) or fewer hidden units (-o hidden=...).")
 
     def activation_bytes(self, batch):
         """Live at once in a forward pass: about three (B, D, K) tensors (logits, reordered, log-softmax)
