@@ -21,15 +21,26 @@ Two halves, both small:
 
    The exercise name comes from a ``# Exercise: <name>`` comment in the cell
    (``"fill this in"`` without one). Markdown regions become ``YOUR ANSWER HERE``.
-   Outputs are stripped except in cells containing ``# KEEP_OUTPUT`` and the reference
-   outputs of ``# NBVAL_CHECK_OUTPUT`` cells: nbval (``--nbval-lax``) compares what such a cell
-   prints with its stored output, so a check cell with nothing stored would check nothing.
-   ``record`` runs a solutions notebook the way the tests do (quick mode, bundled data) and
-   stores exactly those outputs; the learner's copy carries them too.
+   A learner's copy carries **no outputs** and no ``# NBVAL_CHECK_OUTPUT`` markers: the reference
+   outputs that nbval (``--nbval-lax``) compares live in ``solutions/`` only, so nothing printed
+   above an exercise gives it away. ``record`` runs a solutions notebook the way the tests do
+   (quick mode, bundled data) and stores exactly those outputs.
+
+   A learner's work in ``notebooks/`` is never lost. Each built notebook carries a stamp (notebook
+   metadata ``armini``: the SHA-256 of what was written), so the tools can tell a notebook as built
+   from one a learner changed (exercises filled in, outputs saved, cells added):
+
+   * ``check`` (and the tests) accept a changed notebook when, outputs stripped and exercise
+     regions masked, it is still the built one; an unchanged notebook must match byte for byte.
+   * ``build`` never overwrites a changed notebook; ``build --force`` first copies it to
+     ``notebooks/.backup/NN_topic.<time>.ipynb`` and says so.
+   * Every write goes through :func:`armini.files.atomic_write` (a temporary file, then a rename),
+     and every solutions notebook is read and checked before anything is written.
 
    From the repository root::
 
-       python -m armini.course build    # regenerate notebooks/ from solutions/
+       python -m armini.course build    # regenerate notebooks/ from solutions/ (never over your changes)
+       python -m armini.course build --force  # rebuild changed notebooks too, after a backup
        python -m armini.course check    # exit 1 if anything is out of sync
        python -m armini.course clean    # strip outputs from solutions/ in place
        python -m armini.course record solutions/02_pixelcnn.ipynb  # store check-cell outputs
@@ -47,19 +58,26 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import hashlib
+import json
 import math
 import os
 import re
 import sys
+import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 
+from .files import atomic_write
+
 __all__ = [
-    "SolutionError", "student_notebook", "strip_outputs", "to_json",
-    "build", "build_notebook", "clean", "record", "problems", "main",
-    "check", "check_value", "note",
+    "SolutionError", "NotebookError", "LearnerWorkError", "student_notebook", "strip_outputs", "to_json",
+    "build", "build_notebook", "clean", "record", "problems", "sync_problem", "changed_by_learner", "giveaways",
+    "main",
+    "check", "check_value", "note", "reference_bits_per_dim", "reference_dimensions",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root (parent of the armini package)
@@ -75,10 +93,23 @@ NAME_PATTERN = re.compile(r"^\d{2}_[a-z0-9_]+\.ipynb$")  # NN_topic.ipynb
 EXERCISE_NAME = re.compile(r"^\s*#\s*Exercise:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 KEEP_CELL_METADATA = ("tags",)  # nbval reads tags such as raises-exception and nbval-skip
+STAMP = "armini"  # notebook metadata of a built notebook: {"built_from": ..., "sha256": ...}
+BACKUP = ".backup"  # notebooks/.backup/: where build --force keeps a learner's version (git and pytest skip it)
+# what an exercise region becomes; check masks these lines when it compares a learner's notebook
+CODE_PLACEHOLDER = re.compile(r"^[ \t]*# YOUR CODE HERE\n[ \t]*raise NotImplementedError\(.*\)$", re.MULTILINE)
+MARKDOWN_PLACEHOLDER = re.compile(r"^YOUR ANSWER HERE$", re.MULTILINE)
 
 
 class SolutionError(ValueError):
     """A solution region that cannot be turned into an exercise (unbalanced, or not inside a function)."""
+
+
+class NotebookError(ValueError):
+    """A notebook file that cannot be read: not UTF-8, not JSON, or not a Jupyter notebook."""
+
+
+class LearnerWorkError(ValueError):
+    """build would overwrite notebooks a learner changed (and --force was not given)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,8 +192,15 @@ def strip_outputs(nb) -> "nbformat.NotebookNode":
     return nb
 
 
+def _without_check_marker(source: str) -> str:
+    """A check cell as the learner sees it: without the `# NBVAL_CHECK_OUTPUT` line (its reference
+    output stays in solutions/, so nbval has nothing to compare in notebooks/)."""
+    return "\n".join(line for line in source.split("\n") if line.strip() != CHECK_OUTPUT)
+
+
 def student_notebook(nb, name: str = "notebook") -> "nbformat.NotebookNode":
-    """The learner's version of a solutions notebook (a new notebook; `nb` is left alone).
+    """The learner's version of a solutions notebook (a new notebook; `nb` is left alone): exercise
+    regions blanked, no outputs, no check markers, stamped with the SHA-256 of its content.
 
     `name` only appears in error messages, e.g. ``SolutionError: 03_pixelcnn.ipynb, cell 7: ...``.
     """
@@ -170,9 +208,11 @@ def student_notebook(nb, name: str = "notebook") -> "nbformat.NotebookNode":
     for index, cell in enumerate(nb.cells):
         where = f"{name}, cell {index}"
         if cell.cell_type == "code":
-            cell.source = _student_code(cell.source, where)
+            cell.source = _without_check_marker(_student_code(cell.source, where))
+            cell.outputs, cell.execution_count = [], None  # nothing printed above an exercise
         elif cell.cell_type == "markdown":
             cell.source = _blank_regions(cell.source, lambda indent: ["YOUR ANSWER HERE"], where)[0]
+    nb.metadata[STAMP] = {"built_from": f"solutions/{Path(name).name}", "sha256": _content_hash(nb)}
     return nb
 
 
@@ -182,34 +222,244 @@ def to_json(nb) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def _read(path: Path):
-    return nbformat.read(path, as_version=4)
+def _content_hash(nb) -> str:
+    """SHA-256 of the notebook as saved, leaving out its own stamp."""
+    bare = copy.deepcopy(nb)
+    bare.metadata.pop(STAMP, None)
+    return hashlib.sha256(to_json(bare).encode("utf-8")).hexdigest()
+
+
+def _read(path: Path, name: str | None = None):
+    """Read a notebook, or raise NotebookError naming the file and what is wrong (one line)."""
+    path, name = Path(path), name or str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise NotebookError(f"{name}: not UTF-8 text (byte {error.start}); {_restore(name)}") from None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        raise NotebookError(f"{name}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
+                            f"{_restore(name)}") from None
+    try:
+        return nbformat.reads(text, as_version=4)
+    except Exception as error:  # valid JSON but no notebook (nbformat's validation errors)
+        reason = str(error).strip().split("\n")[0]
+        raise NotebookError(f"{name}: not a Jupyter notebook ({reason}); {_restore(name)}") from None
+
+
+def _restore(name: str) -> str:
+    if Path(name).parts[:1] == ("notebooks",):
+        return f"restore it with git checkout {name}, or rebuild it with python -m armini.course build --force"
+    return f"fix it, or restore it with git checkout {name}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` as the user knows it: relative to the repository root when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
+    """Write `text` to `path` atomically (temporary file + rename) unless it already holds it."""
     data = text.encode("utf-8")
     if path.exists() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)  # bytes: no platform newline translation
+    with atomic_write(path, "wb") as f:  # bytes: no platform newline translation
+        f.write(data)
     return True
 
 
+# ----------------------------------------------------------------------------------------------
+# A learner's notebook: as built, or changed (and then only inside exercises, or elsewhere too)
+
+
+def changed_by_learner(nb) -> bool:
+    """True unless `nb` is exactly what build wrote (its stamp matches its content).
+    Exercises filled in, outputs saved, even a save that only touched metadata: all count as changes.
+    `nb` may be a path; a file that is not a readable notebook counts as changed."""
+    if isinstance(nb, (str, Path)):
+        try:
+            nb = _read(nb)
+        except (NotebookError, OSError):
+            return True
+    stamp = nb.metadata.get(STAMP) or {}
+    return stamp.get("sha256") != _content_hash(nb)
+
+
+def _masked(cell) -> re.Pattern:
+    """A pattern matching `cell`'s source with any text in place of each exercise placeholder."""
+    placeholder = CODE_PLACEHOLDER if cell.cell_type == "code" else MARKDOWN_PLACEHOLDER
+    return re.compile("(?s)" + ".*?".join(re.escape(part) for part in placeholder.split(cell.source)))
+
+
+def _differences_outside_exercises(nb, expected) -> list[str]:
+    """How learner notebook `nb` differs from built notebook `expected` once outputs, execution counts
+    and metadata are ignored, exercise regions masked and cells the learner added (new ids) skipped."""
+    mine = {cell.get("id"): cell for cell in nb.cells}
+    found = []
+    for index, cell in enumerate(expected.cells):
+        theirs = mine.get(cell.get("id"))
+        if theirs is None:
+            found.append(f"cell {index} is missing")
+        elif theirs.cell_type != cell.cell_type or not _masked(cell).fullmatch(theirs.source):
+            found.append(f"cell {index} differs outside its exercise regions")
+    order = [cell.get("id") for cell in nb.cells if cell.get("id") in {c.get("id") for c in expected.cells}]
+    if not found and order != [cell.get("id") for cell in expected.cells]:
+        found.append("its cells are in a different order")
+    return found
+
+
+def sync_problem(target: Path, expected, name: str) -> str | None:
+    """Is learner notebook `target` in sync with `expected` (the built notebook)? None if so, else one line.
+
+    A notebook as build wrote it must be byte for byte the current build. A notebook a learner changed
+    is compared with outputs and execution counts stripped and exercise regions masked, so filled-in
+    exercises, saved outputs and added cells never make it out of sync."""
+    try:
+        nb = _read(target, name)
+    except NotebookError as error:
+        return str(error)
+    if not changed_by_learner(nb):
+        if to_json(nb) == to_json(expected):
+            return None
+        return f"{name}: out of sync with {expected.metadata[STAMP]['built_from']} (run python -m armini.course build)"
+    found = _differences_outside_exercises(nb, expected)
+    if not found:
+        return None
+    return (f"{name}: changed outside its exercises ({'; '.join(found[:3])}{'; ...' if len(found) > 3 else ''}), "
+            f"compared with what build makes of {expected.metadata[STAMP]['built_from']}; undo those changes, or "
+            f"rebuild it with python -m armini.course build --force (which first saves your version in "
+            f"notebooks/{BACKUP}/)")
+
+
+def _armini_names(tree) -> set[str]:
+    """Names a cell binds by importing from armini (`from armini.nn import dmol` binds dmol)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "armini":
+            names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.asname or alias.name.split(".")[0] for alias in node.names
+                         if alias.name.split(".")[0] == "armini")
+    return names
+
+
+def _is_literal(node) -> bool:
+    """An expression of constants only (`1 * 28 * 28`): a value written out, not computed."""
+    return all(not isinstance(part, (ast.Name, ast.Attribute, ast.Call, ast.Subscript)) for part in ast.walk(node))
+
+
+def giveaways(nb, name: str = "notebook") -> list[str]:
+    """What in learner notebook `nb` shows an exercise's answer before it is done, one line each:
+    stored outputs, solution markers, a check's reference defined in the notebook without the library
+    (its body is the answer), or a check_value whose expected value is written out."""
+    found = [f"{name}, cell {index}: stored outputs" for index, cell in enumerate(nb.cells)
+             if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    found += [f"{name}, cell {index}: a solution marker" for index, cell in enumerate(nb.cells)
+              if BEGIN in cell.source or END in cell.source]
+    trees = {}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            try:
+                trees[index] = ast.parse(cell.source)
+            except SyntaxError:  # IPython magics: nothing to inspect
+                pass
+    library = set().union(*map(_armini_names, trees.values()))
+    functions = {node.name: (index, node) for index, tree in trees.items() for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    for index, tree in trees.items():
+        for call in ast.walk(tree):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and len(call.args) >= 3):
+                continue
+            reference = call.args[2]
+            if call.func.id == "check" and isinstance(reference, ast.Name) and reference.id in functions:
+                where, function = functions[reference.id]
+                if not {node.id for node in ast.walk(function) if isinstance(node, ast.Name)} & library:
+                    found.append(f"{name}, cell {where}: {reference.id}, the reference of the check in cell "
+                                 f"{index}, computes the answer without the library: move it into armini")
+            elif call.func.id == "check_value" and _is_literal(reference):
+                found.append(f"{name}, cell {index}: check_value's expected value is written out "
+                             f"({ast.unparse(reference)}): compute it with the library")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# The commands: every input read and checked before any output is written
+
+
+def _sources(root: Path) -> list[Path]:
+    return sorted((root / "solutions").glob("*.ipynb"))
+
+
+def _built(root: Path) -> list[tuple[Path, Path, "nbformat.NotebookNode"]]:
+    """(source, target, the built notebook) for every solutions notebook; raises NotebookError or
+    SolutionError for the first one that is not valid JSON or whose solution regions are unbalanced."""
+    return [(src, root / "notebooks" / src.name, student_notebook(_read(src, f"solutions/{src.name}"),
+                                                                  f"solutions/{src.name}"))
+            for src in _sources(root)]
+
+
+def _backup(target: Path) -> Path:
+    """Copy `target` to notebooks/.backup/<stem>.<local time>[-n].ipynb (atomically); return the copy."""
+    folder = target.parent / BACKUP
+    folder.mkdir(exist_ok=True)
+    ignore = folder / ".gitignore"
+    if not ignore.exists():  # backups are the learner's, not the repository's
+        with atomic_write(ignore, "w") as f:
+            f.write("# build --force keeps a learner's notebooks here; git leaves them alone\n*\n")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup, n = folder / f"{target.stem}.{stamp}{target.suffix}", 1
+    while backup.exists():
+        backup, n = folder / f"{target.stem}.{stamp}-{n}{target.suffix}", n + 1
+    data = target.read_bytes()
+    with atomic_write(backup, "wb") as f:
+        f.write(data)
+    return backup
+
+
+@dataclass
+class BuildResult:
+    written: list[Path] = field(default_factory=list)  # notebooks that changed
+    backups: dict[Path, Path] = field(default_factory=dict)  # a learner's notebook -> where its old version went
+
+
 def build_notebook(source: Path, target: Path) -> bool:
-    """Write the learner's version of `source` to `target`; True if `target` changed."""
+    """Write the learner's version of `source` to `target` (atomically); True if `target` changed.
+    Overwrites whatever `target` holds: `build` is the command that protects a learner's changes."""
     source = Path(source)
     return _write_if_changed(Path(target), to_json(student_notebook(_read(source), source.name)))
 
 
-def build(root: Path | None = None) -> list[Path]:
-    """Rebuild every ``notebooks/*.ipynb`` from ``solutions/*.ipynb``; return the notebooks that changed."""
+def build(root: Path | None = None, force: bool = False) -> BuildResult:
+    """Rebuild every ``notebooks/*.ipynb`` from ``solutions/*.ipynb``.
+
+    Every solutions notebook is read and turned into its learner's version before anything is written
+    (a broken lesson 03 leaves lesson 00 as it was). A notebook a learner changed is never overwritten:
+    LearnerWorkError names them and nothing is written, unless `force`, which first copies each to
+    ``notebooks/.backup/``."""
     root = Path(root or ROOT)
-    return [root / "notebooks" / src.name for src in sorted((root / "solutions").glob("*.ipynb"))
-            if build_notebook(src, root / "notebooks" / src.name)]
+    plan = [(target, to_json(nb)) for _, target, nb in _built(root)]
+    (root / "notebooks").mkdir(exist_ok=True)
+    changed = [target for target, text in plan if target.exists() and target.read_bytes() != text.encode("utf-8")
+               and changed_by_learner(target)]
+    if changed and not force:
+        names = ", ".join(str(target.relative_to(root)) for target in changed)
+        raise LearnerWorkError(f"{names}: changed since the last build (your exercises or saved outputs), "
+                               "so nothing was written; python -m armini.course build --force rebuilds "
+                               f"{'them' if len(changed) > 1 else 'it'} after copying your version to "
+                               f"notebooks/{BACKUP}/")
+    result = BuildResult(backups={target: _backup(target) for target in changed})
+    result.written = [target for target, text in plan if _write_if_changed(target, text)]
+    return result
 
 
 def clean(path: Path) -> bool:
-    """Strip outputs (except `# KEEP_OUTPUT` cells) from a solutions notebook in place; True if it changed."""
+    """Strip outputs (except `# KEEP_OUTPUT` and check cells) from a solutions notebook in place
+    (atomically); True if it changed."""
     path = Path(path)
     return _write_if_changed(path, to_json(strip_outputs(_read(path))))
 
@@ -227,13 +477,14 @@ def _unrecorded(nb) -> list[int]:
 
 def record(path: Path, timeout: int = 600) -> list[int]:
     """Run solutions notebook `path` top to bottom as the tests do (RECORD_ENV: quick mode, bundled
-    data), store the outputs of its `# NBVAL_CHECK_OUTPUT` cells, strip all others, and write it back.
-    Returns the indices of the check cells whose output changed. A cell that raises stops the
-    recording with nbclient's CellExecutionError, and the file is left as it was."""
+    data), store the outputs of its `# NBVAL_CHECK_OUTPUT` cells, strip all others, and write it back
+    (atomically). Returns the indices of the check cells whose output changed. A cell that raises stops
+    the recording with nbclient's CellExecutionError, and the file is left as it was."""
     from nbclient import NotebookClient
 
     path = Path(path).resolve()
     nb = _read(path)
+    student_notebook(nb, path.name)  # unbalanced solution regions: stop before a long run
     ran = copy.deepcopy(nb)
     NotebookClient(ran, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
                    ).execute(env={**os.environ, **RECORD_ENV})  # the kernel's environment; ours stays as it is
@@ -248,35 +499,40 @@ def record(path: Path, timeout: int = 600) -> list[int]:
 
 
 def problems(root: Path | None = None) -> list[str]:
-    """Everything wrong with solutions/ and notebooks/, one line each ([] when all is well)."""
+    """Everything wrong with solutions/ and notebooks/, one line each ([] when all is well).
+    A learner's filled-in exercises, saved outputs and added cells are not problems (see sync_problem)."""
     root = Path(root or ROOT)
     found = []
     for folder in ("solutions", "notebooks"):
         if not (root / folder).is_dir():
             found.append(f"{folder}/ is missing")
-    sources = sorted((root / "solutions").glob("*.ipynb"))
-    for src in sources:
+    for src in _sources(root):
         rel, target = f"solutions/{src.name}", root / "notebooks" / src.name
         if not NAME_PATTERN.match(src.name):
             found.append(f"{rel}: name it NN_topic.ipynb (two digits, underscore, lowercase topic)")
-        nb = _read(src)
+        try:
+            nb = _read(src, rel)
+        except NotebookError as error:
+            found.append(str(error))
+            continue
         if _has_outputs(nb):
             found.append(f"{rel}: outputs in cells {_has_outputs(nb)} (run python -m armini.course clean)")
         if _unrecorded(nb):
             found.append(f"{rel}: {CHECK_OUTPUT} cells {_unrecorded(nb)} have no reference output "
                          f"(run python -m armini.course record {rel})")
         try:
-            expected = to_json(student_notebook(nb, rel))
+            expected = student_notebook(nb, rel)
         except SolutionError as error:
             found.append(str(error))
             continue
+        found.extend(giveaways(expected, f"notebooks/{src.name} as built"))
         if not target.exists():
             found.append(f"notebooks/{src.name}: missing (run python -m armini.course build)")
-        elif target.read_bytes() != expected.encode("utf-8"):
-            found.append(f"notebooks/{src.name}: out of sync with {rel} (run python -m armini.course build)")
+        else:
+            found.extend(filter(None, [sync_problem(target, expected, f"notebooks/{src.name}")]))
     for target in sorted((root / "notebooks").glob("*.ipynb")):
-        text = target.read_text(encoding="utf-8")
-        if BEGIN in text or END in text:
+        text = target.read_bytes().decode("utf-8", errors="replace")
+        if not changed_by_learner(target) and (BEGIN in text or END in text):
             found.append(f"notebooks/{target.name}: leaks a solution region")
         if not (root / "solutions" / target.name).exists():
             found.append(f"notebooks/{target.name}: no solutions/{target.name} to build it from")
@@ -284,21 +540,30 @@ def problems(root: Path | None = None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    """``python -m armini.course {build,check,clean,record} [NOTEBOOK ...] [--root DIR]``; returns the exit status."""
+    """``python -m armini.course {build,check,clean,record} [NOTEBOOK ...] [--force] [--root DIR]``;
+    returns the exit status. Bad input is one line on stderr and exit status 1, never a traceback."""
     parser = argparse.ArgumentParser(prog="python -m armini.course", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["build", "check", "clean", "record"])
     parser.add_argument("notebooks", nargs="*", type=Path,
                         help="record: the solutions notebooks to run (default: every one)")
+    parser.add_argument("--force", action="store_true",
+                        help=f"build: rebuild notebooks you changed too, after copying them to notebooks/{BACKUP}/")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.notebooks and args.command != "record":
         parser.error(f"{args.command} takes no notebook names (only record does)")
+    if args.force and args.command != "build":
+        parser.error("only build takes --force")
     try:
         if args.command == "record":
-            for path in args.notebooks or sorted((args.root / "solutions").glob("*.ipynb")):
+            paths = args.notebooks or _sources(args.root)
+            for path in paths:  # every notebook readable and balanced before the first (long) run
                 if not path.is_file():
                     print(f"error: {path}: no such notebook", file=sys.stderr)
                     return 1
+                name = _relative(path, args.root)
+                student_notebook(_read(path, name), name)
+            for path in paths:
                 try:
                     changed = record(path)
                 except Exception as error:  # nbclient's CellExecutionError, or a kernel that died
@@ -307,13 +572,15 @@ def main(argv=None) -> int:
                 print(f"recorded {path}: " + (f"check cells {changed} changed" if changed else "no change"))
             print("now run python -m armini.course build")
         elif args.command == "build":
-            changed = build(args.root)
-            for path in changed:
+            result = build(args.root, force=args.force)
+            for target, backup in result.backups.items():
+                print(f"your version of {target.relative_to(args.root)} is saved as {backup.relative_to(args.root)}")
+            for path in result.written:
                 print(f"wrote {path.relative_to(args.root)}")
-            total = len(list((args.root / "solutions").glob("*.ipynb")))
-            print(f"{len(changed)} of {total} notebooks changed")
+            print(f"{len(result.written)} of {len(_sources(args.root))} notebooks changed")
         elif args.command == "clean":
-            sources = sorted((args.root / "solutions").glob("*.ipynb"))
+            sources = _sources(args.root)
+            _built(args.root)  # every notebook readable and balanced before the first is written
             changed = [src for src in sources if clean(src)]
             for path in changed:
                 print(f"cleaned {path.relative_to(args.root)}")
@@ -324,8 +591,11 @@ def main(argv=None) -> int:
                 print(line)
             print(f"{len(found)} problem(s)" if found else "notebooks are in sync with solutions")
             return 1 if found else 0
-    except SolutionError as error:
+    except (SolutionError, NotebookError, LearnerWorkError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, a read-only folder: atomic_write left every file as it was
+        print(f"error: {error}; files already written are complete, the rest are unchanged", file=sys.stderr)
         return 1
     return 0
 
@@ -521,6 +791,23 @@ def check_value(name: str, value, expected, *, compare=None, atol: float = 1e-5,
 def note(msg: str) -> None:
     """Print a note that stands out from ordinary output."""
     print(f"📝 Note: {msg}")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Reference answers that have no function of their own in the library. They live here, not in the
+#    learner's notebook, so that no cell beside an exercise shows its answer.
+
+
+def reference_bits_per_dim(log_prob_nats, D):
+    """Lesson 01: mean bits per dimension of images with log-likelihoods `log_prob_nats` (nats, (B,))."""
+    from .models.base import LN2
+
+    return -log_prob_nats.mean() / (D * LN2)  # bits/dim = -log p(x) / (D ln 2)
+
+
+def reference_dimensions(images) -> int:
+    """Lesson 00: the number of values in one image of `images` (an ImageData or a (N, C, H, W) tensor)."""
+    return math.prod(tuple(images.shape)[-3:])
 
 
 if __name__ == "__main__":
