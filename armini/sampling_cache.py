@@ -205,6 +205,21 @@ def strip_conditionals(model, cache: ConvCache, x: torch.Tensor, y, i: int, j0: 
         return model.conditionals(x[:, :, i:i + 1, j0:j1], y)  # (n, C, 1, P, K)
 
 
+@contextmanager
+def one_thread_on_cpu(device: torch.device):
+    """Run the block on one CPU thread. The operations of one cached step are tiny: on a CPU,
+    splitting them over threads only costs synchronisation (several times slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _writes(x: torch.Tensor):
     """How many in-place writes x has had (torch's version counter), None where torch keeps no count
     (tensors made under torch.inference_mode)."""
@@ -286,16 +301,8 @@ class RasterConvSampler:
 
     @torch.no_grad()
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        threads = torch.get_num_threads()
-        if x.device.type != "cpu" or threads == 1:
+        with one_thread_on_cpu(x.device):
             return self._step(x, index)
-        # the operations of one step are tiny: on a CPU, splitting them over threads only costs
-        # synchronisation (several times slower on a busy machine), so run them on one thread
-        torch.set_num_threads(1)
-        try:
-            return self._step(x, index)
-        finally:
-            torch.set_num_threads(threads)
 
     def _step(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         last = self.cursor.last

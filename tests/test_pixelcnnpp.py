@@ -125,7 +125,7 @@ def test_sampling(shape, K):
     assert model.training  # sample() switches dropout off and back on
     again = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(samples, again)
-    # reusing a pixel's parameters for its later channels draws exactly what full recomputation draws
+    # the cached sampler (armini.fast.pixelcnnpp_cache) draws exactly what full recomputation draws
     slow = model.sample(3, generator=torch.Generator().manual_seed(0), cached=False)
     assert torch.equal(samples, slow)
     assert not torch.equal(samples, model.sample(3, generator=torch.Generator().manual_seed(1)))
@@ -168,3 +168,129 @@ def test_defaults_and_config():
     assert PixelCNNpp(shape=(3, 8, 8), nr_mix=10).nin_out.out_channels == 10 * 10  # + 3 couplings, C=3
     x = random_images(2, (1, 28, 28), 256)
     assert torch.isfinite(model.loss(x))
+
+
+# ------------------------------------------------------------------ the cached sampler
+# (shape, levels, config): sides that are not multiples of 2^(S-1), colour, 256 levels and few, 1-3 stages
+CACHE_CASES = [
+    ((1, 7, 7), 256, dict(nr_resnet=0, n_stages=3)),
+    ((3, 7, 7), 5, dict(nr_resnet=1, n_stages=3)),
+    ((1, 14, 14), 4, dict(nr_resnet=1, n_stages=3)),
+    ((3, 6, 5), 256, dict(nr_resnet=0, n_stages=2)),
+    ((1, 5, 6), 3, dict(nr_resnet=1, n_stages=1)),
+    ((3, 4, 4), 4, dict(nr_resnet=0, n_stages=1)),
+]
+CACHE_IDS = ["gray7x7-256", "rgb7x7-K5-res1", "gray14x14-res1", "rgb6x5-256-2stages", "gray5x6-1stage-res1",
+             "rgb4x4-1stage"]
+
+
+def make_sharp(shape, levels, seed=0, **kw):
+    """A model with larger weights than at init, so the conditionals are far from uniform."""
+    model = make(shape, levels, seed=seed, **kw).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model
+
+
+@pytest.mark.parametrize("shape,K,kw", CACHE_CASES, ids=CACHE_IDS)
+def test_cached_conditionals_match_the_full_forward_pass(shape, K, kw):
+    """Pixel by pixel through the cache, on a fixed image, every step's conditionals equal conditionals(x)."""
+    model = make_sharp(shape, K, **kw)
+    x = random_images(2, shape, K)
+    full = model.conditionals(x)  # (B, C, H, W, K)
+    cache = model.init_cache(x)
+    stepped = torch.empty_like(full)
+    for index in model.generation_order():
+        c, i, j = index.tolist()
+        stepped[:, c, i, j] = model.conditional_logprobs(x, index[None], None, cache)[:, 0]
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
+
+
+def run_sampler(model, cached, n=2, seed=0, **kwargs):
+    probs = []
+    out = model.sample(n, generator=torch.Generator().manual_seed(seed), cached=cached,
+                       callback=lambda s: probs.append(s.probs.clone()), **kwargs)
+    return out, torch.stack(probs)
+
+
+@pytest.mark.parametrize("shape,K,kw", CACHE_CASES, ids=CACHE_IDS)
+def test_cached_and_naive_sampling_agree(shape, K, kw):
+    """Same generator seed -> identical images and the same distribution at every step, for several seeds."""
+    model = make_sharp(shape, K, **kw)
+    for seed in range(3 if math.prod(shape) <= 60 else 1):  # the naive sampler is slow on the larger ones
+        fast, p_fast = run_sampler(model, cached=True, seed=seed)
+        slow, p_slow = run_sampler(model, cached=False, seed=seed)
+        assert torch.equal(fast, slow), seed
+        torch.testing.assert_close(p_fast, p_slow, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_sampling_agrees_at_28x28():
+    """The default three stages at the data's size (28 x 28 -> 14 x 14 -> 7 x 7). The naive sampler's
+    distribution at step t is conditionals(x) at t for any x that holds the same earlier pixels, so one
+    full pass on the finished image gives every step's naive distribution (784 naive passes are slow)."""
+    model = make_sharp((1, 28, 28), 256, nr_resnet=0, nr_filters=4, nr_mix=2)
+    fast, p_fast = run_sampler(model, cached=True, n=1, seed=5)  # p_fast (D, n, 1, K)
+    naive = torch.softmax(model.conditionals(fast).double(), -1)  # (n, C, H, W, K)
+    torch.testing.assert_close(p_fast[:, :, 0].transpose(0, 1).reshape(naive.shape).float(), naive.float(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cached_completion_agrees():
+    """Completing a partly observed image (top half given, a stray observed pixel lower down)."""
+    shape, K = (3, 6, 6), 6
+    model = make_sharp(shape, K)
+    x = random_images(2, shape, K)
+    observed = torch.zeros(shape, dtype=torch.bool)
+    observed[:, :3] = True
+    observed[0, 4, 1] = True
+    fast, p_fast = run_sampler(model, True, x=x, observed=observed)
+    slow, p_slow = run_sampler(model, False, x=x, observed=observed)
+    assert torch.equal(fast, slow) and torch.equal(fast[:, observed], x[:, observed])
+    torch.testing.assert_close(p_fast, p_slow, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,kw", [((1, 28, 28), {}), ((3, 14, 14), dict(nr_resnet=1)), ((1, 7, 7), dict(n_stages=2))],
+                         ids=["default28", "rgb14-res1", "gray7-2stages"])
+def test_cache_computes_each_position_at_most_once(shape, kw):
+    """The plan: every position of every layer is computed at most once per image, never before the
+    pixels it depends on are drawn, and the output at pixel t needs nothing computed after step t.
+    (The old "cache" reused a pixel's network pass for its colour channels only: H*W full passes.)"""
+    from armini.fast.pixelcnnpp_cache import NEVER, PixelCNNppCache
+
+    model = PixelCNNpp(shape=shape, levels=256, nr_filters=4, nr_mix=2, **kw).eval()
+    cache = model.init_cache(torch.zeros((1,) + shape, dtype=torch.long))
+    assert isinstance(cache, PixelCNNppCache)
+    for layer in cache.layers:
+        count = torch.zeros(layer.out.h, layer.out.w, dtype=torch.long)
+        for t, strips in enumerate(cache.plan):
+            for L, a, j0, j1 in strips:
+                if L is layer:
+                    count[a, j0:j1] += 1
+                    assert (layer.out.ready[a, j0:j1] <= t).all()  # computed once final
+        assert count.max() <= 1
+        assert torch.equal(count == 1, layer.steps != NEVER)
+    C, H, W = shape
+    assert cache.top is cache.layers[-1].out
+    assert (cache.layers[-1].steps[:H, :W] <= torch.arange(H * W).view(H, W)).all()
+
+
+def test_bench_sees_a_fast_sampler():
+    from armini.bench import has_fast_sampler
+
+    assert has_fast_sampler(make((1, 4, 4), 4))
+
+
+def test_cache_refuses_misuse():
+    model = make_sharp((1, 4, 4), 4)
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    cache = model.init_cache(x)
+    model.conditional_logprobs(x, torch.tensor([[0, 0, 0]]), None, cache)
+    with pytest.raises(ValueError, match="raster order"):
+        model.conditional_logprobs(x, torch.tensor([[0, 2, 2]]), None, cache)
+    x[0, 0, 0, 0] = 1  # the pixel just drawn: fine
+    model.conditional_logprobs(x, torch.tensor([[0, 0, 1]]), None, cache)
+    x[0, 0, 0, 1] = 2  # the pixel just drawn, and an older one changed behind the cache's back
+    x[0, 0, 0, 0] = 3
+    with pytest.raises(ValueError, match="stale"):
+        model.conditional_logprobs(x, torch.tensor([[0, 0, 2]]), None, cache)

@@ -61,7 +61,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.dmol import dmol_conditionals, dmol_log_prob_pixels, dmol_num_params, to_unit_range
+from ..fast.pixelcnnpp_cache import PixelCNNppCache
+from ..nn.dmol import (coupled_means, dmol_conditionals, dmol_log_prob_pixels, dmol_num_params, dmol_split,
+                       log_bin_mass, to_unit_range)
 from ..nn.gated import GatedResnet
 from ..nn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                           DownShiftedConvTranspose2d, down_shift, right_shift)
@@ -163,21 +165,32 @@ class PixelCNNpp(ARModel):
 
     # --------------------------------------------------------------- sampling
     def init_cache(self, x, y=None):
-        """The mixture parameters of the pixel being sampled: its later channels reuse them."""
-        return {}
+        """The cached sampler (armini.fast.pixelcnnpp_cache, Ramachandran et al. 2017): every layer's
+        maps are kept between steps and each position is computed once per image."""
+        return PixelCNNppCache(self, x, y)
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
-        """Only the sampled pixels' K-way conditionals (not the whole image's): (n, S, K).
-
-        The network output at pixel (i, j) does not depend on (i, j) itself, so G and B
-        reuse the parameters computed for R (one network pass per pixel, not per sub-pixel)."""
+        """Only the sampled dimensions' K-way conditionals: (n, S, K). Without a cache (the naive
+        sampler) a full pass over the whole image per step; with one, through the cache."""
+        if cache is not None:
+            return cache.conditional_logprobs(x, index)  # (n, 1, K)
         c, i, j = index.unbind(1)
-        key = (tuple(i.tolist()), tuple(j.tolist()))
-        if cache is not None and cache.get("pixels") == key:
-            params = cache["params"]
-        else:
-            params = self.dmol_params(x)[:, :, i, j]  # (n, P, S)
-            if cache is not None:
-                cache.update(pixels=key, params=params)
-        lp = dmol_conditionals(params[:, :, None], x[:, :, i, j][:, :, None], self.levels)  # (n, C, 1, S, K)
-        return lp[:, c, 0, torch.arange(len(c), device=x.device)]  # (n, S, K)
+        params = self.dmol_params(x)[:, :, i, j]  # (n, P, S)
+        return torch.stack([self.pixel_conditionals(params[:, :, s], x[:, :, i[s], j[s]], int(c[s]))
+                            for s in range(len(c))], 1)  # (n, S, K)
+
+    def pixel_conditionals(self, params, x_pixel, c: int):
+        """log p(x_c = k | x_<c) for one sub-pixel of each image: (n, K), from its pixel's mixture
+        parameters (n, P) and its values x_pixel (n, C) (only x_<c is read). The same numbers as
+        armini.nn.dmol.dmol_conditionals, for one channel of one pixel: what a sampling step needs."""
+        C, K = self.shape[0], self.levels
+        logit_pi, mu, log_s, coeff = dmol_split(params[:, :, None, None], C)  # (n, M, 1, 1), (n, C, M, 1, 1), ...
+        x = x_pixel[:, :, None, None]  # (n, C, 1, 1)
+        mean = coupled_means(mu, coeff, to_unit_range(x.to(mu.dtype), K))  # (n, C, M, 1, 1), coupled to x_<c
+        if c > 0:  # the posterior over components after the earlier channels (dmol._components)
+            seen = log_bin_mass(x[:, :c, None], mean[:, :c], log_s[:, :c], K).cumsum(1)[:, -1]  # (n, M, 1, 1)
+            logit_pi = logit_pi + seen
+        log_w = torch.log_softmax(logit_pi, dim=1)  # (n, M, 1, 1)
+        k = torch.arange(K, device=params.device)  # (K,)
+        lp_all = log_bin_mass(k, mean[:, c, ..., None], log_s[:, c, ..., None], K)  # (n, M, 1, 1, K)
+        return torch.logsumexp(log_w[..., None] + lp_all, dim=1)[:, 0, 0]  # (n, K)

@@ -1,0 +1,383 @@
+"""Cached sampling for PixelCNN++ (Ramachandran et al., 2017, "Fast Generation for Convolutional
+Autoregressive Models"): each position of each layer is computed once per image, at the first step
+where its value is final.
+
+The naive sampler runs the whole U-net on the whole image for every pixel: H*W full passes per
+image, although only one pixel changed and only one pixel's output is read. Here every feature map
+of the network (each stream after each layer, at its resolution) is kept whole between steps.
+
+When is a value final? Give every position of every map a *ready step*: 1 + the raster index of
+the last pixel it depends on (0 if it depends on none). Once that many pixels are drawn the value
+can be computed, and it never changes again. Ready steps follow from the layers' shapes alone,
+worked out once before sampling (`plan`):
+
+    the input at pixel (i, j)             i*W + j + 1   (the padding to a multiple of 2^(S-1): 0)
+    a convolution's output (any stride)   the max over the input positions its kernel reads
+    down_shift / right_shift of it        moved one row / column; the shifted-in zeros: never computed
+    a transposed convolution's output     the max over the coarse positions that write it
+    a sum, a gate, a residual             the max over its inputs
+
+Before the conditionals of pixel t (pixels 0..t-1 drawn) the sampler computes, layer by layer in
+the order of the forward pass, the positions whose ready step is t: a strip of a row or two per
+layer, usually one position, and nothing at most steps for the coarse layers. All they read was
+computed at an earlier step or earlier in this one. The output at pixel t (ready at most at t:
+the network is causal, checked by the plan) is then one 1x1 convolution, and its mixture gives all
+of the pixel's channels (G and B reuse R's parameters, as in the naive sampler).
+
+This is the paper's scheme: a layer's cache holds what later outputs will read, and a stride-2
+layer is computed once its inputs are final. Which coarse positions are computed when, for the
+default U-net (nr_resnet 0, three stages) on an 8 x 8 image: each fine pixel is labelled with the
+coarse positions (p, q as one digit each) computed just before it is drawn ('.' none). The u stream
+(rows above only) runs a row ahead of the ul stream (above and to the left):
+
+    first stride-2 layer of u (4 x 4)    first stride-2 layer of ul (4 x 4)
+        00 01 02 03 .  .  .  .               00 .  01 .  02 .  03 .
+        .  10 11 12 13 .  .  .               .  .  .  .  .  .  .  .
+        .  .  .  .  .  .  .  .               10 .  11 .  12 .  13 .
+        .  20 21 22 23 .  .  .               .  .  .  .  .  .  .  .
+        ...                                  ...
+
+(`python -m armini.fast.pixelcnnpp_cache` prints these tables for every layer.) The transposed
+convolutions follow: a fine position of an up-sized map is computed as soon as the coarse
+positions that write it are final.
+
+Deviations from the paper: no queues of rows; every map is kept whole (simpler, and as fast on a
+CPU); a position on its own is computed as a matrix product (F.linear) of its unfolded window,
+a strip of several with F.conv2d; the network is evaluated as in eval mode (no dropout).
+
+Legend: n images sampled, C image channels, F feature channels, H, W height and width (h, w of a
+map at its own resolution), P positions in one strip, K levels.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..nn.dmol import to_unit_range
+from ..nn.gated import concat_elu
+from ..nn.shifted import DownRightShiftedConvTranspose2d, DownShiftedConvTranspose2d
+from ..sampling_cache import RasterCursor, conv_padding, conv_weight, one_thread_on_cpu
+
+
+NEVER = 2**62  # a step after every step: a position nothing needs
+
+
+class FeatureMap:
+    """One feature map of the network, kept whole while sampling.
+
+    ready  (h, w) ints: the step at which each position becomes final; -1: always zero, never computed
+    raw    (n, F, top + h + bottom, left + w + right): the values; the zero margins are the readers' padding
+    ce     the same for concat_elu(values) (2F channels), kept if a gated resnet reads it"""
+
+    def __init__(self, channels: int, ready: torch.Tensor):
+        self.F, self.ready = channels, ready
+        self.h, self.w = ready.shape
+        self.margin = (0, 0, 0, 0)  # (left, right, top, bottom), grown by the readers before allocation
+        self.kinds = set()  # what readers read: "raw", "ce"
+        self.raw = self.ce = None
+        self.need = torch.full((self.h, self.w), NEVER)  # the first step at which a reader computes from each position
+
+    def read_by(self, kind: str, margin=(0, 0, 0, 0)):
+        self.kinds.add(kind)
+        self.margin = tuple(max(a, b) for a, b in zip(self.margin, margin))
+
+    def allocate(self, n: int, dtype: torch.dtype, device):
+        left, right, top, bottom = self.margin
+        size = (top + self.h + bottom, left + self.w + right)
+        if "raw" in self.kinds:
+            self.raw = torch.zeros(n, self.F, *size, dtype=dtype, device=device)
+        if "ce" in self.kinds:
+            self.ce = torch.zeros(n, 2 * self.F, *size, dtype=dtype, device=device)
+
+    def window(self, kind: str, row: int, rows: int, col: int, cols: int) -> torch.Tensor:
+        """Values at rows row..row+rows-1, columns col..col+cols-1 (a map's coordinates; the margins
+        hold zeros): (n, F or 2F, rows, cols)."""
+        left, _, top, _ = self.margin
+        buf = self.raw if kind == "raw" else self.ce
+        return buf[:, :, top + row: top + row + rows, left + col: left + col + cols]
+
+    def store(self, v: torch.Tensor, a: int, j0: int, j1: int):
+        """Keep v (n, F, P), the values at row a, columns j0..j1-1."""
+        left, _, top, _ = self.margin
+        if self.raw is not None:
+            self.raw[:, :, top + a, left + j0: left + j1] = v
+        if self.ce is not None:
+            self.ce[:, :, top + a, left + j0: left + j1] = concat_elu(v)  # (n, 2F, P)
+
+
+class ConvTerm:
+    """A convolution of a map (any stride, PixelCNN++'s one-sided padding), optionally shifted down
+    or right after it: out(a, b) = conv(source)(a - dy, b - dx), zero where a < dy or b < dx."""
+
+    def __init__(self, conv: nn.Conv2d, source: FeatureMap, kind="raw", shift=(0, 0), weight=None, bias=None):
+        if conv.stride[0] != conv.stride[1] or conv.dilation != (1, 1) or conv.groups != 1:
+            raise ValueError(f"the PixelCNN++ cache needs equal strides, no dilation, no groups: got {conv}")
+        self.source, self.kind, self.shift = source, kind, shift
+        self.weight = (conv_weight(conv) if weight is None else weight).detach().contiguous()  # (out, in, kh, kw)
+        self.matrix = self.weight.flatten(1)  # (out, in*kh*kw)
+        self.bias = bias if weight is not None else conv.bias.detach() if conv.bias is not None else None
+        self.stride, self.kernel, self.pad = conv.stride[0], tuple(conv.kernel_size), conv_padding(conv)
+        left, right, top, bottom = self.pad
+        (kh, kw), s = self.kernel, self.stride
+        self.size = ((source.h + top + bottom - kh) // s + 1, (source.w + left + right - kw) // s + 1)  # (h, w) out
+        # columns (rows) read past the right (bottom) edge by the last output
+        beyond = (max(0, (self.size[1] - 1) * s - left + kw - source.w), max(0, (self.size[0] - 1) * s - top + kh - source.h))
+        source.read_by(kind, (left, beyond[0], top, beyond[1]))
+
+    def reads(self):
+        """Every (output position, input position it reads) pair as flat indices (out, inp); reads of
+        the padding are left out. zero: (h, w) bool, the shifted-in outputs (always zero)."""
+        (ho, wo), (kh, kw), s = self.size, self.kernel, self.stride
+        left, _, top, _ = self.pad
+        dy, dx = self.shift
+        a, b, r, c = torch.meshgrid(*(torch.arange(k) for k in (ho, wo, kh, kw)), indexing="ij")  # (ho, wo, kh, kw)
+        row, col = (a - dy) * s - top + r, (b - dx) * s - left + c  # the input position tap (r, c) reads
+        shifted_in = (a < dy) | (b < dx)
+        ok = ~shifted_in & (row >= 0) & (row < self.source.h) & (col >= 0) & (col < self.source.w)
+        zero = shifted_in[:, :, 0, 0]  # (ho, wo)
+        return (a * wo + b)[ok], (row * self.source.w + col)[ok], zero
+
+    def __call__(self, a: int, j0: int, j1: int):
+        """The term at row a, columns j0..j1-1: (n, out, P), or None where it is all zero."""
+        dy, dx = self.shift
+        lead = max(0, dx - j0)  # shifted-in columns at the start of the strip: zero
+        P = j1 - j0 - lead
+        if a < dy or P <= 0:
+            return None
+        (kh, kw), s = self.kernel, self.stride
+        left, _, top, _ = self.pad
+        window = self.source.window(self.kind, (a - dy) * s - top, kh, (j0 + lead - dx) * s - left, (P - 1) * s + kw)
+        if P == 1:  # one position: a matrix product of its unfolded window, (n, in*kh*kw) -> (n, out, 1)
+            out = F.linear(window.reshape(window.shape[0], -1), self.matrix, self.bias)[:, :, None]
+        else:
+            out = F.conv2d(window, self.weight, self.bias, stride=(1, s))[:, :, 0]  # (n, out, P)
+        return F.pad(out, (lead, 0)) if lead else out
+
+
+class UpsizeTerm:
+    """A stride-2 transposed convolution of armini.nn.shifted (kernel height 2): fine (a, b) is
+    bias + the sum over coarse (p, q) with p = a // 2 (kernel row r = a % 2) and 2q + c = b + crop
+    for the kernel columns c, where crop is the columns the layer cuts on the left."""
+
+    def __init__(self, convt: nn.ConvTranspose2d, source: FeatureMap):
+        kh, kw = convt.kernel_size
+        if tuple(convt.stride) != (2, 2) or kh != 2 or tuple(convt.padding) != (0, 0):
+            raise ValueError(f"the PixelCNN++ cache needs stride-2 transposed convolutions of height 2, got {convt}")
+        if isinstance(convt, DownShiftedConvTranspose2d):
+            self.crop = (kw - 1) // 2
+        elif isinstance(convt, DownRightShiftedConvTranspose2d):
+            self.crop = 0
+        else:
+            raise ValueError(f"the PixelCNN++ cache knows the shifted transposed convolutions only, got {convt}")
+        self.source, self.kw = source, kw
+        weight = convt.weight.detach()  # (in, out, 2, kw)
+        self.rows = [weight[:, :, r: r + 1].contiguous() for r in range(kh)]  # (in, out, 1, kw) each
+        self.bias = None if convt.bias is None else convt.bias.detach()
+        self.size = (2 * source.h, 2 * source.w)
+        first, last = self._coarse_columns(0, self.size[1])
+        source.read_by("raw", (max(0, -first), max(0, last - (source.w - 1)), 0, 0))
+
+    def _coarse_columns(self, j0: int, j1: int):
+        """First and last coarse column that write fine columns j0..j1-1."""
+        return -((self.kw - 1 - self.crop - j0) // 2), (j1 - 1 + self.crop) // 2  # ceil((j0+crop-kw+1)/2), floor
+
+    def reads(self):
+        """As ConvTerm.reads: fine (a, b) reads coarse (a // 2, q) for every kernel column c with 2q + c = b + crop."""
+        (h, w), (ho, wo) = (self.source.h, self.source.w), self.size
+        a, b, c = torch.meshgrid(torch.arange(ho), torch.arange(wo), torch.arange(self.kw), indexing="ij")
+        q2 = b + self.crop - c  # 2q
+        ok = (q2 % 2 == 0) & (q2 >= 0) & (q2 < 2 * w)
+        return (a * wo + b)[ok], ((a // 2) * w + q2 // 2)[ok], torch.zeros(ho, wo, dtype=torch.bool)
+
+    def __call__(self, a: int, j0: int, j1: int) -> torch.Tensor:
+        p, r = divmod(a, 2)
+        q0, q1 = self._coarse_columns(j0, j1)
+        window = self.source.window("raw", p, 1, q0, q1 - q0 + 1)  # (n, in, 1, q1-q0+1)
+        out = F.conv_transpose2d(window, self.rows[r], self.bias, stride=(1, 2))  # (n, out, 1, ...): columns 2*q0..
+        start = j0 + self.crop - 2 * q0
+        return out[:, :, 0, start: start + j1 - j0]  # (n, out, P)
+
+
+class Layer:
+    """A map computed from others: the sum of its terms, or for the second half of a gated resnet
+    (Salimans et al. 2017, sec. 2.5) h + a * sigmoid(b) with (a, b) = the sum split in two."""
+
+    def __init__(self, terms: list, channels: int, residual: FeatureMap = None):
+        self.terms, self.residual = terms, residual
+        self.reads = [t.reads() for t in terms]  # (out, inp, zero) of each term
+        h, w = terms[0].size
+        ready, zero = torch.zeros(h * w, dtype=torch.long), torch.ones(h, w, dtype=torch.bool)
+        for term, (out, inp, z) in zip(terms, self.reads):  # ready = the max over every input read
+            ready.scatter_reduce_(0, out, term.source.ready.clamp(min=0).flatten()[inp], "amax")
+            zero &= z
+        ready = ready.view(h, w)
+        if residual is not None:
+            residual.read_by("raw")
+            ready, zero = torch.maximum(ready, residual.ready.clamp(min=0)), zero & False
+        self.out = FeatureMap(channels, ready.masked_fill(zero, -1))  # -1: zero in every term, never computed
+        self.steps = None  # (h, w): the step at which each position is computed (see PixelCNNppCache.schedule)
+
+    def schedule(self, W: int):
+        """When to compute each position: as soon as it is final (its ready step), but a position
+        needed only in a later row waits for that row's start, so that a whole row of a layer that
+        runs ahead (the u stream: rows above only) is computed as one strip (Ramachandran et al.'s
+        "vertical stream updates once per row"). Then tell the sources when they are needed."""
+        ready, need = self.out.ready, self.out.need
+        never = (ready < 0) | (need == NEVER)
+        steps = torch.maximum(ready, need // W * W).masked_fill(never, NEVER)  # (h, w)
+        for term, (out, inp, _) in zip(self.terms, self.reads):
+            term.source.need.view(-1).scatter_reduce_(0, inp, steps.flatten()[out], "amin")
+        if self.residual is not None:
+            torch.minimum(self.residual.need, steps, out=self.residual.need)
+        self.steps = steps
+
+    def compute(self, a: int, j0: int, j1: int):
+        v = None
+        for term in self.terms:
+            part = term(a, j0, j1)  # (n, out, P) or None
+            if part is not None:
+                v = part if v is None else v + part
+        if self.residual is not None:
+            g, b = v.chunk(2, dim=1)  # (n, F, P) each
+            v = self.residual.window("raw", a, 1, j0, j1 - j0)[:, :, 0] + g * torch.sigmoid(b)  # the gate
+        self.out.store(v, a, j0, j1)
+
+
+def _runs(row: list):
+    """(j0, j1, value) for each run of equal values in a list."""
+    j0 = 0
+    for j in range(1, len(row) + 1):
+        if j == len(row) or row[j] != row[j0]:
+            yield j0, j, row[j0]
+            j0 = j
+
+
+class PixelCNNppCache:
+    """What PixelCNNpp.init_cache returns: the network's maps, the plan of which positions each step
+    computes, and the sampler's place. conditional_logprobs(x, index) -> (n, 1, K) for index = [[c, i, j]]."""
+
+    def __init__(self, model, x: torch.Tensor, y=None):
+        C, H, W = model.shape
+        self.model, self.C, self.H, self.W = model, C, H, W
+        self.layers = []
+        self._build(model)
+        top = self.top.ready[:H, :W]
+        late = top > torch.arange(H * W).view(H, W)
+        if late.any():
+            i, j = late.nonzero()[0].tolist()
+            raise ValueError(f"the network's output at pixel {(i, j)} depends on that pixel or a later one: "
+                             "the model is not causal, so it cannot be sampled pixel by pixel")
+        n, dtype, dev = x.shape[0], model.nin_out.weight.dtype, x.device
+        for m in [self.image] + [L.out for L in self.layers]:
+            m.allocate(n, dtype, dev)
+        self.image.window("raw", 0, H, 0, W)[:, C] = 1.0  # the channel of ones (zero in the padding)
+        # when each position is computed, from the output (read at pixel t at step t) back to the input
+        self.top.need[:H, :W] = torch.arange(H * W).view(H, W)
+        for L in reversed(self.layers):
+            L.schedule(W)
+        self.plan = [[] for _ in range(H * W)]  # step t -> [(layer, row, j0, j1)], in the order of the forward pass
+        for L in self.layers:
+            for a, row in enumerate(L.steps.tolist()):
+                for j0, j1, t in _runs(row):
+                    if t != NEVER:  # never: always zero, or nothing the output reads
+                        self.plan[t].append((L, a, j0, j1))
+        self.out_weight, self.out_bias = model.nin_out.weight.detach().flatten(1), model.nin_out.bias.detach()
+        self.cursor = RasterCursor(x, W)
+        self.params = None  # (n, P) mixture parameters of the current pixel
+
+    # ----------------------------------------------------------------- the plan
+    def _build(self, model):
+        """The maps of PixelCNNpp.dmol_params, in the same order, with their ready steps."""
+        C, H, W = model.shape
+        Fn, S = model.config.nr_filters, model.config.n_stages
+        step = 2 ** (S - 1)
+        Hp, Wp = H + (-H % step), W + (-W % step)  # padded to a multiple of 2^(S-1), as the forward pass does
+        ready = torch.zeros(Hp, Wp, dtype=torch.long)
+        ready[:H, :W] = torch.arange(1, H * W + 1).view(H, W)  # pixel t is known from step t + 1
+        self.image = FeatureMap(C + 1, ready)  # the scaled pixels and a channel of ones
+
+        def layer(terms, channels=Fn, residual=None):
+            self.layers.append(Layer(terms, channels, residual))
+            return self.layers[-1].out
+
+        def resnet(block, h, skips=()):
+            """GatedResnet (armini.nn.gated): c1 = conv_in(ce(h)) + nin(ce(cat(skips))), kept as ce(c1);
+            out = h + a * sigmoid(b), (a, b) = conv_out(ce(c1))."""
+            terms = [ConvTerm(block.conv_in, h, "ce")]
+            if skips:  # ce(cat(s1, s2)) = elu(s1, s2, -s1, -s2): one nin term per skip, on its own ce (s, -s)
+                w, total, start = block.nin_skip.weight.detach(), sum(s.F for s in skips), 0  # w (F, 2 total, 1, 1)
+                for k, s in enumerate(skips):
+                    ws = torch.cat([w[:, start: start + s.F], w[:, total + start: total + start + s.F]], 1)
+                    bias = block.nin_skip.bias.detach() if k == 0 else None
+                    terms.append(ConvTerm(block.nin_skip, s, "ce", weight=ws, bias=bias))
+                    start += s.F
+            c1 = layer(terms)
+            return layer([ConvTerm(block.conv_out, c1, "ce")], residual=h)
+
+        # up pass (down_shift / right_shift of the first layers are shifts of their outputs)
+        u_list = [layer([ConvTerm(model.u_init, self.image, shift=(1, 0))])]
+        ul_list = [layer([ConvTerm(model.ul_init_up, self.image, shift=(1, 0)),
+                          ConvTerm(model.ul_init_left, self.image, shift=(0, 1))])]
+        for s in range(S):
+            for res_u, res_ul in zip(model.up_u[s], model.up_ul[s]):
+                u_list.append(resnet(res_u, u_list[-1]))
+                ul_list.append(resnet(res_ul, ul_list[-1], [u_list[-1]]))
+            if s < S - 1:
+                u_list.append(layer([ConvTerm(model.downsize_u[s], u_list[-1])]))  # (h/2, w/2)
+                ul_list.append(layer([ConvTerm(model.downsize_ul[s], ul_list[-1])]))
+        # down pass
+        u, ul = u_list.pop(), ul_list.pop()
+        for s in range(S):
+            if s > 0:
+                u = layer([UpsizeTerm(model.upsize_u[s - 1], u)])  # (2h, 2w)
+                ul = layer([UpsizeTerm(model.upsize_ul[s - 1], ul)])
+            for res_u, res_ul in zip(model.down_u[s], model.down_ul[s]):
+                u = resnet(res_u, u, [u_list.pop()])
+                ul = resnet(res_ul, ul, [u, ul_list.pop()])
+        assert not u_list and not ul_list
+        ul.read_by("raw")
+        self.top = ul  # the output reads it at each pixel
+
+    # ----------------------------------------------------------------- a step
+    @torch.no_grad()
+    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        with one_thread_on_cpu(x.device):
+            c, i, j, moved = self.cursor.advance(x, index)
+            if moved:  # a new pixel: bring every map up to date, then its mixture parameters
+                self._advance_to(x, i * self.W + j)
+                v = self.top.window("raw", i, 1, j, 1).flatten(1)  # (n, F)
+                self.params = F.linear(F.elu(v), self.out_weight, self.out_bias)  # nin_out(elu(ul)): (n, P)
+            # G and B reuse R's parameters, with R (and G) as drawn
+            return self.model.pixel_conditionals(self.params, x[:, :, i, j], c)[:, None]  # (n, 1, K)
+
+    def _advance_to(self, x: torch.Tensor, t: int):
+        """Step t: the pixel t-1 just drawn enters the input, then every position ready at t is computed."""
+        if t > 0:
+            i, j = divmod(t - 1, self.W)
+            v = to_unit_range(x[:, :, i, j].to(self.image.raw.dtype), self.model.levels)  # (n, C) in [-1, 1]
+            self.image.window("raw", i, 1, j, 1)[:, : self.C, 0, 0] = v
+        for layer, a, j0, j1 in self.plan[t]:
+            layer.compute(a, j0, j1)
+
+
+def when_computed(cache: PixelCNNppCache, layer: int) -> str:
+    """A table over the fine pixels: the positions (p, q) of map `layer` computed just before each
+    pixel is drawn ('.' none). Positions are written pq, one digit each (small maps only)."""
+    H, W = cache.H, cache.W
+    cells = [["."] * W for _ in range(H)]
+    for a, row in enumerate(cache.layers[layer].out.ready.tolist()):
+        for b, t in enumerate(row):
+            if 0 <= t < H * W:
+                i, j = divmod(t, W)
+                cells[i][j] = f"{a}{b}" if cells[i][j] == "." else cells[i][j] + "+"
+    return "\n".join(" ".join(f"{c:<2}" for c in row) for row in cells)
+
+
+if __name__ == "__main__":
+    from ..models.pixelcnnpp import PixelCNNpp
+
+    model = PixelCNNpp(shape=(1, 8, 8), nr_filters=4).eval()
+    cache = PixelCNNppCache(model, torch.zeros(1, 1, 8, 8, dtype=torch.long))
+    for k, L in enumerate(cache.layers):
+        print(f"layer {k}: map {L.out.h} x {L.out.w}\n{when_computed(cache, k)}\n")
