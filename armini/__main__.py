@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--time-limit", type=cli.positive_float, default=None, help="stop training after this many seconds")
     t.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
     again = t.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
-    again.add_argument("--overwrite", action="store_true", help="replace OUT/model.pt (and its samples and metrics)")
+    again.add_argument("--resume", action="store_true", help="continue from OUT/model.pt (with its settings)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start again: replace OUT/model.pt (and, at the end, samples.png and metrics.json)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--samples", type=cli.non_negative_int, default=16,
                    help="images to sample into samples.png (0: none)")

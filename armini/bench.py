@@ -205,7 +205,8 @@ def build_parser():
     p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
-    p.add_argument("--batch-size", type=cli.positive_int, default=None, help="default: bench.BATCH for the model, else 32")
+    p.add_argument("--batch-size", type=cli.positive_int, default=None,
+                   help="default: bench.BATCH for the model, else 32")
     p.add_argument("--lr", type=cli.positive_float, default=None,
                    help="learning rate (default: bench.LR for the model, else 1e-3)")
     p.add_argument("--test-images", type=cli.positive_int, default=None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import math
 import os
@@ -51,12 +52,16 @@ def one_line(error: BaseException) -> str:
 
 
 def run(command, prog: str, debug: bool = False) -> int:
-    """Call command(); return the exit status: 0, 1 after an error, 130 after Ctrl-C.
+    """Call command(); return the exit status: 0, 1 after an error, 130 after Ctrl-C, 141 after a closed pipe.
 
     An error is printed as one line (`prog: error: message`) on stderr; the traceback only in debug mode."""
     debug = debug_wanted(debug)
     try:
         command()
+    except BrokenPipeError:  # the reader went away (python -m armini list | head): stop quietly
+        with contextlib.suppress(Exception):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 141  # 128 + SIGPIPE, what the shell reports for a program stopped this way
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

@@ -138,6 +138,19 @@ def test_interrupt_and_unexpected_errors(tmp_path, monkeypatch, capsys):
     assert first == "python -m armini: error: KeyError: 'history'" and "--debug" in second and "bug" in second
 
 
+def test_closed_pipe_stops_quietly(monkeypatch, capsys):
+    class ClosedPipe:  # stdout of `python -m armini list | head -1` once head has gone
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["list"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 # ------------------------------------------------------------------------------ train: what it writes
 
 
