@@ -1,6 +1,6 @@
 """Cached sampling for PixelCNN++ (Ramachandran et al., 2017, "Fast Generation for Convolutional
-Autoregressive Models"): each position of each layer is computed once per image, at the first step
-where its value is final.
+Autoregressive Models"): each position of each layer is computed once per image, once its value is
+final (the pixels it depends on are drawn) and before it is first read.
 
 The naive sampler runs the whole U-net on the whole image for every pixel: H*W full passes per
 image, although only one pixel changed and only one pixel's output is read. Here every feature map
@@ -9,7 +9,7 @@ of the network (each stream after each layer, at its resolution) is kept whole b
 When is a value final? Give every position of every map a *ready step*: 1 + the raster index of
 the last pixel it depends on (0 if it depends on none). Once that many pixels are drawn the value
 can be computed, and it never changes again. Ready steps follow from the layers' shapes alone,
-worked out once before sampling (`plan`):
+worked out once before sampling (PixelCNNppCache.__init__):
 
     the input at pixel (i, j)             i*W + j + 1   (the padding to a multiple of 2^(S-1): 0)
     a convolution's output (any stride)   the max over the input positions its kernel reads
@@ -18,32 +18,38 @@ worked out once before sampling (`plan`):
     a sum, a gate, a residual             the max over its inputs
 
 Before the conditionals of pixel t (pixels 0..t-1 drawn) the sampler computes, layer by layer in
-the order of the forward pass, the positions whose ready step is t: a strip of a row or two per
-layer, usually one position, and nothing at most steps for the coarse layers. All they read was
-computed at an earlier step or earlier in this one. The output at pixel t (ready at most at t:
-the network is causal, checked by the plan) is then one 1x1 convolution, and its mixture gives all
-of the pixel's channels (G and B reuse R's parameters, as in the naive sampler).
+the order of the forward pass, the positions planned for step t (a strip of a row per layer, usually
+one position, nothing at most steps for the coarse layers). A position is planned at its ready step,
+except that one first needed in a later row waits for the start of that row: then a layer that runs
+ahead (the u stream, which sees only the rows above) is computed a whole row in one strip, the
+"vertical stream updates once per row" of Ramachandran et al. Each position of each layer is
+computed once per image; all it reads was computed at an earlier step or earlier in this one. The
+output at pixel t (ready by step t: the network is causal, and the plan checks it) is then one 1x1
+convolution, and its mixture gives all of the pixel's channels (G and B reuse R's parameters).
 
-This is the paper's scheme: a layer's cache holds what later outputs will read, and a stride-2
-layer is computed once its inputs are final. Which coarse positions are computed when, for the
-default U-net (nr_resnet 0, three stages) on an 8 x 8 image: each fine pixel is labelled with the
-coarse positions (p, q as one digit each) computed just before it is drawn ('.' none). The u stream
-(rows above only) runs a row ahead of the ul stream (above and to the left):
+Which coarse positions are computed when, in the default U-net (nr_resnet 0, three stages) on an
+8 x 8 image: each position of the 4 x 4 map shows the pixel (i, j) at whose step it is computed
+(`python -m armini.fast.pixelcnnpp_cache` prints every layer):
 
-    first stride-2 layer of u (4 x 4)    first stride-2 layer of ul (4 x 4)
-        00 01 02 03 .  .  .  .               00 .  01 .  02 .  03 .
-        .  10 11 12 13 .  .  .               .  .  .  .  .  .  .  .
-        .  .  .  .  .  .  .  .               10 .  11 .  12 .  13 .
-        .  20 21 22 23 .  .  .               .  .  .  .  .  .  .  .
-        ...                                  ...
+    first stride-2 layer of ul: coarse (p, q)     first stride-2 layer of u: coarse (p, q)
+    reads fine ul rows 2p-1..2p, cols 2q-1..2q    reads fine u rows 2p-1..2p, cols 2q-1..2q+1
+        0,0  0,2  0,4  0,6                            0,0  0,0  0,0  0,0
+        2,0  2,2  2,4  2,6                            2,0  2,0  2,0  2,0
+        4,0  4,2  4,4  4,6                            4,0  4,0  4,0  4,0
+        6,0  6,2  6,4  6,6                            6,0  6,0  6,0  6,0
 
-(`python -m armini.fast.pixelcnnpp_cache` prints these tables for every layer.) The transposed
-convolutions follow: a fine position of an up-sized map is computed as soon as the coarse
-positions that write it are final.
+ul at (2p, 2q) has seen every pixel before (2p, 2q), so coarse (p, q) is final, and computed, just
+before that pixel is drawn: every other pixel of every other row. u at row 2p has seen the rows
+above only, so the whole coarse row p is final during fine row 2p-1 and is computed in one strip
+when row 2p starts. The next stride-2 layer (2 x 2) does the same every fourth row, and the
+transposed convolutions of the down pass bring each coarse value back to the fine positions it
+writes when they are needed.
 
 Deviations from the paper: no queues of rows; every map is kept whole (simpler, and as fast on a
-CPU); a position on its own is computed as a matrix product (F.linear) of its unfolded window,
-a strip of several with F.conv2d; the network is evaluated as in eval mode (no dropout).
+CPU); a position on its own is computed as a matrix product (addmm) of its unfolded window, a strip
+of several with F.conv2d; the network is evaluated as in eval mode (no dropout); a step runs on one
+CPU thread in torch.inference_mode (its operations are tiny: threads and autograd bookkeeping would
+cost more than the arithmetic).
 
 Legend: n images sampled, C image channels, F feature channels, H, W height and width (h, w of a
 map at its own resolution), P positions in one strip, K levels.
@@ -97,13 +103,18 @@ class FeatureMap:
         buf = self.raw if kind == "raw" else self.ce
         return buf[:, :, top + row: top + row + rows, left + col: left + col + cols]
 
-    def store(self, v: torch.Tensor, a: int, j0: int, j1: int):
-        """Keep v (n, F, P), the values at row a, columns j0..j1-1."""
+    def at(self, kind: str, a: int, j0: int, j1: int) -> torch.Tensor:
+        """The values at row a, columns j0..j1-1: (n, F or 2F, P), or (n, F or 2F) for one position."""
         left, _, top, _ = self.margin
+        buf = self.raw if kind == "raw" else self.ce
+        return buf[:, :, top + a, left + j0] if j1 == j0 + 1 else buf[:, :, top + a, left + j0: left + j1]
+
+    def store(self, v: torch.Tensor, a: int, j0: int, j1: int):
+        """Keep v (n, F, P) (or (n, F) for one position), the values at row a, columns j0..j1-1."""
         if self.raw is not None:
-            self.raw[:, :, top + a, left + j0: left + j1] = v
+            self.at("raw", a, j0, j1).copy_(v)
         if self.ce is not None:
-            self.ce[:, :, top + a, left + j0: left + j1] = concat_elu(v)  # (n, 2F, P)
+            self.at("ce", a, j0, j1).copy_(concat_elu(v))  # (n, 2F, P) or (n, 2F)
 
 
 class ConvTerm:
@@ -115,7 +126,7 @@ class ConvTerm:
             raise ValueError(f"the PixelCNN++ cache needs equal strides, no dilation, no groups: got {conv}")
         self.source, self.kind, self.shift = source, kind, shift
         self.weight = (conv_weight(conv) if weight is None else weight).detach().contiguous()  # (out, in, kh, kw)
-        self.matrix = self.weight.flatten(1)  # (out, in*kh*kw)
+        self.matrix_t = self.weight.flatten(1).t().contiguous()  # (in*kh*kw, out): for x @ W^T on one position
         self.bias = bias if weight is not None else conv.bias.detach() if conv.bias is not None else None
         self.stride, self.kernel, self.pad = conv.stride[0], tuple(conv.kernel_size), conv_padding(conv)
         left, right, top, bottom = self.pad
@@ -138,21 +149,25 @@ class ConvTerm:
         zero = shifted_in[:, :, 0, 0]  # (ho, wo)
         return (a * wo + b)[ok], (row * self.source.w + col)[ok], zero
 
-    def __call__(self, a: int, j0: int, j1: int):
-        """The term at row a, columns j0..j1-1: (n, out, P), or None where it is all zero."""
+    def __call__(self, a: int, j0: int, j1: int, total=None):
+        """total + the term at row a, columns j0..j1-1: (n, out, P), or (n, out) for one position.
+        total None: the term alone, or None where it is all zero."""
         dy, dx = self.shift
         lead = max(0, dx - j0)  # shifted-in columns at the start of the strip: zero
         P = j1 - j0 - lead
         if a < dy or P <= 0:
-            return None
+            return total
         (kh, kw), s = self.kernel, self.stride
         left, _, top, _ = self.pad
         window = self.source.window(self.kind, (a - dy) * s - top, kh, (j0 + lead - dx) * s - left, (P - 1) * s + kw)
-        if P == 1:  # one position: a matrix product of its unfolded window, (n, in*kh*kw) -> (n, out, 1)
-            out = F.linear(window.reshape(window.shape[0], -1), self.matrix, self.bias)[:, :, None]
-        else:
-            out = F.conv2d(window, self.weight, self.bias, stride=(1, s))[:, :, 0]  # (n, out, P)
-        return F.pad(out, (lead, 0)) if lead else out
+        if j1 - j0 == 1:  # one position: a matrix product of its unfolded window, (n, in*kh*kw) -> (n, out)
+            cols = window.reshape(window.shape[0], -1)
+            if total is None:
+                return torch.addmm(self.bias, cols, self.matrix_t) if self.bias is not None else cols @ self.matrix_t
+            return torch.addmm(total if self.bias is None else total + self.bias, cols, self.matrix_t)
+        out = F.conv2d(window, self.weight, self.bias, stride=(1, s))[:, :, 0]  # (n, out, P - lead)
+        out = F.pad(out, (lead, 0)) if lead else out  # (n, out, P)
+        return out if total is None else total + out
 
 
 class UpsizeTerm:
@@ -190,13 +205,15 @@ class UpsizeTerm:
         ok = (q2 % 2 == 0) & (q2 >= 0) & (q2 < 2 * w)
         return (a * wo + b)[ok], ((a // 2) * w + q2 // 2)[ok], torch.zeros(ho, wo, dtype=torch.bool)
 
-    def __call__(self, a: int, j0: int, j1: int) -> torch.Tensor:
+    def __call__(self, a: int, j0: int, j1: int, total=None) -> torch.Tensor:
+        """total + the term at row a, columns j0..j1-1 (as ConvTerm)."""
         p, r = divmod(a, 2)
         q0, q1 = self._coarse_columns(j0, j1)
         window = self.source.window("raw", p, 1, q0, q1 - q0 + 1)  # (n, in, 1, q1-q0+1)
         out = F.conv_transpose2d(window, self.rows[r], self.bias, stride=(1, 2))  # (n, out, 1, ...): columns 2*q0..
         start = j0 + self.crop - 2 * q0
-        return out[:, :, 0, start: start + j1 - j0]  # (n, out, P)
+        out = out[:, :, 0, start] if j1 == j0 + 1 else out[:, :, 0, start: start + j1 - j0]  # (n, out, P) or (n, out)
+        return out if total is None else total + out
 
 
 class Layer:
@@ -233,14 +250,13 @@ class Layer:
         self.steps = steps
 
     def compute(self, a: int, j0: int, j1: int):
+        """Compute and keep the positions (a, j0..j1-1)."""
         v = None
         for term in self.terms:
-            part = term(a, j0, j1)  # (n, out, P) or None
-            if part is not None:
-                v = part if v is None else v + part
+            v = term(a, j0, j1, v)  # (n, out, P), or (n, out) for one position
         if self.residual is not None:
             g, b = v.chunk(2, dim=1)  # (n, F, P) each
-            v = self.residual.window("raw", a, 1, j0, j1 - j0)[:, :, 0] + g * torch.sigmoid(b)  # the gate
+            v = torch.addcmul(self.residual.at("raw", a, j0, j1), g, torch.sigmoid(b))  # h + a * sigmoid(b): the gate
         self.out.store(v, a, j0, j1)
 
 
@@ -269,9 +285,10 @@ class PixelCNNppCache:
             raise ValueError(f"the network's output at pixel {(i, j)} depends on that pixel or a later one: "
                              "the model is not causal, so it cannot be sampled pixel by pixel")
         n, dtype, dev = x.shape[0], model.nin_out.weight.dtype, x.device
-        for m in [self.image] + [L.out for L in self.layers]:
-            m.allocate(n, dtype, dev)
-        self.image.window("raw", 0, H, 0, W)[:, C] = 1.0  # the channel of ones (zero in the padding)
+        with torch.inference_mode():  # the maps are only read and written in inference mode
+            for m in [self.image] + [L.out for L in self.layers]:
+                m.allocate(n, dtype, dev)
+            self.image.window("raw", 0, H, 0, W)[:, C] = 1.0  # the channel of ones (zero in the padding)
         # when each position is computed, from the output (read at pixel t at step t) back to the input
         self.top.need[:H, :W] = torch.arange(H * W).view(H, W)
         for L in reversed(self.layers):
@@ -340,13 +357,13 @@ class PixelCNNppCache:
         self.top = ul  # the output reads it at each pixel
 
     # ----------------------------------------------------------------- a step
-    @torch.no_grad()
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        with one_thread_on_cpu(x.device):
+        # inference mode: no autograd bookkeeping at all, which is much of the cost of such small operations
+        with one_thread_on_cpu(x.device), torch.inference_mode():
             c, i, j, moved = self.cursor.advance(x, index)
             if moved:  # a new pixel: bring every map up to date, then its mixture parameters
                 self._advance_to(x, i * self.W + j)
-                v = self.top.window("raw", i, 1, j, 1).flatten(1)  # (n, F)
+                v = self.top.at("raw", i, j, j + 1)  # (n, F)
                 self.params = F.linear(F.elu(v), self.out_weight, self.out_bias)  # nin_out(elu(ul)): (n, P)
             # G and B reuse R's parameters, with R (and G) as drawn
             return self.model.pixel_conditionals(self.params, x[:, :, i, j], c)[:, None]  # (n, 1, K)
@@ -362,22 +379,19 @@ class PixelCNNppCache:
 
 
 def when_computed(cache: PixelCNNppCache, layer: int) -> str:
-    """A table over the fine pixels: the positions (p, q) of map `layer` computed just before each
-    pixel is drawn ('.' none). Positions are written pq, one digit each (small maps only)."""
-    H, W = cache.H, cache.W
-    cells = [["."] * W for _ in range(H)]
-    for a, row in enumerate(cache.layers[layer].out.ready.tolist()):
-        for b, t in enumerate(row):
-            if 0 <= t < H * W:
-                i, j = divmod(t, W)
-                cells[i][j] = f"{a}{b}" if cells[i][j] == "." else cells[i][j] + "+"
-    return "\n".join(" ".join(f"{c:<2}" for c in row) for row in cells)
+    """A drawing of map `layer` at its own resolution: each position shows the pixel (i, j) at whose
+    step it is computed ('-': never, it is always zero or nothing the output reads needs it)."""
+    W = cache.W
+    return "\n".join(" ".join("  -  " if t == NEVER else "{},{:<2}".format(*divmod(t, W)) for t in row)
+                     for row in cache.layers[layer].steps.tolist())
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m armini.fast.pixelcnnpp_cache: the plan of the default U-net on 8 x 8
     from ..models.pixelcnnpp import PixelCNNpp
 
     model = PixelCNNpp(shape=(1, 8, 8), nr_filters=4).eval()
     cache = PixelCNNppCache(model, torch.zeros(1, 1, 8, 8, dtype=torch.long))
     for k, L in enumerate(cache.layers):
-        print(f"layer {k}: map {L.out.h} x {L.out.w}\n{when_computed(cache, k)}\n")
+        kinds = "+".join(type(t).__name__ for t in L.terms)
+        print(f"layer {k} ({kinds}{' + gate' if L.residual is not None else ''}), {L.out.h} x {L.out.w}:")
+        print(when_computed(cache, k), end="\n\n")

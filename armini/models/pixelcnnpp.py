@@ -55,6 +55,7 @@ P mixture parameters per pixel, S number of sampled dimensions in one step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -181,16 +182,31 @@ class PixelCNNpp(ARModel):
 
     def pixel_conditionals(self, params, x_pixel, c: int):
         """log p(x_c = k | x_<c) for one sub-pixel of each image: (n, K), from its pixel's mixture
-        parameters (n, P) and its values x_pixel (n, C) (only x_<c is read). The same numbers as
-        armini.nn.dmol.dmol_conditionals, for one channel of one pixel: what a sampling step needs."""
+        parameters (n, P) and its values x_pixel (n, C) (only x_<c is read). What a sampling step
+        needs: armini.nn.dmol.dmol_conditionals for one channel of one pixel (equal to rounding), with
+        each bin edge's logistic CDF computed once for the two bins that share it."""
         C, K = self.shape[0], self.levels
         logit_pi, mu, log_s, coeff = dmol_split(params[:, :, None, None], C)  # (n, M, 1, 1), (n, C, M, 1, 1), ...
-        x = x_pixel[:, :, None, None]  # (n, C, 1, 1)
-        mean = coupled_means(mu, coeff, to_unit_range(x.to(mu.dtype), K))  # (n, C, M, 1, 1), coupled to x_<c
-        if c > 0:  # the posterior over components after the earlier channels (dmol._components)
-            seen = log_bin_mass(x[:, :c, None], mean[:, :c], log_s[:, :c], K).cumsum(1)[:, -1]  # (n, M, 1, 1)
-            logit_pi = logit_pi + seen
+        mean = mu[:, c]  # (n, M, 1, 1)
+        if c > 0:  # the means are coupled to the earlier channels, the weights are their posterior (dmol._components)
+            x = x_pixel[:, :, None, None]  # (n, C, 1, 1)
+            means = coupled_means(mu, coeff, to_unit_range(x.to(mu.dtype), K))  # (n, C, M, 1, 1)
+            mean = means[:, c]
+            logit_pi = logit_pi + log_bin_mass(x[:, :c, None], means[:, :c], log_s[:, :c], K).cumsum(1)[:, -1]
         log_w = torch.log_softmax(logit_pi, dim=1)  # (n, M, 1, 1)
-        k = torch.arange(K, device=params.device)  # (K,)
-        lp_all = log_bin_mass(k, mean[:, c, ..., None], log_s[:, c, ..., None], K)  # (n, M, 1, 1, K)
-        return torch.logsumexp(log_w[..., None] + lp_all, dim=1)[:, 0, 0]  # (n, K)
+        return torch.logsumexp(log_w[..., None] + self._log_bins(mean, log_s[:, c]), dim=1)[:, 0, 0]  # (n, K)
+
+    def _log_bins(self, mean, log_s):
+        """log P(k | mean, s) of the discretised logistic for every level k: (..., K) (armini.nn.dmol.log_bin_mass).
+
+        Bin k spans [e_k, e_(k+1)] with e_0 = -inf, e_K = +inf (the edge bins take the tails), z = (e - mean) / s:
+        log P(k) = log sigma(z_(k+1)) + log(1 - sigma(z_k)) + log(1 - exp(-(z_(k+1) - z_k))), the last for middle bins."""
+        K = self.levels
+        half = 1.0 / (K - 1)  # half a bin in [-1, 1]
+        edges = torch.linspace(-1.0 - half, 1.0 + half, K + 1, dtype=mean.dtype, device=mean.device)  # (K+1,)
+        edges[0], edges[-1] = -math.inf, math.inf
+        inv_s = torch.exp(-log_s)[..., None]
+        z = (edges - mean[..., None]) * inv_s  # (..., K+1)
+        lp = F.logsigmoid(z[..., 1:]) + F.logsigmoid(-z[..., :-1])  # (..., K)
+        lp[..., 1:-1] += torch.log(-torch.expm1(-2 * half * inv_s))  # both edges of a middle bin are finite
+        return lp
