@@ -263,7 +263,7 @@ class RasterCursor:
                 "cache is stale (start a new init_cache, or sample with cached=False)"
             )
         self.writes = writes
-        c, i, j = (int(v) for v in index[0])
+        c, i, j = index[0].tolist()
         p = i * self.W + j
         if p not in (self.last, self.last + 1):
             raise ValueError(

@@ -159,15 +159,21 @@ class ConvTerm:
             return total
         (kh, kw), s = self.kernel, self.stride
         left, _, top, _ = self.pad
-        window = self.source.window(self.kind, (a - dy) * s - top, kh, (j0 + lead - dx) * s - left, (P - 1) * s + kw)
-        if j1 - j0 == 1:  # one position: a matrix product of its unfolded window, (n, in*kh*kw) -> (n, out)
+        row, col = (a - dy) * s - top, (j0 + lead - dx) * s - left  # the window's top left corner
+        if P > 1 or lead:  # a strip: F.conv2d on its window (n, in, kh, (P-1)*s + kw)
+            out = F.conv2d(self.source.window(self.kind, row, kh, col, (P - 1) * s + kw), self.weight, self.bias,
+                           stride=(1, s))[:, :, 0]  # (n, out, P - lead)
+            out = F.pad(out, (lead, 0)) if lead else out  # (n, out, P)
+            return out if total is None else total + out
+        # one position: a matrix product of its unfolded window, (n, in*kh*kw) -> (n, out)
+        if self.kernel == (1, 1):
+            cols = self.source.at(self.kind, row, col, col + 1)  # (n, in)
+        else:
+            window = self.source.window(self.kind, row, kh, col, kw)  # (n, in, kh, kw)
             cols = window.reshape(window.shape[0], -1)
-            if total is None:
-                return torch.addmm(self.bias, cols, self.matrix_t) if self.bias is not None else cols @ self.matrix_t
-            return torch.addmm(total if self.bias is None else total + self.bias, cols, self.matrix_t)
-        out = F.conv2d(window, self.weight, self.bias, stride=(1, s))[:, :, 0]  # (n, out, P - lead)
-        out = F.pad(out, (lead, 0)) if lead else out  # (n, out, P)
-        return out if total is None else total + out
+        if total is None:
+            return cols @ self.matrix_t if self.bias is None else torch.addmm(self.bias, cols, self.matrix_t)
+        return torch.addmm(total if self.bias is None else total + self.bias, cols, self.matrix_t)
 
 
 class UpsizeTerm:
