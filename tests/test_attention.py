@@ -4,11 +4,10 @@ import math
 import pytest
 import torch
 
-from armini.nn.attention import CausalSelfAttention, KVCache, attention_mask, local_2d_mask
+from armini.nn import attention
+from armini.nn.attention import CausalSelfAttention, KVCache, attention_bytes, attention_mask, local_2d_mask
 
 B, T, DIM = 2, 9, 8
-
-
 
 
 def naive_attention(layer, x, context=None, allowed=None):
@@ -149,3 +148,58 @@ def test_bad_arguments_raise():
         CausalSelfAttention(10, 4)
     with pytest.raises(ValueError, match="window"):
         CausalSelfAttention(8, 2, window=0)
+
+
+def test_kv_cache_is_preallocated():
+    """With a capacity, extend writes into one buffer allocated once (O(new positions) per call, not
+    a copy of the whole past) and returns views of it; the keys and values are all the ones fed."""
+    g = torch.Generator().manual_seed(0)
+    ks, vs = torch.randn(2, 3, 20, 4, generator=g), torch.randn(2, 3, 20, 5, generator=g)
+    cache = KVCache(capacity=20)
+    k, v = cache.extend(ks[:, :, :1], vs[:, :, :1])
+    buffers = k.data_ptr(), v.data_ptr()
+    for t in range(1, 20):
+        k, v = cache.extend(ks[:, :, t:t + 1], vs[:, :, t:t + 1])
+        assert (k.data_ptr(), v.data_ptr()) == buffers  # the same memory: nothing was reallocated or copied
+        assert len(cache) == t + 1 and torch.equal(k, ks[:, :, :t + 1]) and torch.equal(v, vs[:, :, :t + 1])
+    assert torch.equal(cache.k, ks) and torch.equal(cache.v, vs)
+
+
+def test_kv_cache_without_capacity_doubles():
+    """Without a capacity the buffers double: 100 single positions, a handful of allocations."""
+    cache, buffers = KVCache(), set()
+    keys = torch.randn(1, 2, 100, 4)
+    for t in range(100):
+        k, v = cache.extend(keys[:, :, t:t + 1], keys[:, :, t:t + 1])
+        buffers.add(k.data_ptr())
+    assert len(buffers) <= 8
+    assert torch.equal(cache.k, keys) and torch.equal(cache.v, keys)
+
+
+def test_kv_cache_can_start_from_given_keys():
+    """Assigning cache.k and cache.v (lesson 07's reference step) starts from that past."""
+    past_k, past_v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    cache = KVCache()
+    cache.k, cache.v = past_k, past_v
+    assert len(cache) == 3
+    new_k, new_v = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4)
+    k, v = cache.extend(new_k, new_v)
+    assert torch.equal(k, torch.cat([past_k, new_k], 2)) and torch.equal(v, torch.cat([past_v, new_v], 2))
+    with pytest.raises(ValueError, match="one KVCache per batch"):
+        cache.extend(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))
+
+
+def test_attention_memory_is_checked_before_allocating(monkeypatch):
+    """Above the limit, a clear error naming T, the GiB needed and smaller alternatives, raised
+    before any (T, S) tensor exists; under it, nothing changes."""
+    assert attention_bytes(2, 4, 784, 784) == 2 * 2 * 4 * 784 * 784 * 4  # scores + softmax, float32
+    assert attention_bytes(1, 1, 10, 10, torch.float64) == 2 * 100 * 8
+    layer = CausalSelfAttention(DIM, 2)
+    x = torch.randn(1, 64, DIM)
+    monkeypatch.setattr(attention, "MAX_ATTENTION_BYTES", attention_bytes(1, 2, 64, 64) - 1)
+    for kwargs in (dict(), dict(return_weights=True)):
+        with pytest.raises(MemoryError, match=r"T=64 positions \(a 8x8 image\)") as info:
+            layer(x, **kwargs)
+        assert "GiB" in str(info.value) and "--size 14" in str(info.value) and "smaller batch" in str(info.value)
+    monkeypatch.setattr(attention, "MAX_ATTENTION_BYTES", attention_bytes(1, 2, 64, 64))
+    assert layer(x).shape == (1, 64, DIM)

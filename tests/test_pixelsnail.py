@@ -132,3 +132,91 @@ def test_defaults():
     assert m.config.channels == 32 and m.config.n_blocks == 2
     x = torch.randint(256, (1, 1, 28, 28))
     assert m.conditionals(x).shape == (1, 1, 28, 28, 256)
+
+
+# ------------------------------------------------------------------ cached sampler (armini.pixelsnail_cache)
+def run_sampler(m, cached, n=3, seed=7, **kwargs):
+    """Images and every step's distribution (steps, n, 1, K) for one generator seed."""
+    probs = []
+    images = m.sample(n, generator=torch.Generator().manual_seed(seed), cached=cached,
+                      callback=lambda step: probs.append(step.probs.clone()), **kwargs)
+    return images, torch.stack(probs)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(3, 3, 5)])
+def test_cached_step_equals_conditionals(shape):
+    """Step by step through the cache, on a fixed image, gives the full forward pass's conditionals."""
+    m = train_steps(make(shape)).eval()
+    x = torch.randint(4, (2,) + shape, generator=torch.Generator().manual_seed(0))
+    full = m.conditionals(x)  # (2, C, H, W, K)
+    cache = m.init_cache(x)
+    for index in m.sampling_steps():
+        c, i, j = index[0]
+        torch.testing.assert_close(m.conditional_logprobs(x, index, cache=cache)[:, 0], full[:, c, i, j],
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="raster order"):
+        m.conditional_logprobs(x, m.sampling_steps()[0], cache=cache)  # going back is refused
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cached_sampling_equals_naive(shape, seed):
+    """The same random draws give the very same images, from the same distributions at every step."""
+    m = train_steps(make(shape, seed=seed))
+    fast, p_fast = run_sampler(m, cached=True, seed=seed)
+    slow, p_slow = run_sampler(m, cached=False, seed=seed)
+    assert torch.equal(fast, slow)
+    torch.testing.assert_close(p_fast, p_slow, atol=1e-5, rtol=1e-4)
+
+
+def test_cached_sampling_equals_naive_at_28x28():
+    """The full size: the bottom rows of a 28x28 image, whose pixels attend to up to 783 earlier
+    ones (the top 25 rows are given, so the naive sampler only runs the last 84 steps)."""
+    m = make((1, 28, 28), levels=16)
+    x = torch.randint(16, (2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    top = torch.zeros(1, 1, 28, 28, dtype=torch.bool)
+    top[..., :25, :] = True
+    fast = m.sample(2, x=x, observed=top, generator=torch.Generator().manual_seed(1))
+    slow = m.sample(2, x=x, observed=top, generator=torch.Generator().manual_seed(1), cached=False)
+    assert torch.equal(fast, slow)
+    assert not torch.equal(fast[..., 25:, :], x[..., 25:, :])  # the bottom rows were drawn
+
+
+def test_cached_completion_equals_naive():
+    """Completing the top half: observed pixels enter the cache like drawn ones."""
+    m = train_steps(make((3, 4, 4)))
+    x = torch.randint(4, (2, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    top = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    top[..., :2, :] = True
+    outs = [m.sample(2, x=x, observed=top, generator=torch.Generator().manual_seed(1), cached=c) for c in (True, False)]
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0][..., :2, :], x[..., :2, :])
+
+
+def test_cached_sampler_in_float64():
+    m = make((1, 4, 4)).double()
+    x = torch.randint(4, (2, 1, 4, 4))
+    cache = m.init_cache(x)
+    lp = m.conditional_logprobs(x, m.sampling_steps()[0], cache=cache)
+    assert lp.dtype == torch.float64
+    assert torch.equal(m.sample(2, generator=torch.Generator().manual_seed(0)),
+                       m.sample(2, generator=torch.Generator().manual_seed(0), cached=False))
+
+
+def test_the_bench_sees_a_fast_sampler():
+    from armini.bench import has_fast_sampler
+
+    assert has_fast_sampler(make((1, 4, 4)))
+
+
+def test_huge_image_fails_fast_with_a_clear_message():
+    """512x512: the attention scores alone would take ~512 GiB. A clear error before any allocation,
+    naming the size and smaller alternatives, instead of the allocator's raw one."""
+    from armini.nn.attention import attention_bytes, device_memory
+
+    if attention_bytes(1, 1, 512 * 512, 512 * 512) <= device_memory(torch.device("cpu")):
+        pytest.skip("this machine has enough RAM for a 512x512 attention")
+    m = make((1, 512, 512))
+    with pytest.raises(MemoryError, match=r"T=262144 positions \(a 512x512 image\)") as info:
+        m.loss(torch.zeros(1, 1, 512, 512, dtype=torch.long))
+    assert "GiB" in str(info.value) and "--size 14" in str(info.value) and "window" in str(info.value)

@@ -126,6 +126,33 @@ def test_cached_step_equals_conditionals(shape):
         m.conditional_logprobs(x, m.sampling_steps()[0], cache=cache)  # going back is refused
 
 
+def test_cache_holds_every_position_from_the_start():
+    """Each layer's KV cache is allocated once for all D positions: sampling never reallocates it."""
+    m = make((3, 4, 4))
+    x = torch.randint(4, (2, 3, 4, 4))
+    cache = m.init_cache(x)
+    buffers = None
+    for index in m.sampling_steps():
+        m.conditional_logprobs(x, index, cache=cache)
+        now = [kv.k.data_ptr() for kv in cache.layers]
+        assert buffers is None or now == buffers
+        buffers = now
+    assert all(len(kv) == 48 for kv in cache.layers)
+
+
+def test_huge_image_fails_fast_with_a_clear_message():
+    """512x512: attention scores of 262144 x 262144 positions would take about a TB. A clear
+    error before any allocation (not the allocator's), naming the size and smaller alternatives."""
+    from armini.nn.attention import attention_bytes, device_memory
+
+    if attention_bytes(1, 2, 512 * 512, 512 * 512) <= device_memory(torch.device("cpu")):
+        pytest.skip("this machine has enough RAM for a 512x512 attention")
+    m = make((1, 512, 512))
+    with pytest.raises(MemoryError, match=r"T=262144 positions \(a 512x512 image\)") as info:
+        m.loss(torch.zeros(1, 1, 512, 512, dtype=torch.long))
+    assert "GiB" in str(info.value) and "--size 14" in str(info.value) and "window" in str(info.value)
+
+
 def test_observed_completion_with_cache():
     m = make((1, 4, 4))
     x = torch.randint(4, (2, 1, 4, 4))

@@ -50,6 +50,7 @@ from ..nn.gated import GatedResnet
 from ..nn.heads import categorical_logits
 from ..nn.masked import MaskedConv2d
 from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
+from ..pixelsnail_cache import PixelSNAILCache
 from .base import ARModel
 
 
@@ -158,6 +159,17 @@ class PixelSNAIL(ARModel):
 
     def conditionals(self, x, y=None):
         return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)
+
+    # ------------------------------------------------------- cached sampling
+    def init_cache(self, x, y=None):
+        return PixelSNAILCache(self, x)  # armini.pixelsnail_cache: one new pixel per step
+
+    def conditional_logprobs(self, x, index, y=None, cache=None):
+        """log p(x_d = . | x_<d) for the one dimension d in `index`: through the cache, computing only
+        the new pixel; without one, a full forward pass (the naive sampler)."""
+        if cache is None:
+            return super().conditional_logprobs(x, index, y)
+        return cache.conditional_logprobs(x, index)  # (n, 1, K)
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list:

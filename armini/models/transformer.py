@@ -77,10 +77,11 @@ class Block(nn.Module):
 
 
 class TransformerCache:
-    """What the cached sampler keeps: one KVCache per block and how many positions were fed."""
+    """What the cached sampler keeps: one KVCache per block (room for all D positions, allocated
+    once) and how many positions were fed."""
 
-    def __init__(self, n_layers: int):
-        self.layers = [KVCache() for _ in range(n_layers)]
+    def __init__(self, n_layers: int, positions: Optional[int] = None):
+        self.layers = [KVCache(capacity=positions) for _ in range(n_layers)]
         self.fed = 0
 
 
@@ -182,7 +183,7 @@ class PixelTransformer(ARModel):
 
     # ------------------------------------------------------- cached sampling
     def init_cache(self, x, y=None):
-        return TransformerCache(len(self.blocks))
+        return TransformerCache(len(self.blocks), positions=self.dims)
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
         """log p(x_d = . | x_<d) for the one token d in `index`, feeding only the tokens the cache lacks."""

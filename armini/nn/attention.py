@@ -26,7 +26,9 @@ Legend: B batch, T positions (queries), S positions (keys), nh heads, dk / dv ke
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Optional
 
 import torch
@@ -63,19 +65,113 @@ def local_2d_mask(H: int, W: int, rows: int, cols: int, C: int = 1) -> torch.Ten
     return near_row & near_col  # (T, T)
 
 
-class KVCache:
-    """Keys and values of every position one attention layer has seen so far, (B, nh, S, d) each."""
+#: the most bytes attention may ask for (None: all the memory of the device, see device_memory)
+MAX_ATTENTION_BYTES: Optional[int] = None
+GIB = 2 ** 30
 
-    def __init__(self):
-        self.k = self.v = None
+
+def attention_bytes(B: int, n_heads: int, T: int, S: int, dtype=torch.float32) -> int:
+    """Bytes of the (B, nh, T, S) score matrix Q K^T and of its softmax: what attention written out
+    allocates. It grows with T * S: an H x W image has T = S = H*W positions, so doubling the side
+    multiplies it by 16."""
+    return 2 * B * n_heads * T * S * dtype.itemsize
+
+
+@functools.lru_cache(maxsize=None)
+def device_memory(device: torch.device) -> int:
+    """All the memory `device` has: a CUDA device's total memory, or the machine's RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): a generous fixed cap
+        return 64 * GIB
+
+
+def check_attention_memory(B: int, n_heads: int, T: int, S: int, dtype, device) -> None:
+    """Raise a clear MemoryError, before anything is allocated, when the (B, nh, T, S) scores would
+    not fit, instead of the allocator's raw error (a 512x512 image asks for hundreds of GB).
+
+    The limit is MAX_ATTENTION_BYTES if set, else all the memory the device has: the fused kernels
+    may need less than the written-out estimate, so only what could not fit even on an empty
+    machine is refused."""
+    need = attention_bytes(B, n_heads, T, S, dtype)
+    limit = MAX_ATTENTION_BYTES if MAX_ATTENTION_BYTES is not None else device_memory(device)
+    if need <= limit:
+        return
+    side = math.isqrt(T)
+    image = f" (a {side}x{side} image)" if side * side == T else ""
+    memory = "GPU memory" if torch.device(device).type == "cuda" else "RAM"
+    raise MemoryError(
+        f"attention over T={T} positions{image} and S={S} keys, batch {B}, {n_heads} head(s), needs about "
+        f"{need / GIB:,.1f} GiB for its (B, heads, T, S) scores and their softmax, more than the "
+        f"{limit / GIB:,.1f} GiB of {memory} here. Attention memory grows with T*S: use fewer positions, "
+        f"e.g. a smaller image (--size 14, or shape=(1, 14, 14): 4x fewer positions, 16x less memory), "
+        f"a smaller batch, or local attention over a window of recent positions (window=...)"
+    )
+
+
+class KVCache:
+    """Keys and values of every position one attention layer has seen so far, (B, nh, S, d) each.
+
+    The buffers are allocated once, for `capacity` positions (the sequence length, when the model
+    knows it), and each `extend` writes the new positions in place: adding a position copies that
+    position only. (Appending with torch.cat would copy all the past at every step, O(D^2) copying
+    for a sequence of D positions.) Past the capacity, or without one, the buffers double.
+
+    `cache.k` and `cache.v` are the keys and values so far, (B, nh, S, d); assigning them starts the
+    cache from given past keys and values."""
+
+    def __init__(self, capacity: Optional[int] = None):
+        self.capacity = capacity
+        self._k = self._v = None  # buffers (B, nh, room, dk) and (B, nh, room, dv); positions < len(self) hold data
+        self._length = 0
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+        return self._length
+
+    @property
+    def k(self) -> Optional[torch.Tensor]:
+        return None if self._k is None else self._k[:, :, :self._length]  # (B, nh, S, dk), a view
+
+    @k.setter
+    def k(self, keys: Optional[torch.Tensor]):
+        self._k, self._length = keys, (0 if keys is None else keys.shape[2])
+
+    @property
+    def v(self) -> Optional[torch.Tensor]:
+        return None if self._v is None else self._v[:, :, :self._length]  # (B, nh, S, dv), a view
+
+    @v.setter
+    def v(self, values: Optional[torch.Tensor]):
+        self._v = values
+
+    def _grow(self, k: torch.Tensor, v: torch.Tensor, needed: int):
+        """New buffers with room for at least `needed` positions (capacity, or twice the old room), the past copied in."""
+        room = 0 if self._k is None else self._k.shape[2]
+        room = max(needed, self.capacity or 0, 2 * room)
+        B, nh = k.shape[:2]
+        new_k = k.new_empty(B, nh, room, k.shape[3])  # (B, nh, room, dk)
+        new_v = v.new_empty(B, nh, room, v.shape[3])  # (B, nh, room, dv)
+        S = self._length
+        if S:
+            new_k[:, :, :S] = self._k[:, :, :S]
+            new_v[:, :, :S] = self._v[:, :, :S]
+        self._k, self._v = new_k, new_v
 
     def extend(self, k: torch.Tensor, v: torch.Tensor):
-        """Append the new positions' keys and values; return all of them."""
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (B, nh, S, dk)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)  # (B, nh, S, dv)
+        """Append the new positions' keys (B, nh, T, dk) and values (B, nh, T, dv); return all of them,
+        (B, nh, S, dk) and (B, nh, S, dv) with S = len(self) (views of the buffers: no copy)."""
+        first, S = self._length, self._length + k.shape[2]
+        if self._k is not None and self._k.shape[:2] != k.shape[:2]:
+            raise ValueError(f"this cache holds keys of (batch, heads) {tuple(self._k.shape[:2])}, got new keys "
+                             f"of {tuple(k.shape[:2])}: use one KVCache per batch (start a new one)")
+        if self._k is None or S > self._k.shape[2]:
+            self._grow(k, v, S)
+        self._k[:, :, first:S] = k
+        self._v[:, :, first:S] = v
+        self._length = S
         return self.k, self.v
 
 
@@ -114,36 +210,59 @@ class CausalSelfAttention(nn.Module):
             allowed = allowed & self.mask[offset:offset + T, :S]
         return allowed
 
+    def split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, nh*d) -> (B, nh, T, d): each head's slice of the features."""
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_heads, -1).transpose(1, 2)  # (B, nh, T, d)
+
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
                 cache: Optional[KVCache] = None, return_weights: bool = False):
-        B, T, _ = x.shape
         c = x if context is None else context  # keys and values come from c
-        nh = self.n_heads
-        q = self.query(x).view(B, T, nh, -1).transpose(1, 2)  # (B, nh, T, dk)
-        k = self.key(c).view(B, T, nh, -1).transpose(1, 2)  # (B, nh, T, dk)
-        v = self.value(c).view(B, T, nh, -1).transpose(1, 2)  # (B, nh, T, dv)
+        q = self.split_heads(self.query(x))  # (B, nh, T, dk)
+        k = self.split_heads(self.key(c))  # (B, nh, T, dk)
+        v = self.split_heads(self.value(c))  # (B, nh, T, dv)
         offset = 0
         if cache is not None:  # the past positions' keys and values are already there
             offset = len(cache)
             k, v = cache.extend(k, v)  # (B, nh, S, dk), (B, nh, S, dv) with S = offset + T
-        allowed = self.allowed(T, k.shape[2], offset, x.device)  # (T, S)
-        empty = ~allowed.any(-1, keepdim=True)  # (T, 1) queries with no key (strict: position 0)
-        allowed = allowed | empty  # a stand-in so softmax stays finite; those outputs are zeroed below
-        if return_weights:
-            # the definition, written out: softmax(Q K^T / sqrt(d_k) + M) V
-            att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, S)
-            att = att.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-            att = att.masked_fill(empty, 0.0)  # (B, nh, T, S), rows with no key are all zero
-            y = att @ v  # (B, nh, T, dv)
-        elif self.window is None and self.mask is None and offset == 0 and T > self.strict:
+        return self.attend(q, k, v, offset, return_weights)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0,
+               return_weights: bool = False):
+        """The queries q (B, nh, T, dk) of positions offset..offset+T-1 read the keys k (B, nh, S, dk) and
+        values v (B, nh, S, dv) of positions 0..S-1, as the mask allows: output (B, T, dim), and the
+        weights (B, nh, T, S) if return_weights. A query with no key to read outputs exactly 0."""
+        B, nh, T, _ = q.shape
+        S = k.shape[2]
+        check_attention_memory(B, nh, T, S, q.dtype, q.device)  # before any (T, S) tensor exists
+        if (not return_weights and self.window is None and self.mask is None and offset == 0 and S == T
+                and T > self.strict):
             # the plain causal mask: is_causal=True lets the fused kernel skip the hidden half. Strict
             # (j < i) is the non-strict mask between query i+1 and keys 0..i: shift the queries by one
             s = int(self.strict)
             y = F.scaled_dot_product_attention(q[:, :, s:], k[:, :, :T - s], v[:, :, :T - s],
                                                is_causal=True, scale=self.scale)  # (B, nh, T-s, dv)
             y = F.pad(y, (0, 0, s, 0))  # (B, nh, T, dv), strict: row 0 is zero
+            empty = (torch.arange(T, device=q.device) < s)[:, None]  # (T, 1) strict: position 0 has no key
+        elif (not return_weights and self.window is None and self.mask is None and T == 1
+              and 0 < S <= offset + 1 - self.strict):
+            # one new query that may read every key so far (a step of a cached sampler): no mask to build
+            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, nh, 1, dv)
+            empty = None  # it has keys to read
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)  # (B, nh, T, dv)
+            allowed = self.allowed(T, S, offset, q.device)  # (T, S)
+            empty = ~allowed.any(-1, keepdim=True)  # (T, 1) queries with no key (strict: position 0)
+            allowed = allowed | empty  # a stand-in so softmax stays finite; those outputs are zeroed below
+            if return_weights:
+                # the definition, written out: softmax(Q K^T / sqrt(d_k) + M) V
+                att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, S)
+                att = att.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+                att = att.masked_fill(empty, 0.0)  # (B, nh, T, S), rows with no key are all zero
+                y = att @ v  # (B, nh, T, dv)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)  # (B, nh, T, dv)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, dim), heads side by side
-        y = self.proj(y).masked_fill(empty, 0.0)  # a position with nothing to read outputs exactly 0
+        y = self.proj(y)  # (B, T, dim)
+        if empty is not None:
+            y = y.masked_fill(empty, 0.0)  # a position with nothing to read outputs exactly 0
         return (y, att) if return_weights else y
