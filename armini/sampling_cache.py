@@ -33,6 +33,9 @@ updates once per row" of Ramachandran et al.).
 Pieces:
     ConvCache          per-convolution zero-padded input maps; `cache.at(module, i, j0)`
                        makes every spatial convolution of `module` read/write them
+    RasterCursor       which pixel a raster-order cached sampler is at, with O(1) guards that
+                       x changes only as the sampling loop changes it (shared by every cached
+                       sampler, e.g. PixelCNN++'s in armini.fast.pixelcnnpp_cache)
     RasterConvSampler  the state a model's init_cache returns: which pixel comes next,
                        what is stale, and the call that computes a strip of positions
     CachedConvSampling mixin giving any ARModel whose spatial layers are all causal

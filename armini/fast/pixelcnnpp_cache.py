@@ -280,6 +280,8 @@ class PixelCNNppCache:
     computes, and the sampler's place. conditional_logprobs(x, index) -> (n, 1, K) for index = [[c, i, j]]."""
 
     def __init__(self, model, x: torch.Tensor, y=None):
+        if y is not None:  # PixelCNNpp has no class conditioning; a conditional variant needs its terms here too
+            raise ValueError("the PixelCNN++ cache has no class conditioning: sample with cached=False")
         C, H, W = model.shape
         self.model, self.C, self.H, self.W = model, C, H, W
         self.layers = []

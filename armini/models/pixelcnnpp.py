@@ -50,6 +50,11 @@ takes 2.4 times longer per step (armini.bench, data/results/README.md); the samp
 draws from the exact per-sub-pixel conditionals through the shared loop
 (armini.nn.dmol.dmol_sample is the paper's sampler, given the parameters).
 
+Sampling is cached (armini.fast.pixelcnnpp_cache, Ramachandran et al. 2017): every layer's maps
+are kept between steps and each position is computed once per image, once the pixels it depends
+on are drawn; the images equal the naive sampler's (`sample(..., cached=False)`, a full pass per
+step) for the same generator.
+
 Legend: B batch, C image channels, H, W height and width, K levels, F filters (nr_filters),
 P mixture parameters per pixel, S number of sampled dimensions in one step.
 """
