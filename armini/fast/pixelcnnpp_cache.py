@@ -125,9 +125,11 @@ class ConvTerm:
         if conv.stride[0] != conv.stride[1] or conv.dilation != (1, 1) or conv.groups != 1:
             raise ValueError(f"the PixelCNN++ cache needs equal strides, no dilation, no groups: got {conv}")
         self.source, self.kind, self.shift = source, kind, shift
-        self.weight = (conv_weight(conv) if weight is None else weight).detach().contiguous()  # (out, in, kh, kw)
+        if weight is None:  # the convolution's own weight and bias (else a part of them, see PixelCNNppCache._build)
+            weight, bias = conv_weight(conv), conv.bias
+        self.weight = weight.detach().contiguous()  # (out, in, kh, kw)
         self.matrix_t = self.weight.flatten(1).t().contiguous()  # (in*kh*kw, out): for x @ W^T on one position
-        self.bias = bias if weight is not None else conv.bias.detach() if conv.bias is not None else None
+        self.bias = None if bias is None else bias.detach()  # (out,)
         self.stride, self.kernel, self.pad = conv.stride[0], tuple(conv.kernel_size), conv_padding(conv)
         left, right, top, bottom = self.pad
         (kh, kw), s = self.kernel, self.stride
@@ -334,7 +336,7 @@ class PixelCNNppCache:
                 w, total, start = block.nin_skip.weight.detach(), sum(s.F for s in skips), 0  # w (F, 2 total, 1, 1)
                 for k, s in enumerate(skips):
                     ws = torch.cat([w[:, start: start + s.F], w[:, total + start: total + start + s.F]], 1)
-                    bias = block.nin_skip.bias.detach() if k == 0 else None
+                    bias = block.nin_skip.bias if k == 0 else None
                     terms.append(ConvTerm(block.nin_skip, s, "ce", weight=ws, bias=bias))
                     start += s.F
             c1 = layer(terms)
