@@ -39,6 +39,10 @@ Differences from the full forward pass: the same equations, computed as matrix p
 pixel instead of convolutions on the image, so the numbers agree to rounding (about 1e-6), and
 the sampler, fed the same random draws, draws the same images (tests/test_pixelsnail.py).
 
+Assumptions: raster order, one dimension per step (the cache refuses any other order), no dropout
+(sampling runs in eval mode). A step is a few hundred tiny operations, so it runs on one CPU thread
+and in inference mode (threads and autograd bookkeeping would cost more than the arithmetic).
+
 Legend: n images sampled, C image channels, F feature channels, G head channels, K levels,
 H, W height and width, T = H*W pixels, p a pixel's raster index i*W + j, nh heads, d key/value size.
 """

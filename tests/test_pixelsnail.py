@@ -143,10 +143,10 @@ def run_sampler(m, cached, n=3, seed=7, **kwargs):
     return images, torch.stack(probs)
 
 
-@pytest.mark.parametrize("shape", SHAPES + [(3, 3, 5)])
-def test_cached_step_equals_conditionals(shape):
+@pytest.mark.parametrize("shape, kw", [(SHAPES[0], {}), (SHAPES[1], {}), ((3, 3, 5), dict(n_heads=2))])
+def test_cached_step_equals_conditionals(shape, kw):
     """Step by step through the cache, on a fixed image, gives the full forward pass's conditionals."""
-    m = train_steps(make(shape)).eval()
+    m = train_steps(make(shape, **kw)).eval()
     x = torch.randint(4, (2,) + shape, generator=torch.Generator().manual_seed(0))
     full = m.conditionals(x)  # (2, C, H, W, K)
     cache = m.init_cache(x)

@@ -28,6 +28,10 @@ sub-pixels. Its 1x1 convolutions split their channels into C groups (armini.nn.m
 reads the trunk and, through a mask-A 1x1 convolution, the current pixel's channels < c; the
 output keeps the groups (mask B), so the logits of channel c (the c-th block of K) see R..c-1 only.
 
+Sampling: `sample()` computes only the new pixel at each step (armini.pixelsnail_cache: the
+convolutions from the cached inputs of earlier pixels, the attention with a KV cache) and draws
+the same images as `sample(..., cached=False)`, which reruns the whole model at every step.
+
 Deviations from the paper: a K-way softmax per sub-pixel instead of the discretised logistic
 mixture (armini.nn.dmol), so channel ordering lives in the masked head; queries, keys and
 values are linear maps of their inputs (the paper puts a 1x1 gated residual block first); one
