@@ -18,9 +18,16 @@ Local attention (Image Transformer, Parmar et al., 2018) shrinks M further: `win
 the w most recent keys (i-w < j <= i, or i-w <= j < i when strict), and `mask=` takes any fixed
 (T, T) boolean pattern, e.g. `local_2d_mask` (the rows above and columns around a pixel).
 
-KV cache for incremental decoding: pass `cache=KVCache()` and feed the sequence a few positions
-at a time; the layer keeps the keys and values of every position it has seen, so each call only
-computes the new positions and gives the same result as one call on the whole sequence.
+KV cache for incremental decoding: pass `cache=KVCache(capacity=T)` and feed the sequence a few
+positions at a time; the layer keeps the keys and values of every position it has seen, so each
+call only computes the new positions and gives the same result as one call on the whole sequence.
+(`attend` is the mechanism alone, for callers that keep their own keys and values: PixelSNAIL's
+cached sampler in armini.pixelsnail_cache.)
+
+Memory: written out, attention holds a (B, nh, T, S) score matrix and its softmax, which grow with
+T*S (a 512x512 image: T = S = 262144, about 512 GiB per head). Before allocating anything, `attend`
+compares that estimate with the memory of the device and raises a MemoryError naming T, the GiB
+needed and smaller alternatives (`check_attention_memory`).
 
 Legend: B batch, T positions (queries), S positions (keys), nh heads, dk / dv key / value size per head.
 """
@@ -148,7 +155,8 @@ class KVCache:
         self._v = values
 
     def _grow(self, k: torch.Tensor, v: torch.Tensor, needed: int):
-        """New buffers with room for at least `needed` positions (capacity, or twice the old room), the past copied in."""
+        """New buffers with room for at least `needed` positions (the capacity, or twice the old room),
+        the past copied in."""
         room = 0 if self._k is None else self._k.shape[2]
         room = max(needed, self.capacity or 0, 2 * room)
         B, nh = k.shape[:2]
