@@ -239,9 +239,9 @@ class Layer:
         ready = ready.view(h, w)
         if residual is not None:
             residual.read_by("raw")
-            ready, zero = torch.maximum(ready, residual.ready.clamp(min=0)), zero & False
+            ready, zero = torch.maximum(ready, residual.ready.clamp(min=0)), torch.zeros_like(zero)  # h + gate
         self.out = FeatureMap(channels, ready.masked_fill(zero, -1))  # -1: zero in every term, never computed
-        self.steps = None  # (h, w): the step at which each position is computed (see PixelCNNppCache.schedule)
+        self.steps = None  # (h, w): the step at which each position is computed (set by schedule)
 
     def schedule(self, W: int):
         """When to compute each position: as soon as it is final (its ready step), but a position
@@ -379,7 +379,7 @@ class PixelCNNppCache:
             return self.model.pixel_conditionals(self.params, x[:, :, i, j], c)[:, None]  # (n, 1, K)
 
     def _advance_to(self, x: torch.Tensor, t: int):
-        """Step t: the pixel t-1 just drawn enters the input, then every position ready at t is computed."""
+        """Step t: the pixel t-1 just drawn enters the input, then every position planned for t is computed."""
         if t > 0:
             i, j = divmod(t - 1, self.W)
             v = to_unit_range(x[:, :, i, j].to(self.image.raw.dtype), self.model.levels)  # (n, C) in [-1, 1]
