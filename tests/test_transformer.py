@@ -150,7 +150,7 @@ def test_huge_image_fails_fast_with_a_clear_message():
     m = make((1, 512, 512))
     with pytest.raises(MemoryError, match=r"T=262144 positions \(a 512x512 image\)") as info:
         m.loss(torch.zeros(1, 1, 512, 512, dtype=torch.long))
-    assert "GiB" in str(info.value) and "--size 14" in str(info.value) and "window" in str(info.value)
+    assert "GiB" in str(info.value) and "--size 14" in str(info.value) and "smaller batch" in str(info.value)
 
 
 def test_observed_completion_with_cache():

@@ -102,7 +102,7 @@ def check_attention_memory(B: int, n_heads: int, T: int, S: int, dtype, device) 
 
     The limit is MAX_ATTENTION_BYTES if set, else all the memory the device has: the fused kernels
     may need less than the written-out estimate, so only what could not fit even on an empty
-    machine is refused."""
+    machine is refused (and MAX_ATTENTION_BYTES lets a user who knows better go further)."""
     need = attention_bytes(B, n_heads, T, S, dtype)
     limit = MAX_ATTENTION_BYTES if MAX_ATTENTION_BYTES is not None else device_memory(device)
     if need <= limit:
@@ -115,7 +115,8 @@ def check_attention_memory(B: int, n_heads: int, T: int, S: int, dtype, device) 
         f"{need / GIB:,.1f} GiB for its (B, heads, T, S) scores and their softmax, more than the "
         f"{limit / GIB:,.1f} GiB of {memory} here. Attention memory grows with T*S: use fewer positions, "
         f"e.g. a smaller image (--size 14, or shape=(1, 14, 14): 4x fewer positions, 16x less memory), "
-        f"a smaller batch, or local attention over a window of recent positions (window=...)"
+        f"or a smaller batch. (A local window does not help: this layer masks the full score matrix. "
+        f"The fused kernels may need less: armini.nn.attention.MAX_ATTENTION_BYTES sets the limit.)"
     )
 
 
