@@ -70,13 +70,14 @@ def conv_matrix(conv: nn.Conv2d) -> torch.Tensor:
 
 
 class Pointwise:
-    """A 1x1 convolution (or a linear layer) at one pixel: (n, in) -> (n, out)."""
+    """1x1 convolutions (or linear layers) at one pixel: (n, in) -> (n, out). Several layers that read
+    the same input give their outputs side by side from one matrix product; `rows` keeps only some."""
 
-    def __init__(self, layer: nn.Module, rows: Optional[slice] = None):
-        matrix = conv_matrix(layer) if isinstance(layer, nn.Conv2d) else layer.weight.detach()  # (out, in)
-        bias = None if layer.bias is None else layer.bias.detach()  # (out,)
+    def __init__(self, *layers: nn.Module, rows: Optional[slice] = None):
+        matrices = [conv_matrix(m) if isinstance(m, nn.Conv2d) else m.weight.detach() for m in layers]  # (out, in)
+        biases = [m.bias.detach() if m.bias is not None else w.new_zeros(len(w)) for m, w in zip(layers, matrices)]
         rows = slice(None) if rows is None else rows  # only these outputs
-        self.matrix, self.bias = matrix[rows], (None if bias is None else bias[rows])
+        self.matrix, self.bias = torch.cat(matrices)[rows], torch.cat(biases)[rows]  # (out, in), (out,)
 
     def __call__(self, u: torch.Tensor, i: int = 0, j: int = 0) -> torch.Tensor:
         return F.linear(u, self.matrix, self.bias)  # (n, out); a pixel's 1x1 output needs nothing else
@@ -145,10 +146,7 @@ class AttentionStep:
     def __init__(self, attn, positions: int):
         self.attn = attn
         self.query = Pointwise(attn.query)  # W_q
-        # W_k and W_v read the same input: one product gives both, (n, key_dim + dim)
-        self.key_value = Pointwise(attn.key)
-        self.key_value.matrix = torch.cat([self.key_value.matrix, attn.value.weight.detach()])
-        self.key_value.bias = torch.cat([self.key_value.bias, attn.value.bias.detach()])
+        self.key_value = Pointwise(attn.key, attn.value)  # [W_k, W_v]: both read [h, x, p], one product
         self.key_dim = attn.key.out_features
         self.kv = KVCache(capacity=positions)  # (n, nh, p, d): the keys and values of pixels 0..p-1
 
@@ -187,7 +185,7 @@ class PixelSNAILCache:
                             attn_in=None)  # h_b (n, F) at the current pixel, for its key once it is drawn
                        for block in model.blocks]
         self.head_trunk, self.head_pixel = Pointwise(model.head_trunk), Pointwise(model.head_pixel)
-        self.head_out = [Pointwise(model.head_out, slice(c * K, (c + 1) * K)) for c in range(C)]  # block c of K
+        self.head_out = [Pointwise(model.head_out, rows=slice(c * K, (c + 1) * K)) for c in range(C)]  # block c of K
         self.pixel = -1  # raster index of the pixel whose trunk features are computed
         self.trunk = None  # (n, F): trunk(pixel)
 
@@ -197,7 +195,7 @@ class PixelSNAILCache:
         if x.device.type != "cpu" or threads == 1:
             return self.step(x, index)
         # a step is a few hundred tiny operations: on a CPU, splitting them over threads only adds
-        # synchronisation (measured: up to 20x slower on a busy 2-core machine), so run it on one thread
+        # synchronisation (measured here: several times slower on a busy 2-core machine), so run it on one thread
         torch.set_num_threads(1)
         try:
             return self.step(x, index)
@@ -232,10 +230,10 @@ class PixelSNAILCache:
     def first_layer(self, i: int, j: int) -> torch.Tensor:
         """down_shift(in_down(x_in)) + right_shift(in_right(x_in)) at (i, j): (n, F); the shifts
         bring zeros into row 0 and column 0."""
+        if i == 0 and j == 0:  # nothing before pixel (0, 0)
+            return self.model.pos.new_zeros(self.n, self.channels)  # (n, F)
         above = self.in_down.output(i - 1, j) if i > 0 else 0.0  # (n, F): row i-1, columns j-1..j+1
         left = self.in_right.output(i, j - 1) if j > 0 else 0.0  # (n, F): column j-1, rows i-1..i
-        if i == 0 and j == 0:  # nothing before pixel (0, 0)
-            return self.model.pos.new_zeros(self.n, self.channels)
         return above + left  # (n, F)
 
     def advance(self, x: torch.Tensor, i: int, j: int) -> torch.Tensor:
