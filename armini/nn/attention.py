@@ -27,20 +27,20 @@ cached sampler in armini.pixelsnail_cache.)
 Memory: written out, attention holds a (B, nh, T, S) score matrix and its softmax, which grow with
 T*S (a 512x512 image: T = S = 262144, about 512 GiB per head). Before allocating anything, `attend`
 compares that estimate with the memory of the device and raises a MemoryError naming T, the GiB
-needed and smaller alternatives (`check_attention_memory`).
+needed and smaller alternatives (`check_attention_memory`, with armini.memory's NotEnoughMemory).
 
 Legend: B batch, T positions (queries), S positions (keys), nh heads, dk / dv key / value size per head.
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..memory import GIB, NotEnoughMemory, device_memory
 
 
 def attention_mask(T: int, S: int, *, offset: int = 0, strict: bool = False, window: Optional[int] = None,
@@ -72,9 +72,8 @@ def local_2d_mask(H: int, W: int, rows: int, cols: int, C: int = 1) -> torch.Ten
     return near_row & near_col  # (T, T)
 
 
-#: the most bytes attention may ask for (None: all the memory of the device, see device_memory)
+#: the most bytes attention may ask for (None: all the memory of the device, armini.memory.device_memory)
 MAX_ATTENTION_BYTES: Optional[int] = None
-GIB = 2 ** 30
 
 
 def attention_bytes(B: int, n_heads: int, T: int, S: int, dtype=torch.float32) -> int:
@@ -84,33 +83,23 @@ def attention_bytes(B: int, n_heads: int, T: int, S: int, dtype=torch.float32) -
     return 2 * B * n_heads * T * S * dtype.itemsize
 
 
-@functools.lru_cache(maxsize=None)
-def device_memory(device: torch.device) -> int:
-    """All the memory `device` has: a CUDA device's total memory, or the machine's RAM."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): a generous fixed cap
-        return 64 * GIB
-
-
 def check_attention_memory(B: int, n_heads: int, T: int, S: int, dtype, device) -> None:
-    """Raise a clear MemoryError, before anything is allocated, when the (B, nh, T, S) scores would
-    not fit, instead of the allocator's raw error (a 512x512 image asks for hundreds of GB).
+    """Raise NotEnoughMemory (armini.memory: a MemoryError), before anything is allocated, when the
+    (B, nh, T, S) scores would not fit, instead of the allocator's raw error (a 512x512 image asks
+    for hundreds of GB).
 
     The limit is MAX_ATTENTION_BYTES if set, else all the memory the device has: the fused kernels
     may need less than the written-out estimate, so only what could not fit even on an empty
     machine is refused (and MAX_ATTENTION_BYTES lets a user who knows better go further)."""
     need = attention_bytes(B, n_heads, T, S, dtype)
+    device = torch.device(device)
     limit = MAX_ATTENTION_BYTES if MAX_ATTENTION_BYTES is not None else device_memory(device)
-    if need <= limit:
+    if limit is None or need <= limit:  # None: a device whose memory is unknown
         return
     side = math.isqrt(T)
     image = f" (a {side}x{side} image)" if side * side == T else ""
-    memory = "GPU memory" if torch.device(device).type == "cuda" else "RAM"
-    raise MemoryError(
+    memory = "GPU memory" if device.type == "cuda" else "RAM"
+    raise NotEnoughMemory(
         f"attention over T={T} positions{image} and S={S} keys, batch {B}, {n_heads} head(s), needs about "
         f"{need / GIB:,.1f} GiB for its (B, heads, T, S) scores and their softmax, more than the "
         f"{limit / GIB:,.1f} GiB of {memory} here. Attention memory grows with T*S: use fewer positions, "
