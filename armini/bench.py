@@ -12,6 +12,7 @@ schedule over the number of steps a short probe run says fits the budget), then 
 
     train_images_per_s   training throughput (images per second, training steps only)
     test_bpd             bits per dimension on the first `test_images` test images
+    unit                 what test_bpd measures (the model's unit: bits/dim, bits/token; "(bound)" for an upper bound)
     sample_s_per_image   seconds to sample `sample_n` images, divided by sample_n
 
 Models with a fast sampler (an `init_cache` override that returns a cache) are timed both
@@ -132,7 +133,7 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
         batch_size=batch_size, lr=lr, budget_s=budget_s, clock="cpu" if cpu_time else "wall",
         threads=torch.get_num_threads(), model_kwargs=model_kwargs, steps=hist.steps, planned_steps=steps,
         train_images_per_s=hist.images_per_s,
-        train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd, test_images=len(test_set),
+        train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd, unit=hist.unit, test_images=len(test_set),
         data_source=train_set.source, sample_n=sample_n,
     )
     if has_fast_sampler(model):

@@ -59,28 +59,29 @@ def raster_rank(shape) -> torch.Tensor:
     return (i * W + j) * C + c  # (C, H, W)
 
 
-def step_rank(model) -> torch.Tensor:
-    """The step at which `model` generates each dimension: (C, H, W) long.
+def step_rank(model, order=None) -> torch.Tensor:
+    """The step at which `model` generates each dimension: (*shape) long, e.g. (C, H, W).
 
-    Read from `model.sampling_steps()` (a list of (S, 3) index groups in order),
-    so dimensions generated together share a step."""
-    C, H, W = model.shape
-    rank = torch.full((C, H, W), -1, dtype=torch.long)
-    for t, index in enumerate(model.sampling_steps()):
-        c, i, j = index.cpu().long().unbind(1)
-        if (rank[c, i, j] >= 0).any():
+    Read from `model.sampling_steps()` (a list of (S,) flat position groups in order), or
+    `model.sampling_steps(order)` for a model that follows the order given, so dimensions
+    generated together share a step."""
+    order = model.resolve_order(order)
+    rank = torch.full((model.dims,), -1, dtype=torch.long)  # (D,) by flat position
+    steps = model.sampling_steps() if order is None else model.sampling_steps(order)
+    for t, index in enumerate(steps):
+        index = index.cpu().long()
+        if (rank[index] >= 0).any():
             raise ValueError(f"{type(model).__name__}.sampling_steps() fills a dimension twice (step {t})")
-        rank[c, i, j] = t
+        rank[index] = t
     if (rank < 0).any():
-        missing = tuple(int(v) for v in (rank < 0).nonzero()[0])
+        missing = _coord(int((rank < 0).nonzero()[0]), model.shape)
         raise ValueError(f"{type(model).__name__}.sampling_steps() never fills dimension {missing}")
-    return rank
+    return rank.view(model.shape)
 
 
 def _coord(flat: int, shape) -> tuple:
-    """Flat index into x.flatten(1) -> (c, i, j)."""
-    C, H, W = shape
-    return (flat // (H * W), (flat // W) % H, flat % W)
+    """Flat index into x.flatten(1) -> coordinates, (c, i, j) for an image."""
+    return tuple(int(v) for v in torch.unravel_index(torch.tensor(int(flat)), tuple(shape)))
 
 
 def _flat(target, shape) -> int:
@@ -113,7 +114,7 @@ def _base_images(model, x, generator) -> torch.Tensor:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         x = torch.randint(model.levels, (1,) + tuple(model.shape), generator=g)
     x = torch.as_tensor(x)
-    if x.dim() == 3:
+    if x.dim() == len(model.shape):  # one image
         x = x.unsqueeze(0)
     return model.check_input(x, "x")
 
@@ -152,13 +153,15 @@ def _labels(model, y, n):
 
 
 @torch.no_grad()
-def _sweep(model, x, trials, generator, y, batch_size, pick, rtol=1e-5, atol=1e-6):
+def _sweep(model, x, trials, generator, y, batch_size, pick, rtol=1e-5, atol=1e-6, order=None):
     """Perturb every input dimension of every base image, `trials` times, and return (change, moved):
 
         change[j, ...] = max over images and trials of max_k |pick(conditionals(x'))_k - pick(conditionals(x))_k|
         moved[j, ...]  = some image and trial moved it beyond the tolerance (see _change)
 
-    where pick selects the part of the (B, C, H, W, K) conditionals we care about."""
+    where pick selects the part of the (B, C, H, W, K) conditionals we care about; an order-agnostic
+    model computes its conditionals in `order` (None: its own)."""
+    extra = model._order_kwargs(model.resolve_order(order)) if order is not None else {}
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     was_training = model.training
     model.eval()  # dropout off: the output must be a function of the input
@@ -173,8 +176,8 @@ def _sweep(model, x, trials, generator, y, batch_size, pick, rtol=1e-5, atol=1e-
             for chunk in xs.split(batch_size):
                 b = len(chunk)
                 if b not in base:
-                    base[b] = pick(model.conditionals(x0.repeat(b, 1, 1, 1).to(dev), _labels(model, y, b)))
-                lp = pick(model.conditionals(chunk.to(dev), _labels(model, y, b)))  # (b, ...)
+                    base[b] = pick(model.conditionals(x0.repeat(b, *[1] * x0.dim()).to(dev), _labels(model, y, b), **extra))
+                lp = pick(model.conditionals(chunk.to(dev), _labels(model, y, b), **extra))  # (b, ...)
                 # row r is compared with x0 computed in the same row of a batch of the same size: the same
                 # arithmetic in the same order, so an input that does not matter changes nothing, exactly
                 parts.append([t.cpu() for t in _change(lp, base[b], rtol, atol)])
@@ -238,11 +241,11 @@ def dependency_matrix(model, x=None, *, trials: int = 2, generator=None, y=None,
     return _matrices(model, x, trials, generator, y, batch_size)[0]
 
 
-def _matrices(model, x, trials, generator, y, batch_size, rtol=1e-5, atol=1e-6):
+def _matrices(model, x, trials, generator, y, batch_size, rtol=1e-5, atol=1e-6, order=None):
     """(change, moved), both (D targets, D inputs): see dependency_matrix and context_map."""
     D, K = model.dims, model.levels
     change, moved = _sweep(model, x, trials, generator, y, batch_size,
-                           lambda lp: lp.reshape(lp.shape[0], D, K), rtol, atol)  # (D inputs, D targets)
+                           lambda lp: lp.reshape(lp.shape[0], D, K), rtol, atol, order)  # (D inputs, D targets)
     return change.T.contiguous(), moved.T.contiguous()
 
 
@@ -344,13 +347,15 @@ class CausalityReport:
 
 
 def check_causality(model, x=None, *, trials: int = 2, generator=None, y=None, rtol: float = 1e-5,
-                    atol: float = 1e-6, batch_size: int = 64) -> CausalityReport:
+                    atol: float = 1e-6, batch_size: int = 64, order=None) -> CausalityReport:
     """Measure the full dependency matrix and list every leak: an input that is not strictly
     earlier in the model's order (itself, a later dimension, or one filled in the same step)
     but moves the conditional beyond rounding (|change| > atol + rtol * |log p|).
-    See the module docstring for the method and its limits; x, trials, generator, y as in dependency_map."""
-    M, seen = _matrices(model, x, trials, generator, y, batch_size, rtol, atol)  # (D, D) each
-    rank = step_rank(model)  # (C, H, W)
+    See the module docstring for the method and its limits; x, trials, generator, y as in dependency_map.
+    order: for a model that can follow any order (any_order = True), check it in this order
+    ((D,) flat positions, see armini.orders; None: the model's own)."""
+    M, seen = _matrices(model, x, trials, generator, y, batch_size, rtol, atol, order)  # (D, D) each
+    rank = step_rank(model, order)  # (C, H, W)
     r = rank.flatten()
     not_before = r[None, :] >= r[:, None]  # (D, D): [d, j] = j is not strictly before d
     pairs = (seen & not_before).nonzero().tolist()

@@ -11,6 +11,7 @@ This sampler keeps what it has computed and, at each new pixel, computes that pi
         each block's key and value of p-1 into that block's KV cache,
             k, v = W_k [h_b, x, pos](p-1), W_v [h_b, x, pos](p-1)    h_b: the block's attention input
         h = down_shift(in_down) + right_shift(in_right) at p       windows of the raw image before p
+            (+ the class vector, for a class-conditional model)
         for each block b:
             h = GatedResnet(h) at p, n_res times                     (2, 2) windows of cached inputs
             h_b(p) = h                                               kept for p's key at the next pixel
@@ -26,6 +27,8 @@ convolution pads it; the input at p is written when p is computed and the output
 kernel applied to the window that ends at p (`PixelWindows`). Every value in that window is
 final: it belongs to a pixel before p, computed when all the pixels it depends on were known.
 Only the raw image is written late, once a pixel's last channel is drawn (pixel p-1, at p).
+"Raw image" means the model's input features x: the pixels scaled to [-1, 1] or, for
+input="embedding", each value's learned vector (armini.nn.inputs), C_in numbers per pixel.
 
 The attention is lesson 07's KV cache (armini.nn.attention.KVCache), with PixelSNAIL's strict
 mask: keys carry the raw pixel, so a pixel's key enters the cache only once that pixel is drawn,
@@ -167,16 +170,17 @@ class PixelSNAILCache:
     """What PixelSNAIL.init_cache returns: the model's layers as per-pixel steps (their input maps
     and KV caches inside), and the trunk features of the pixel being sampled.
 
-    conditional_logprobs(x, index) -> (n, 1, K): log p(x_c,i,j = . | earlier), for index = [[c, i, j]]
+    conditional_logprobs(x, index) -> (n, 1, K): log p(x_c,i,j = . | earlier), for index = [d], the flat position d = (c*H + i)*W + j
     in raster order (pixels one after another, the channels of a pixel in order)."""
 
-    def __init__(self, model, x: torch.Tensor):
+    def __init__(self, model, x: torch.Tensor, y: Optional[torch.Tensor] = None):
         n = x.shape[0]
         (C, H, W), K = model.shape, model.levels
         like = model.pos  # the model's dtype and device
-        self.model, self.n, self.W, self.channels = model, n, W, model.config.channels
+        self.model, self.n, self.H, self.W, self.channels = model, n, H, W, model.config.channels
         self.pos = model.pos[0].flatten(1).t()  # (T, 2): the position channels of each pixel, raster order
         self.ones = like.new_ones(n, 1)  # the channel of ones beside x
+        self.class_vector = None if y is None else model.class_emb(y).detach()  # (n, F): added to h after the first layer
         self.in_down = PixelWindows(model.in_down, n, H, W, like)  # on [x, 1]; read at the row above
         self.in_right = PixelWindows(model.in_right, n, H, W, like)  # on [x, 1]; read at the pixel to the left
         self.blocks = [dict(res=[GatedResnetStep(layer, n, H, W, like) for layer in block.res],
@@ -206,8 +210,8 @@ class PixelSNAILCache:
         """conditional_logprobs on the current thread settings."""
         if index.shape[0] != 1:
             raise ValueError("PixelSNAIL's cached sampler fills one dimension per step (raster order)")
-        c, i, j = index[0].tolist()
-        p = i * self.W + j
+        c, p = divmod(int(index[0]), self.W * self.H)  # flat position -> channel c, pixel p = i*W + j
+        i, j = divmod(p, self.W)
         if p == self.pixel + 1:  # a new pixel: everything before it is drawn
             self.trunk = self.advance(x, i, j)  # (n, F)
         elif p != self.pixel:  # (p == self.pixel: a later channel of the same pixel, same trunk)
@@ -219,13 +223,17 @@ class PixelSNAILCache:
     def complete(self, x: torch.Tensor, q: int):
         """Pixel q is fully drawn: write it into the first layer's maps and push its keys and values."""
         i, j = divmod(q, self.W)
-        xq = self.model.scaled(x[:, :, i, j])  # (n, C) in [-1, 1]
-        x_in = torch.cat([xq, self.ones], dim=1)  # (n, C+1): [x, 1]
+        xq = self.features(x, i, j)  # (n, C_in)
+        x_in = torch.cat([xq, self.ones], dim=1)  # (n, C_in+1): [x, 1]
         self.in_down.write(x_in, i, j)
         self.in_right.write(x_in, i, j)
         pos = self.pos[q].expand(self.n, -1)  # (n, 2)
         for block in self.blocks:
             block["attention"].push(torch.cat([block["attn_in"], xq, pos], dim=1))  # keys/values read [h, x, p]
+
+    def features(self, x: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """The model's input features of pixel (i, j), (n, C_in): scaled to [-1, 1], or embedded."""
+        return self.model.scaled(x[:, :, i: i + 1, j: j + 1]).flatten(1)  # (n, C_in, 1, 1) -> (n, C_in)
 
     def first_layer(self, i: int, j: int) -> torch.Tensor:
         """down_shift(in_down(x_in)) + right_shift(in_right(x_in)) at (i, j): (n, F); the shifts
@@ -242,6 +250,8 @@ class PixelSNAILCache:
         if p > 0:
             self.complete(x, p - 1)
         h = self.first_layer(i, j)  # (n, F)
+        if self.class_vector is not None:
+            h = h + self.class_vector  # the class, at every position
         pos = self.pos[p].expand(self.n, -1)  # (n, 2)
         for block in self.blocks:
             for layer in block["res"]:
@@ -255,7 +265,7 @@ class PixelSNAILCache:
     def head(self, x: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
         """log-probabilities (n, 1, K) of channel c at (i, j): the masked 1x1 head on the trunk
         and the current pixel's channels < c (the mask hides channel c and later ones)."""
-        xp = self.model.scaled(x[:, :, i, j])  # (n, C)
+        xp = self.features(x, i, j)  # (n, C_in)
         z = self.head_trunk(F.elu(self.trunk)) + self.head_pixel(xp)  # (n, G)
         logits = self.head_out[c](F.elu(z))  # (n, K): channel c's block of the C*K outputs
         return torch.log_softmax(logits, dim=-1)[:, None]  # (n, 1, K)

@@ -236,7 +236,8 @@ class RasterCursor:
     """Which pixel a raster-order cached sampler is at, and cheap guards that the image x it is
     handed changes only as the sampling loop changes it. Shared by every cached sampler.
 
-    advance(x, index) -> (c, i, j, moved): the dimension asked for, and whether it starts a new pixel.
+    advance(x, index) -> (c, i, j, moved): the dimension asked for (index: its flat position, (1,)),
+    and whether it starts a new pixel.
 
     Guards, each O(1) per step with no wait for the device:
       - one dimension per step, pixels in raster order (a pixel's channels repeat the same pixel);
@@ -248,7 +249,7 @@ class RasterCursor:
     step, which costs as much as the cache saves on a small model."""
 
     def __init__(self, x: torch.Tensor, width: int):
-        self.W = width
+        self.W, self.HW = width, x[0, 0].numel()  # W, and H*W: a flat position d = c*H*W + i*W + j
         self.last = -1  # raster index i*W + j of the last pixel asked for
         self.storage, self.shape = x.data_ptr(), x.shape
         self.writes = _writes(x)
@@ -266,8 +267,8 @@ class RasterCursor:
                 "cache is stale (start a new init_cache, or sample with cached=False)"
             )
         self.writes = writes
-        c, i, j = index[0].tolist()
-        p = i * self.W + j
+        c, p = divmod(int(index[0]), self.HW)  # flat position -> channel c, pixel p = i*W + j
+        i, j = divmod(p, self.W)
         if p not in (self.last, self.last + 1):
             raise ValueError(
                 f"the cached sampler must visit pixels in raster order: asked for pixel {(i, j)} after "
@@ -280,7 +281,7 @@ class RasterCursor:
 class RasterConvSampler:
     """What init_cache returns: the caches plus which pixel the sampler is at.
 
-    conditional_logprobs(x, index) -> (n, 1, K) for the next dimension index = [[c, i, j]].
+    conditional_logprobs(x, index) -> (n, 1, K) for the next dimension, index = [d] (its flat position (c*H + i)*W + j).
     strip(cache, x, y, i, j0, j1) -> (n, C, 1, P, K) computes positions (i, j0..j1-1) (default:
     strip_conditionals). refresh(cache, x, y, i, j0, j1), optional, brings the caches up to date
     after pixels (i, j0..j1-1) were filled, without computing their conditionals; by default they

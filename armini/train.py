@@ -64,6 +64,8 @@ class History:
     train_s: seconds spent in training steps only; images_per_s = images_seen / train_s
     final_test_bpd: test bits/dim at the end (None without a test set)
     stopped_early: True when `time_limit` ended training before `steps`
+    unit:    what the bits measure: the model's `unit` (bits/dim, or bits/token for a token prior),
+             with "(bound)" when it is an upper bound (armini.models.base: nll_is_bound)
     """
 
     train: list = field(default_factory=list)
@@ -76,6 +78,7 @@ class History:
     final_test_bpd: Optional[float] = None
     time_limit: Optional[float] = None
     stopped_early: bool = False
+    unit: str = "bits/dim"  # what the numbers are: model.unit, marked "(bound)" for an upper bound
 
     @property
     def final_train_bpd(self) -> Optional[float]:
@@ -96,11 +99,18 @@ class History:
             s, b = zip(*self.test)
             ax.plot(s, b, "o-", label=f"{label}: test" if label else "test")
         ax.set_xlabel("step")
-        ax.set_ylabel("bits per dimension")
+        ax.set_ylabel(self.unit)
         ax.grid(alpha=0.3)
         if self.train or self.test:
             ax.legend()
         return ax
+
+
+def unit_label(model) -> str:
+    """What a model's losses and test numbers are: "bits/dim", "bits/token", with " (bound)" when they
+    are an upper bound on the negative log-likelihood rather than its exact value."""
+    unit = getattr(model, "unit", "bits/dim")
+    return unit + (" (bound)" if getattr(model, "nll_is_bound", False) else "")
 
 
 # ----------------------------------------------------------------------------- data
@@ -210,6 +220,9 @@ def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
 def evaluate(model, data, batch_size: int = 256, device=None, limit: Optional[int] = None) -> float:
     """Test bits per dimension: -sum over images and dimensions of log2 p, divided by N * D.
 
+    In the model's unit (`model.unit`: bits/dim for pixels, bits/token for a prior over codebook
+    indices), from `model.nll_bits`; an upper bound rather than the exact value when
+    `model.nll_is_bound` (a two-stage model, a stochastic estimate).
     data: like `fit`'s; limit: use only the first `limit` images; device: default the model's.
     Runs in eval mode without gradients and restores the model's previous mode.
     """
@@ -217,15 +230,15 @@ def evaluate(model, data, batch_size: int = 256, device=None, limit: Optional[in
     dev = torch.device(device) if device is not None else model.model_device
     was_training = model.training
     model.eval()
-    total_nats = 0.0
+    total_bits = 0.0
     try:
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(dev).long()  # (B, C, H, W)
+            x = images[start : start + batch_size].to(dev).long()  # (B, *shape)
             y = labels[start : start + batch_size].to(dev) if labels is not None else None
-            total_nats -= model.log_prob(x, y).double().sum().item()
+            total_bits += model.nll_bits(x, y).double().sum().item()  # -log2 p(x) per image, summed
     finally:
         model.train(was_training)
-    return total_nats / (len(images) * model.dims * math.log(2.0))
+    return total_bits / (len(images) * model.dims)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -580,7 +593,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.amp_dtype, self.scaler = _amp_setup(dev, amp)
         self.order = BatchOrder(len(images), settings.batch_size, settings.seed)
-        self.hist = History(time_limit=settings.time_limit)
+        self.hist = History(time_limit=settings.time_limit, unit=unit_label(model))
         self.last_batch = None  # (x, y) of the latest step: the updated weights are checked on it before a save
         self.saved_step = None  # step of the last checkpoint written or resumed from
         self.lr_used = self.lr()  # the learning rate of the latest step

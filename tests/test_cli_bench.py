@@ -81,8 +81,7 @@ class CachedIndependent(IndependentPixels):
     def conditional_logprobs(self, x, index, y=None, cache=None):
         if cache is None:
             return super().conditional_logprobs(x, index, y, cache)
-        c, i, j = index.unbind(1)
-        return cache["logp"][c, i, j].expand(x.shape[0], -1, -1)  # (n, S, K)
+        return cache["logp"].flatten(0, -2)[index].expand(x.shape[0], -1, -1)  # (n, S, K), index: flat positions
 
 
 def test_bench_json_schema(tmp_path, monkeypatch, capsys):

@@ -46,9 +46,8 @@ def test_cached_conditionals_match_the_full_forward_pass(case):
     full = model.conditionals(x, y)  # (B, C, H, W, K)
     cache = model.init_cache(x, y)
     stepped = torch.empty_like(full)
-    for index in model.generation_order():
-        c, i, j = index.tolist()
-        stepped[:, c, i, j] = model.conditional_logprobs(x, index[None], y, cache)[:, 0]
+    for index in model.generation_order():  # flat positions into x.flatten(1)
+        stepped.flatten(1, -2)[:, index] = model.conditional_logprobs(x, index[None], y, cache)[:, 0]
     torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
 
 
@@ -107,17 +106,22 @@ def test_cache_refuses_misuse():
     model = make("gated-gray")
     x = torch.zeros((1,) + model.shape, dtype=torch.long)
     cache = model.init_cache(x)
-    model.conditional_logprobs(x, torch.tensor([[0, 0, 0]]), None, cache)
+    C, H, W = model.shape
+
+    def at(c, i, j):  # the flat position of dimension (c, i, j), as the sampling loop passes it
+        return torch.tensor([(c * H + i) * W + j])
+
+    model.conditional_logprobs(x, at(0, 0, 0), None, cache)
     with pytest.raises(ValueError, match="raster order"):
-        model.conditional_logprobs(x, torch.tensor([[0, 2, 2]]), None, cache)  # skips pixels
+        model.conditional_logprobs(x, at(0, 2, 2), None, cache)  # skips pixels
     x[0, 0, 0, 0] = 1  # the pixel just sampled: fine
-    model.conditional_logprobs(x, torch.tensor([[0, 0, 1]]), None, cache)
+    model.conditional_logprobs(x, at(0, 0, 1), None, cache)
     x[0, 0, 0, 1] = 3  # the pixel just sampled ...
     x[0, 0, 0, 0] = 2  # ... and an older pixel changed behind the cache's back
     with pytest.raises(ValueError, match="stale"):
-        model.conditional_logprobs(x, torch.tensor([[0, 0, 2]]), None, cache)
+        model.conditional_logprobs(x, at(0, 0, 2), None, cache)
     with pytest.raises(ValueError, match="new init_cache"):  # another image than the one the cache started on
-        model.conditional_logprobs(x.clone(), torch.tensor([[0, 0, 2]]), None, cache)
+        model.conditional_logprobs(x.clone(), at(0, 0, 2), None, cache)
 
 
 def test_cache_checks_only_the_last_pixel_per_step(monkeypatch):

@@ -152,9 +152,8 @@ def test_sampling_agrees_with_the_likelihood(model):
     model.eval()
     before = torch.zeros_like(steps[0][1])  # the image before step t
     for index, after, probs, _ in steps:
-        c, i, j = index.unbind(1)
-        with torch.no_grad():
-            expected = model.conditionals(before, labels(model, 2))[:, c, i, j].exp()  # (n, S, K)
+        with torch.no_grad():  # index: flat positions into x.flatten(1)
+            expected = model.conditionals(before, labels(model, 2)).flatten(1, -2)[:, index].exp()  # (n, S, K)
         assert torch.allclose(probs, expected.float(), atol=1e-4)
         before = after
 

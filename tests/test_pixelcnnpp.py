@@ -201,9 +201,8 @@ def test_cached_conditionals_match_the_full_forward_pass(shape, K, kw):
     full = model.conditionals(x)  # (B, C, H, W, K)
     cache = model.init_cache(x)
     stepped = torch.empty_like(full)
-    for index in model.generation_order():
-        c, i, j = index.tolist()
-        stepped[:, c, i, j] = model.conditional_logprobs(x, index[None], None, cache)[:, 0]
+    for index in model.generation_order():  # flat positions into x.flatten(1)
+        stepped.flatten(1, -2)[:, index] = model.conditional_logprobs(x, index[None], None, cache)[:, 0]
     torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
 
 
@@ -285,12 +284,67 @@ def test_cache_refuses_misuse():
     model = make_sharp((1, 4, 4), 4)
     x = torch.zeros(1, 1, 4, 4, dtype=torch.long)
     cache = model.init_cache(x)
-    model.conditional_logprobs(x, torch.tensor([[0, 0, 0]]), None, cache)
+    C, H, W = model.shape
+
+    def at(c, i, j):  # the flat position of dimension (c, i, j), as the sampling loop passes it
+        return torch.tensor([(c * H + i) * W + j])
+
+    model.conditional_logprobs(x, at(0, 0, 0), None, cache)
     with pytest.raises(ValueError, match="raster order"):
-        model.conditional_logprobs(x, torch.tensor([[0, 2, 2]]), None, cache)
+        model.conditional_logprobs(x, at(0, 2, 2), None, cache)
     x[0, 0, 0, 0] = 1  # the pixel just drawn: fine
-    model.conditional_logprobs(x, torch.tensor([[0, 0, 1]]), None, cache)
+    model.conditional_logprobs(x, at(0, 0, 1), None, cache)
     x[0, 0, 0, 1] = 2  # the pixel just drawn, and an older one changed behind the cache's back
     x[0, 0, 0, 0] = 3
     with pytest.raises(ValueError, match="stale"):
-        model.conditional_logprobs(x, torch.tensor([[0, 0, 2]]), None, cache)
+        model.conditional_logprobs(x, at(0, 0, 2), None, cache)
+
+
+# ------------------------------------------------------------------ inputs by value kind, class labels
+VALUE_KINDS = [dict(input="embedding", embed_dim=3), dict(num_classes=3), dict(input="embedding", embed_dim=2, num_classes=3)]
+VALUE_KIND_IDS = ["embedding", "classes", "embedding+classes"]
+
+
+def labels_for(model, n=2):
+    return None if model.num_classes is None else torch.arange(n) % model.num_classes
+
+
+@pytest.mark.parametrize("kw", VALUE_KINDS, ids=VALUE_KIND_IDS)
+@pytest.mark.parametrize("shape,K", [((1, 7, 7), 512), ((3, 5, 6), 6)], ids=["tokens7x7-512", "rgb5x6-padded"])
+def test_cached_and_naive_sampling_agree_with_embeddings_and_labels(shape, K, kw):
+    """The cache reads embedded inputs and adds the class vectors as the forward pass does (the old
+    cache refused labels; the old model had neither setting)."""
+    model = make_sharp(shape, K, **kw)
+    y = labels_for(model)
+    fast, p_fast = run_sampler(model, cached=True, y=y)
+    slow, p_slow = run_sampler(model, cached=False, y=y)
+    assert torch.equal(fast, slow)
+    # rounding only (float64: equal to the last digit); the sharpened embeddings and class vectors are large
+    torch.testing.assert_close(p_fast, p_slow, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", VALUE_KINDS, ids=VALUE_KIND_IDS)
+def test_embedding_and_class_conditional_models_stay_causal(kw):
+    """The class vector is the same at every position, so no pixel learns anything about another."""
+    from helpers import train_a_little
+
+    model = train_a_little(make((3, 4, 4), 5, **kw))
+    assert check_causality(model).ok
+
+
+def test_class_vectors_are_the_only_change_and_come_last():
+    """Same seed: the conditional model holds the unconditional one's weights (its class vectors are made
+    after them, so the default model draws the same random numbers as before), and with the class
+    vectors zeroed it computes exactly the unconditional model's conditionals."""
+    plain, conditional = make((3, 4, 4), 5), make((3, 4, 4), 5, num_classes=4)
+    extra = set(conditional.state_dict()) - set(plain.state_dict())
+    assert extra == {"class_u.weight", "class_ul.weight"}
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, conditional.state_dict()[name]), name
+    with torch.no_grad():
+        conditional.class_u.weight.zero_()
+        conditional.class_ul.weight.zero_()
+    x = random_images(3, (3, 4, 4), 5)
+    assert torch.equal(conditional.conditionals(x, torch.tensor([0, 1, 3])), plain.conditionals(x))
+    with pytest.raises(ValueError, match="num_classes must be a positive number"):
+        make((1, 4, 4), 4, num_classes=0)

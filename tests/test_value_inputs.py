@@ -31,6 +31,8 @@ def test_embedding_gives_each_channel_its_own_table_channel_major():
 TOKEN_PRIORS = {  # small settings: a 7x7 grid of 512 codebook indices
     "pixelcnn": dict(channels=16, n_blocks=1, head_channels=16, first_kernel=3),
     "gated-pixelcnn": dict(channels=8, n_layers=2, head_channels=16, first_kernel=3),
+    "pixelcnn++": dict(nr_filters=8, nr_mix=2, n_stages=2),
+    "pixelsnail": dict(channels=8, n_blocks=1, n_res=1, key_dim=8, value_dim=8, head_channels=8),
 }
 
 

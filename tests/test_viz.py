@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from armini import causality, viz  # noqa: E402
+from armini import causality, orders, viz  # noqa: E402
 from armini.models import PixelCNN  # noqa: E402
 from armini.nn.masked import causal_mask  # noqa: E402
 
@@ -124,7 +124,7 @@ def test_scrubber_frames_equal_what_the_sampler_saw(scrubber_and_steps):
         partial, p, (c, i, j), value = s.frame(t)
         assert np.array_equal(partial, x.numpy())  # rebuilt from the final image, not stored
         assert np.allclose(p, probs[0, 0].numpy())
-        assert (c, i, j) == tuple(index[0].tolist())
+        assert (c, i, j) == tuple(torch.stack(orders.unravel(index, x.shape[1:]), 1)[0].tolist())
         assert value == int(x[0, c, i, j])
     assert np.array_equal(s.frame(15)[0], s.final.numpy())
     with pytest.raises(IndexError):

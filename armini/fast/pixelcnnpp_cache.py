@@ -27,6 +27,11 @@ computed once per image; all it reads was computed at an earlier step or earlier
 output at pixel t (ready by step t: the network is causal, and the plan checks it) is then one 1x1
 convolution, and its mixture gives all of the pixel's channels (G and B reuse R's parameters).
 
+The input map holds what the first layers read: the pixels scaled to [-1, 1] or, for
+input="embedding", each value's learned vector (armini.nn.inputs), written when the pixel is drawn.
+A class-conditional model's class vectors (one per stream) are one more term of the first two
+layers (ClassTerm): the same at every position and depending on no pixel, so ready at step 0.
+
 Which coarse positions are computed when, in the default U-net (nr_resnet 0, three stages) on an
 8 x 8 image: each position of the 4 x 4 map shows the pixel (i, j) at whose step it is computed
 (`python -m armini.fast.pixelcnnpp_cache` prints every layer):
@@ -60,7 +65,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.dmol import to_unit_range
 from ..nn.gated import concat_elu
 from ..nn.shifted import DownRightShiftedConvTranspose2d, DownShiftedConvTranspose2d
 from ..sampling_cache import RasterCursor, conv_padding, conv_weight, one_thread_on_cpu
@@ -178,6 +182,25 @@ class ConvTerm:
         return torch.addmm(total if self.bias is None else total + self.bias, cols, self.matrix_t)
 
 
+class ClassTerm:
+    """Each image's class vector (n, F), added at every position of a map (PixelCNNpp's class_u and
+    class_ul): it reads no map, so it never delays a position and makes none of them always zero."""
+
+    def __init__(self, vectors: torch.Tensor, like: ConvTerm):
+        self.vectors = vectors.detach()  # (n, F)
+        self.source, self.size = like.source, like.size  # the map beside it in the same layer (read: nothing)
+
+    def reads(self):
+        """As ConvTerm.reads: no (output, input) pairs, and no position is always zero."""
+        none = torch.zeros(0, dtype=torch.long)
+        return none, none, torch.zeros(self.size, dtype=torch.bool)
+
+    def __call__(self, a: int, j0: int, j1: int, total=None) -> torch.Tensor:
+        """total + the class vectors at row a, columns j0..j1-1: (n, F, P), or (n, F) for one position."""
+        v = self.vectors if j1 == j0 + 1 else self.vectors[:, :, None].expand(-1, -1, j1 - j0)
+        return v if total is None else total + v
+
+
 class UpsizeTerm:
     """A stride-2 transposed convolution of armini.nn.shifted (kernel height 2): fine (a, b) is
     bias + the sum over coarse (p, q) with p = a // 2 (kernel row r = a % 2) and 2q + c = b + crop
@@ -279,15 +302,14 @@ def _runs(row: list):
 
 class PixelCNNppCache:
     """What PixelCNNpp.init_cache returns: the network's maps, the plan of which positions each step
-    computes, and the sampler's place. conditional_logprobs(x, index) -> (n, 1, K) for index = [[c, i, j]]."""
+    computes, and the sampler's place. conditional_logprobs(x, index) -> (n, 1, K) for index = [d], the flat position d = (c*H + i)*W + j."""
 
     def __init__(self, model, x: torch.Tensor, y=None):
-        if y is not None:  # PixelCNNpp has no class conditioning; a conditional variant needs its terms here too
-            raise ValueError("the PixelCNN++ cache has no class conditioning: sample with cached=False")
         C, H, W = model.shape
         self.model, self.C, self.H, self.W = model, C, H, W
+        self.C_in = model.inputs.out_channels  # input channels the first layers read (C, or C * embedding size)
         self.layers = []
-        self._build(model)
+        self._build(model, y)
         top = self.top.ready[:H, :W]
         late = top > torch.arange(H * W).view(H, W)
         if late.any():
@@ -298,7 +320,7 @@ class PixelCNNppCache:
         with torch.inference_mode():  # the maps are only read and written in inference mode
             for m in [self.image] + [L.out for L in self.layers]:
                 m.allocate(n, dtype, dev)
-            self.image.window("raw", 0, H, 0, W)[:, C] = 1.0  # the channel of ones (zero in the padding)
+            self.image.window("raw", 0, H, 0, W)[:, self.C_in] = 1.0  # the channel of ones (zero in the padding)
         # when each position is computed, from the output (read at pixel t at step t) back to the input
         self.top.need[:H, :W] = torch.arange(H * W).view(H, W)
         for L in reversed(self.layers):
@@ -314,15 +336,16 @@ class PixelCNNppCache:
         self.params = None  # (n, P) mixture parameters of the current pixel
 
     # ----------------------------------------------------------------- the plan
-    def _build(self, model):
-        """The maps of PixelCNNpp.dmol_params, in the same order, with their ready steps."""
+    def _build(self, model, y=None):
+        """The maps of PixelCNNpp.dmol_params, in the same order, with their ready steps (y: the labels
+        of a class-conditional model)."""
         C, H, W = model.shape
         Fn, S = model.config.nr_filters, model.config.n_stages
         step = 2 ** (S - 1)
         Hp, Wp = H + (-H % step), W + (-W % step)  # padded to a multiple of 2^(S-1), as the forward pass does
         ready = torch.zeros(Hp, Wp, dtype=torch.long)
         ready[:H, :W] = torch.arange(1, H * W + 1).view(H, W)  # pixel t is known from step t + 1
-        self.image = FeatureMap(C + 1, ready)  # the scaled pixels and a channel of ones
+        self.image = FeatureMap(self.C_in + 1, ready)  # the scaled (or embedded) pixels and a channel of ones
 
         def layer(terms, channels=Fn, residual=None):
             self.layers.append(Layer(terms, channels, residual))
@@ -343,9 +366,13 @@ class PixelCNNppCache:
             return layer([ConvTerm(block.conv_out, c1, "ce")], residual=h)
 
         # up pass (down_shift / right_shift of the first layers are shifts of their outputs)
-        u_list = [layer([ConvTerm(model.u_init, self.image, shift=(1, 0))])]
-        ul_list = [layer([ConvTerm(model.ul_init_up, self.image, shift=(1, 0)),
-                          ConvTerm(model.ul_init_left, self.image, shift=(0, 1))])]
+        u_terms = [ConvTerm(model.u_init, self.image, shift=(1, 0))]
+        ul_terms = [ConvTerm(model.ul_init_up, self.image, shift=(1, 0)),
+                    ConvTerm(model.ul_init_left, self.image, shift=(0, 1))]
+        if y is not None:  # the class, at every position of both streams
+            u_terms.append(ClassTerm(model.class_u(y), u_terms[0]))
+            ul_terms.append(ClassTerm(model.class_ul(y), ul_terms[0]))
+        u_list, ul_list = [layer(u_terms)], [layer(ul_terms)]
         for s in range(S):
             for res_u, res_ul in zip(model.up_u[s], model.up_ul[s]):
                 u_list.append(resnet(res_u, u_list[-1]))
@@ -382,8 +409,8 @@ class PixelCNNppCache:
         """Step t: the pixel t-1 just drawn enters the input, then every position planned for t is computed."""
         if t > 0:
             i, j = divmod(t - 1, self.W)
-            v = to_unit_range(x[:, :, i, j].to(self.image.raw.dtype), self.model.levels)  # (n, C) in [-1, 1]
-            self.image.window("raw", i, 1, j, 1)[:, : self.C, 0, 0] = v
+            v = self.model.inputs(x[:, :, i: i + 1, j: j + 1], self.image.raw.dtype)  # (n, C_in, 1, 1)
+            self.image.window("raw", i, 1, j, 1)[:, : self.C_in] = v  # scaled to [-1, 1], or embedded
         for layer, a, j0, j1 in self.plan[t]:
             layer.compute(a, j0, j1)
 

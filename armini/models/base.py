@@ -1,34 +1,55 @@
-"""The contract every pixel-space autoregressive model in armini follows.
+"""The contract every autoregressive model in armini follows.
 
-An image x with C channels, H rows and W columns is a sequence of D = C*H*W
-integer dimensions, each in {0, ..., K-1}. An autoregressive model factorises
+An input x of shape `model.shape` (an image (C, H, W); later parts: a token grid, a video) is a
+sequence of D integer dimensions, each in {0, ..., K-1}. A position is a flat index d into
+x.flatten(1) (for an image, d = (c*H + i)*W + j; armini.orders.unravel turns it back into
+(c, i, j)). An autoregressive model factorises
 
-    p(x) = prod_d p(x_d | x_<d)                                   (chain rule)
+    p(x) = prod_t p(x_sigma(t) | x_sigma(<t))                          (chain rule)
 
-in a fixed order: raster order over pixels (row by row, left to right) and,
-within a pixel, channels in order (R, then G, then B). Every model exposes:
+in an order sigma, `generation_order()`, (D,) flat indices: raster order by default (rows top to
+bottom, columns left to right, within a pixel the channels in order: R, then G, then B). Every
+model exposes:
 
-    log_prob_pixels(x)  -> (B, C, H, W)  log p(x_d | x_<d) in nats, for every d
+    log_prob_pixels(x)  -> (B, *shape)   log p(x_d | x_<d) in nats, for every d
     log_prob(x)         -> (B,)          log p(x) = sum_d log p(x_d | x_<d)
-    loss(x)             -> scalar        mean negative log-likelihood in bits per dimension
-    sample(n, ...)      -> (n, C, H, W)  integers, one dimension at a time
+    nll_bits(x)         -> (B,)          -log2 p(x): bits per image
+    loss(x)             -> scalar        the training objective: mean bits per dimension (`unit`)
+    sample(n, ...)      -> (n, *shape)   integers, one step at a time
 
 A model only has to say how it computes its conditionals; the rest is here.
 Most models implement `conditionals(x)`: log-probabilities over all K values of
-every dimension, (B, C, H, W, K), where entry d may only depend on x_<d.
+every dimension, (B, *shape, K), where entry d may only depend on the dimensions before d.
 Models whose likelihood has a cheaper closed form (PixelCNN++'s discretised
 logistic mixture) also override `log_prob_pixels`.
 
-Later paradigms extend this contract instead of replacing it: a model with
-another generation order overrides `generation_order()`; a model that fills
+Orders. Most models are built for one order (their masks encode it): `any_order = False`, and
+asking them for another order (`order=` in log_prob, loss, sample) is a clear error. A model
+that can follow any order (order-agnostic models, Part II) sets `any_order = True` and takes
+`order=` (a (D,) permutation of flat indices, see armini.orders) and `filled=` (bool (B, *shape),
+the dimensions given so far) in `conditionals`; the sampling loop passes both.
+
+Partial observations. `log_prob`, `nll_bits` and `loss` take `observed=`, a bool mask
+broadcastable to x of the dimensions given: they then score only the missing dimensions, the
+conditional NLL -log p(x_missing | x_observed). That is exact only when every observed dimension
+comes before every missing one in the order (the top half of an image in raster order;
+armini.orders.observed_first gives such an order to a model that can follow any): otherwise it
+is an error. `sample(x=..., observed=...)` completes an image the same way.
+
+Units. `unit` says what the numbers mean ("bits/dim" for pixels, "bits/token" for a prior over
+codebook indices) and `nll_is_bound` whether they are exact (False) or an upper bound (a
+two-stage model's, or a stochastic loss such as an order-agnostic model's random-order
+estimate); `evaluate`, the training history and the bench report them with every number.
+
+Later paradigms extend this contract instead of replacing it: a model that fills
 several dimensions per step (scale-wise, parallel decoding) overrides
-`sampling_steps()`; a model with a cache for fast sampling overrides
-`conditional_logprobs(x, step, cache)` and `init_cache(x)`. The `y` keyword
-carries class labels for class-conditional models (unconditional models refuse them).
+`sampling_steps()` (a list of (S,) flat index groups); a model with a cache for fast
+sampling overrides `conditional_logprobs(x, index, y, cache)` and `init_cache(x, y)`. The `y`
+keyword carries class labels for class-conditional models (unconditional models refuse them).
 
 Inputs are checked once, where a call enters the model. `conditionals`, `log_prob_pixels`,
 `log_prob` and `loss` are wrapped (by `__init_subclass__`, for every subclass) so that the first
-of them a call reaches checks x (integers of shape (B, C, H, W) in [0, K), B >= 1), the labels y
+of them a call reaches checks x (integers of shape (B, *shape) in [0, K), B >= 1), the labels y
 and the memory the batch needs; the calls it makes in turn trust what was checked, and so does
 `conditional_logprobs`, the sampling loop's call on the canvas `sample` checked once. A
 subclass writes its methods as plain functions of valid inputs. An empty batch (B = 0) is an
@@ -39,7 +60,8 @@ Memory: a model whose activations grow fast with the image size overrides
 device has is then refused before the forward pass, with a message that names the size and a
 smaller batch or image that fits (armini.memory.NotEnoughMemory, a ValueError and a MemoryError).
 
-Legend for shape comments: B batch, C channels, H height, W width, K levels, D = C*H*W.
+Legend for shape comments: B batch, C channels, H height, W width, K levels, D dimensions of one
+input (C*H*W for an image), S dimensions filled in one sampling step.
 """
 from __future__ import annotations
 
@@ -52,7 +74,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .. import memory
+from .. import memory, orders
 from ..memory import NotEnoughMemory, require_memory  # noqa: F401  (NotEnoughMemory: part of the contract)
 
 LN2 = math.log(2.0)
@@ -121,11 +143,12 @@ class SampleStep:
     """What the sampling loop tells a callback after each step (used by lesson widgets).
 
     step:   0-based index of this step; total: number of steps.
-    index:  LongTensor (S, 3) of the (c, i, j) dimensions filled at this step (S = 1 in raster order).
-    x:      the (n, C, H, W) image so far; dimensions not yet generated hold 0.
+    index:  LongTensor (S,) flat positions (into x.flatten(1)) filled at this step (S = 1 in raster
+            order); `coords()` gives them as coordinates, e.g. (c, i, j) rows.
+    x:      the (n, *shape) image so far; dimensions not yet generated hold 0.
             The loop keeps writing into it: clone it if you keep it.
     probs:  (n, S, K) the predictive distribution each filled dimension was drawn from.
-    filled: (n, C, H, W) bool, True where x already holds a generated or observed value.
+    filled: (n, *shape) bool, True where x already holds a generated or observed value.
     """
 
     step: int
@@ -135,6 +158,10 @@ class SampleStep:
     probs: torch.Tensor
     filled: torch.Tensor
 
+    def coords(self) -> torch.Tensor:
+        """The positions filled at this step as coordinates: (S, len(shape)), e.g. (c, i, j) rows."""
+        return torch.stack(orders.unravel(self.index, self.x.shape[1:]), dim=1)
+
 
 class ARModel(nn.Module):
     """Base class of every pixel-space AR model: shape/levels bookkeeping, input checks,
@@ -142,6 +169,14 @@ class ARModel(nn.Module):
 
     #: number of classes for class-conditional models (None: unconditional)
     num_classes: Optional[int] = None
+    #: can the model follow any generation order given as order= (order-agnostic models)? False: its
+    #: order is fixed (generation_order()), and asking for another one is an error
+    any_order: bool = False
+    #: what loss() and evaluate() measure, and whether that is exact or an upper bound on the NLL
+    unit: str = "bits/dim"
+    nll_is_bound: bool = False
+    #: how many axes `shape` has: 3 for images (C, H, W); None: any shape (a sequence, a video)
+    shape_axes: Optional[int] = 3
     #: True while a call that entered the model through a checked method runs (see checks_inputs)
     _inputs_checked: bool = False
 
@@ -155,8 +190,9 @@ class ARModel(nn.Module):
     def __init__(self, shape=(1, 28, 28), levels: int = 256):
         super().__init__()
         shape = tuple(int(s) for s in shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"shape must be (C, H, W) with positive sizes, got {shape!r}")
+        if len(shape) == 0 or min(shape) < 1 or (self.shape_axes is not None and len(shape) != self.shape_axes):
+            need = "(C, H, W)" if self.shape_axes == 3 else f"{self.shape_axes or 'one or more'} sizes"
+            raise ValueError(f"{type(self).__name__} needs shape {need} with positive sizes, got {shape!r}")
         if int(levels) < 2:
             raise ValueError(f"levels must be at least 2 (2 = binarised images), got {levels!r}")
         self.shape = shape
@@ -165,9 +201,8 @@ class ARModel(nn.Module):
     # ------------------------------------------------------------------ helpers
     @property
     def dims(self) -> int:
-        """D = C * H * W, the number of dimensions of one image."""
-        C, H, W = self.shape
-        return C * H * W
+        """D, the number of dimensions of one input: C * H * W for an image."""
+        return math.prod(self.shape)
 
     @property
     def model_device(self) -> torch.device:
@@ -190,7 +225,7 @@ class ARModel(nn.Module):
             self._inputs_checked = outer
 
     def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        """Raise a clear error unless x is an integer tensor (B, C, H, W), B >= 1, with values in [0, K)."""
+        """Raise a clear error unless x is an integer tensor (B, *shape), B >= 1, with values in [0, K)."""
         if self._inputs_checked:
             return x  # checked where this call entered the model (see checks_inputs)
         if not isinstance(x, torch.Tensor):
@@ -201,7 +236,7 @@ class ARModel(nn.Module):
                 f"{x.dtype}; if your images are floats in [0, 1], use armini.data.quantize or "
                 f"(x * {self.levels - 1}).round().long()"
             )
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.shape:
+        if x.dim() != 1 + len(self.shape) or tuple(x.shape[1:]) != self.shape:
             raise ValueError(
                 f"{name} must have shape (B, {', '.join(map(str, self.shape))}) for this model "
                 f"(shape={self.shape}), got {tuple(x.shape)}"
@@ -252,7 +287,7 @@ class ARModel(nn.Module):
         if need is None or have is None or need <= have:
             return
         fits = have // max(self.activation_bytes(1), 1)  # the estimate grows about linearly with the batch
-        size = smaller_size(self.shape[1])
+        size = smaller_size(self.shape[1]) if len(self.shape) == 3 else None
         smaller = f"smaller images (CLI: --size {size})" if size else "a smaller model"
         if fits >= 1:
             fix = f"Use at most {fits} images at a time (training CLI: --batch-size {fits}) or {smaller}."
@@ -261,60 +296,157 @@ class ARModel(nn.Module):
         what = f"{type(self).__name__}'s activations for a batch of {batch} images of shape {self.shape}"
         require_memory(need, self.model_device, what, fix)
 
+    # ------------------------------------------------------------------- orders
+    def generation_order(self) -> torch.Tensor:
+        """The order dimensions are generated in: (D,) flat positions into x.flatten(1).
+
+        Raster order for images: rows top to bottom, columns left to right, channels in order
+        within a pixel (armini.orders.dims_order); 0, 1, ..., D-1 for any other shape."""
+        if len(self.shape) == 3:
+            C, H, W = self.shape
+            return orders.dims_order(orders.raster(H, W), C)  # (D,)
+        return torch.arange(self.dims)
+
+    def sampling_steps(self, order: Optional[torch.Tensor] = None) -> list:
+        """Groups of dimensions generated together, in order: a list of (S,) flat positions.
+
+        One dimension per step, in `order` (default generation_order()); models that fill
+        several at once (scale-wise, parallel decoding) override this."""
+        return list((self.generation_order() if order is None else order).split(1))
+
+    def resolve_order(self, order) -> Optional[torch.Tensor]:
+        """Check an order= argument: None, or a (D,) permutation of flat positions (for an image an
+        (H*W,) pixel order is accepted too, each pixel's channels in turn). Returns None when the
+        model should use its own order, else the order as (D,) LongTensor. A fixed-order model
+        accepts only its own order and says so otherwise."""
+        if order is None:
+            return None
+        order = torch.as_tensor(order).cpu()
+        if len(self.shape) == 3 and self.shape[0] > 1 and order.dim() == 1 and len(order) == self.dims // self.shape[0]:
+            order = orders.dims_order(order.long(), self.shape[0])  # a pixel order -> every channel in turn
+        order = orders.check_order(order, self.dims, "order")
+        if self.any_order:
+            return order
+        if torch.equal(order, self.generation_order().cpu()):
+            return None  # its own order: nothing to change
+        raise ValueError(
+            f"{type(self).__name__} generates in one fixed order (its generation_order(), which its masks are "
+            "built for), so it cannot follow another order=. Leave order out, or use a model that can follow "
+            "any order (any_order=True, e.g. the order-agnostic models of Part II)"
+        )
+
+    def _order_kwargs(self, order, filled=None) -> dict:
+        """What an any-order model's conditionals also receive: the order and the filled mask."""
+        return {"order": order, "filled": filled} if self.any_order else {}
+
     # --------------------------------------------------------------- likelihood
     @checks_inputs
     def conditionals(self, x: torch.Tensor, y=None) -> torch.Tensor:
-        """log p(x_d = k | x_<d) for every dimension d and every value k: (B, C, H, W, K), in nats.
+        """log p(x_d = k | x_<d) for every dimension d and every value k: (B, *shape, K), in nats.
 
-        Entry d must depend on x_<d only (never on x_d or later): that is what the
-        causality tests check. Subclasses implement this (or log_prob_pixels)."""
+        Entry d must depend on the dimensions before d only (never on x_d or later): that is
+        what the causality tests check. Subclasses implement this (or log_prob_pixels). A model
+        with any_order = True takes conditionals(x, y, *, order=None, filled=None)."""
         raise NotImplementedError(f"{type(self).__name__} must implement conditionals(x)")
 
     @checks_inputs
-    def log_prob_pixels(self, x: torch.Tensor, y=None) -> torch.Tensor:
-        """log p(x_d | x_<d) in nats for every dimension: (B, C, H, W)."""
-        lp = self.conditionals(x, y)  # (B, C, H, W, K)
-        return lp.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # (B, C, H, W)
+    def log_prob_pixels(self, x: torch.Tensor, y=None, **order_kwargs) -> torch.Tensor:
+        """log p(x_d | x_<d) in nats for every dimension: (B, *shape)."""
+        lp = self.conditionals(x, y, **order_kwargs)  # (B, *shape, K)
+        return lp.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # (B, *shape)
+
+    def _scored(self, x, y, order, observed):
+        """(log p(x_d | earlier) for every dimension (B, D), which dimensions count (B, D) or None)."""
+        order = self.resolve_order(order)
+        lp = self.log_prob_pixels(x, y, **({"order": order} if self.any_order and order is not None else {}))
+        lp = lp.flatten(1)  # (B, D)
+        if observed is None:
+            return lp, None
+        missing = ~self._check_observed(observed, x.shape[0], order)  # (B, D)
+        return lp, missing
+
+    def _check_observed(self, observed, batch: int, order) -> torch.Tensor:
+        """observed as a (B, D) bool mask, checked to come before every missing dimension in the order."""
+        given = torch.as_tensor(observed, dtype=torch.bool, device=self.model_device)
+        try:
+            given = given.expand((batch,) + self.shape).reshape(batch, self.dims)  # (B, D)
+        except RuntimeError:
+            raise ValueError(f"observed must be a bool mask broadcastable to (B, *shape) = {(batch,) + self.shape}, "
+                             f"got shape {tuple(given.shape)}") from None
+        rank = orders.rank(self.generation_order() if order is None else order).to(given.device)  # (D,)
+        last_given = torch.where(given, rank, -1).amax(1)  # (B,) the step of the last observed dimension
+        first_missing = torch.where(given, self.dims, rank).amin(1)  # (B,)
+        if bool((last_given > first_missing).any()):
+            raise ValueError(
+                "some observed dimensions come after missing ones in this model's order, so log p(missing | "
+                "observed) is not what the chain rule gives here. Observe a prefix of the order (e.g. the top "
+                "rows in raster order), or, with a model that can follow any order, pass "
+                "order=armini.orders.observed_first(observed, order)"
+            )
+        return given
 
     @checks_inputs
-    def log_prob(self, x: torch.Tensor, y=None) -> torch.Tensor:
-        """log p(x) = sum_d log p(x_d | x_<d), in nats: (B,)."""
-        return self.log_prob_pixels(x, y).flatten(1).sum(1)
+    def log_prob(self, x: torch.Tensor, y=None, *, order=None, observed=None) -> torch.Tensor:
+        """log p(x) = sum_d log p(x_d | x_<d), in nats: (B,). With observed= (a bool mask of the given
+        dimensions), log p(x_missing | x_observed): the sum over the missing dimensions only."""
+        lp, missing = self._scored(x, y, order, observed)  # (B, D)
+        return lp.sum(1) if missing is None else (lp * missing).sum(1)
 
     @checks_inputs
-    def loss(self, x: torch.Tensor, y=None) -> torch.Tensor:
+    def nll_bits(self, x: torch.Tensor, y=None, *, order=None, observed=None) -> torch.Tensor:
+        """-log2 p(x) (or -log2 p(x_missing | x_observed)): bits per image, (B,)."""
+        return -self.log_prob(x, y, order=order, observed=observed) / LN2
+
+    @checks_inputs
+    def loss(self, x: torch.Tensor, y=None, *, order=None, observed=None) -> torch.Tensor:
         """The training objective: mean negative log-likelihood in bits per dimension,
-        -(1/D) sum_d log2 p(x_d | x_<d), averaged over the batch."""
-        return -self.log_prob_pixels(x, y).mean() / LN2
+        -(1/D) sum_d log2 p(x_d | x_<d), averaged over the batch (with observed=: per missing
+        dimension). A model may override it with a stochastic estimate (nll_is_bound = True)."""
+        if order is None and observed is None:
+            return -self.log_prob_pixels(x, y).mean() / LN2  # the plain case, as cheap as it gets
+        lp, missing = self._scored(x, y, order, observed)  # (B, D)
+        if missing is None:
+            return -lp.mean() / LN2
+        return -(lp * missing).sum() / missing.sum().clamp(min=1) / LN2
 
     # ----------------------------------------------------------------- sampling
-    def generation_order(self) -> torch.Tensor:
-        """The order dimensions are generated in: LongTensor (D, 3) of (c, i, j).
-
-        Raster order: rows top to bottom, columns left to right, channels in order within a pixel."""
-        C, H, W = self.shape
-        i, j, c = torch.meshgrid(torch.arange(H), torch.arange(W), torch.arange(C), indexing="ij")
-        return torch.stack([c.flatten(), i.flatten(), j.flatten()], dim=1)  # (D, 3)
-
-    def sampling_steps(self) -> list:
-        """Groups of dimensions generated together, in order: a list of LongTensors (S, 3).
-
-        One dimension per step for raster models; models that fill several at once override this."""
-        return list(self.generation_order().split(1))
-
     def init_cache(self, x: torch.Tensor, y=None):
         """State a fast sampler keeps between steps (None: recompute everything each step)."""
         return None
 
     @trusts_inputs
-    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor, y=None, cache=None) -> torch.Tensor:
-        """log-probabilities (n, S, K) of the dimensions `index` (S, 3) given the image so far.
+    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor, y=None, cache=None,
+                             **order_kwargs) -> torch.Tensor:
+        """log-probabilities (n, S, K) of the dimensions at flat positions `index` (S,) given the image so far.
 
-        The default runs the whole model on the whole image (the naive sampler):
-        simple and always right. Fast samplers override it and use `cache`."""
-        lp = self.conditionals(x, y)  # (n, C, H, W, K)
-        c, i, j = index.unbind(1)
-        return lp[:, c, i, j, :]  # (n, S, K)
+        The default runs the whole model on the whole image (the naive sampler): simple and always
+        right. Fast samplers override it and use `cache`. An any-order model also gets order= and
+        filled= (which dimensions the canvas holds)."""
+        lp = self.conditionals(x, y, **order_kwargs)  # (n, *shape, K)
+        return lp.flatten(1, -2)[:, index]  # (n, S, K)
+
+    def _canvas(self, n: int, x, observed):
+        """The canvas to sample into, (n, *shape) long, and which of its dimensions are given, (n, *shape) bool."""
+        dev, shape = self.model_device, (n,) + self.shape
+        if x is None:
+            if observed is not None:
+                raise ValueError("observed was given without x: pass the partial image x too")
+            return torch.zeros(shape, dtype=torch.long, device=dev), torch.zeros(shape, dtype=torch.bool, device=dev)
+        if observed is None:
+            raise ValueError("x was given without observed: pass observed, a bool mask of the known dimensions")
+        x = self.check_input(x).to(dev).clone()
+        if x.shape[0] != n:
+            raise ValueError(f"x holds {x.shape[0]} images but n={n}")
+        filled = torch.as_tensor(observed, dtype=torch.bool, device=dev).expand(shape).clone()
+        return torch.where(filled, x, torch.zeros_like(x)), filled
+
+    def _draw(self, probs: torch.Tensor, generator, gdev) -> torch.Tensor:
+        """One value per distribution (n, S, K) -> (n, S), by inverse-CDF sampling with uniforms from
+        `generator`: the same draws give the same images for any sampler (naive or cached) that
+        computes the same probabilities."""
+        u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(probs.device)
+        cdf = probs.cumsum(-1)  # (n, S, K)
+        return (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_(max=self.levels - 1)  # (n, S)
 
     @torch.no_grad()
     def sample(
@@ -329,13 +461,15 @@ class ARModel(nn.Module):
         callback: Optional[Callable[[SampleStep], None]] = None,
         cached: bool = True,
         progress: bool = False,
+        order=None,
     ) -> torch.Tensor:
-        """Draw n images, one step at a time: (n, C, H, W) integers in [0, K).
+        """Draw n images, one step at a time: (n, *shape) integers in [0, K).
 
-        x, observed: complete a partially observed image. x is (n, C, H, W) integers and
+        x, observed: complete a partially observed image. x is (n, *shape) integers and
             observed a bool mask broadcastable to it: observed dimensions are kept, the
-            rest are generated (a raster model only sees the observed ones that come
-            earlier in its order, e.g. the top half of an image).
+            rest are generated (a fixed-order model only sees the observed ones that come
+            earlier in its order, e.g. the top half of an image in raster order; a model that can
+            follow any order sees all of them with order=armini.orders.observed_first(...)).
         y: class labels (n,) or one label for class-conditional models.
         generator: a torch.Generator; the same seed gives the same images.
         temperature: divides the log-probabilities before sampling (1 = the model itself; a finite
@@ -343,58 +477,43 @@ class ARModel(nn.Module):
         callback: called with a SampleStep after every step (lessons animate sampling with it).
         cached: use the model's fast sampler if it has one (False forces full recomputation;
             steps whose dimensions are all observed are then skipped, unless a callback watches).
+        order: the generation order, (D,) flat positions (models with any_order = True; a
+            fixed-order model accepts only its own).
         """
         if int(n) < 1:
             raise ValueError(f"n must be a positive number of images, got {n!r}")
+        n = int(n)
         check_temperature(temperature)
-        self.check_memory(int(n))
+        self.check_memory(n)
+        order = self.resolve_order(order)
+        x, filled = self._canvas(n, x, observed)  # (n, *shape) each
+        y = self.check_labels(y, n)
+        steps = self.sampling_steps() if order is None else self.sampling_steps(order)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        flat_x, flat_filled = x.view(n, -1), filled.view(n, -1)  # (n, D) views of the canvas
         was_training = self.training
         self.eval()
-        dev = self.model_device
-        n = int(n)
-        shape = (n,) + self.shape
-        if x is None:
-            if observed is not None:
-                raise ValueError("observed was given without x: pass the partial image x too")
-            x = torch.zeros(shape, dtype=torch.long, device=dev)
-            filled = torch.zeros(shape, dtype=torch.bool, device=dev)
-        else:
-            if observed is None:
-                raise ValueError("x was given without observed: pass observed, a bool mask of the known dimensions")
-            x = self.check_input(x).to(dev).clone()
-            if x.shape[0] != n:
-                raise ValueError(f"x holds {x.shape[0]} images but n={n}")
-            filled = torch.as_tensor(observed, dtype=torch.bool, device=dev).expand(shape).clone()
-            x = torch.where(filled, x, torch.zeros_like(x))
-        y = self.check_labels(y, n)
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        steps = self.sampling_steps()
+        with self.inputs_checked():  # x and y are checked: the cache may trust them
+            cache = self.init_cache(x, y) if cached else None
         iterator = steps
         if progress:
             from tqdm.auto import tqdm
 
             iterator = tqdm(steps, desc="sampling", leave=False)
-        with self.inputs_checked():  # x and y are checked: the cache may trust them
-            cache = self.init_cache(x, y) if cached else None
         try:
             for t, index in enumerate(iterator):
-                index = index.to(dev)
-                c, i, j = index.unbind(1)
-                keep = filled[:, c, i, j]  # (n, S): dimensions already given
+                index = index.to(x.device)  # (S,) flat positions
+                keep = flat_filled[:, index]  # (n, S): dimensions already given
                 if cache is None and callback is None and bool(keep.all()):
                     # nothing to draw and no cache to update: skip the network, but use up this step's
                     # uniforms so that the later steps draw what the cached sampler draws
                     torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
                     continue
-                logp = self.conditional_logprobs(x, index, y, cache)  # (n, S, K)
+                logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
                 probs = torch.softmax(logp.double() / temperature, dim=-1)  # (n, S, K)
-                # inverse-CDF sampling with uniforms drawn from `generator`: the same draws
-                # give the same images for any sampler (naive or cached) that computes the same probs
-                u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(dev)
-                cdf = probs.cumsum(-1)
-                new = (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_(max=self.levels - 1)  # (n, S)
-                x[:, c, i, j] = torch.where(keep, x[:, c, i, j], new)
-                filled[:, c, i, j] = True
+                new = self._draw(probs, generator, gdev)  # (n, S)
+                flat_x[:, index] = torch.where(keep, flat_x[:, index], new)  # one write into x per step
+                flat_filled[:, index] = True
                 if callback is not None:
                     callback(SampleStep(t, len(steps), index, x, probs.float(), filled))
         finally:

@@ -37,8 +37,16 @@ property. A stride-2 convolution reads positions up to (2i, 2j) into coarse
 position (i, j), and the transposed one writes (i, j) back into (2i..2i+1, 2j..2j+1),
 never earlier.
 
+Inputs and labels: pixel values are read as numbers in [-1, 1]; codebook indices (a prior over
+token grids, `input="embedding"`) get a learned vector per value instead (armini.nn.inputs); the
+output stays a discretised logistic mixture over the K values either way. Class conditioning
+(`num_classes`): a learned vector per class is added to the first features of both streams (u and
+ul) at every position; the same at every position, it tells every pixel the class and nothing
+about other pixels, so causality is unchanged. The paper adds a class term inside every gated
+resnet; here the class enters once, at the start, and the network carries it from there.
+
 Deviations from the paper: no weight normalisation or data-dependent init (plain
-convolutions, Adam is fine at this size); no class conditioning; any number of
+convolutions, Adam is fine at this size); the class enters once (above); any number of
 down-sampling stages (`n_stages`); images whose sides do not divide by 2^(n_stages-1)
 are zero-padded at the bottom and right (padding after the last row and column of
 each row keeps the raster order of the real pixels, so causality is unchanged);
@@ -62,6 +70,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -71,8 +80,10 @@ from ..fast.pixelcnnpp_cache import PixelCNNppCache
 from ..nn.dmol import (coupled_means, dmol_conditionals, dmol_log_prob_pixels, dmol_num_params, dmol_split,
                        log_bin_mass, to_unit_range)
 from ..nn.gated import GatedResnet
+from ..nn.inputs import ValueInput
 from ..nn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                           DownShiftedConvTranspose2d, down_shift, right_shift)
+from ..orders import unravel
 from .base import ARModel
 
 
@@ -85,6 +96,9 @@ class PixelCNNppConfig:
     n_stages: int = 3  # resolutions: 28 -> 14 -> 7 (the paper: 32 -> 16 -> 8)
     nr_mix: int = 5  # M, logistics in the mixture
     dropout: float = 0.0  # on the gated resnets' hidden layer; the paper uses 0.5 (long training, overfitting)
+    input: str = "ordinal"  # how values are read: "ordinal" (pixels) or "embedding" (codebook indices)
+    embed_dim: int = 16  # embedding size per channel when input="embedding"
+    num_classes: Optional[int] = None  # class-conditional with this many classes (None: unconditional)
 
 
 class PixelCNNpp(ARModel):
@@ -97,17 +111,22 @@ class PixelCNNpp(ARModel):
             raise ValueError(f"need nr_filters >= 1, nr_resnet >= 0, n_stages >= 1, nr_mix >= 1; got {cfg}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout!r}")
+        if cfg.num_classes is not None and cfg.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive number of classes or None, got {cfg.num_classes!r}")
         self.config = cfg
+        self.num_classes = cfg.num_classes
         C = self.shape[0]
         Fn, R, S = cfg.nr_filters, cfg.nr_resnet, cfg.n_stages
+        self.inputs = ValueInput(self.levels, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
+        C_in = self.inputs.out_channels
 
         def resnets(n, conv, skip):
             return nn.ModuleList([GatedResnet(Fn, conv, skip, cfg.dropout) for _ in range(n)])
 
-        # first layer, on the image plus a channel of ones (so the convolutions' zero padding is visible)
-        self.u_init = DownShiftedConv2d(C + 1, Fn, (2, 3))  # rows above (after the down-shift)
-        self.ul_init_up = DownShiftedConv2d(C + 1, Fn, (1, 3))  # the row above (after the down-shift)
-        self.ul_init_left = DownRightShiftedConv2d(C + 1, Fn, (2, 1))  # left column (after the right-shift)
+        # first layer, on the inputs plus a channel of ones (so the convolutions' zero padding is visible)
+        self.u_init = DownShiftedConv2d(C_in + 1, Fn, (2, 3))  # rows above (after the down-shift)
+        self.ul_init_up = DownShiftedConv2d(C_in + 1, Fn, (1, 3))  # the row above (after the down-shift)
+        self.ul_init_left = DownRightShiftedConv2d(C_in + 1, Fn, (2, 1))  # left column (after the right-shift)
         # the u stream's convolutions are DownShiftedConv2d (2, 3): rows i-1..i, columns j-1..j+1;
         # the ul stream's DownRightShiftedConv2d (2, 2): rows i-1..i, columns j-1..j (their default kernels)
         # up pass: fine -> coarse; ul reads u at the same position
@@ -122,20 +141,27 @@ class PixelCNNpp(ARModel):
         self.upsize_u = nn.ModuleList([DownShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
         self.upsize_ul = nn.ModuleList([DownRightShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
         self.nin_out = nn.Conv2d(Fn, dmol_num_params(C, cfg.nr_mix), 1)
+        if cfg.num_classes is not None:  # a learned vector per class for each stream (made last: the
+            self.class_u = nn.Embedding(cfg.num_classes, Fn)  # unconditional model draws what it always drew)
+            self.class_ul = nn.Embedding(cfg.num_classes, Fn)
 
-    def dmol_params(self, x: torch.Tensor) -> torch.Tensor:
-        """Mixture parameters (B, P, H, W) of every pixel, computed from the pixels strictly before it."""
+    def dmol_params(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """Mixture parameters (B, P, H, W) of every pixel, computed from the pixels strictly before it
+        (and the labels y (B,) of a class-conditional model)."""
         B, C, H, W = x.shape
         S = self.config.n_stages
-        h = to_unit_range(x.to(self.nin_out.weight.dtype), self.levels)  # (B, C, H, W) in [-1, 1]
-        h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (B, C+1, H, W)
+        h = self.inputs(x, self.nin_out.weight.dtype)  # (B, C_in, H, W): in [-1, 1], or embedded
+        h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (B, C_in+1, H, W)
         # pad bottom and right to a multiple of 2^(S-1): the real pixels keep their raster order
         step = 2 ** (S - 1)
-        h = F.pad(h, (0, -W % step, 0, -H % step))  # (B, C+1, H', W')
+        h = F.pad(h, (0, -W % step, 0, -H % step))  # (B, C_in+1, H', W')
 
         # up pass: keep every output for the shortcuts
         u_list = [down_shift(self.u_init(h))]  # (B, F, H', W'): rows above
         ul_list = [down_shift(self.ul_init_up(h)) + right_shift(self.ul_init_left(h))]  # above and left
+        if y is not None:  # the class, at every position of both streams
+            u_list[0] = u_list[0] + self.class_u(y)[:, :, None, None]  # (B, F, H', W')
+            ul_list[0] = ul_list[0] + self.class_ul(y)[:, :, None, None]
         for s in range(S):
             for res_u, res_ul in zip(self.up_u[s], self.up_ul[s]):
                 u_list.append(res_u(u_list[-1]))
@@ -160,14 +186,10 @@ class PixelCNNpp(ARModel):
 
     # ------------------------------------------------------------- likelihood
     def log_prob_pixels(self, x, y=None):
-        x = self.check_input(x)
-        self.check_labels(y, x.shape[0])
-        return dmol_log_prob_pixels(self.dmol_params(x), x, self.levels)  # (B, C, H, W)
+        return dmol_log_prob_pixels(self.dmol_params(x, y), x, self.levels)  # (B, C, H, W)
 
     def conditionals(self, x, y=None):
-        x = self.check_input(x)
-        self.check_labels(y, x.shape[0])
-        return dmol_conditionals(self.dmol_params(x), x, self.levels)  # (B, C, H, W, K)
+        return dmol_conditionals(self.dmol_params(x, y), x, self.levels)  # (B, C, H, W, K)
 
     # --------------------------------------------------------------- sampling
     def init_cache(self, x, y=None):
@@ -180,8 +202,8 @@ class PixelCNNpp(ARModel):
         sampler) a full pass over the whole image per step; with one, through the cache."""
         if cache is not None:
             return cache.conditional_logprobs(x, index)  # (n, 1, K)
-        c, i, j = index.unbind(1)
-        params = self.dmol_params(x)[:, :, i, j]  # (n, P, S)
+        c, i, j = unravel(index, self.shape)  # flat positions -> (S,) channel, row, column
+        params = self.dmol_params(x, y)[:, :, i, j]  # (n, P, S)
         return torch.stack([self.pixel_conditionals(params[:, :, s], x[:, :, i[s], j[s]], int(c[s]))
                             for s in range(len(c))], 1)  # (n, S, K)
 

@@ -64,6 +64,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..fast.pixelrnn_cache import DiagonalBiLSTMCache, RowLSTMCache
 from ..nn.heads import categorical_logits, softmax_head
 from ..nn.inputs import to_unit_range
 from ..nn.masked import MaskedConv2d, MaskedRowConv
@@ -275,43 +276,15 @@ class RowLSTM(PixelRNN):
     def make_layer(self, channels, hidden, groups):
         return RowLSTMLayer(channels, hidden, groups, self.config.k)
 
-    # Fast sampling: row i's conditionals need only row i and the LSTM states of row i-1,
-    # so the sampler keeps those states and recomputes one row per step (not H rows).
-    def row_logits(self, x: torch.Tensor, i: int, states: list):
-        """Row i of the network, given every layer's (h, c) of row i-1 (None for row 0):
-        logits (B, C, 1, W, K) and every layer's (h, c) of row i."""
-        h = self.first_features(x, i)  # (B, F, 1, W)
-        new_states = []
-        for layer, state in zip(self.layers, states):
-            h, state = layer.step(h, state)  # (B, F, 1, W)
-            new_states.append(state)
-        return self.readout(h), new_states
-
+    # Fast sampling (armini.fast.pixelrnn_cache): row i's conditionals need only row i and the
+    # LSTM states of row i-1, so the sampler keeps those states and recomputes one row per step.
     def init_cache(self, x, y=None):
-        """Every layer's states of the last finished row (none yet)."""
-        return {"row": -1, "states": [None] * len(self.layers)}
+        return RowLSTMCache(self)
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
-        i = int(index[0, 1])
-        if cache is None or bool((index[:, 1] != i).any()):
-            return super().conditional_logprobs(x, index, y)
-        if cache["row"] >= i:  # a new pass over the image: start again from the top
-            cache.update(self.init_cache(x, y))
-        while cache["row"] < i - 1:  # finish the rows above, now that their values are final
-            _, cache["states"] = self.row_logits(x, cache["row"] + 1, cache["states"])
-            cache["row"] += 1
-        logits, _ = self.row_logits(x, i, cache["states"])  # (n, C, 1, W, K)
-        lp = torch.log_softmax(logits[:, :, 0], dim=-1)  # (n, C, W, K)
-        return lp[:, index[:, 0], index[:, 2]]  # (n, S, K)
-
-
-def _state(maps, i: int, j: int):
-    """(h, c) of pixel (i, j) from state maps (h, c), each (B, h, H, W); zeros outside the image."""
-    h, c = maps
-    if 0 <= i < h.shape[2] and 0 <= j < h.shape[3]:
-        return h[:, :, i, j], c[:, :, i, j]  # (B, h) each
-    zero = h.new_zeros(h.shape[:2])  # the LSTM's initial state
-    return zero, zero
+        if cache is None:
+            return super().conditional_logprobs(x, index, y)  # the naive sampler
+        return cache.conditional_logprobs(x, index)  # (n, S, K)
 
 
 class DiagonalBiLSTM(PixelRNN):
@@ -322,60 +295,13 @@ class DiagonalBiLSTM(PixelRNN):
     def make_layer(self, channels, hidden, groups):
         return DiagonalBiLSTMLayer(channels, hidden, groups)
 
-    # Fast sampling: the left-to-right state of pixel (i, j) needs only the states of (i, j-1)
-    # and (i-1, j); the right-to-left states of row i are needed from row i+1 on. The sampler
-    # keeps every layer's state maps and its input, updates one pixel per step, and runs the
-    # right-to-left pass over a row once the row is finished.
+    # Fast sampling (armini.fast.pixelrnn_cache): the left-to-right state of pixel (i, j) needs only
+    # the states of (i, j-1) and (i-1, j), and the right-to-left pass over a row runs once it is
+    # finished, so the sampler updates one pixel per step.
     def init_cache(self, x, y=None):
-        """Every layer's inputs and state maps, and the first pixel whose states are not final."""
-        (n, _, H, W), h = x.shape, self.config.hidden
-        L = len(self.layers)
-
-        def new(channels):  # (n, channels, H, W) zeros
-            return torch.zeros(n, channels, H, W, dtype=self.input_conv.weight.dtype, device=x.device)
-
-        return {
-            "next": (0, 0),
-            "input": [new(2 * h) for _ in range(L)],  # (n, F, H, W) each layer's input
-            "lr": [(new(h), new(h)) for _ in range(L)],  # (h, c) maps of the left-to-right pass
-            "rl": [(new(h), new(h)) for _ in range(L)],  # (h, c) maps of the right-to-left pass
-        }
-
-    def pixel_logits(self, x: torch.Tensor, i: int, j: int, cache) -> torch.Tensor:
-        """Every layer at pixel (i, j), states written into the cache: logits (B, C, K)."""
-        h = self.first_features(x, i)[:, :, 0, j]  # (B, F)
-        for layer, inp, lr, rl in zip(self.layers, cache["input"], cache["lr"], cache["rl"]):
-            inp[:, :, i, j] = h
-            net = layer.left_to_right
-            x_is = net.input_to_state(h[:, :, None, None])[:, :, 0, 0]  # (B, 4h)
-            h_lr, c_lr = net.cell(x_is, above=_state(lr, i - 1, j), before=_state(lr, i, j - 1))  # (B, h)
-            lr[0][:, :, i, j], lr[1][:, :, i, j] = h_lr, c_lr
-            h_rl = _state(rl, i - 1, j)[0]  # the right-to-left pass, shifted down: (B, h)
-            h = h + layer.out((h_lr + h_rl)[:, :, None, None])[:, :, 0, 0]  # (B, F)
-        return self.readout(h[:, :, None, None])[:, :, 0, 0]  # (B, C, K)
-
-    def finish_row(self, x: torch.Tensor, i: int, cache) -> None:
-        """The right-to-left pass over row i (every layer), once row i is final."""
-        image = self.scale(x[:, :, i : i + 1])  # (B, C, 1, W)
-        for layer, inp, rl in zip(self.layers, cache["input"], cache["rl"]):
-            net = layer.right_to_left
-            x_is = net.input_to_state(torch.cat([inp[:, :, i : i + 1], image], 1))[:, :, 0]  # (B, 4h, W)
-            for j in reversed(range(x.shape[3])):  # right to left: "before" is the right neighbour
-                h, c = net.cell(x_is[:, :, j], above=_state(rl, i - 1, j), before=_state(rl, i, j + 1))
-                rl[0][:, :, i, j], rl[1][:, :, i, j] = h, c
+        return DiagonalBiLSTMCache(self, x)
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
-        if cache is None or len(index) != 1:
-            return super().conditional_logprobs(x, index, y)
-        c, i, j = (int(v) for v in index[0])
-        W = self.shape[2]
-        if cache["next"] > (i, j):  # a new pass over the image: start again from the top
-            cache.update(self.init_cache(x, y))
-        while cache["next"] < (i, j):  # finish the pixels before (i, j), now that their values are final
-            pi, pj = cache["next"]
-            self.pixel_logits(x, pi, pj, cache)
-            if pj == W - 1:
-                self.finish_row(x, pi, cache)
-            cache["next"] = (pi, pj + 1) if pj < W - 1 else (pi + 1, 0)
-        logits = self.pixel_logits(x, i, j, cache)  # (n, C, K), recomputed once (i, j) is final
-        return torch.log_softmax(logits[:, c : c + 1], dim=-1)  # (n, 1, K)
+        if cache is None:
+            return super().conditional_logprobs(x, index, y)  # the naive sampler
+        return cache.conditional_logprobs(x, index)  # (n, 1, K)

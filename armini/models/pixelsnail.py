@@ -28,6 +28,12 @@ sub-pixels. Its 1x1 convolutions split their channels into C groups (armini.nn.m
 reads the trunk and, through a mask-A 1x1 convolution, the current pixel's channels < c; the
 output keeps the groups (mask B), so the logits of channel c (the c-th block of K) see R..c-1 only.
 
+Inputs and labels: x above is read by value kind (armini.nn.inputs): pixel values scaled to
+[-1, 1], or, for codebook indices (a prior over token grids, `input="embedding"`), a learned
+vector per value, wherever the model reads x (first layer, keys and values, head). Class
+conditioning (`num_classes`): a learned vector per class is added to h after the first layer, at
+every position; the same everywhere, it tells every pixel the class and nothing about other pixels.
+
 Sampling: `sample()` computes only the new pixel at each step (armini.pixelsnail_cache: the
 convolutions from the cached inputs of earlier pixels, the attention with a KV cache) and draws
 the same images as `sample(..., cached=False)`, which reruns the whole model at every step.
@@ -44,6 +50,7 @@ Legend: B batch, C image channels, H, W height and width, K levels, F feature ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -52,6 +59,7 @@ import torch.nn.functional as F
 from ..nn.attention import CausalSelfAttention
 from ..nn.gated import GatedResnet
 from ..nn.heads import categorical_logits
+from ..nn.inputs import ValueInput
 from ..nn.masked import MaskedConv2d
 from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
 from ..pixelsnail_cache import PixelSNAILCache
@@ -110,6 +118,9 @@ class PixelSNAILConfig:
     key_dim: int = 32
     value_dim: int = 32
     head_channels: int = 64  # width of the masked 1x1 head (rounded up to a multiple of C)
+    input: str = "ordinal"  # how values are read: "ordinal" (pixels) or "embedding" (codebook indices)
+    embed_dim: int = 16  # embedding size per channel when input="embedding"
+    num_classes: Optional[int] = None  # class-conditional with this many classes (None: unconditional)
 
 
 class PixelSNAIL(ARModel):
@@ -120,17 +131,24 @@ class PixelSNAIL(ARModel):
         cfg = PixelSNAILConfig(shape=self.shape, levels=self.levels, **kwargs)
         C, H, W = self.shape
         cfg.head_channels = -(-cfg.head_channels // C) * C
+        if cfg.num_classes is not None and cfg.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive number of classes or None, got {cfg.num_classes!r}")
         self.config = cfg
+        self.num_classes = cfg.num_classes
         Fc, G, K = cfg.channels, cfg.head_channels, self.levels
+        self.inputs = ValueInput(K, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
+        C_in = self.inputs.out_channels  # C, or C * embed_dim in channel-major groups (one per image channel)
         # first layer, on [x, 1] (the ones channel tells the zero padding apart from black pixels)
-        self.in_down = DownShiftedConv2d(C + 1, Fc, (1, 3))  # + down_shift: the row above, columns j-1..j+1
-        self.in_right = DownRightShiftedConv2d(C + 1, Fc, (2, 1))  # + right_shift: column j-1, rows i-1 and i
-        self.blocks = nn.ModuleList([SNAILBlock(Fc, C, cfg.n_res, cfg.key_dim, cfg.value_dim, cfg.n_heads)
+        self.in_down = DownShiftedConv2d(C_in + 1, Fc, (1, 3))  # + down_shift: the row above, columns j-1..j+1
+        self.in_right = DownRightShiftedConv2d(C_in + 1, Fc, (2, 1))  # + right_shift: column j-1, rows i-1 and i
+        self.blocks = nn.ModuleList([SNAILBlock(Fc, C_in, cfg.n_res, cfg.key_dim, cfg.value_dim, cfg.n_heads)
                                      for _ in range(cfg.n_blocks)])
         # head: group c of G reads the trunk and the current pixel's channels < c (mask A; with C = 1: none)
         self.head_trunk = nin(Fc, G)
-        self.head_pixel = MaskedConv2d(C, G, 1, "A", C)
+        self.head_pixel = MaskedConv2d(C_in, G, 1, "A", C)
         self.head_out = MaskedConv2d(G, C * K, 1, "B", C)  # channel c's logits are block c of K
+        if cfg.num_classes is not None:  # made last: the unconditional model draws what it always drew
+            self.class_emb = nn.Embedding(cfg.num_classes, Fc)  # a learned vector per class
         # position channels p: row and column, scaled to [-1/2, 1/2)
         i = (torch.arange(H).float() - H / 2) / H
         j = (torch.arange(W).float() - W / 2) / W
@@ -138,35 +156,39 @@ class PixelSNAIL(ARModel):
         self.register_buffer("pos", pos[None], persistent=False)  # (1, 2, H, W)
 
     def scaled(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer images (B, C, H, W) -> values in [-1, 1], in the model's dtype (float64 after model.double())."""
-        return x.to(self.pos.dtype) * (2.0 / (self.levels - 1)) - 1.0
+        """Integer images (B, C, H, W) -> input features (B, C_in, H, W) by value kind (armini.nn.inputs):
+        values in [-1, 1] in the model's dtype (float64 after model.double()), or embeddings."""
+        return self.inputs(x, self.pos.dtype)
 
-    def trunk(self, x: torch.Tensor, return_weights: bool = False):
-        """Features (B, F, H, W) of every pixel from the pixels before it, for scaled images x
-        (B, C, H, W); and each block's attention weights (None unless return_weights)."""
-        x_in = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (B, C+1, H, W)
+    def trunk(self, x: torch.Tensor, return_weights: bool = False, y=None):
+        """Features (B, F, H, W) of every pixel from the pixels before it (and the labels y (B,) of a
+        class-conditional model), for scaled images x (B, C_in, H, W); and each block's attention
+        weights (None unless return_weights)."""
+        x_in = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (B, C_in+1, H, W)
         h = down_shift(self.in_down(x_in)) + right_shift(self.in_right(x_in))  # (B, F, H, W)
+        if y is not None:
+            h = h + self.class_emb(y)[:, :, None, None]  # the class, at every position
         maps = []
         for block in self.blocks:
             h, weights = block(h, x, self.pos, return_weights)  # (B, F, H, W)
             maps.append(weights)
         return h, maps
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""
+    def logits(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W) (and labels y (B,))."""
         B, C, H, W = x.shape
-        x = self.scaled(x)  # (B, C, H, W) in [-1, 1]
-        h, _ = self.trunk(x)  # (B, F, H, W)
+        x = self.scaled(x)  # (B, C_in, H, W): in [-1, 1], or embedded
+        h, _ = self.trunk(x, y=y)  # (B, F, H, W)
         z = self.head_trunk(F.elu(h)) + self.head_pixel(x)  # (B, G, H, W): group c sees channels < c of pixel i
         out = self.head_out(F.elu(z))  # (B, C*K, H, W), channel-major
         return categorical_logits(out, C, self.levels)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
-        return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)
+        return torch.log_softmax(self.logits(x, y), dim=-1)  # (B, C, H, W, K)
 
     # ------------------------------------------------------- cached sampling
     def init_cache(self, x, y=None):
-        return PixelSNAILCache(self, x)  # armini.pixelsnail_cache: one new pixel per step
+        return PixelSNAILCache(self, x, y)  # armini.pixelsnail_cache: one new pixel per step
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
         """log p(x_d = . | x_<d) for the one dimension d in `index`: through the cache, computing only
@@ -176,8 +198,9 @@ class PixelSNAIL(ARModel):
         return cache.conditional_logprobs(x, index)  # (n, 1, K)
 
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> list:
+    def attention_maps(self, x: torch.Tensor, y=None) -> list:
         """Each block's attention weights, a list of (B, n_heads, T, T) with T = H*W in raster order:
         row i is how much pixel i reads each earlier pixel j (row 0 is all zero)."""
         x = self.check_input(x)
-        return self.trunk(self.scaled(x), return_weights=True)[1]
+        y = self.check_labels(y, x.shape[0])
+        return self.trunk(self.scaled(x), return_weights=True, y=y)[1]

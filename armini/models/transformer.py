@@ -192,8 +192,8 @@ class PixelTransformer(ARModel):
         C, H, W = self.shape
         if index.shape[0] != 1:
             raise ValueError("the cached sampler generates one token per step (raster order)")
-        c, i, j = index[0].tolist()
-        d = (i * W + j) * C + c  # position in the sequence
+        c, p = divmod(int(index[0]), H * W)  # flat position -> channel c, pixel p = i*W + j
+        d = p * C + c  # position in the sequence
         if d < cache.fed:
             raise ValueError(f"the cached sampler goes in raster order: position {d} was already fed")
         with torch.inference_mode():  # no autograd bookkeeping at all: faster than no_grad for small steps
