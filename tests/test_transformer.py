@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from armini import orders
 from armini.causality import assert_causal, check_causality
 from armini.models.transformer import PixelTransformer
 from armini.nn.palette import Palette, kmeans
@@ -60,8 +61,8 @@ def test_causal_at_init_and_after_training(shape):
 class NoShift(PixelTransformer):
     """Broken on purpose: position d is fed x_d instead of x_{d-1} (the right shift is gone)."""
 
-    def embed(self, seq, first=0, last=None):
-        return super().embed(torch.roll(seq, -1, dims=1), first, last)
+    def embed(self, seq, first=0, last=None, order=None, y=None):
+        return super().embed(torch.roll(seq, -1, dims=1), first, last, order, y)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -121,7 +122,7 @@ def test_cached_step_equals_conditionals(shape):
     for index in m.sampling_steps():
         torch.testing.assert_close(m.conditional_logprobs(x, index, cache=cache)[:, 0], full.flatten(1, -2)[:, index[0]],
                                    atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="raster order"):
+    with pytest.raises(ValueError, match="already fed"):
         m.conditional_logprobs(x, m.sampling_steps()[0], cache=cache)  # going back is refused
 
 
@@ -237,3 +238,58 @@ def test_transformer_on_palette_codes():
     assert torch.isfinite(m.loss(codes))
     images = palette.decode(m.sample(2, generator=torch.Generator().manual_seed(0)))
     assert images.shape == (2, 3, 4, 4)
+
+
+class Snake(PixelTransformer):
+    """A transformer that generates in S-curve order (rows alternate direction), by overriding its order."""
+
+    def generation_order(self):
+        C, H, W = self.shape
+        return orders.dims_order(orders.s_curve(H, W), C)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_non_raster_subclass_is_causal_normalised_and_samples_from_its_cache(shape):
+    m = train_steps(Snake(shape=shape, levels=3, **SMALL))
+    assert_causal(m)  # in its own (S-curve) order
+    C, H, W = shape
+    x = torch.randint(3, (2,) + shape)
+    assert torch.allclose(m.conditionals(x).exp().sum(-1), torch.ones(2, *shape), atol=1e-5)
+    naive = m.sample(2, generator=torch.Generator().manual_seed(0), cached=False)
+    cached = m.sample(2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(naive, cached)
+    steps = []
+    m.sample(1, callback=lambda s: steps.append(int(s.index)))
+    assert steps == m.generation_order().tolist()
+
+
+@pytest.mark.parametrize("name", ["s-curve", "hilbert"])
+def test_the_transformer_follows_an_order_given_as_an_argument(name):
+    shape = (1, 4, 4)
+    m = train_steps(make(shape))
+    order = orders.named(name, 4, 4)
+    report = check_causality(m, order=order)
+    assert report.ok, str(report)
+    x = torch.randint(4, (2,) + shape)
+    torch.testing.assert_close(m.log_prob(x, order=order),
+                               m.conditionals(x, order=order).gather(-1, x.unsqueeze(-1)).flatten(1).sum(1))
+    assert not torch.allclose(m.log_prob(x, order=order), m.log_prob(x))  # another factorisation
+    naive = m.sample(2, order=order, generator=torch.Generator().manual_seed(1), cached=False)
+    cached = m.sample(2, order=order, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(naive, cached)
+
+
+def test_class_conditional_transformer_uses_a_start_token_per_class():
+    torch.manual_seed(0)
+    m = PixelTransformer(shape=(1, 7, 7), levels=512, num_classes=10, **SMALL)
+    x = torch.randint(512, (4, 1, 7, 7))
+    y = torch.tensor([0, 1, 2, 3])
+    lp = m.conditionals(x, y)
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(4, 1, 7, 7), atol=1e-5)
+    assert not torch.allclose(m.conditionals(x[:1], torch.tensor([0])), m.conditionals(x[:1], torch.tensor([1])))
+    assert_causal(m, y=torch.tensor([3]))
+    with pytest.raises(ValueError, match="class-conditional"):
+        m.loss(x)
+    a = m.sample(2, y=y[:2], generator=torch.Generator().manual_seed(0))
+    b = m.sample(2, y=y[:2], generator=torch.Generator().manual_seed(0), cached=False)
+    assert torch.equal(a, b)

@@ -31,6 +31,18 @@ replace each pixel by the index of its nearest centre and train this model on th
     rgb = palette.decode(model.sample(8))                            # (8, 3, H, W) images
 (bits per dimension of a palette model count one code per pixel: not comparable to RGB models.)
 
+Any order. Nothing in a transformer is tied to raster order: the sequence can list the D
+dimensions in any order sigma (a (D,) permutation of flat positions, armini.orders), as long as
+each position is told *where* its token lies. Position t holds the value of sigma(t-1) and the
+embedding of where sigma(t) lies (its row, column and channel), so the model knows which
+dimension it predicts. `any_order = True`: log_prob(x, order=...), sample(n, order=...) and
+the causality inspector follow the order given (default: generation_order(), raster; a subclass
+may override it). Trained in one order, the model has learned that order only: to be good in
+every order it must be trained on many (Part II's order-agnostic training).
+
+Class conditioning (num_classes, as in ImageGPT's conditional variant and VQGAN's transformer):
+the start token is a learned vector per class instead of one shared vector.
+
 Deviations from ImageGPT: tiny sizes; the position embedding is factorised, row + column +
 channel embeddings (ImageGPT learns one vector per position); no dropout; colour is either three
 sub-pixel tokens of K levels or a small palette (ImageGPT: 512 colours); a training step over
@@ -47,6 +59,7 @@ import torch
 import torch.nn as nn
 
 from ..nn.attention import CausalSelfAttention, KVCache
+from .. import orders
 from .base import ARModel
 
 
@@ -83,6 +96,7 @@ class TransformerCache:
     def __init__(self, n_layers: int, positions: Optional[int] = None):
         self.layers = [KVCache(capacity=positions) for _ in range(n_layers)]
         self.fed = 0
+        self.order, self.rank = None, None  # the sequence order, set by the first step
 
 
 @dataclass
@@ -96,10 +110,13 @@ class PixelTransformerConfig:
     window: Optional[int] = None  # local attention: each token reads only the `window` most recent
     # tokens (sub-pixels when C = 3); e.g. 2*W*C reaches about two rows back
     probe_layer: Optional[int] = None  # the block `features` reads by default (None: n_layers // 2)
+    num_classes: Optional[int] = None  # class-conditional: one learned start token per class
 
 
 class PixelTransformer(ARModel):
-    """Decoder-only transformer over sub-pixel tokens in raster order, K-way softmax output."""
+    """Decoder-only transformer over sub-pixel tokens in any order (raster by default), K-way softmax output."""
+
+    any_order = True
 
     def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
         super().__init__(shape, levels)
@@ -108,7 +125,10 @@ class PixelTransformer(ARModel):
             raise ValueError(f"dim={cfg.dim} must be a multiple of n_heads={cfg.n_heads}")
         if cfg.n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {cfg.n_layers}")
+        if cfg.num_classes is not None and cfg.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive number of classes or None, got {cfg.num_classes}")
         self.config = cfg
+        self.num_classes = cfg.num_classes
         C, H, W = self.shape
         E, K = cfg.dim, self.levels
         self.token_emb = nn.Embedding(K, E)  # the value a token holds
@@ -119,9 +139,8 @@ class PixelTransformer(ARModel):
         self.blocks = nn.ModuleList([Block(E, cfg.n_heads, cfg.mlp_ratio, cfg.window) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(E)
         self.head = nn.Linear(E, K)
-        # (row, column, channel) of every sequence position d: raster order, channels within a pixel
-        i, j, c = torch.meshgrid(torch.arange(H), torch.arange(W), torch.arange(C), indexing="ij")
-        self.register_buffer("pos", torch.stack([i.flatten(), j.flatten(), c.flatten()]), persistent=False)  # (3, D)
+        if cfg.num_classes is not None:
+            self.class_start = nn.Embedding(cfg.num_classes, E)  # the start token of each class
         self.apply(self._init_weights)
 
     @staticmethod
@@ -131,36 +150,53 @@ class PixelTransformer(ARModel):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer images (B, C, H, W) -> token sequences (B, D) in raster order, channels within a pixel."""
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # (B, H, W, C) -> (B, D)
+    def order_or_default(self, order=None) -> torch.Tensor:
+        """The order to read the dimensions in: `order`, or generation_order(), on the model's device. (D,)"""
+        return (self.generation_order() if order is None else order).to(self.model_device)
 
-    def embed(self, seq: torch.Tensor, first: int = 0, last: Optional[int] = None) -> torch.Tensor:
-        """Inputs of positions first..last-1: (B, last-first, E). Position d holds x_{d-1} (position 0
-        the start token), plus the embedding of where x_d lies."""
+    @property
+    def pos(self) -> torch.Tensor:
+        """(row, column, channel) of the token each sequence position predicts, in the default order: (3, D)."""
+        C, H, W = self.shape
+        where = self.order_or_default()
+        return torch.stack([where % (H * W) // W, where % W, where // (H * W)])  # (3, D)
+
+    def sequence(self, x: torch.Tensor, order=None) -> torch.Tensor:
+        """Integer images (B, C, H, W) -> token sequences (B, D), the dimensions listed in `order`
+        (default: raster, channels within a pixel)."""
+        return x.flatten(1)[:, self.order_or_default(order)]  # (B, D)
+
+    def embed(self, seq: torch.Tensor, first: int = 0, last: Optional[int] = None, order=None, y=None) -> torch.Tensor:
+        """Inputs of positions first..last-1: (B, last-first, E). Position t holds the token before it
+        (position 0 the start token: the class's, for a class-conditional model), plus the embedding
+        of where the token it predicts lies (its row, column and channel)."""
         B, D = seq.shape
         last = D if last is None else last
-        h = self.token_emb(seq[:, max(first - 1, 0):last - 1])  # x_{d-1}: the right shift
+        h = self.token_emb(seq[:, max(first - 1, 0):last - 1])  # x_{t-1}: the right shift
         if first == 0:
-            h = torch.cat([self.start.expand(B, 1, -1), h], dim=1)  # (B, last-first, E)
-        i, j, c = self.pos[:, first:last]
+            start = self.start.expand(B, 1, -1) if y is None else self.class_start(y)[:, None]  # (B, 1, E)
+            h = torch.cat([start, h], dim=1)  # (B, last-first, E)
+        C, H, W = self.shape
+        where = self.order_or_default(order)[first:last]  # flat positions of the predicted tokens
+        c, i, j = where // (H * W), where % (H * W) // W, where % W
         return h + self.row_emb(i) + self.col_emb(j) + self.channel_emb(c)  # (B, last-first, E)
 
-    def hidden(self, x: torch.Tensor, layers: Optional[int] = None) -> torch.Tensor:
-        """Hidden states (B, D, E) after the first `layers` blocks (default: all of them)."""
-        h = self.embed(self.sequence(x))  # (B, D, E)
+    def hidden(self, x: torch.Tensor, layers: Optional[int] = None, order=None, y=None) -> torch.Tensor:
+        """Hidden states (B, D, E), in sequence order, after the first `layers` blocks (default: all)."""
+        h = self.embed(self.sequence(x, order), order=order, y=y)  # (B, D, E)
         for block in self.blocks[:layers]:
             h = block(h)  # (B, D, E)
         return h
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, y=None, order=None) -> torch.Tensor:
         """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""
-        B, C, H, W = x.shape
-        out = self.head(self.ln_f(self.hidden(x)))  # (B, D, K)
-        return out.view(B, H, W, C, self.levels).permute(0, 3, 1, 2, 4)  # (B, C, H, W, K)
+        out = self.head(self.ln_f(self.hidden(x, order=order, y=y)))  # (B, D, K), in sequence order
+        flat = torch.empty_like(out)
+        flat[:, self.order_or_default(order)] = out  # back to flat positions
+        return flat.view(x.shape + (self.levels,))  # (B, C, H, W, K)
 
-    def conditionals(self, x, y=None):
-        return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)
+    def conditionals(self, x, y=None, *, order=None, filled=None):
+        return torch.log_softmax(self.logits(x, y, order), dim=-1)  # (B, C, H, W, K)
 
     def features(self, x: torch.Tensor, layer=None) -> torch.Tensor:
         """ImageGPT's representation: hidden states after block `layer` (1..n_layers; default
@@ -171,7 +207,7 @@ class PixelTransformer(ARModel):
         if isinstance(layer, str):
             if layer != "all":
                 raise ValueError(f"layer must be a block number 1..{n}, None or 'all', got {layer!r}")
-            h, pooled = self.embed(self.sequence(x)), []  # (B, D, E)
+            h, pooled = self.embed(self.sequence(x), y=None), []  # (B, D, E)
             for block in self.blocks:
                 h = block(h)  # (B, D, E)
                 pooled.append(h.mean(dim=1))  # (B, E)
@@ -185,19 +221,24 @@ class PixelTransformer(ARModel):
     def init_cache(self, x, y=None):
         return TransformerCache(len(self.blocks), positions=self.dims)
 
-    def conditional_logprobs(self, x, index, y=None, cache=None):
-        """log p(x_d = . | x_<d) for the one token d in `index`, feeding only the tokens the cache lacks."""
-        if cache is None:
-            return super().conditional_logprobs(x, index, y)  # the naive sampler: a full forward pass
-        C, H, W = self.shape
+    def conditional_logprobs(self, x, index, y=None, cache=None, order=None, filled=None):
+        """log p(x_d = . | earlier) for the one dimension d in `index` (a flat position), feeding only
+        the tokens the cache lacks; the sequence follows `order` (default: generation_order())."""
+        if cache is None:  # the naive sampler: a full forward pass
+            return super().conditional_logprobs(x, index, y, order=order, filled=filled)
         if index.shape[0] != 1:
-            raise ValueError("the cached sampler generates one token per step (raster order)")
-        c, p = divmod(int(index[0]), H * W)  # flat position -> channel c, pixel p = i*W + j
-        d = p * C + c  # position in the sequence
+            raise ValueError("the cached sampler generates one token per step")
+        if cache.order is None:
+            cache.order = self.order_or_default(order)
+            cache.rank = orders.rank(cache.order).tolist()  # flat position -> place in the sequence
+        elif order is not None and not torch.equal(order.to(cache.order.device), cache.order):
+            raise ValueError("the order changed during sampling: start a new init_cache for a new order")
+        d = cache.rank[int(index[0])]  # its place in the sequence
         if d < cache.fed:
-            raise ValueError(f"the cached sampler goes in raster order: position {d} was already fed")
+            raise ValueError(f"the cached sampler follows its order: sequence position {d} was already fed")
         with torch.inference_mode():  # no autograd bookkeeping at all: faster than no_grad for small steps
-            h = self.embed(self.sequence(x), cache.fed, d + 1)  # (n, d+1-fed, E): only the new positions
+            seq = self.sequence(x, cache.order)  # (n, D)
+            h = self.embed(seq, cache.fed, d + 1, cache.order, y)  # (n, d+1-fed, E): only the new positions
             for block, kv in zip(self.blocks, cache.layers):
                 h = block(h, kv)  # (n, d+1-fed, E), keys/values of the past come from kv
             cache.fed = d + 1
