@@ -301,3 +301,73 @@ def test_sequence_models_read_their_order_after_init(name):
         total = torch.logsumexp(model.log_prob(x).double(), 0).exp()
     assert total.item() == pytest.approx(1.0, abs=1e-4)
     assert model.to_sequence(x[-1:])[0, 0] == x[-1, 0, 1, 1] / 2  # the first step is the last pixel
+
+
+# ------------------------------------------------------------------ class-conditional baselines
+BASELINES = ["independent", "fvsbn", "nade"]
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_are_class_conditional_on_request(name):
+    """Each class's distribution sums to 1 over every image, the labels change it, labels are
+    required (and refused by the unconditional model), and it stays causal."""
+    model = build(name, (1, 2, 2), 3, num_classes=3)
+    assert model.num_classes == 3
+    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):  # each class sees different images, so the classes' parameters part ways
+        y = torch.arange(12) % 3
+        x = torch.randint(3, (12, 1, 2, 2), generator=g)
+        x[y == 0] = 0
+        opt.zero_grad()
+        model.loss(x, y).backward()
+        opt.step()
+    x = all_images((1, 2, 2), 3)  # (81, 1, 2, 2)
+    with torch.no_grad():
+        lp = [model.log_prob(x, torch.full((81,), k)).double() for k in range(3)]
+    for k in range(3):
+        assert torch.logsumexp(lp[k], 0).exp().item() == pytest.approx(1.0, abs=1e-4)
+    assert not torch.allclose(lp[0], lp[1])  # the label changes the distribution
+    assert_causal(model)
+    with pytest.raises(ValueError, match="class-conditional"):
+        model.loss(x)
+    with pytest.raises(ValueError, match="unconditional"):
+        build(name, (1, 2, 2), 3).loss(x, torch.zeros(81, dtype=torch.long))
+    s = model.sample(4, y=torch.tensor([0, 0, 1, 2]), generator=torch.Generator().manual_seed(0))
+    assert s.shape == (4, 1, 2, 2)
+    with pytest.raises(ValueError, match="num_classes must be a positive number"):
+        build(name, (1, 2, 2), 3, num_classes=0)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_conditional_baselines_start_as_the_unconditional_model(name):
+    """Same seed: the class parameters start at zero and are made after the others, so the default
+    model is built from the same random numbers as before and a new conditional model computes
+    exactly what the unconditional one does, for every label."""
+    plain, conditional = build(name, (1, 3, 3), 4), build(name, (1, 3, 3), 4, num_classes=5)
+    for key, value in plain.state_dict().items():
+        if key != "logits":  # IndependentPixels: one (all-zero) table per class
+            assert torch.equal(value, conditional.state_dict()[key]), key
+    x = torch.randint(4, (5, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(conditional.conditionals(x, torch.arange(5)), plain.conditionals(x))
+    assert model_kwargs_of(conditional)["num_classes"] == 5 and "num_classes" not in model_kwargs_of(plain)
+
+
+def model_kwargs_of(model):
+    from armini.train import model_kwargs
+
+    return model_kwargs(model)
+
+
+def test_independent_from_counts_per_class():
+    """The closed-form fit with labels: class k's table is the unconditional fit to class k's images."""
+    from armini.models import IndependentPixels
+
+    g = torch.Generator().manual_seed(0)
+    images, y = torch.randint(4, (30, 1, 3, 3), generator=g), torch.arange(30) % 3
+    model = IndependentPixels.from_counts(images, 4, alpha=0.5, y=y, num_classes=3)
+    for k in range(3):
+        alone = IndependentPixels.from_counts(images[y == k], 4, alpha=0.5)
+        torch.testing.assert_close(model.conditionals(images[:1], torch.tensor([k])), alone.conditionals(images[:1]))
+    with pytest.raises(ValueError, match="pass num_classes"):
+        IndependentPixels.from_counts(images, 4, y=y)

@@ -208,6 +208,48 @@ def test_the_bench_sees_a_fast_sampler():
     assert has_fast_sampler(make((1, 4, 4)))
 
 
+# ------------------------------------------------------------------ inputs by value kind, class labels
+VALUE_KINDS = [dict(input="embedding", embed_dim=3), dict(num_classes=3), dict(input="embedding", embed_dim=2, num_classes=3)]
+VALUE_KIND_IDS = ["embedding", "classes", "embedding+classes"]
+
+
+@pytest.mark.parametrize("kw", VALUE_KINDS, ids=VALUE_KIND_IDS)
+@pytest.mark.parametrize("shape,K", [((1, 7, 7), 512), ((3, 3, 4), 6)], ids=["tokens7x7-512", "rgb3x4"])
+def test_cached_sampling_equals_naive_with_embeddings_and_labels(shape, K, kw):
+    """The cache reads embedded inputs (first layer, keys and values, head) and adds the class vector
+    as the forward pass does (the old cache and model had neither)."""
+    m = train_steps(make(shape, levels=K, **kw))
+    y = None if m.num_classes is None else torch.tensor([0, 2, 1])
+    fast, p_fast = run_sampler(m, cached=True, y=y)
+    slow, p_slow = run_sampler(m, cached=False, y=y)
+    assert torch.equal(fast, slow)
+    torch.testing.assert_close(p_fast, p_slow, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw", VALUE_KINDS, ids=VALUE_KIND_IDS)
+def test_embedding_and_class_conditional_models_stay_causal(kw):
+    """The class vector is the same at every position; embedded colour channels keep the head's
+    channel groups (channel-major), so the sub-pixel masks still hold."""
+    assert_causal(train_steps(make((3, 3, 3), levels=5, **kw)))
+
+
+def test_class_vector_is_the_only_change_and_comes_last():
+    """Same seed: the conditional model holds the unconditional one's weights (its class vectors are
+    made after them, so the default model draws the same random numbers as before); with the class
+    vectors zeroed it computes exactly the unconditional model's conditionals."""
+    plain, conditional = make((3, 4, 4)), make((3, 4, 4), num_classes=4)
+    assert set(conditional.state_dict()) - set(plain.state_dict()) == {"class_emb.weight"}
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, conditional.state_dict()[name]), name
+    with torch.no_grad():
+        conditional.class_emb.weight.zero_()
+    x = torch.randint(4, (3, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(conditional.conditionals(x, torch.tensor([0, 1, 3])), plain.conditionals(x))
+    assert len(conditional.attention_maps(x, torch.tensor([0, 1, 3]))) == SMALL["n_blocks"]
+    with pytest.raises(ValueError, match="num_classes must be a positive number"):
+        make((1, 4, 4), num_classes=0)
+
+
 def test_huge_image_fails_fast_with_a_clear_message():
     """512x512: the attention scores alone would take ~512 GiB. A clear error before any allocation,
     naming the size and smaller alternatives, instead of the allocator's raw one."""

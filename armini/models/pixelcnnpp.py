@@ -141,8 +141,9 @@ class PixelCNNpp(ARModel):
         self.upsize_u = nn.ModuleList([DownShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
         self.upsize_ul = nn.ModuleList([DownRightShiftedConvTranspose2d(Fn, Fn) for _ in range(S - 1)])
         self.nin_out = nn.Conv2d(Fn, dmol_num_params(C, cfg.nr_mix), 1)
-        if cfg.num_classes is not None:  # a learned vector per class for each stream (made last: the
-            self.class_u = nn.Embedding(cfg.num_classes, Fn)  # unconditional model draws what it always drew)
+        # a learned vector per class for each stream, made last (the unconditional model draws what it always drew)
+        if cfg.num_classes is not None:
+            self.class_u = nn.Embedding(cfg.num_classes, Fn)  # (num_classes, F)
             self.class_ul = nn.Embedding(cfg.num_classes, Fn)
 
     def dmol_params(self, x: torch.Tensor, y=None) -> torch.Tensor:
