@@ -126,7 +126,7 @@ def load_data(args):
 
 def save_samples(model, args, path) -> None:
     """args.samples images into one PNG grid; class-conditional models draw every class in turn."""
-    y = torch.arange(args.samples) % model.num_classes if model.num_classes is not None else None
+    y = armini.class_labels(model, args.samples)  # every class in turn (None: unconditional)
     gen = torch.Generator().manual_seed(args.seed)
     save_grid(model.sample(args.samples, y=y, generator=gen, progress=not args.no_progress), model.levels, path)
 

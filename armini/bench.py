@@ -69,14 +69,8 @@ def has_fast_sampler(model) -> bool:
     n = 1
     x = torch.zeros((n,) + model.shape, dtype=torch.long, device=model.model_device)
     with torch.no_grad():
-        return model.init_cache(x, labels_for(model, n)) is not None
+        return model.init_cache(x, armini.class_labels(model, n)) is not None
 
-
-def labels_for(model, n: int):
-    """Class labels 0, 1, 2, ... for class-conditional models; None for the others."""
-    if model.num_classes is None:
-        return None
-    return torch.arange(n, device=model.model_device) % model.num_classes
 
 
 def _sync(dev: torch.device):
@@ -92,7 +86,7 @@ def time_sampling(model, n: int, seed: int, cached: bool):
     gen = torch.Generator().manual_seed(seed)
     _sync(dev)
     t0 = time.perf_counter()
-    x = model.sample(n, y=labels_for(model, n), generator=gen, cached=cached)
+    x = model.sample(n, y=armini.class_labels(model, n), generator=gen, cached=cached)
     _sync(dev)
     return (time.perf_counter() - t0) / n, x
 
@@ -108,7 +102,7 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
 
     check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n)
     datasets = {} if datasets is None else datasets  # (levels, size) -> (train, test), shared between models
-    dev = armini.device(device) if device is None or isinstance(device, str) else device
+    dev = armini.device(device)
     armini.seed_everything(seed)
     model, note = build(name, size, **model_kwargs)
     clock = time.process_time if cpu_time else time.perf_counter

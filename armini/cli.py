@@ -40,7 +40,7 @@ USER_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError, MemoryErro
 
 def debug_wanted(flag: bool = False) -> bool:
     """--debug given, or ARMINI_DEBUG set to a true value (1, true, yes, on)."""
-    return flag or os.environ.get("ARMINI_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    return flag or armini.env_flag("ARMINI_DEBUG")
 
 
 def one_line(error: BaseException) -> str:

@@ -50,6 +50,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from . import env_flag
 from .files import atomic_write, remove_stale_temporaries
 
 __all__ = [
@@ -298,10 +299,6 @@ def _download_one(url: str, dest: Path, sha256: str, timeout: float) -> None:
 
 # ----------------------------------------------------------------------------- raw arrays
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _check_split(split: str) -> None:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -376,7 +373,7 @@ def fashion_mnist_arrays(split: str = "train", source: str = "auto", download: b
     _check_split(split)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if source == "full" or (source == "auto" and not _env_true("ARMINI_DATA_SUBSET")):
+    if source == "full" or (source == "auto" and not env_flag("ARMINI_DATA_SUBSET")):
         try:
             directory = find_fashion_mnist(download=download, base_url=base_url)
         except DataError:

@@ -416,7 +416,7 @@ def load_checkpoint(path, device=None):
         )
     model = MODELS[name](**kwargs)
     _load_model_state(model, ckpt, path)
-    model.to(armini.device(device) if device is None or isinstance(device, str) else device).eval()
+    model.to(armini.device(device)).eval()
     info = {k: ckpt.get(k) for k in ("step", "model_name", "model_class", "model_kwargs", "fit_args", "metrics")}
     info["history"] = History(**ckpt["history"])
     return model, info
@@ -805,7 +805,7 @@ def fit(
         raise TypeError(f"loss_fn must be a function loss_fn(model, x, y) -> scalar tensor, got {loss_fn!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint to resume from: pass checkpoint=path")
-    dev = armini.device(device) if device is None or isinstance(device, str) else torch.device(device)
+    dev = armini.device(device)
     images, labels = _check_data(model, train, "train")
     test = _check_data(model, test, "test") if test is not None else None
     path = Path(checkpoint) if checkpoint is not None else None
