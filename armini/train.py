@@ -34,7 +34,7 @@ import numbers
 import time
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -527,6 +527,15 @@ def _show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _config_defaults(model) -> dict:
+    """The default of every setting of the model's config dataclass (what an older checkpoint, saved
+    before a setting existed, was trained with)."""
+    config = getattr(model, "config", None)
+    if not is_dataclass(config):
+        return {}
+    return {f.name: _plain(f.default) for f in fields(config) if f.default is not MISSING}
+
+
 def _resume_mismatches(ckpt: dict, model, fit_args: dict) -> list:
     """'name saved -> given' for every setting a resume keeps (RESUME_KEEPS, the model) that differs."""
     diffs = []
@@ -534,8 +543,9 @@ def _resume_mismatches(ckpt: dict, model, fit_args: dict) -> list:
     if saved_class is not None and saved_class != type(model).__name__:
         diffs.append(f"model {saved_class} -> {type(model).__name__}")
     saved, given = ckpt.get("model_kwargs") or {}, model_kwargs(model)
+    defaults = _config_defaults(model)  # a setting added to a model after the checkpoint was saved
     for key in [*given, *(k for k in saved if k not in given)]:
-        old, new = saved.get(key, "(absent)"), given.get(key, "(absent)")
+        old, new = saved.get(key, defaults.get(key, "(absent)")), given.get(key, "(absent)")
         if old != new:
             diffs.append(f"{key} {_show(old)} -> {_show(new)}")
     saved_fit = ckpt.get("fit_args") or {}

@@ -60,11 +60,7 @@ def test_unconditional_models_refuse_labels(name):
         model.loss(x, torch.zeros(2, dtype=torch.long))
 
 
-DMOL_CHECKS_AGAIN = pytest.mark.xfail(
-    strict=True, reason="armini/nn/dmol.py's _check reads int(x.min()) and int(x.max()) again on every call")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=DMOL_CHECKS_AGAIN) if n == "pixelcnn++" else n for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_one_call_reads_from_the_device_once(name, monkeypatch):
     """The input check runs once per call and reads x's range in one go (one device sync on a GPU).
 

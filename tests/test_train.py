@@ -478,3 +478,25 @@ def test_mixed_precision_code_path(tmp_path, monkeypatch):
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["scaler"]["scale"] > 0 and ckpt["fit_args"]["amp"] == "torch.bfloat16"
     assert train.fit(small_pixelcnn(), x, steps=5, batch_size=16, checkpoint=path, resume=True, **FAST).steps == 5
+
+
+def test_resume_accepts_a_checkpoint_saved_before_a_setting_existed(tmp_path):
+    """A setting added to a model later (e.g. input=, num_classes=) is absent from older checkpoints:
+    a resume reads it as the setting's default, not as a change."""
+    from armini.models import PixelCNN
+
+    x = torch.randint(4, (16, 1, 4, 4))
+    path = tmp_path / "model.pt"
+    model = PixelCNN(shape=(1, 4, 4), levels=4, channels=8, n_blocks=1, head_channels=8)
+    train.fit(model, x, steps=2, batch_size=4, checkpoint=path, progress=False)
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("input", "embed_dim", "num_classes"):
+        del ckpt["model_kwargs"][key]  # as an older armini saved it
+    torch.save(ckpt, path)
+    again = PixelCNN(shape=(1, 4, 4), levels=4, channels=8, n_blocks=1, head_channels=8)
+    hist = train.fit(again, x, steps=4, batch_size=4, checkpoint=path, resume=True, progress=False)
+    assert hist.steps == 4
+    changed = PixelCNN(shape=(1, 4, 4), levels=4, channels=8, n_blocks=1, head_channels=8, num_classes=3)
+    with pytest.raises(ValueError, match="num_classes None -> 3"):
+        train.fit(changed, (x, torch.zeros(16, dtype=torch.long)), steps=6, batch_size=4, checkpoint=path,
+                  resume=True, progress=False)

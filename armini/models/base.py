@@ -199,6 +199,16 @@ class ARModel(nn.Module):
         self.levels = int(levels)
 
     # ------------------------------------------------------------------ helpers
+    def set_classes(self, num_classes) -> Optional[int]:
+        """Make the model class-conditional with `num_classes` classes (None: unconditional), with a clear
+        error unless it is a positive whole number; returns it. Every conditional model calls this."""
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+                raise ValueError(f"num_classes must be a positive number of classes or None, got {num_classes!r}")
+            num_classes = int(num_classes)
+        self.num_classes = num_classes
+        return num_classes
+
     @property
     def dims(self) -> int:
         """D, the number of dimensions of one input: C * H * W for an image."""

@@ -33,13 +33,6 @@ from ..nn.masked import MaskedLinear, sequence_mask
 from .base import ARModel, smaller_size
 
 
-def positive_classes(num_classes) -> int:
-    """num_classes as an int, or a clear error unless it is a positive number of classes."""
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be a positive number of classes or None, got {num_classes!r}")
-    return int(num_classes)
-
-
 class IndependentPixels(ARModel):
     """p(x) = prod_d p(x_d): one learned K-way distribution per dimension (per class and dimension
     with num_classes)."""
@@ -47,7 +40,7 @@ class IndependentPixels(ARModel):
     def __init__(self, shape=(1, 28, 28), levels=256, num_classes=None):
         super().__init__(shape, levels)
         if num_classes is not None:
-            self.num_classes = positive_classes(num_classes)
+            self.set_classes(num_classes)
             self.config = {"num_classes": self.num_classes}  # rebuilds the model from a checkpoint
         classes = () if num_classes is None else (self.num_classes,)
         self.logits = nn.Parameter(torch.zeros(*classes, *self.shape, self.levels))  # ([Y,] C, H, W, K)
@@ -123,7 +116,7 @@ class FVSBN(_Sequential):
         mask = sequence_mask(D)  # (D, D): output d may read input j only if j < d in generation order
         self.linear = MaskedLinear(D, D * K, mask.repeat_interleave(K, dim=0))  # rows d*K + k
         if num_classes is not None:
-            self.num_classes = positive_classes(num_classes)
+            self.set_classes(num_classes)
             self.config = {"num_classes": self.num_classes}  # rebuilds the model from a checkpoint
             self.class_bias = nn.Parameter(torch.zeros(self.num_classes, D, K))  # B_{y,d,k}
 
@@ -148,7 +141,7 @@ class NADE(_Sequential):
         self.V = nn.Parameter(torch.randn(D, K, N) * (1.0 / N**0.5))  # hidden -> logits of dimension d
         self.b = nn.Parameter(torch.zeros(D, K))
         if num_classes is not None:
-            self.num_classes = self.config["num_classes"] = positive_classes(num_classes)
+            self.config["num_classes"] = self.set_classes(num_classes)
             self.U = nn.Parameter(torch.zeros(self.num_classes, N))  # U_y: class y's hidden bias
 
     def weight_bytes(self, C, H, W, N) -> int:

@@ -153,12 +153,10 @@ class GatedPixelCNN(CachedConvSampling, ARModel):
                 raise ValueError(f"{name} must be odd and at least 3, got {k}")
         if cfg.n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {cfg.n_layers}")
-        if cfg.num_classes is not None and cfg.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive number of classes or None, got {cfg.num_classes}")
         cfg.channels = -(-cfg.channels // C) * C  # C channel groups
         cfg.head_channels = -(-cfg.head_channels // C) * C
         self.config = cfg
-        self.num_classes = cfg.num_classes
+        self.set_classes(cfg.num_classes)
         K, F = self.levels, cfg.channels
         self.inputs = ValueInput(K, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
         self.layers = nn.ModuleList(
@@ -177,8 +175,6 @@ class GatedPixelCNN(CachedConvSampling, ARModel):
         return torch.log_softmax(categorical_logits(out, self.shape[0], self.levels), dim=-1)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
-        x = self.check_input(x)
-        y = self.check_labels(y, x.shape[0])
         s = self.scale(x)  # (B, C, H, W)
         v, h, skip = down_shift(s), s, None  # the vertical stack starts from the image moved down one row
         for layer in self.layers:

@@ -80,7 +80,7 @@ class PixelCNN(CachedConvSampling, ARModel):
         cfg.channels = -(-cfg.channels // (2 * C)) * (2 * C)
         cfg.head_channels = -(-cfg.head_channels // C) * C
         self.config = cfg
-        self.num_classes = cfg.num_classes
+        self.set_classes(cfg.num_classes)
         K, F = self.levels, cfg.channels
         self.inputs = ValueInput(K, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
         self.input_conv = MaskedConv2d(self.inputs.out_channels, F, cfg.first_kernel, "A", C)  # strictly earlier
@@ -100,6 +100,5 @@ class PixelCNN(CachedConvSampling, ARModel):
         return categorical_logits(out, C, self.levels)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
-        y = self.check_labels(y, x.shape[0])
         logits = self.logits(x) if y is None else self.logits(x, y)  # a subclass may define logits(x)
         return torch.log_softmax(logits, dim=-1)  # (B, C, H, W, K)

@@ -111,10 +111,8 @@ class PixelCNNpp(ARModel):
             raise ValueError(f"need nr_filters >= 1, nr_resnet >= 0, n_stages >= 1, nr_mix >= 1; got {cfg}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout!r}")
-        if cfg.num_classes is not None and cfg.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive number of classes or None, got {cfg.num_classes!r}")
         self.config = cfg
-        self.num_classes = cfg.num_classes
+        self.set_classes(cfg.num_classes)
         C = self.shape[0]
         Fn, R, S = cfg.nr_filters, cfg.nr_resnet, cfg.n_stages
         self.inputs = ValueInput(self.levels, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
@@ -187,10 +185,10 @@ class PixelCNNpp(ARModel):
 
     # ------------------------------------------------------------- likelihood
     def log_prob_pixels(self, x, y=None):
-        return dmol_log_prob_pixels(self.dmol_params(x, y), x, self.levels)  # (B, C, H, W)
+        return dmol_log_prob_pixels(self.dmol_params(x, y), x, self.levels, check_values=False)  # x checked on entry
 
     def conditionals(self, x, y=None):
-        return dmol_conditionals(self.dmol_params(x, y), x, self.levels)  # (B, C, H, W, K)
+        return dmol_conditionals(self.dmol_params(x, y), x, self.levels, check_values=False)  # (B, C, H, W, K)
 
     # --------------------------------------------------------------- sampling
     def init_cache(self, x, y=None):

@@ -131,10 +131,8 @@ class PixelSNAIL(ARModel):
         cfg = PixelSNAILConfig(shape=self.shape, levels=self.levels, **kwargs)
         C, H, W = self.shape
         cfg.head_channels = -(-cfg.head_channels // C) * C
-        if cfg.num_classes is not None and cfg.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive number of classes or None, got {cfg.num_classes!r}")
         self.config = cfg
-        self.num_classes = cfg.num_classes
+        self.set_classes(cfg.num_classes)
         Fc, G, K = cfg.channels, cfg.head_channels, self.levels
         self.inputs = ValueInput(K, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
         C_in = self.inputs.out_channels  # C, or C * embed_dim in channel-major groups (one per image channel)

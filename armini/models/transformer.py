@@ -125,10 +125,8 @@ class PixelTransformer(ARModel):
             raise ValueError(f"dim={cfg.dim} must be a multiple of n_heads={cfg.n_heads}")
         if cfg.n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {cfg.n_layers}")
-        if cfg.num_classes is not None and cfg.num_classes < 1:
-            raise ValueError(f"num_classes must be a positive number of classes or None, got {cfg.num_classes}")
         self.config = cfg
-        self.num_classes = cfg.num_classes
+        self.set_classes(cfg.num_classes)
         C, H, W = self.shape
         E, K = cfg.dim, self.levels
         self.token_emb = nn.Embedding(K, E)  # the value a token holds

@@ -62,6 +62,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .inputs import to_unit_range  # noqa: F401  (used here, and part of this module's API)
+
 LOG_SCALE_MIN = -7.0  # log s is clamped below here (s >= 9e-4): a bin can hold at most all the mass
 
 
@@ -104,9 +106,7 @@ def dmol_split(params: torch.Tensor, channels: int):
     return logit_pi, mu, log_s, coeff
 
 
-def to_unit_range(x: torch.Tensor, levels: int) -> torch.Tensor:
-    """Integers {0..K-1} -> bin centres v = 2x/(K-1) - 1 in [-1, 1]."""
-    return x * (2.0 / (levels - 1)) - 1.0
+# to_unit_range (from armini.nn.inputs): integers {0..K-1} -> bin centres v = 2x/(K-1) - 1 in [-1, 1]
 
 
 def coupled_means(mu: torch.Tensor, coeff: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -167,7 +167,9 @@ def log_bin_mass_fallback(x: torch.Tensor, mean: torch.Tensor, log_s: torch.Tens
 
 
 # ------------------------------------------------------------------------ the mixture
-def _check(params: torch.Tensor, x: torch.Tensor, levels: int):
+def _check(params: torch.Tensor, x: torch.Tensor, levels: int, values: bool = True):
+    """Shapes, dtype and (values=True) the range of x; a model that checked x itself passes values=False,
+    so a call waits for the device once, not twice."""
     if int(levels) < 2:
         raise ValueError(f"levels must be at least 2, got {levels!r}")
     if x.dim() != 4 or params.dim() != 4 or params.shape[0] != x.shape[0] or params.shape[2:] != x.shape[2:]:
@@ -177,8 +179,10 @@ def _check(params: torch.Tensor, x: torch.Tensor, levels: int):
         )
     if x.dtype.is_floating_point or x.dtype == torch.bool:
         raise TypeError(f"x must hold integers in [0, {levels}), got dtype {x.dtype}")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= levels):
-        raise ValueError(f"x must lie in [0, {levels}), found [{int(x.min())}, {int(x.max())}]")
+    if values and x.numel():
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one wait for the device
+        if lo < 0 or hi >= levels:
+            raise ValueError(f"x must lie in [0, {levels}), found [{lo}, {hi}]")
 
 
 def _components(params: torch.Tensor, x: torch.Tensor, levels: int):
@@ -196,22 +200,23 @@ def _components(params: torch.Tensor, x: torch.Tensor, levels: int):
     return log_w, mean, log_s, lp
 
 
-def dmol_log_prob_pixels(params: torch.Tensor, x: torch.Tensor, levels: int) -> torch.Tensor:
+def dmol_log_prob_pixels(params: torch.Tensor, x: torch.Tensor, levels: int, check_values: bool = True) -> torch.Tensor:
     """log p(x_c | x_<c) in nats for every sub-pixel: (B, C, H, W).
 
     params: (B, P, H, W) network outputs for each pixel (they may depend on earlier pixels only);
-    x: (B, C, H, W) integers in [0, K). Summed over channels this is the paper's log p(pixel)."""
-    _check(params, x, levels)
+    x: (B, C, H, W) integers in [0, K). Summed over channels this is the paper's log p(pixel).
+    check_values=False skips reading x's range (the caller checked it)."""
+    _check(params, x, levels, check_values)
     log_w, _, _, lp = _components(params, x, levels)
     return torch.logsumexp(log_w + lp, dim=2)  # (B, C, H, W): log sum_m w_m^(c) P_m(x_c | x_<c)
 
 
-def dmol_conditionals(params: torch.Tensor, x: torch.Tensor, levels: int) -> torch.Tensor:
+def dmol_conditionals(params: torch.Tensor, x: torch.Tensor, levels: int, check_values: bool = True) -> torch.Tensor:
     """log p(x_c = k | x_<c) for all K values k of every sub-pixel: (B, C, H, W, K).
 
     Entry (c, k) uses the true earlier channels of the pixel (coupling and mixture weights) and
     never x_c itself, so it is a proper conditional; costs K times the likelihood."""
-    _check(params, x, levels)
+    _check(params, x, levels, check_values)
     log_w, mean, log_s, _ = _components(params, x, levels)
     k = torch.arange(levels, device=x.device)  # (K,)
     lp_all = log_bin_mass(k, mean[..., None], log_s[..., None], levels)  # (B, C, M, H, W, K)
