@@ -134,7 +134,7 @@ def test_defaults():
     assert m.conditionals(x).shape == (1, 1, 28, 28, 256)
 
 
-# ------------------------------------------------------------------ cached sampler (armini.pixelsnail_cache)
+# ------------------------------------------------------------------ cached sampler (armini.fast.pixelsnail_cache)
 def run_sampler(m, cached, n=3, seed=7, **kwargs):
     """Images and every step's distribution (steps, n, 1, K) for one generator seed."""
     probs = []

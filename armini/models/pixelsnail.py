@@ -34,7 +34,7 @@ vector per value, wherever the model reads x (first layer, keys and values, head
 conditioning (`num_classes`): a learned vector per class is added to h after the first layer, at
 every position; the same everywhere, it tells every pixel the class and nothing about other pixels.
 
-Sampling: `sample()` computes only the new pixel at each step (armini.pixelsnail_cache: the
+Sampling: `sample()` computes only the new pixel at each step (armini.fast.pixelsnail_cache: the
 convolutions from the cached inputs of earlier pixels, the attention with a KV cache) and draws
 the same images as `sample(..., cached=False)`, which reruns the whole model at every step.
 
@@ -62,7 +62,7 @@ from ..nn.heads import categorical_logits
 from ..nn.inputs import ValueInput
 from ..nn.masked import MaskedConv2d
 from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
-from ..pixelsnail_cache import PixelSNAILCache
+from ..fast.pixelsnail_cache import PixelSNAILCache
 from .base import ARModel
 
 
@@ -186,7 +186,7 @@ class PixelSNAIL(ARModel):
 
     # ------------------------------------------------------- cached sampling
     def init_cache(self, x, y=None):
-        return PixelSNAILCache(self, x, y)  # armini.pixelsnail_cache: one new pixel per step
+        return PixelSNAILCache(self, x, y)  # armini.fast.pixelsnail_cache: one new pixel per step
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
         """log p(x_d = . | x_<d) for the one dimension d in `index`: through the cache, computing only

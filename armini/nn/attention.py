@@ -22,7 +22,7 @@ KV cache for incremental decoding: pass `cache=KVCache(capacity=T)` and feed the
 positions at a time; the layer keeps the keys and values of every position it has seen, so each
 call only computes the new positions and gives the same result as one call on the whole sequence.
 (`attend` is the mechanism alone, for callers that keep their own keys and values: PixelSNAIL's
-cached sampler in armini.pixelsnail_cache.)
+cached sampler in armini.fast.pixelsnail_cache.)
 
 Memory: written out, attention holds a (B, nh, T, S) score matrix and its softmax, which grow with
 T*S (a 512x512 image: T = S = 262144, about 512 GiB per head). Before allocating anything, `attend`

@@ -57,8 +57,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .nn.attention import KVCache
-from .nn.gated import GatedResnet, concat_elu
+from ..nn.attention import KVCache
+from ..nn.gated import GatedResnet, concat_elu
 
 
 def conv_matrix(conv: nn.Conv2d) -> torch.Tensor:
