@@ -292,3 +292,23 @@ def test_bad_inputs_raise(name):
 def test_row_lstm_even_kernel_raises():
     with pytest.raises(ValueError):
         RowLSTM(shape=(1, 3, 3), levels=4, k=2)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_class_conditional_pixelrnn(name, shape):
+    """num_classes: normalised for every class, causal, the label matters, cached == naive sampling."""
+    m = make(name, shape, levels=3, num_classes=4)
+    x = torch.randint(3, (2,) + shape)
+    y = torch.tensor([1, 3])
+    with torch.no_grad():
+        m.class_emb.weight.mul_(5.0)  # make the classes differ clearly
+        lp = m.conditionals(x, y)
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(2, *shape, dtype=lp.dtype), atol=1e-5)
+    assert not torch.allclose(m.conditionals(x, torch.tensor([0, 0])), m.conditionals(x, torch.tensor([1, 1])))
+    assert_causal(m, y=torch.tensor([2]))
+    a = m.sample(2, y=y, generator=torch.Generator().manual_seed(0))
+    b = m.sample(2, y=y, generator=torch.Generator().manual_seed(0), cached=False)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="class-conditional"):
+        m.loss(x)

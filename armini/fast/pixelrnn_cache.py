@@ -31,14 +31,14 @@ def _pixel(index: torch.Tensor, shape) -> tuple:
 class RowLSTMCache:
     """Every layer's (h, c) states of the last finished row; conditional_logprobs(x, index) -> (n, S, K)."""
 
-    def __init__(self, model):
-        self.model, self.row = model, -1
+    def __init__(self, model, y=None):
+        self.model, self.y, self.row = model, y, -1
         self.states = [None] * len(model.layers)  # per layer: (h, c) of row `self.row`, None before row 0
 
     def row_logits(self, x: torch.Tensor, i: int, states: list):
         """Row i of the network, given every layer's (h, c) of row i-1 (None for row 0):
         logits (n, C, 1, W, K) and every layer's (h, c) of row i."""
-        h = self.model.first_features(x, i)  # (n, F, 1, W)
+        h = self.model.first_features(x, i, self.y)  # (n, F, 1, W)
         new_states = []
         for layer, state in zip(self.model.layers, states):
             h, state = layer.step(h, state)  # (n, F, 1, W)
@@ -73,9 +73,9 @@ def _state(maps, i: int, j: int):
 class DiagonalBiLSTMCache:
     """Every layer's inputs and state maps, and the first pixel whose states are not final yet."""
 
-    def __init__(self, model, x: torch.Tensor):
+    def __init__(self, model, x: torch.Tensor, y=None):
         (n, _, H, W), h = x.shape, model.config.hidden
-        self.model, self.next = model, (0, 0)
+        self.model, self.y, self.next = model, y, (0, 0)
 
         def new(channels):  # (n, channels, H, W) zeros
             return torch.zeros(n, channels, H, W, dtype=model.input_conv.weight.dtype, device=x.device)
@@ -87,7 +87,7 @@ class DiagonalBiLSTMCache:
 
     def pixel_logits(self, x: torch.Tensor, i: int, j: int) -> torch.Tensor:
         """Every layer at pixel (i, j), states written into the cache: logits (n, C, K)."""
-        h = self.model.first_features(x, i)[:, :, 0, j]  # (n, F)
+        h = self.model.first_features(x, i, self.y)[:, :, 0, j]  # (n, F)
         for layer, inp, lr, rl in zip(self.model.layers, self.input, self.lr, self.rl):
             inp[:, :, i, j] = h
             net = layer.left_to_right
@@ -114,7 +114,7 @@ class DiagonalBiLSTMCache:
         c, i, j = _pixel(index, self.model.shape)
         W = self.model.shape[2]
         if self.next > (i, j):  # a new pass over the image: start again from the top
-            self.__init__(self.model, x)
+            self.__init__(self.model, x, self.y)
         while self.next < (i, j):  # finish the pixels before (i, j), now that their values are final
             pi, pj = self.next
             self.pixel_logits(x, pi, pj)

@@ -59,6 +59,7 @@ channels, h LSTM hidden units, S sequential steps, N cells updated per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -206,6 +207,7 @@ class PixelRNNConfig:
     n_layers: int = 2  # LSTM layers after the 7x7 mask-A convolution
     first_kernel: int = 7
     head_channels: int = 64  # width of the 1x1 output layers (rounded up to a multiple of C)
+    num_classes: Optional[int] = None  # class-conditional: a learned vector per class added to the first features
 
 
 @dataclass
@@ -236,6 +238,8 @@ class PixelRNN(ARModel):
         self.input_conv = MaskedConv2d(C, 2 * h, cfg.first_kernel, "A", C)  # strictly earlier sub-pixels
         self.layers = nn.ModuleList([self.make_layer(2 * h, h, C) for _ in range(cfg.n_layers)])
         self.head = softmax_head(2 * h, cfg.head_channels, C, K)  # relu, 1x1, relu, 1x1 to C*K, all mask B
+        if self.set_classes(cfg.num_classes) is not None:
+            self.class_emb = nn.Embedding(cfg.num_classes, 2 * h)  # the class, added at every position
 
     def make_layer(self, channels: int, hidden: int, groups: int) -> nn.Module:
         """One LSTM layer on a residual stream of `channels` (each subclass builds its own)."""
@@ -245,26 +249,34 @@ class PixelRNN(ARModel):
         """Integer pixels (B, C, H, W) -> values in [-1, 1], in the weights' dtype (armini.nn.inputs)."""
         return to_unit_range(x.to(self.input_conv.weight.dtype), self.levels)
 
-    def first_features(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Row i of the 7x7 mask-A convolution, from the rows it reads: (B, F, 1, W)."""
+    def class_term(self, h: torch.Tensor, y=None) -> torch.Tensor:
+        """h (B, F, ...) plus the class vector of each image at every position (h itself without labels)."""
+        if y is None:
+            return h
+        return h + self.class_emb(y).view(y.shape[0], -1, *([1] * (h.dim() - 2)))
+
+    def first_features(self, x: torch.Tensor, i: int, y=None) -> torch.Tensor:
+        """Row i of the 7x7 mask-A convolution, from the rows it reads (plus the class): (B, F, 1, W)."""
         r = self.input_conv.kernel_size[0] // 2
-        return self.input_conv(self.scale(x[:, :, max(0, i - r) : i + 1]))[:, :, -1:]  # (B, F, 1, W)
+        h = self.input_conv(self.scale(x[:, :, max(0, i - r) : i + 1]))[:, :, -1:]  # (B, F, 1, W)
+        return self.class_term(h, y)
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """Residual stream (B, F, H, W) -> logits (B, C, H, W, K)."""
         out = self.head(h)  # (B, C*K, H, W), block c holds channel c's K logits
         return categorical_logits(out, self.shape[0], self.levels)  # (B, C, H, W, K)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W)."""
+    def logits(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        """Unnormalised scores (B, C, H, W, K) for integer images x (B, C, H, W) (and labels y (B,))."""
         image = self.scale(x)  # (B, C, H, W)
-        h = self.input_conv(image)  # (B, F, H, W)
+        h = self.class_term(self.input_conv(image), y)  # (B, F, H, W)
         for layer in self.layers:
             h = layer(h, image)  # (B, F, H, W)
         return self.readout(h)  # (B, C, H, W, K)
 
     def conditionals(self, x, y=None):
-        return torch.log_softmax(self.logits(x), dim=-1)  # (B, C, H, W, K)
+        logits = self.logits(x) if y is None else self.logits(x, y)  # a subclass may define logits(x)
+        return torch.log_softmax(logits, dim=-1)  # (B, C, H, W, K)
 
 
 class RowLSTM(PixelRNN):
@@ -278,7 +290,7 @@ class RowLSTM(PixelRNN):
     # Fast sampling (armini.fast.pixelrnn_cache): row i's conditionals need only row i and the
     # LSTM states of row i-1, so the sampler keeps those states and recomputes one row per step.
     def init_cache(self, x, y=None):
-        return RowLSTMCache(self)
+        return RowLSTMCache(self, y)
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
         if cache is None:
@@ -298,7 +310,7 @@ class DiagonalBiLSTM(PixelRNN):
     # the states of (i, j-1) and (i-1, j), and the right-to-left pass over a row runs once it is
     # finished, so the sampler updates one pixel per step.
     def init_cache(self, x, y=None):
-        return DiagonalBiLSTMCache(self, x)
+        return DiagonalBiLSTMCache(self, x, y)
 
     def conditional_logprobs(self, x, index, y=None, cache=None):
         if cache is None:

@@ -33,6 +33,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .inputs import to_unit_range
+
 
 def nearest(u: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centre, argmin_p ||u_n - mu_p||, of every point: (N,) for u (N, 3), mu (P, 3)."""
@@ -117,7 +119,7 @@ class Palette(nn.Module):
 
     @staticmethod
     def _scale(images: torch.Tensor, levels: int) -> torch.Tensor:
-        return images.float() * (2.0 / (levels - 1)) - 1.0  # {0..K-1} -> [-1, 1]
+        return to_unit_range(images.float(), levels)  # {0..K-1} -> [-1, 1]
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Nearest centre of every pixel: integer RGB (B, 3, H, W) -> codes (B, 1, H, W) in [0, P)."""
