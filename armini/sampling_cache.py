@@ -184,7 +184,16 @@ class ConvCache:
     def at(self, module: nn.Module, i: int, j0: int):
         """Inside the block, every spatial Conv2d of `module`, called on a strip (n, F, 1, P),
         is evaluated at positions (i, j0..j0+P-1) through this cache; 1x1 convolutions run as
-        matrix products and the other (pointwise) layers unchanged on the strip."""
+        matrix products and the other (pointwise) layers unchanged on the strip.
+
+        How, in plain words: the model's own forward code runs unchanged, on a strip of the
+        image instead of the whole image. When Python calls `conv(h)`, it looks for `forward`
+        on the object before its class, so for the duration of the block we give each
+        convolution object its own `forward` (an entry in its __dict__) that reads the cached
+        window instead of convolving the strip alone; on leaving the block we delete those
+        entries and every convolution is an ordinary nn.Conv2d again. So one forward function
+        serves training (whole images) and fast sampling (strips), and cannot drift apart.
+        The model-specific caches in armini.fast spell their layers out step by step instead."""
         if module not in self.convs:
             self.convs[module] = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
         convs = self.convs[module]
