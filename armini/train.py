@@ -14,7 +14,9 @@ What `fit` does, step by step (the same on CPU, CUDA and Apple MPS):
     2. loss = model.loss(x) (bits per dimension; any objective through `loss_fn=`), under
        mixed precision on CUDA;
     3. backpropagate, clip the gradient norm, take an AdamW step, update the learning rate
-       (short linear warmup, then cosine decay to a tenth);
+       (short linear warmup, then cosine decay to a tenth); with `param_groups=` (a VQGAN's
+       generator and discriminator) loss_fn returns one loss per group and each group has
+       its own AdamW, moved by its own loss only (`group_steps`);
     4. every `eval_every` steps measure test bits/dim; every `checkpoint_every` steps and
        at the end save everything needed to resume exactly (never weights that diverged).
 
@@ -22,6 +24,11 @@ The pieces, each readable alone: `_Settings` checks every setting before the fir
 `_open_checkpoint` decides what an existing checkpoint means (resume, overwrite or refuse),
 `_Run` holds what a run updates and does one step (`train_step`), one evaluation and one
 checkpoint (`save`, after `check_finite`), and `_train` is the loop.
+
+A model may hold other models (a prior over the tokens of a tokenizer such as
+armini.nn.palette.Palette): its state_dict holds both, and its `config` may hold the inner
+model's settings as nested dicts or dataclasses (saved as plain dicts), so `load_checkpoint`
+rebuilds it like any other.
 
 Models only have to implement the contract of `armini.models.base.ARModel`; class-
 conditional models (`model.num_classes` set) also receive the labels as `y=`.
@@ -40,12 +47,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import torch.nn as nn
 
 import armini
 from armini.files import atomic_write, remove_stale_temporaries
 
-__all__ = ["fit", "evaluate", "bits_per_dim", "optimizer_step", "History", "load_checkpoint", "save_checkpoint",
-           "is_checkpoint", "CheckpointError", "lr_factor"]
+__all__ = ["fit", "evaluate", "bits_per_dim", "optimizer_step", "group_steps", "History", "load_checkpoint",
+           "save_checkpoint", "is_checkpoint", "CheckpointError", "lr_factor"]
 
 CHECKPOINT_FORMAT = 1  # the value of the "armini_checkpoint" key: how we recognise our own files
 
@@ -57,7 +65,9 @@ CHECKPOINT_FORMAT = 1  # the value of the "armini_checkpoint" key: how we recogn
 class History:
     """What happened during training.
 
-    train:   [(step, train bits/dim of that step's batch (or what fit's loss_fn returns)), ...]
+    train:   [(step, train bits/dim of that step's batch (or what fit's loss_fn returns)), ...];
+             with several param_groups, the sum of their losses
+    train_losses: [(step, {group name: loss}), ...] with several param_groups (else empty)
     test:    [(step, test bits/dim), ...] every `eval_every` steps and at the end
     steps:   optimizer steps completed (counting earlier runs when resumed)
     elapsed_s: wall-clock seconds spent in `fit`, evaluation and saving included (summed over resumes)
@@ -79,6 +89,7 @@ class History:
     time_limit: Optional[float] = None
     stopped_early: bool = False
     unit: str = "bits/dim"  # what the numbers are: model.unit, marked "(bound)" for an upper bound
+    train_losses: list = field(default_factory=list)  # [(step, {name: loss})] with several param_groups
 
     @property
     def final_train_bpd(self) -> Optional[float]:
@@ -92,9 +103,14 @@ class History:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(6, 3.5))
-        if self.train:
-            s, b = zip(*self.train)
-            ax.plot(s, b, lw=0.8, alpha=0.7, label=f"{label}: train (per batch)" if label else "train (per batch)")
+        curves = {"train": self.train}  # one curve per loss with several param_groups
+        if self.train_losses:
+            curves = {name: [(s, losses[name]) for s, losses in self.train_losses] for name in self.train_losses[0][1]}
+        for name, points in curves.items():
+            if points:
+                s, b = zip(*points)
+                what = f"{name} (per batch)"
+                ax.plot(s, b, lw=0.8, alpha=0.7, label=f"{label}: {what}" if label else what)
         if self.test:
             s, b = zip(*self.test)
             ax.plot(s, b, "o-", label=f"{label}: test" if label else "test")
@@ -271,7 +287,11 @@ def model_name(model) -> Optional[str]:
 
 
 def _plain(value):
-    """Config values as plain Python (tuples, lists, numbers, strings), so checkpoints load with weights_only."""
+    """Config values as plain Python (tuples, lists, dicts, numbers, strings), so checkpoints load with
+    weights_only. The config of a model held inside another (a tokenizer's) may be a nested dict or a
+    dataclass, stored as a dict: the outer model's constructor receives it as a dict."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in fields(value)}
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     if isinstance(value, dict):
@@ -443,13 +463,65 @@ def optimizer_step(loss, model, optimizer, scaler, clip: Optional[float]):
 
     With float16 the scaler multiplies the loss so small gradients survive, divides them back
     (unscale_) before clipping, and skips the update if they overflowed; otherwise it does nothing."""
-    scaler.scale(loss).backward()
-    if clip is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    scaler.step(optimizer)
+    group_steps({"model": loss}, {"model": list(model.parameters())}, {"model": optimizer}, scaler, clip)
+
+
+def group_steps(losses: dict, groups: dict, optimizers: dict, scaler, clip: Optional[float]):
+    """One update of every parameter group, each moved by its own loss (a GAN's generator and discriminator).
+
+    losses, groups, optimizers: dicts with the same names: name -> scalar loss, parameters, optimizer.
+      1. backpropagate each loss into its own group's parameters only (backward(inputs=...)): the
+         generator's loss leaves no gradient in the discriminator even though it goes through it, and
+         the discriminator's loss none in the generator (no need to detach the fakes);
+      2. in the order of `groups`: unscale and clip the group's gradient norm, take its optimizer step;
+      3. update the loss scale once (float16; the scaler does nothing otherwise), clear the gradients.
+    Every gradient is taken before any weight moves, so all losses come from one forward pass on this
+    step's weights, and the order of the updates in 2. does not change the result."""
+    names = list(groups)
+    for i, name in enumerate(names):
+        trainable = [p for p in groups[name] if p.requires_grad]
+        scaler.scale(losses[name]).backward(inputs=trainable, retain_graph=i < len(names) - 1)  # keep the shared graph
+    for name in names:
+        if clip is not None:
+            scaler.unscale_(optimizers[name])
+            torch.nn.utils.clip_grad_norm_(groups[name], clip)
+        scaler.step(optimizers[name])
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for name in names:
+        optimizers[name].zero_grad(set_to_none=True)
+
+
+def _param_groups(model, param_groups) -> dict:
+    """name -> the parameters one optimizer updates, checked: {"model": every parameter} by default.
+
+    param_groups: a dict name -> parameters (an iterable of the model's parameters, or one of its
+    modules), or a function model -> such a dict. Each parameter may be in one group only."""
+    if param_groups is None:
+        return {"model": list(model.parameters())}
+    groups = param_groups if isinstance(param_groups, dict) else param_groups(model) if callable(param_groups) else None
+    expected = ("param_groups must be a non-empty dict name -> parameters (a list of the model's parameters, or "
+                "one of its modules), such as {'generator': model.generator, 'discriminator': model.critic}, or a "
+                "function model -> such a dict")
+    if not isinstance(groups, dict) or not groups:
+        raise TypeError(f"{expected}; got {type(groups if groups is not None else param_groups).__name__}")
+    owner = {id(p): None for p in model.parameters()}  # which group each of the model's parameters went to
+    checked = {}
+    for name, params in groups.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{expected}; got a group named {name!r} ({type(name).__name__}), not a string")
+        params = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
+        if not any(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
+            raise ValueError(f"param_groups[{name!r}] holds no trainable parameter (none with requires_grad)")
+        for p in params:
+            if id(p) not in owner:
+                raise ValueError(f"param_groups[{name!r}] holds a {type(p).__name__} that is not a parameter of the "
+                                 "model: give the model's own parameters (model.some_part.parameters())")
+            if owner[id(p)] is not None:
+                raise ValueError(f"a parameter is in both param_groups[{owner[id(p)]!r}] and param_groups[{name!r}]: "
+                                 "give each parameter to one group only")
+            owner[id(p)] = name
+        checked[name] = params
+    return checked
 
 
 # ----------------------------------------------------------------------------- settings
@@ -458,7 +530,9 @@ def optimizer_step(loss, model, optimizer, scaler, clip: Optional[float]):
 # batches (batch_size, seed, number of training images), the same optimizer and the same schedule.
 # `steps` may change (that is how a run is extended); everything else (eval_every, eval_images,
 # checkpoint_every, time_limit, stop_after, device, amp, progress) is free to change.
-RESUME_KEEPS = ("batch_size", "seed", "train_images", "lr", "weight_decay", "clip", "lr_schedule", "warmup")
+RESUME_KEEPS = ("batch_size", "seed", "train_images", "lr", "weight_decay", "clip", "lr_schedule", "warmup",
+                "param_groups")
+FIT_ARGS_BEFORE = {"param_groups": None}  # what a checkpoint saved before a setting existed was trained with
 
 
 def _whole(name: str, value, low: Optional[int] = None, none: Optional[str] = None):
@@ -548,7 +622,7 @@ def _resume_mismatches(ckpt: dict, model, fit_args: dict) -> list:
         old, new = saved.get(key, defaults.get(key, "(absent)")), given.get(key, "(absent)")
         if old != new:
             diffs.append(f"{key} {_show(old)} -> {_show(new)}")
-    saved_fit = ckpt.get("fit_args") or {}
+    saved_fit = {**FIT_ARGS_BEFORE, **(ckpt.get("fit_args") or {})}
     for key in RESUME_KEEPS:
         if key in saved_fit and saved_fit[key] != fit_args[key]:
             diffs.append(f"{key} {_show(saved_fit[key])} -> {_show(fit_args[key])}")
@@ -582,25 +656,41 @@ def _open_checkpoint(path: Path, resume: bool, overwrite: bool) -> Optional[dict
 # ----------------------------------------------------------------------------- one run
 
 
+def _scalar(loss, what: str) -> torch.Tensor:
+    """`loss` if it is a scalar tensor, else a clear error: `what` names where it came from."""
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise TypeError(f"{what} must be a scalar tensor (the loss to minimise), got {type(loss).__name__} "
+                        f"{tuple(getattr(loss, 'shape', ()))}")
+    return loss
+
+
 def bits_per_dim(model, x, y=None):
     """The default objective: model.loss(x, y), the batch's mean negative log2-likelihood per dimension."""
     return model.loss(x, y)
 
 
 class _Run:
-    """Everything one call of `fit` updates (model, optimizer, schedule, batch order, history) and the
-    three things it does with them: one training step, an evaluation, a checkpoint."""
+    """Everything one call of `fit` updates (model, optimizers, schedules, batch order, history) and the
+    three things it does with them: one training step, an evaluation, a checkpoint.
 
-    def __init__(self, model, images, labels, test, settings: _Settings, *, dev, amp, path, loss_fn, clock, t_start):
+    Parameters are trained in named groups, each with its own AdamW and schedule (the same settings):
+    one group, "model", holding every parameter, unless fit was given param_groups."""
+
+    def __init__(self, model, images, labels, test, settings: _Settings, *, dev, amp, path, loss_fn, param_groups,
+                 clock, t_start):
         self.model, self.test, self.settings, self.dev, self.path = model, test, settings, dev, path
         self.images = images.to(torch.uint8) if images.max() < 256 else images  # 8x less memory; long on the device
         self.labels = labels
         self.loss_fn = bits_per_dim if loss_fn is None else loss_fn
         self.clock, self.t_start, self.elapsed_before = clock, t_start, 0.0
         model.to(dev).train()
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.single = param_groups is None  # one loss and one optimizer (every model of lessons 00-08)
+        self.groups = _param_groups(model, param_groups)  # name -> parameters
+        self.optimizers = {name: torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+                           for name, params in self.groups.items()}
         self.schedule = partial(lr_factor, steps=settings.steps, warmup=settings.warmup, schedule=settings.lr_schedule)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, self.schedule)
+                           for name, opt in self.optimizers.items()}
         self.amp_dtype, self.scaler = _amp_setup(dev, amp)
         self.order = BatchOrder(len(images), settings.batch_size, settings.seed)
         self.hist = History(time_limit=settings.time_limit, unit=unit_label(model))
@@ -612,6 +702,7 @@ class _Run:
             weight_decay=settings.weight_decay, clip=settings.clip, lr_schedule=settings.lr_schedule,
             warmup=settings.warmup, seed=settings.seed, amp=str(self.amp_dtype), train_images=len(images),
             objective=f"{getattr(self.loss_fn, '__module__', '')}.{getattr(self.loss_fn, '__qualname__', '?')}",
+            param_groups=None if self.single else list(self.groups),
         )
 
     def autocast(self):
@@ -619,15 +710,29 @@ class _Run:
         return torch.autocast(self.dev.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
 
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The learning rate of the next step (every group follows the same schedule)."""
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
+    def states(self, parts: dict):
+        """The state_dicts of optimizers or schedulers for a checkpoint: one (as before groups existed), or
+        name -> state_dict with several param_groups."""
+        states = {name: part.state_dict() for name, part in parts.items()}
+        return states["model"] if self.single else states
+
+    def by_group(self, saved) -> dict:
+        """What `states` wrote, back as name -> state_dict."""
+        return {"model": saved} if self.single else saved
 
     def resume_from(self, ckpt: dict):
         """Restore everything the checkpoint holds, so the run continues exactly where it stopped."""
         _load_model_state(self.model, ckpt, self.path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        for group, base_lr in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            group["lr"] = base_lr * self.schedule(self.scheduler.last_epoch)  # the next step's lr, from this schedule
+        optimizer_states, scheduler_states = self.by_group(ckpt["optimizer"]), self.by_group(ckpt["scheduler"])
+        for name, optimizer in self.optimizers.items():
+            scheduler = self.schedulers[name]
+            optimizer.load_state_dict(optimizer_states[name])
+            scheduler.load_state_dict(scheduler_states[name])
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * self.schedule(scheduler.last_epoch)  # the next step's lr, from this schedule
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.order.load_state_dict(ckpt["data_order"])
@@ -649,32 +754,57 @@ class _Run:
             f"gradient clipping (clip=), and check that the data are integers in [0, {self.model.levels}); {kept}."
         )
 
-    def train_step(self) -> float:
-        """One optimizer step on the next batch; returns the batch's loss (before the update)."""
+    def losses(self, x, y) -> dict:
+        """loss_fn on a batch as name -> scalar tensor, one per group, or a clear error naming what was expected."""
+        with self.autocast():
+            out = self.loss_fn(self.model, x, y)  # default: mean bits per dimension of the batch
+        if self.single:
+            if isinstance(out, dict):
+                raise TypeError(f"loss_fn returned a dict (keys {list(out)}); with one optimizer it must return a "
+                                "scalar tensor (the loss to minimise). To train groups of parameters with losses "
+                                "of their own, pass param_groups={name: parameters} to fit")
+            return {"model": _scalar(out, "loss_fn")}
+        names = list(self.groups)
+        if not isinstance(out, dict) or set(out) != set(names):
+            got = f"a dict with keys {list(out)}" if isinstance(out, dict) else type(out).__name__
+            expected = ", ".join(f"{name!r}: loss" for name in names)
+            raise TypeError(f"with param_groups {names}, loss_fn must return a dict with one scalar loss per group, "
+                            f"{{{expected}}}; got {got}")
+        return {name: _scalar(out[name], f"loss_fn's {name!r} loss") for name in names}
+
+    def train_step(self) -> dict:
+        """One optimizer step of every group on the next batch; returns the batch's losses (before the update)."""
         t0 = self.clock()
         idx = self.order.next()
         x = _to_device(self.images[idx], self.dev).long()  # (B, C, H, W)
         y = _to_device(self.labels[idx], self.dev) if self.labels is not None else None
-        with self.autocast():
-            loss = self.loss_fn(self.model, x, y)  # default: mean bits per dimension of the batch
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            raise TypeError(f"loss_fn must return a scalar tensor (the loss to minimise), got {type(loss).__name__} "
-                            f"{tuple(getattr(loss, 'shape', ()))}")
-        value = loss.item()
-        if not math.isfinite(value):
-            raise self.diverged(f"the training loss is {value}", self.hist.steps + 1, self.lr())
+        losses = self.losses(x, y)  # name -> scalar tensor
+        values = {name: loss.item() for name, loss in losses.items()}
+        self.check_values(values, "the training loss is", self.hist.steps + 1, self.lr())
         self.lr_used = self.lr()
-        optimizer_step(loss, self.model, self.optimizer, self.scaler, self.settings.clip)
-        self.scheduler.step()  # the learning rate of the next step
+        group_steps(losses, self.groups, self.optimizers, self.scaler, self.settings.clip)
+        for scheduler in self.schedulers.values():
+            scheduler.step()  # the learning rate of the next step
         self.last_batch = (x, y)
+        self.record(values, len(idx), self.clock() - t0)
+        return {"loss": values["model"]} if self.single else values
 
+    def check_values(self, values: dict, what: str, step: int, lr: float):
+        """Stop a run whose loss (any group's) is not finite: `what` is the start of the message."""
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise self.diverged(f"{what} {value}" + ("" if self.single else f" ({name!r})"), step, lr)
+
+    def record(self, values: dict, images: int, seconds: float):
+        """One step in the history: its losses (their sum in `train`), images and time."""
         hist = self.hist
         hist.steps += 1
-        hist.images_seen += len(idx)
-        hist.train_s += self.clock() - t0
+        hist.images_seen += images
+        hist.train_s += seconds
         hist.images_per_s = hist.images_seen / hist.train_s
-        hist.train.append((hist.steps, value))
-        return value
+        hist.train.append((hist.steps, values["model"] if self.single else sum(values.values())))
+        if not self.single:
+            hist.train_losses.append((hist.steps, values))
 
     def evaluate(self) -> float:
         """Test bits/dim now (on the first eval_images test images), recorded in the history."""
@@ -698,13 +828,11 @@ class _Run:
         rng = _rng_state(self.dev)
         self.model.eval()
         try:
-            with self.autocast():
-                value = self.loss_fn(self.model, *self.last_batch).item()
+            values = {name: loss.item() for name, loss in self.losses(*self.last_batch).items()}
         finally:
             self.model.train()
             _set_rng_state(rng, self.dev)
-        if not math.isfinite(value):
-            raise self.diverged(f"the updated weights give a loss of {value}", self.hist.steps, self.lr_used)
+        self.check_values(values, "the updated weights give a loss of", self.hist.steps, self.lr_used)
 
     def save(self):
         """Write a checkpoint with everything needed to resume exactly (never a diverged model)."""
@@ -716,7 +844,7 @@ class _Run:
                        params=sum(p.numel() for p in model.parameters()))
         _write_checkpoint(self.path, dict(
             model_name=model_name(model), model_class=type(model).__name__, model_kwargs=model_kwargs(model),
-            model=model.state_dict(), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            model=model.state_dict(), optimizer=self.states(self.optimizers), scheduler=self.states(self.schedulers),
             scaler=self.scaler.state_dict(), step=hist.steps, data_order=self.order.state_dict(),
             rng=_rng_state(self.dev), history=asdict(hist), metrics=metrics, fit_args=self.fit_args,
         ))
@@ -770,6 +898,7 @@ def fit(
     warmup: Optional[int] = None,
     clock: Callable[[], float] = time.perf_counter,
     loss_fn: Optional[Callable] = None,
+    param_groups=None,
 ) -> History:
     """Train `model` in place for `steps` optimizer steps (in total, when resuming); return a History.
 
@@ -778,7 +907,17 @@ def fit(
     lr_schedule:   "cosine" (decay to lr/10 at `steps`) or "constant", after `warmup` linear warmup
                    steps (default min(100, steps // 10))
     loss_fn:       the objective, loss_fn(model, x, y) -> scalar tensor to minimise (default
-                   `bits_per_dim`: model.loss(x, y)); History.train records what it returns
+                   `bits_per_dim`: model.loss(x, y)); History.train records what it returns. It may
+                   draw random numbers (a random t or order) from torch's global RNG (torch.rand(...,
+                   device=x.device)), which checkpoints hold, so a resume draws the same ones; a
+                   generator of its own, NumPy's or Python's `random` are not saved
+    param_groups:  None: one AdamW over every parameter. Or a dict name -> parameters (a list of the
+                   model's parameters or one of its modules), or a function model -> such a dict:
+                   one AdamW per group, all with the same lr schedule, weight_decay and clipping;
+                   loss_fn then returns a dict name -> scalar loss and each loss moves only its own
+                   group, all from the same forward pass (`group_steps`). E.g. a VQGAN:
+                   param_groups={"generator": model.autoencoder, "discriminator": model.critic}.
+                   History.train_losses records each loss, History.train their sum
     eval_every:    test bits/dim every this many steps (None: only at the end), on the first
                    `eval_images` test images (None: all)
     amp:           mixed precision; None = on when training on CUDA (bfloat16, or float16 + GradScaler)
@@ -798,7 +937,8 @@ def fit(
                    fit(steps=2000, stop_after=500, checkpoint=p), later fit(steps=2000, checkpoint=p, resume=True)
 
     What a resume keeps: the model (class, shape, levels, config), batch_size, seed, the number of
-    training images, lr, weight_decay, clip, lr_schedule and warmup (None takes the saved one) must be
+    training images, lr, weight_decay, clip, lr_schedule, warmup (None takes the saved one) and the
+    names of the param_groups must be
     those of the checkpoint, or fit refuses and names each difference; `steps` may change (the rest of
     the schedule then follows the new `steps`), and so may everything else (evaluation, checkpoint
     interval, time limits, device).
@@ -812,7 +952,8 @@ def fit(
                          eval_images=eval_images, checkpoint_every=checkpoint_every, time_limit=time_limit,
                          stop_after=stop_after)
     if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be a function loss_fn(model, x, y) -> scalar tensor, got {loss_fn!r}")
+        raise TypeError(f"loss_fn must be a function loss_fn(model, x, y) -> scalar tensor (a dict name -> scalar "
+                        f"tensor with param_groups), got {loss_fn!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint to resume from: pass checkpoint=path")
     dev = armini.device(device)
@@ -824,8 +965,8 @@ def fit(
         saved = (ckpt or {}).get("fit_args", {}).get("warmup")
         settings.warmup = saved if saved is not None else min(100, settings.steps // 10)
 
-    run = _Run(model, images, labels, test, settings, dev=dev, amp=amp, path=path, loss_fn=loss_fn, clock=clock,
-               t_start=t_start)
+    run = _Run(model, images, labels, test, settings, dev=dev, amp=amp, path=path, loss_fn=loss_fn,
+               param_groups=param_groups, clock=clock, t_start=t_start)
     if ckpt is not None:
         differ = _resume_mismatches(ckpt, model, run.fit_args)
         if differ:
@@ -849,16 +990,17 @@ def _train(run: _Run, progress: bool) -> History:
     bar = tqdm(total=s.steps, initial=min(hist.steps, s.steps), disable=not progress, desc="training", unit="step")
     try:
         while hist.steps < s.end:
-            loss = run.train_step()
+            losses = run.train_step()  # {"loss": value}, or one value per param group
+            shown = {name: f"{value:.3f}" for name, value in losses.items()}
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.set_postfix(shown, refresh=False)
             out_of_time = s.time_limit is not None and run.clock() - run.t_start > s.time_limit
             if hist.steps == s.end or out_of_time:
                 hist.stopped_early = hist.steps < s.end
                 break
             test_bpd = run.evaluate_and_save_if_due()
             if test_bpd is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", test_bpd=f"{test_bpd:.3f}")
+                bar.set_postfix({**shown, "test_bpd": f"{test_bpd:.3f}"})
     finally:
         bar.close()
     return run.finish()
