@@ -276,3 +276,36 @@ def test_a_nested_dataclass_config_is_stored_as_plain_dicts():
     model.config = _PriorConfig()
     kwargs = train.model_kwargs(model)
     assert kwargs["tokenizer"] == {"n_colors": 4, "sizes": (2, 2)} and kwargs["width"] == 8
+
+
+# ----------------------------------------------------------------------------- mixed precision, older checkpoints
+
+
+def test_two_groups_through_the_mixed_precision_code_path(tmp_path, monkeypatch):
+    """One GradScaler for both optimizers (scale each loss, unscale and step each, update once), as on
+    CUDA with float16, exercised with CPU autocast and an enabled CPU GradScaler; its state is saved."""
+    monkeypatch.setattr(train, "_amp_setup", lambda dev, amp: (torch.bfloat16, torch.amp.GradScaler("cpu")))
+    path = tmp_path / "model.pt"
+    model = with_critic()
+    critic = [p.detach().clone() for p in model.critic.parameters()]
+    hist = train.fit(model, images(), steps=3, batch_size=16, loss_fn=adversarial, checkpoint=path, **GROUPS, **FAST)
+    assert hist.steps == 3 and all(math.isfinite(v) for _, losses in hist.train_losses for v in losses.values())
+    assert not all(torch.equal(p, q) for p, q in zip(model.critic.parameters(), critic))
+    assert torch.load(path, weights_only=True)["scaler"]["scale"] > 0
+    assert train.fit(with_critic(), images(), steps=5, batch_size=16, loss_fn=adversarial, checkpoint=path,
+                     resume=True, **GROUPS, **FAST).steps == 5
+
+
+def test_a_checkpoint_saved_before_param_groups_existed_resumes(tmp_path):
+    """Single-optimizer checkpoints keep their layout (one optimizer state, one scheduler state), and
+    one without the param_groups setting reads as param_groups=None."""
+    path = tmp_path / "model.pt"
+    train.fit(with_critic(), images(), steps=2, batch_size=16, checkpoint=path, **FAST)
+    ckpt = torch.load(path, weights_only=True)
+    assert "state" in ckpt["optimizer"] and "last_epoch" in ckpt["scheduler"]
+    del ckpt["fit_args"]["param_groups"]  # as an older armini saved it
+    torch.save(ckpt, path)
+    assert train.fit(with_critic(), images(), steps=4, batch_size=16, checkpoint=path, resume=True, **FAST).steps == 4
+    with pytest.raises(ValueError, match=r"param_groups None -> \['generator', 'discriminator'\]"):
+        train.fit(with_critic(), images(), steps=6, batch_size=16, loss_fn=adversarial, checkpoint=path, resume=True,
+                  **GROUPS, **FAST)
