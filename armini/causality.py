@@ -34,9 +34,27 @@ hence `trials` and the random base image.
 
     report = check_causality(model)      # D forward passes, batched
     print(report)                        # OK / the leaking (target, input) pairs
-    report.blind_spot((0, 3, 3))         # earlier dimensions the target does NOT see
+    report.blind_spot((0, 3, 3))         # earlier dimensions inside the context's reach, NOT seen
+    report.out_of_reach((0, 3, 3))       # earlier dimensions beyond the receptive field
     context_map(positive_copy(model), white, trials=1)  # all the architecture could see
     assert_causal(model)                 # for tests
+
+Every dimension falls in one category relative to a target (`context_categories`):
+TARGET; SEEN (moves the target's conditional); FUTURE (not earlier); and an earlier dimension
+that does not move it is either
+
+    BLIND (blind spot):  inside the reach of the target's context, yet not seen,
+    OUT_OF_REACH:        beyond the receptive field.
+
+The reach of a context is the part of the past it spans (`reach`): the bounding box of the
+target and the earlier pixels it sees (the rows and columns between its extreme seen pixels, any
+channel), from the earliest dimension it sees on. PixelCNN's wedge up-right of the target lies
+inside that box (the rows higher up reach further right than the rows near the target): a blind
+spot, which no depth removes. The far parts of the image a shallow network does not reach yet
+lie outside it: out of reach, which more layers (or attention) would cover. (The second
+condition matters for a raster-order attention window, which sees the last w dimensions: the
+start of the oldest row it touches is out of reach, not a blind spot.) Gated PixelCNN has no blind spot,
+only a finite reach; PixelSNAIL and the transformer have neither.
 
 Coordinates are (c, i, j): channel, row, column. Legend: C, H, W image, D = C*H*W, K levels.
 """
@@ -48,7 +66,7 @@ from dataclasses import dataclass
 import torch
 
 # categories of `context_categories`, also the colour indices of viz.plot_context
-FUTURE, BLIND, SEEN, TARGET = 0, 1, 2, 3
+FUTURE, BLIND, SEEN, TARGET, OUT_OF_REACH = 0, 1, 2, 3, 4
 
 
 # ------------------------------------------------------------------------------ orders
@@ -250,19 +268,72 @@ def _matrices(model, x, trials, generator, y, batch_size, rtol=1e-5, atol=1e-6, 
 
 
 # ----------------------------------------------------------------------------- report
+def _span(hit: torch.Tensor) -> torch.Tensor:
+    """(N, L) bool -> (N, L) bool: True from the first to the last True of each row (inclusive)."""
+    return (hit.cumsum(-1) > 0) & (hit.flip(-1).cumsum(-1).flip(-1) > 0)
+
+
+def reach(seen: torch.Tensor, rank: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The reach of each target's context: (N, C, H, W) bool, True for the dimensions it spans.
+
+    seen: (N, C, H, W) bool, what N targets see; rank: (C, H, W) step of each dimension;
+    targets: (N, 3) long (c, i, j). A dimension is within reach when it lies
+      - inside the bounding box of the context: the rows and columns spanned by the target and the
+        earlier pixels it sees (a pixel counts if any of its channels is seen), and
+      - not before the earliest dimension seen (so a raster-order window, which sees the last w
+        dimensions, reaches nothing before them, although its box spans whole rows).
+    With nothing seen, nothing earlier is within reach."""
+    N = len(targets)
+    t_rank = rank[targets[:, 0], targets[:, 1], targets[:, 2]]  # (N,)
+    earlier_seen = seen.bool() & (rank[None] < t_rank[:, None, None, None])  # (N, C, H, W)
+    pixels = earlier_seen.any(1)  # (N, H, W) earlier pixels seen
+    pixels[torch.arange(N), targets[:, 1], targets[:, 2]] = True  # the target itself
+    rows, cols = _span(pixels.any(2)), _span(pixels.any(1))  # (N, H), (N, W)
+    box = rows[:, :, None] & cols[:, None, :]  # (N, H, W)
+    first = torch.where(earlier_seen, rank[None], t_rank[:, None, None, None]).flatten(1).amin(1)  # (N,)
+    return box[:, None] & (rank[None] >= first[:, None, None, None])  # (N, C, H, W)
+
+
+def _categories(seen: torch.Tensor, rank: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """context_categories for N targets at once: seen (N, C, H, W) bool, targets (N, 3) -> (N, C, H, W) long."""
+    N = len(targets)
+    n = torch.arange(N)
+    t_rank = rank[targets[:, 0], targets[:, 1], targets[:, 2]]  # (N,)
+    earlier = rank[None] < t_rank[:, None, None, None]  # (N, C, H, W)
+    inside = reach(seen, rank, targets)  # (N, C, H, W)
+    cat = torch.full(seen.shape, FUTURE, dtype=torch.long)
+    cat[earlier & ~inside] = OUT_OF_REACH
+    cat[earlier & inside] = BLIND
+    cat[seen.bool()] = SEEN
+    cat[n, targets[:, 0], targets[:, 1], targets[:, 2]] = TARGET
+    return cat
+
+
 def context_categories(seen: torch.Tensor, rank: torch.Tensor, target) -> torch.Tensor:
     """Label every dimension relative to `target`: (C, H, W) long with values
 
-    TARGET (the target itself), SEEN (moves the target), BLIND (earlier, but does not move it),
-    FUTURE (not earlier: must not move it; a leak if it does, shown as SEEN)."""
+    TARGET        the target itself
+    SEEN          moves the target's conditional
+    BLIND         earlier, within the reach of the context (inside its bounding box and not before
+                  the earliest dimension it sees, see `reach`), but does not move it: a blind spot
+    OUT_OF_REACH  earlier, outside that box: beyond the receptive field
+    FUTURE        not earlier: must not move it (a leak if it does, shown as SEEN)."""
     shape = tuple(rank.shape)
-    t = as_coord(target, shape)
-    earlier = rank < rank[t]
-    cat = torch.full(shape, FUTURE, dtype=torch.long)
-    cat[earlier] = BLIND
-    cat[seen.bool()] = SEEN
-    cat[t] = TARGET
-    return cat
+    t = torch.tensor([as_coord(target, shape)])  # (1, 3)
+    return _categories(torch.as_tensor(seen).bool()[None], rank, t)[0]
+
+
+def context_counts(seen: torch.Tensor, target, rank=None) -> dict:
+    """Count the target's earlier dimensions by kind: {"earlier", "seen", "blind spot", "out of reach"}.
+
+    seen: (C, H, W) bool, e.g. from context_map; rank: the model's step_rank (None: raster order).
+    Every lesson counts this way, so "blind spot" means the same everywhere (see context_categories)."""
+    seen = torch.as_tensor(seen).bool()
+    rank = raster_rank(seen.shape) if rank is None else rank
+    cat = context_categories(seen, rank, target)
+    earlier = rank < rank[as_coord(target, tuple(rank.shape))]
+    return {"earlier": int(earlier.sum()), "seen": int((seen & earlier).sum()),
+            "blind spot": int((cat == BLIND).sum()), "out of reach": int((cat == OUT_OF_REACH).sum())}
 
 
 @dataclass
@@ -301,17 +372,32 @@ class CausalityReport:
         """(C, H, W) bool: the dimensions generated strictly before the target."""
         return self.rank < self.rank.flatten()[self._row(target)]
 
-    def blind_spot(self, target=None) -> torch.Tensor:
-        """(C, H, W) bool: earlier dimensions that do NOT move the target (PixelCNN's hole above-right)."""
+    def unseen(self, target=None) -> torch.Tensor:
+        """(C, H, W) bool: earlier dimensions that do NOT move the target: blind spot or out of reach."""
         return self.earlier(target) & ~self.context(target)
 
+    def blind_spot(self, target=None) -> torch.Tensor:
+        """(C, H, W) bool: earlier dimensions inside the context's reach that do NOT move the target
+        (PixelCNN's wedge above-right; see context_categories)."""
+        return self.categories(target) == BLIND
+
+    def out_of_reach(self, target=None) -> torch.Tensor:
+        """(C, H, W) bool: earlier dimensions beyond the context's reach (a finite receptive field)."""
+        return self.categories(target) == OUT_OF_REACH
+
     def categories(self, target=None) -> torch.Tensor:
-        """(C, H, W) long: TARGET / SEEN / BLIND / FUTURE for every dimension (see context_categories)."""
+        """(C, H, W) long: TARGET / SEEN / BLIND / OUT_OF_REACH / FUTURE for every dimension
+        (see context_categories)."""
         return context_categories(self.context(target), self.rank, as_coord(target, self.shape))
 
+    def counts(self, target=None) -> dict:
+        """The target's earlier dimensions by kind: {"earlier", "seen", "blind spot", "out of reach"}."""
+        return context_counts(self.context(target), as_coord(target, self.shape), self.rank)
+
     def context_text(self, target=None) -> str:
-        """The target's context as text, one block per channel: X target, # seen, o blind spot, . future."""
-        symbols = {TARGET: "X", SEEN: "#", BLIND: "o", FUTURE: "."}
+        """The target's context as text, one block per channel:
+        X target, # seen, o blind spot, - out of reach, . future."""
+        symbols = {TARGET: "X", SEEN: "#", BLIND: "o", OUT_OF_REACH: "-", FUTURE: "."}
         blocks = []
         for c, cat in enumerate(self.categories(target)):
             rows = [" ".join(symbols[int(v)] for v in row) for row in cat]
@@ -338,10 +424,13 @@ class CausalityReport:
         r = self.rank.flatten()
         earlier = r[None, :] < r[:, None]  # (D, D): [d, j] = j is generated before d
         n_seen = (self.seen & earlier).sum(1).float()  # (D,)
-        n_blind = int((earlier & ~self.seen).sum())
+        targets = torch.stack(torch.unravel_index(torch.arange(D), self.shape), 1)  # (D, 3) every target
+        cat = _categories(self.seen.view(D, *self.shape), self.rank, targets)  # (D, C, H, W)
+        n_blind, n_out = int((cat == BLIND).sum()), int((cat == OUT_OF_REACH).sum())
         return head + (f"OK, no leaks.\n  a conditional sees {n_seen.mean():.1f} earlier dimensions on average "
-                       f"(min {int(n_seen.min())}, max {int(n_seen.max())}); {n_blind} (dimension, earlier "
-                       f"dimension) pairs are blind spots")
+                       f"(min {int(n_seen.min())}, max {int(n_seen.max())}); of the (dimension, earlier "
+                       f"dimension) pairs not seen, {n_blind} are blind spots (inside the context's reach) "
+                       f"and {n_out} out of reach (beyond the receptive field)")
 
     __repr__ = __str__
 

@@ -158,16 +158,20 @@ def plot_mask(mask, ax=None, title=None):
     return ax
 
 
-CONTEXT_COLOURS = {  # category of causality.context_categories -> (colour, legend label)
-    causality.FUTURE: ("#d9d9d9", "future (must not be seen)"),
-    causality.BLIND: ("#f4a261", "earlier but not seen (blind spot)"),
-    causality.SEEN: ("#2a6f97", "seen"),
+CONTEXT_COLOURS = {  # category of causality.context_categories -> (colour, legend label), in legend order
     causality.TARGET: ("#e63946", "target"),
+    causality.SEEN: ("#2a6f97", "seen"),
+    causality.BLIND: ("#f4a261", "earlier, inside reach, not seen (blind spot)"),
+    causality.OUT_OF_REACH: ("#f3e3c3", "earlier, out of reach (receptive field)"),
+    causality.FUTURE: ("#d9d9d9", "future (must not be seen)"),
 }
 
 
 def plot_context(model_or_map, target=None, ax=None, *, channel=None, x=None, generator=None, title=None):
-    """Draw which pixels move the conditional of `target` (c, i, j): target, seen, blind spot, future.
+    """Draw which pixels move the conditional of `target` (c, i, j): target, seen, blind spot
+    (earlier, inside the context's reach, not seen), out of reach (beyond the receptive field), future.
+    See causality.context_categories. The legend sits below the image, so panels side by side
+    never cover it; remove it from all but one with ax.get_legend().remove().
 
     model_or_map: an ARModel (measured here with causality.context_map), a causality.CausalityReport,
     or a (C, H, W) dependency map (non-zero = seen; "earlier" then means raster order).
@@ -195,8 +199,8 @@ def plot_context(model_or_map, target=None, ax=None, *, channel=None, x=None, ge
     ax.set_yticks(np.arange(-0.5, H), minor=True)
     ax.grid(which="minor", color="white", linewidth=0.5 if max(H, W) > 12 else 1)
     ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
-    handles = [Patch(color=c, label=lab) for c, lab in CONTEXT_COLOURS.values()][::-1]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    handles = [Patch(color=c, label=lab) for c, lab in CONTEXT_COLOURS.values()]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False, fontsize="small")
     note = f"\n(each pixel: channels 0..{C - 1}, left to right)" if C > 1 else ""
     ax.set_title(title or f"context of {target}{note}")
     return ax

@@ -94,7 +94,9 @@ def test_independent_pixels_see_nothing():
     assert not report.seen.any()
     target = (0, 2, 2)
     assert not report.context(target).any()
-    assert torch.equal(report.blind_spot(target), report.earlier(target))  # every earlier pixel unseen
+    assert torch.equal(report.unseen(target), report.earlier(target))  # every earlier pixel unseen
+    assert torch.equal(report.out_of_reach(target), report.earlier(target))  # a context of nothing reaches nothing
+    assert not report.blind_spot(target).any()
     assert int(report.earlier(target).sum()) == 2 * 4 + 2
     assert not dependency_map(model, target=target).any()
 
@@ -212,15 +214,85 @@ def test_several_base_images_and_user_images():
 
 
 def test_context_text_and_categories():
-    shape = (1, 3, 3)
+    shape = (1, 4, 5)
     reads = causal_reads(shape)
-    reads[flat(0, 1, 1, shape), flat(0, 0, 2, shape)] = False  # a hole above-right
+    t = flat(0, 2, 2, shape)
+    reads[t, flat(0, 1, 4, shape)] = False  # a hole above-right, inside the columns row 0 reaches
+    reads[t, [flat(0, 0, 0, shape), flat(0, 1, 0, shape), flat(0, 2, 0, shape)]] = False  # column 0: beyond reach
     report = check_causality(ReadsAR(shape, 3, reads))
-    assert report.blind_spot((0, 1, 1)).nonzero().tolist() == [[0, 0, 2]]
-    assert report.context_text((0, 1, 1)) == "channel 0:\n# # o\n# X .\n. . ."
-    cat = report.categories((0, 1, 1))
-    assert cat[0, 1, 1] == causality.TARGET and cat[0, 0, 2] == causality.BLIND
-    assert cat[0, 0, 0] == causality.SEEN and cat[0, 2, 2] == causality.FUTURE
+    target = (0, 2, 2)
+    assert report.blind_spot(target).nonzero().tolist() == [[0, 1, 4]]
+    assert report.out_of_reach(target).nonzero().tolist() == [[0, 0, 0], [0, 1, 0], [0, 2, 0]]
+    assert torch.equal(report.unseen(target), report.blind_spot(target) | report.out_of_reach(target))
+    assert report.counts(target) == {"earlier": 12, "seen": 8, "blind spot": 1, "out of reach": 3}
+    assert report.context_text(target) == "channel 0:\n- # # # #\n- # # # o\n- # X . .\n. . . . ."
+    cat = report.categories(target)
+    assert cat[0, 2, 2] == causality.TARGET and cat[0, 1, 4] == causality.BLIND
+    assert cat[0, 0, 0] == causality.OUT_OF_REACH and cat[0, 0, 1] == causality.SEEN
+    assert cat[0, 3, 3] == causality.FUTURE
+    assert "blind spots" in str(report) and "out of reach" in str(report)
+
+
+def test_blind_spot_is_inside_the_reach_of_the_context_and_the_rest_is_out_of_reach():
+    """Hand-made seen maps: a wedge inside the bounding box of what the target sees is a blind spot,
+    what lies beyond the box (rows above the top one seen, columns past the widest) is out of reach."""
+    shape, target = (1, 6, 7), (0, 4, 3)
+    seen = torch.zeros(shape, dtype=torch.bool)
+    seen[0, 1:4, 1:6] = True  # rows 1-3, columns 1-5 above the target
+    seen[0, 3, 5] = seen[0, 2, 5] = False  # PixelCNN's wedge: up-right, rows near the target
+    seen[0, 3, 4] = False
+    seen[0, 4, 1:3] = True  # left of the target in its row
+    rank = causality.raster_rank(shape)
+    cat = causality.context_categories(seen, rank, target)
+    blind = (cat == causality.BLIND).nonzero()[:, 1:].tolist()
+    assert blind == [[2, 5], [3, 4], [3, 5]]
+    out = cat == causality.OUT_OF_REACH
+    assert out[0, 0].all() and out[0, 1:5, 0].all() and out[0, 1:4, 6].all()  # row 0, column 0, column 6
+    assert int(out.sum()) == 7 + 4 + 3
+    assert (cat[0, 4, 4:] == causality.FUTURE).all() and (cat[0, 5] == causality.FUTURE).all()
+    counts = causality.context_counts(seen, target)  # raster order by default
+    assert counts == {"earlier": 31, "seen": 14, "blind spot": 3, "out of reach": 14}
+    # a context that reaches every row and column has no out of reach; seeing everything leaves no blind spot
+    full = rank < rank[target]
+    assert causality.context_counts(full, target) == {"earlier": 31, "seen": 31, "blind spot": 0, "out of reach": 0}
+    holes = full.clone()
+    holes[0, 2, 2] = False  # a hole in the middle of the context is a blind spot, never out of reach
+    assert causality.context_counts(holes, target)["blind spot"] == 1
+    # a raster-order window sees the last w dimensions: its box spans whole rows, but what comes
+    # before its earliest seen dimension is out of reach, not a blind spot
+    window = (rank < rank[target]) & (rank >= rank[target] - 9)  # the 9 dimensions before (4, 3)
+    assert causality.context_counts(window, target) == {"earlier": 31, "seen": 9, "blind spot": 0,
+                                                        "out of reach": 22}
+    # channels: the box is spatial; an unseen earlier channel of a seen pixel is a blind spot
+    rgb = torch.zeros(3, 3, 3, dtype=torch.bool)
+    rgb[:, 0, :] = True
+    rgb[0, 1, 1] = True  # the target's own R, not its G
+    cat = causality.context_categories(rgb, causality.raster_rank((3, 3, 3)), (2, 1, 1))
+    assert cat[1, 1, 1] == causality.BLIND and cat[0, 1, 0] == causality.BLIND  # inside columns 0-2
+    assert not (cat == causality.OUT_OF_REACH).any()
+
+
+def probe_counts(model, target, scale=1.0):
+    """The architecture's context of `target` (positive-weight probe on a white image), counted."""
+    white = torch.full((1, *model.shape), model.levels - 1)
+    seen = causality.context_map(causality.positive_copy(model, scale), white, target=target, trials=1,
+                                 rtol=0, atol=0)
+    return causality.context_counts(seen, target)
+
+
+def test_pixelcnn_has_a_blind_spot_gated_pixelcnn_and_attention_only_a_reach():
+    from armini.models import GatedPixelCNN, PixelCNN, PixelSNAIL
+
+    torch.manual_seed(0)
+    shape, target = (1, 16, 16), (0, 10, 8)
+    pixelcnn = probe_counts(PixelCNN(shape=shape, levels=4, channels=4, n_blocks=3, head_channels=4), target)
+    assert pixelcnn["blind spot"] > 0 and pixelcnn["out of reach"] > 0  # the wedge, and a finite field
+    gated = probe_counts(GatedPixelCNN(shape=shape, levels=4, channels=4, n_layers=3, head_channels=4),
+                         target, scale=0.1)
+    assert gated["blind spot"] == 0 and gated["out of reach"] > 0
+    snail = probe_counts(PixelSNAIL(shape=(1, 6, 6), levels=4, channels=4, key_dim=4, value_dim=4,
+                                    head_channels=4), (0, 3, 3), scale=0.5)
+    assert snail == {"earlier": 21, "seen": 21, "blind spot": 0, "out of reach": 0}
 
 
 class DeadReLU(ARModel):
