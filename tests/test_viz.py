@@ -131,3 +131,79 @@ def test_plot_context_colours_blind_spot_and_out_of_reach_apart_and_keeps_its_le
     right_image = axes[1].get_window_extent(renderer)
     assert left_legend.x1 <= right_image.x0  # the next panel does not cover the legend
     assert left_legend.y0 >= fig.bbox.y0  # nor does the figure's edge cut it off
+
+
+# ------------------------------------------------------------------------- scrubber
+@pytest.fixture
+def scrubber_and_steps():
+    model = small_pixelcnn(shape=(1, 4, 4))
+    seen = []
+    s = viz.SamplingScrubber(model, n=2, generator=torch.Generator().manual_seed(0),
+                             callback=lambda st: seen.append((st.x.clone(), st.probs.clone(), st.index.clone())))
+    return s, seen
+
+
+def test_scrubber_frames_equal_what_the_sampler_saw(scrubber_and_steps):
+    s, seen = scrubber_and_steps
+    assert s.steps == len(seen) == 16
+    for t, (x, probs, index) in enumerate(seen):
+        partial, p, (c, i, j), value = s.frame(t)
+        assert np.array_equal(partial, x.numpy())  # rebuilt from the final image, not stored
+        assert np.allclose(p, probs[0, 0].numpy())
+        assert (c, i, j) == tuple(torch.stack(orders.unravel(index, x.shape[1:]), 1)[0].tolist())
+        assert value == int(x[0, c, i, j])
+    assert np.array_equal(s.frame(15)[0], s.final.numpy())
+    with pytest.raises(IndexError):
+        s.frame(16)
+
+
+def test_scrubber_keeps_observed_dimensions_in_every_frame():
+    model = small_pixelcnn(shape=(1, 4, 4))
+    x = torch.full((1, 1, 4, 4), 3)
+    observed = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    observed[..., :2, :] = True
+    s = viz.SamplingScrubber(model, x=x, observed=observed, generator=torch.Generator().manual_seed(0))
+    assert (s.frame(0)[0][..., :2, :] == 3).all()
+    assert (s.step_of[observed] == -1).all()
+
+
+def test_scrubber_slider_moves_the_current_step(scrubber_and_steps):
+    s, _ = scrubber_and_steps
+    box = s.widget()
+    assert (s.slider.min, s.slider.max) == (1, s.steps) and s.current == 0  # counts steps from 1, like the title
+    s.slider.value = 10  # what dragging the slider does
+    assert s.current == 9
+    assert s.widget() is box
+
+
+def test_scrubber_render_and_static_fallback(scrubber_and_steps, monkeypatch):
+    s, _ = scrubber_and_steps
+    fig = s.render(5)
+    assert len(fig.axes) == 2
+    bars = fig.axes[1].patches
+    assert len(bars) == 4  # one bar per level
+    fig = s.static(frames=6)
+    assert len(fig.axes) == 12
+    assert viz.static_mode()  # the Agg backend
+    monkeypatch.setenv("ARMINI_STATIC", "1")
+    before = set(plt.get_fignums())
+    s.show()  # no IPython: draws the static strip and leaves it open
+    s._ipython_display_()
+    assert len(set(plt.get_fignums()) - before) == 2
+
+
+def test_scrubber_draws_several_dimensions_per_step_and_video_frames():
+    from armini.sampling_record import SamplingRecord
+
+    T, C, H, W, n = 2, 1, 3, 3, 1  # a tiny "video": two 3x3 frames, each frame filled in one step
+    final = torch.arange(T * C * H * W).view(n, T, C, H, W) % 4
+    step_of = torch.arange(T).repeat_interleave(C * H * W).view(1, -1)  # (n, D): frame f at step f
+    positions = [torch.arange(f * 9, (f + 1) * 9) for f in range(T)]
+    probs = [torch.full((n, 9, 4), 0.25) for _ in range(T)]
+    rec = SamplingRecord((T, C, H, W), final, step_of, positions, probs)
+    s = viz.SamplingScrubber.from_record(rec, levels=4)
+    assert s.steps == 2 and rec.coords(1)[0] == (1, 0, 0, 0)
+    fig = s.render(1)
+    assert "frame 1" in fig.axes[0].get_title() and "9 dimensions at once" in fig.axes[0].get_title()
+    assert len(fig.axes[0].patches) == 9  # every pixel filled at that step is boxed
+    assert torch.equal(rec.partial(0)[0, 1], torch.zeros(C, H, W)) and torch.equal(rec.partial(1), final)
