@@ -28,11 +28,13 @@ def test_embedding_gives_each_channel_its_own_table_channel_major():
         ValueInput(5, 1, "onehot")
 
 
-TOKEN_PRIORS = {  # small settings: a 7x7 grid of 512 codebook indices
-    "pixelcnn": dict(channels=16, n_blocks=1, head_channels=16, first_kernel=3),
-    "gated-pixelcnn": dict(channels=8, n_layers=2, head_channels=16, first_kernel=3),
-    "pixelcnn++": dict(nr_filters=8, nr_mix=2, n_stages=2),
-    "pixelsnail": dict(channels=8, n_blocks=1, n_res=1, key_dim=8, value_dim=8, head_channels=8),
+EMBED = dict(input="embedding")
+TOKEN_PRIORS = {  # small settings: a 7x7 grid of 512 codebook indices, read through an embedding
+    "pixelcnn": dict(channels=16, n_blocks=1, head_channels=16, first_kernel=3, **EMBED),
+    "gated-pixelcnn": dict(channels=8, n_layers=2, head_channels=16, first_kernel=3, **EMBED),
+    "pixelcnn++": dict(nr_filters=8, nr_mix=2, n_stages=2, **EMBED),
+    "pixelsnail": dict(channels=8, n_blocks=1, n_res=1, key_dim=8, value_dim=8, head_channels=8, **EMBED),
+    "pixel-transformer": dict(dim=16, n_layers=2, n_heads=2, mlp_ratio=2),  # tokens are always embedded
 }
 
 
@@ -40,8 +42,7 @@ TOKEN_PRIORS = {  # small settings: a 7x7 grid of 512 codebook indices
 @pytest.mark.parametrize("num_classes", [None, 10])
 def test_models_train_as_class_conditional_priors_over_token_grids(name, num_classes):
     torch.manual_seed(0)
-    model = MODELS[name](shape=(1, 7, 7), levels=512, input="embedding", num_classes=num_classes,
-                         **TOKEN_PRIORS[name])
+    model = MODELS[name](shape=(1, 7, 7), levels=512, num_classes=num_classes, **TOKEN_PRIORS[name])
     assert model.num_classes == num_classes
     g = torch.Generator().manual_seed(0)
     x = torch.randint(512, (16, 1, 7, 7), generator=g)
