@@ -175,7 +175,7 @@ def test_row_lstm_has_a_triangular_blind_spot():
     assert not blind[0, 3, :8].any() and not blind[0, 0, :4].any()  # inside the triangle
     assert (grad[~earlier(shape, target)] == 0).all()  # and nothing later
     report = check_causality(m)  # the inspector finds the same hole
-    assert report.ok and report.blind_spot(target)[0, 3, 11]
+    assert report.ok and report.unseen(target)[0, 3, 11]
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 10), (3, 4, 6)])
@@ -196,7 +196,7 @@ def test_diagonal_bilstm_no_blind_spot_after_training():
         C, H, W = shape
         report = assert_causal(train_a_little(make("diagonal-bilstm", shape)), trials=2)
         for target in [(C - 1, H - 1, W - 1), (C - 1, H // 2, W // 2)]:
-            assert not report.blind_spot(target).any(), report.context_text(target)
+            assert not report.unseen(target).any(), report.context_text(target)
 
 
 def test_paper_right_to_left_input_would_miss_last_pixel_of_previous_row():

@@ -62,7 +62,7 @@ def test_every_earlier_dimension_is_seen(shape):
     report = check_causality(train_steps(make(shape)), atol=1e-7)
     for target in [(C - 1, H - 1, W - 1), (C - 1, H // 2, W // 2), (0, H // 2, W // 2)]:
         assert report.earlier(target).sum() > 0
-        assert not report.blind_spot(target).any(), f"blind spot for {target}:\n{report.context_text(target)}"
+        assert not report.unseen(target).any(), f"unseen for {target}:\n{report.context_text(target)}"
 
 
 @pytest.mark.parametrize("shape", SHAPES)
