@@ -106,7 +106,8 @@ class LocallyMaskedConv2d(nn.Conv2d):
         mask = cached_local_mask(order, H, W, k, d, self.mask_type, x.device)  # (k*k, L)
         cols = F.unfold(x, k, dilation=d, padding=self.padding[0])  # (B, C*k*k, L)
         cols = (cols.view(B, C, k * k, H * W) * mask.to(x.dtype)).view(B, C * k * k, H * W)  # same mask per channel
-        out = self.weight.view(self.out_channels, -1) @ cols  # (Cout, C*k*k) @ (B, C*k*k, L) -> (B, Cout, L)
+        weight = self.weight.view(1, self.out_channels, C * k * k).expand(B, -1, -1)  # (B, Cout, C*k*k), no copy
+        out = torch.bmm(weight, cols)  # (B, Cout, L); a batched product is faster than `@` broadcasting here
         if self.bias is not None:
             out = out + self.bias[:, None]
         return out.view(B, self.out_channels, H, W)  # (B, Cout, H, W)
