@@ -272,3 +272,14 @@ def test_class_conditional_and_rebuilt_from_its_config():
     assert torch.equal(twin.train_orders, model.train_orders)
     with torch.no_grad():
         torch.testing.assert_close(twin.log_prob(x, y), model.log_prob(x, y))
+
+
+def test_ensemble_from_per_dimension_terms_sums_them_first():
+    """ensemble_log_likelihood takes (N, B) image log-likelihoods or (N, B, D) per-dimension terms."""
+    g = torch.Generator().manual_seed(0)
+    terms = -torch.rand(3, 4, 6, generator=g) * 3  # (N, B, D) log p_k(x_d | earlier)
+    per_image = terms.sum(-1)  # (N, B)
+    expected = per_image.exp().mean(0).log()
+    torch.testing.assert_close(ensemble_log_likelihood(terms), expected)
+    torch.testing.assert_close(ensemble_log_likelihood(per_image), expected)
+    assert not torch.allclose(terms.exp().mean(0).log().sum(-1), expected)  # averaged pixels: another number
