@@ -9,6 +9,9 @@ Start with::
     dev = armini.device()          # CUDA, then Apple MPS, then CPU (ARMINI_DEVICE overrides)
     armini.seed_everything(0)      # Python, NumPy and PyTorch random generators
     armini.quick()                 # True when ARMINI_QUICK=1 (tests, CI): budgets shrink
+
+Quick mode also runs torch on one CPU thread (see `set_threads`, called on import): its small
+tensors gain nothing from more, and on a busy laptop torch's threads fight for the cores.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 __version__ = "0.1.0"
-__all__ = ["device", "seed_everything", "quick", "budget", "env_flag", "class_labels", "__version__"]
+__all__ = ["device", "seed_everything", "quick", "budget", "set_threads", "env_flag", "class_labels", "__version__"]
 
 
 def env_flag(name: str) -> bool:
@@ -78,6 +81,28 @@ def budget(default, quick_value):
     return quick_value if quick() else default
 
 
+def set_threads() -> int:
+    """Set torch's CPU thread count the way quick mode wants it, and return the count now in use.
+
+    $ARMINI_THREADS=N sets N threads in any mode; otherwise quick mode uses one thread unless
+    $OMP_NUM_THREADS already chose (torch reads that itself); otherwise torch's default (one per core)
+    stays. `import armini` calls this, so every lesson's kernel gets it from its first cell.
+
+    Why one thread in quick mode: its tensors are small, so a second thread saves little, and on a
+    busy 2-core machine torch's spinning threads wait for each other (lessons took several times as
+    long in a Jupyter kernel with the default threads; the tests have always pinned one).
+    """
+    wanted = os.environ.get("ARMINI_THREADS", "").strip()
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise ValueError(f"ARMINI_THREADS={wanted!r}: give a whole number of CPU threads, 1 or more "
+                             "(or unset it: quick mode then uses 1, otherwise torch uses one per core)")
+        torch.set_num_threads(int(wanted))
+    elif quick() and not os.environ.get("OMP_NUM_THREADS", "").strip():
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
 def class_labels(model, n: int, device=None):
     """Labels 0, 1, 2, ... (cycling through the classes) for n images of a class-conditional
     model, None for an unconditional one: what to pass as y= to see every class in turn."""
@@ -85,3 +110,6 @@ def class_labels(model, n: int, device=None):
         return None
     dev = device if device is not None else getattr(model, "model_device", "cpu")
     return torch.arange(int(n), device=dev) % model.num_classes
+
+
+set_threads()  # quick mode: one CPU thread (ARMINI_THREADS overrides)
