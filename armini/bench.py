@@ -29,8 +29,10 @@ Errors are one line on stderr and exit status 1 (see armini.cli); --debug adds t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import statistics
 import sys
 import time
 
@@ -80,15 +82,46 @@ def _sync(dev: torch.device):
         torch.mps.synchronize()
 
 
-def time_sampling(model, n: int, seed: int, cached: bool):
+def time_sampling(model, n: int, seed: int, cached: bool, clock=time.perf_counter):
     """(seconds per image, images) for drawing n images."""
     dev = model.model_device
     gen = torch.Generator().manual_seed(seed)
     _sync(dev)
-    t0 = time.perf_counter()
+    t0 = clock()
     x = model.sample(n, y=armini.class_labels(model, n), generator=gen, cached=cached)
     _sync(dev)
-    return (time.perf_counter() - t0) / n, x
+    return (clock() - t0) / n, x
+
+
+def time_forward(model, n: int, seed: int, repeats: int = 3, clock=time.perf_counter) -> float:
+    """Seconds per image of one full forward pass (log_prob_pixels, the likelihood training computes)
+    over n random images, without gradients: the unit of `forward_equivalents`. The fastest of
+    `repeats` passes after one warm-up pass (the least disturbed by other work on the machine)."""
+    dev = model.model_device
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(model.levels, (n,) + model.shape, generator=gen).to(dev)  # (n, *shape)
+    y = armini.class_labels(model, n)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.no_grad():
+            for _ in range(repeats + 1):
+                _sync(dev)
+                t0 = clock()
+                model.log_prob_pixels(x, y)
+                _sync(dev)
+                times.append(clock() - t0)
+    finally:
+        model.train(was_training)
+    return min(times[1:]) / n
+
+
+def model_fields(model) -> dict:
+    """What a model adds to its bench record (e.g. an order-agnostic model's `orders` and `steps`):
+    the dict its `bench_fields()` returns, if it defines one."""
+    fields = getattr(model, "bench_fields", None)
+    return dict(fields()) if callable(fields) else {}
 
 
 def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None, test_images=1000, sample_n=2,
@@ -130,13 +163,17 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
         train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd, unit=hist.unit, test_images=len(test_set),
         data_source=train_set.source, sample_n=sample_n,
     )
+    record["train_s_per_step"] = hist.train_s / max(hist.steps, 1)
     if has_fast_sampler(model):
         naive, x_naive = time_sampling(model, sample_n, seed, cached=False)
         cached, x_cached = time_sampling(model, sample_n, seed, cached=True)
+        forward = time_forward(model, sample_n, seed)
         record.update(sample_s_per_image=cached, sample_s_per_image_naive=naive, sample_s_per_image_cached=cached,
-                      cache_speedup=naive / cached, cached_matches_naive=bool(torch.equal(x_naive, x_cached)))
+                      cache_speedup=naive / cached, cached_matches_naive=bool(torch.equal(x_naive, x_cached)),
+                      forward_s_per_image=forward, forward_equivalents=cached / forward)
     else:
         record["sample_s_per_image"] = time_sampling(model, sample_n, seed, cached=False)[0]
+    record.update(model_fields(model))
     record["note"] = note
     if models is not None:
         models[name] = model
@@ -151,6 +188,210 @@ def check_settings(budget_s: float, test_images: int, sample_n: int):
         raise ValueError(f"test_images must be at least 1 (or None: all), got {test_images}")
     if sample_n < 1:
         raise ValueError(f"sample_n (images sampled for timing) must be at least 1, got {sample_n}")
+
+
+# ------------------------------------------------------------------------------------ speed mode
+# Peer-sized configurations: where issue 11 compares training speed with public implementations (their
+# code run beside ours in a separate folder, never copied in): model name -> list of (label, batch, kwargs).
+PEER_CONFIGS = {
+    # UvA DL tutorial 12's GatedPixelCNN(c_hidden=64): 7 gated layers, about 852k parameters, batch 32
+    "gated-pixelcnn": [("peer: UvA tutorial 12 (7 layers, ~850k params)", 32, dict(channels=76, n_layers=7))],
+    # pclucas14/pixel-cnn-pp with nr_resnet=1, nr_filters=32, batch 16
+    "pixelcnn++": [("peer: pclucas14 pixel-cnn-pp (nr_resnet=1, 32 filters)", 16, dict(nr_resnet=1, nr_filters=32))],
+}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run the block with `threads` torch threads, then restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_training(model, batch_size: int, *, steps: int = 5, warmup: int = 2, seed: int = 0, lr: float = 1e-3) -> dict:
+    """Seconds per training step of `model` (trained in place) at `batch_size`: the median over `steps`
+    steps after `warmup` unmeasured ones, wall-clock (`wall`) and CPU seconds of this process (`cpu`,
+    summed over its threads). A step is what armini.train.fit does: the loss (mixed precision on CUDA),
+    reading it back (fit checks it is finite), backpropagation, gradient clipping and an AdamW update,
+    here on one fixed batch of random images (the time does not depend on the pixel values)."""
+    from armini import train
+
+    dev = model.model_device
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(model.levels, (batch_size,) + model.shape, generator=gen).to(dev)  # (B, *shape)
+    y = armini.class_labels(model, batch_size)
+    amp_dtype, scaler = train._amp_setup(dev, None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    wall, cpu = [], []
+    for _ in range(warmup + steps):
+        _sync(dev)
+        w0, c0 = time.perf_counter(), time.process_time()
+        with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+            loss = model.loss(x, y)
+        loss.item()
+        train.optimizer_step(loss, model, optimizer, scaler, clip=1.0)
+        _sync(dev)
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    model.eval()
+    return {"wall": statistics.median(wall[warmup:]), "cpu": statistics.median(cpu[warmup:])}
+
+
+def time_samplers(model, fe_batches, naive_n: int, seed: int, clock) -> dict:
+    """Sampling timings on one thread (a cached step runs on one thread anyway; the forward pass it is
+    compared with runs on the same one): for each n in fe_batches the cached sampler's and one full
+    forward pass's seconds per image and their ratio, `forward_equivalents` (what one image costs in
+    full forward passes: 1 would be free caching, D = C*H*W the naive sampler), keyed by n; the naive
+    sampler at naive_n images, and whether it drew the cached sampler's images (same draws)."""
+    out = {"sample_threads": 1}
+    with torch_threads(1):
+        cached = has_fast_sampler(model)
+        forward, sample_cached, fe, images = {}, {}, {}, {}
+        for n in sorted(set(fe_batches) | {naive_n}):
+            forward[str(n)] = time_forward(model, n, seed, clock=clock)
+            if cached:
+                sample_cached[str(n)], images[n] = time_sampling(model, n, seed, cached=True, clock=clock)
+                fe[str(n)] = sample_cached[str(n)] / forward[str(n)]
+        naive, x_naive = time_sampling(model, naive_n, seed, cached=False, clock=clock)
+    out.update(forward_s_per_image=forward, naive_n=naive_n, sample_s_per_image_naive=naive,
+               naive_forward_equivalents=naive / forward[str(naive_n)])
+    if cached:
+        out.update(sample_s_per_image_cached=sample_cached, forward_equivalents=fe,
+                   cache_speedup=naive / sample_cached[str(naive_n)],
+                   cached_matches_naive=bool(torch.equal(images[naive_n], x_naive)))
+    return out
+
+
+def speed_record(name: str, *, label: str, batch_size: int, threads, device, seed: int, size: int, clock_name: str,
+                 train_steps: int, fe_batches=None, naive_n: int = 1, **model_kwargs) -> dict:
+    """One speed-mode record: training seconds per step at each thread count and, when fe_batches is
+    given, the sampling timings (time_samplers) of one model configuration, untrained (seeded)."""
+    armini.seed_everything(seed)
+    model, note = build(name, size, **model_kwargs)
+    model.to(armini.device(device)).eval()
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
+    record = dict(kind="speed", model=name, config=label, device=str(model.model_device), params=model.num_params(),
+                  levels=model.levels, shape=list(model.shape), model_kwargs=model_kwargs, clock=clock_name,
+                  batch_size=batch_size)
+    if fe_batches:
+        record.update(time_samplers(model, fe_batches, naive_n, seed, clock))
+    record.update(model_fields(model))
+    wall, cpu = {}, {}
+    for t in threads:
+        with torch_threads(t):
+            times = time_training(model, batch_size, steps=train_steps, seed=seed)
+        wall[str(t)], cpu[str(t)] = times["wall"], times["cpu"]
+    record.update(train_threads=list(threads), train_s_per_step=wall, train_cpu_s_per_step=cpu,
+                  train_steps_timed=train_steps, note=note)
+    return record
+
+
+def cached_model_names() -> list:
+    """The models with a cached sampler (an init_cache of their own), in MODELS order."""
+    return [name for name, cls in MODELS.items() if cls.init_cache is not ARModel.init_cache]
+
+
+def speed_configs(names, peers: bool, model_kwargs: dict) -> list:
+    """(name, label, batch size, kwargs, sample?) for every configuration the speed mode measures:
+    each model's default (with the --set options) and, with peers, its peer-sized ones (training only)."""
+    configs = []
+    for name in names:
+        configs.append((name, "default" if not model_kwargs else "default with --set", BATCH.get(name, 32), model_kwargs, True))
+        if peers:
+            configs += [(name, label, batch, kwargs, False) for label, batch, kwargs in PEER_CONFIGS.get(name, [])]
+    return configs
+
+
+def format_speed_table(records) -> str:
+    """The speed records as a text table: training s/step per thread count, then sampling columns."""
+    threads = sorted({int(t) for r in records for t in r["train_s_per_step"]})
+    ns = sorted({int(n) for r in records for n in r.get("forward_equivalents", {})})
+    head = (["model", "config", "params", "batch"] + [f"train s/step {t}thr" for t in threads]
+            + ["naive s/img", "cached s/img"] + [f"fwd-equiv n={n}" for n in ns] + ["same images"])
+    rows = []
+    for r in records:
+        steps = [f"{r['train_s_per_step'][str(t)]:.3f}" if str(t) in r["train_s_per_step"] else "-" for t in threads]
+        fe = r.get("forward_equivalents", {})
+        naive_n = str(r.get("naive_n", ""))
+        rows.append([r["model"], r["config"], f"{r['params']:,}", str(r["batch_size"])] + steps + [
+            f"{r['sample_s_per_image_naive']:.3f}" if "sample_s_per_image_naive" in r else "-",
+            f"{r['sample_s_per_image_cached'][naive_n]:.3f}" if naive_n in r.get("sample_s_per_image_cached", {})
+            else "-"] + [f"{fe[str(n)]:.1f}" if str(n) in fe else "-" for n in ns]
+            + [str(r["cached_matches_naive"]) if "cached_matches_naive" in r else "-"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    clock = "CPU" if records and records[0]["clock"] == "cpu" else "wall-clock"
+    title = (f"training: median s/step (wall-clock) at each thread count; sampling on one thread, {clock} s per "
+             "image (naive and cached at naive_n images); fwd-equiv = cached s/img / one forward pass s/img")
+    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
+
+
+def build_speed_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m armini.bench speed",
+        description="Speed only, no training to a budget: training s/step at the default and peer-sized "
+                    "configurations on each thread count, and the samplers' seconds per image and "
+                    "forward-equivalents (cached s/image over one forward pass's s/image) at each --fe-batch.")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated names (default: the models with a cached sampler, {','.join(cached_model_names())})")
+    p.add_argument("--threads", type=positive_ints, default=[1, 2], help="thread counts for training, e.g. 1,2 (default)")
+    p.add_argument("--fe-batch", type=positive_ints, default=[1, 16],
+                   help="numbers of images sampled at once for the forward-equivalents, e.g. 1,16 (default)")
+    p.add_argument("--naive-n", type=cli.positive_int, default=1,
+                   help="images drawn by the naive sampler (compared with the cached sampler's; default 1)")
+    p.add_argument("--train-steps", type=cli.positive_int, default=5, help="timed training steps (default 5, after 2 warm-up)")
+    p.add_argument("--no-peers", action="store_true", help="skip the peer-sized configurations (bench.PEER_CONFIGS)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="sampling and forward timings in CPU seconds of this process (fair on a busy machine; "
+                        "they run on one thread); training records both clocks either way")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=28, choices=[28, 14, 7], help="image side: 28, or the 14x14 or 7x7 view")
+    p.add_argument("--set", action="append", default=[], type=cli.key_value, metavar="KEY=VALUE",
+                   help="a model keyword argument for the default configurations (repeatable)")
+    cli.add_debug_flag(p)
+    return p
+
+
+def positive_ints(text: str) -> list:
+    """'1,16' -> [1, 16], each a whole number >= 1 (an argparse type)."""
+    return [cli.positive_int(part.strip()) for part in text.split(",") if part.strip()] or [cli.positive_int(text)]
+
+
+def run_speed(args, parser) -> list:
+    """The speed mode the parsed flags ask for; returns the records."""
+    names = [m.strip() for m in (args.models or ",".join(cached_model_names())).split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
+    if args.json:
+        cli.check_new_file(args.json, args.overwrite, "--json")
+    model_kwargs = dict(args.set)
+    check_models(names, args.size, model_kwargs)
+    records = []
+    for name, label, batch, kwargs, sample in speed_configs(names, not args.no_peers, model_kwargs):
+        print(f"timing {name} ({label}) ...", flush=True)
+        records.append(speed_record(name, label=label, batch_size=batch, threads=args.threads, device=args.device,
+                                    seed=args.seed, size=args.size, clock_name="cpu" if args.cpu_time else "wall",
+                                    train_steps=args.train_steps, fe_batches=args.fe_batch if sample else None,
+                                    naive_n=args.naive_n, **kwargs))
+        if args.json:
+            save_records(records, args.json)
+    print()
+    print(format_speed_table(records))
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return records
 
 
 def kendall_tau(a, b) -> float:
@@ -268,6 +509,11 @@ def run(args, parser) -> list:
 
 def main(argv=None) -> int:
     """Run the benchmark from the command line; returns the exit status (errors: one line, see armini.cli)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["speed"]:
+        parser = build_speed_parser()
+        args = parser.parse_args(argv[1:])
+        return cli.run(lambda: run_speed(args, parser), parser.prog, args.debug)
     parser = build_parser()
     args = parser.parse_args(argv)
     return cli.run(lambda: run(args, parser), parser.prog, args.debug)

@@ -105,6 +105,8 @@ def test_bench_json_schema(tmp_path, monkeypatch, capsys):
     assert toy["sample_s_per_image_naive"] > 0 and toy["sample_s_per_image_cached"] > 0
     assert toy["cache_speedup"] == pytest.approx(toy["sample_s_per_image_naive"] / toy["sample_s_per_image_cached"])
     assert toy["cached_matches_naive"]
+    assert toy["forward_equivalents"] == pytest.approx(toy["sample_s_per_image_cached"] / toy["forward_s_per_image"])
+    assert all(r["train_s_per_step"] > 0 for r in records)
     table = capsys.readouterr().out
     assert "first 50 test images" in table and "cached-toy" in table
     with pytest.raises(SystemExit):
@@ -133,6 +135,56 @@ def test_bench_model_on_the_14x14_view_keeps_the_trained_model(monkeypatch):
                           channels=8, n_blocks=1, size=14)
     assert r["shape"] == [1, 14, 14] and r["test_images"] == 10 and r["cached_matches_naive"]
     assert models["pixelcnn"].shape == (1, 14, 14) and models["pixelcnn"].num_params() == r["params"]
+
+
+class OrderedToy(CachedIndependent):
+    """A cached toy that reports extra bench fields, as an order-agnostic model reports its orders and steps."""
+
+    def bench_fields(self):
+        return {"orders": "random", "steps": self.dims}
+
+
+def test_bench_speed_mode_reports_forward_equivalents_and_training_steps(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(MODELS, "ordered-toy", OrderedToy)
+    path = tmp_path / "speed.json"
+    threads = torch.get_num_threads()
+    common = ["--size", "7", "--threads", "1,2", "--fe-batch", "1,3", "--train-steps", "1", "--no-peers", "--cpu-time",
+              "--device", "cpu"]
+    assert bench.main(["speed", "--models", "pixelcnn", "--set", "channels=8", "--json", str(path), *common]) == 0
+    (pixelcnn,) = json.loads(path.read_text())
+    assert bench.main(["speed", "--models", "ordered-toy,fvsbn", "--json", str(path), "--overwrite", *common]) == 0
+    assert torch.get_num_threads() == threads  # the thread setting is restored
+    toy, fvsbn = json.loads(path.read_text())
+    for r in (pixelcnn, toy):
+        assert r["kind"] == "speed" and r["clock"] == "cpu" and r["shape"] == [1, 7, 7] and r["sample_threads"] == 1
+        assert set(r["forward_equivalents"]) == set(r["sample_s_per_image_cached"]) == {"1", "3"}
+        for n in ("1", "3"):
+            assert r["forward_equivalents"][n] == pytest.approx(r["sample_s_per_image_cached"][n] /
+                                                                r["forward_s_per_image"][n])
+        assert r["naive_n"] == 1 and r["sample_s_per_image_naive"] > 0 and r["cached_matches_naive"]
+        assert set(r["train_s_per_step"]) == set(r["train_cpu_s_per_step"]) == {"1", "2"}
+        assert all(v > 0 for v in r["train_s_per_step"].values()) and r["train_threads"] == [1, 2]
+    assert pixelcnn["config"] == "default with --set" and pixelcnn["model_kwargs"] == {"channels": 8}
+    assert pixelcnn["batch_size"] == 32 and "orders" not in pixelcnn
+    assert toy["orders"] == "random" and toy["steps"] == 49  # from the model's bench_fields()
+    assert "forward_equivalents" not in fvsbn and fvsbn["naive_forward_equivalents"] > 0  # no cache: naive only
+    table = capsys.readouterr().out
+    assert "fwd-equiv n=3" in table and "train s/step 2thr" in table
+    with pytest.raises(SystemExit):
+        bench.main(["speed", "--fe-batch", "0"])
+
+
+def test_peer_configurations_match_the_peers_sizes():
+    """Gated PixelCNN at about the 852k parameters of UvA tutorial 12's GatedPixelCNN(c_hidden=64), batch 32;
+    PixelCNN++ at pclucas14's nr_resnet=1, nr_filters=32, batch 16; both measured beside the defaults."""
+    configs = {(name, label): (batch, kwargs) for name, label, batch, kwargs, sample
+               in bench.speed_configs(["gated-pixelcnn", "pixelcnn++", "pixelcnn"], True, {})}
+    (gated,) = [v for (name, label), v in configs.items() if name == "gated-pixelcnn" and label.startswith("peer")]
+    assert gated[0] == 32 and abs(bench.build("gated-pixelcnn", **gated[1])[0].num_params() - 852_000) < 30_000
+    (pp,) = [v for (name, label), v in configs.items() if name == "pixelcnn++" and label.startswith("peer")]
+    assert pp == (16, {"nr_resnet": 1, "nr_filters": 32})
+    assert [label for name, label in configs if name == "pixelcnn"] == ["default"]
+    assert "pixelcnn++" in bench.cached_model_names() and "fvsbn" not in bench.cached_model_names()
 
 
 def test_kendall_tau():

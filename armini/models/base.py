@@ -46,6 +46,8 @@ several dimensions per step (scale-wise, parallel decoding) overrides
 `sampling_steps()` (a list of (S,) flat index groups); a model with a cache for fast
 sampling overrides `conditional_logprobs(x, index, y, cache)` and `init_cache(x, y)`. The `y`
 keyword carries class labels for class-conditional models (unconditional models refuse them).
+A raster-order model whose row i reads rows <= i only sets `rows_so_far = True`: its naive sampler
+then runs on the rows generated so far instead of the whole image (the same conditionals, less work).
 
 Inputs are checked once, where a call enters the model. `conditionals`, `log_prob_pixels`,
 `log_prob` and `loss` are wrapped (by `__init_subclass__`, for every subclass) so that the first
@@ -172,6 +174,12 @@ class ARModel(nn.Module):
     #: can the model follow any generation order given as order= (order-agnostic models)? False: its
     #: order is fixed (generation_order()), and asking for another one is an error
     any_order: bool = False
+    #: do the conditionals of row i read rows <= i only, and does the model take an image cropped to its
+    #: top rows, (B, C, h, W) with h <= H, in `conditionals` and `conditional_logprobs`? (causal
+    #: convolution stacks in raster order: PixelCNN, Gated PixelCNN, PixelCNN++). Then the naive sampler
+    #: feeds only the rows generated so far (rows 0..i for a pixel in row i), not the whole image.
+    #: False (the default, and any model that follows any order): the whole image at every step
+    rows_so_far: bool = False
     #: what loss() and evaluate() measure, and whether that is exact or an upper bound on the NLL
     unit: str = "bits/dim"
     nll_is_bound: bool = False
@@ -430,10 +438,19 @@ class ARModel(nn.Module):
         """log-probabilities (n, S, K) of the dimensions at flat positions `index` (S,) given the image so far.
 
         The default runs the whole model on the whole image (the naive sampler): simple and always
-        right. Fast samplers override it and use `cache`. An any-order model also gets order= and
-        filled= (which dimensions the canvas holds)."""
+        right. For a `rows_so_far` model the naive sampler hands it only the rows generated so far,
+        x (n, C, h, W), and `index` into them. Fast samplers override it and use `cache`. An any-order
+        model also gets order= and filled= (which dimensions the canvas holds)."""
         lp = self.conditionals(x, y, **order_kwargs)  # (n, *shape, K)
         return lp.flatten(1, -2)[:, index]  # (n, S, K)
+
+    def _top_rows(self, x: torch.Tensor, index: torch.Tensor):
+        """What a naive step of a `rows_so_far` model needs: the canvas cut to the rows up to the last
+        one `index` (S,) reaches, a view (n, C, h, W), and index as flat positions into that view (S,)."""
+        c, i, j = orders.unravel(index, self.shape)  # (S,) each
+        h = int(i.max()) + 1  # rows 0..h-1
+        W = self.shape[2]
+        return x[:, :, :h], (c * h + i) * W + j  # (n, C, h, W), (S,)
 
     def _canvas(self, n: int, x, observed):
         """The canvas to sample into, (n, *shape) long, and which of its dimensions are given, (n, *shape) bool."""
@@ -510,16 +527,21 @@ class ARModel(nn.Module):
             from tqdm.auto import tqdm
 
             iterator = tqdm(steps, desc="sampling", leave=False)
+        top_rows = cache is None and self.rows_so_far and order is None and len(self.shape) == 3
         try:
-            for t, index in enumerate(iterator):
-                index = index.to(x.device)  # (S,) flat positions
+            for t, positions in enumerate(iterator):
+                index = positions.to(x.device)  # (S,) flat positions
                 keep = flat_filled[:, index]  # (n, S): dimensions already given
                 if cache is None and callback is None and bool(keep.all()):
                     # nothing to draw and no cache to update: skip the network, but use up this step's
                     # uniforms so that the later steps draw what the cached sampler draws
                     torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
                     continue
-                logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
+                if top_rows:  # the naive step of a rows_so_far model: only the rows generated so far
+                    top, at = self._top_rows(x, positions)  # (n, C, h, W), (S,)
+                    logp = self.conditional_logprobs(top, at.to(x.device), y, None)  # (n, S, K)
+                else:
+                    logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
                 probs = torch.softmax(logp.double() / temperature, dim=-1)  # (n, S, K)
                 new = self._draw(probs, generator, gdev)  # (n, S)
                 flat_x[:, index] = torch.where(keep, flat_x[:, index], new)  # one write into x per step

@@ -143,6 +143,8 @@ class GatedPixelCNNConfig:
 class GatedPixelCNN(CachedConvSampling, ARModel):
     """Gated PixelCNN with vertical and horizontal stacks, optional class conditioning, K-way softmax."""
 
+    rows_so_far = True  # row i reads rows <= i: the naive sampler feeds the rows so far (armini.models.base)
+
     def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
         super().__init__(shape, levels)
         cfg = GatedPixelCNNConfig(shape=self.shape, levels=self.levels, **kwargs)

@@ -72,6 +72,8 @@ class PixelCNN(CachedConvSampling, ARModel):
     Sampling is cached (armini/sampling_cache.py): each step computes only the new pixel's
     features from the layers' cached windows; sample(..., cached=False) recomputes everything."""
 
+    rows_so_far = True  # row i reads rows <= i: the naive sampler feeds the rows so far (armini.models.base)
+
     def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
         super().__init__(shape, levels)
         cfg = PixelCNNConfig(shape=self.shape, levels=self.levels, **kwargs)

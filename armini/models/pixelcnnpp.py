@@ -104,6 +104,8 @@ class PixelCNNppConfig:
 class PixelCNNpp(ARModel):
     """PixelCNN++: two shifted-convolution streams in a U-net, discretised logistic mixture output."""
 
+    rows_so_far = True  # row i reads rows <= i: the naive sampler feeds the rows so far (armini.models.base)
+
     def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
         super().__init__(shape, levels)
         cfg = PixelCNNppConfig(shape=self.shape, levels=self.levels, **kwargs)
@@ -201,7 +203,7 @@ class PixelCNNpp(ARModel):
         sampler) a full pass over the whole image per step; with one, through the cache."""
         if cache is not None:
             return cache.conditional_logprobs(x, index)  # (n, 1, K)
-        c, i, j = unravel(index, self.shape)  # flat positions -> (S,) channel, row, column
+        c, i, j = unravel(index, x.shape[1:])  # flat positions -> (S,) channel, row, column (x: maybe the top rows)
         params = self.dmol_params(x, y)[:, :, i, j]  # (n, P, S)
         return torch.stack([self.pixel_conditionals(params[:, :, s], x[:, :, i[s], j[s]], int(c[s]))
                             for s in range(len(c))], 1)  # (n, S, K)
