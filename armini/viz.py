@@ -208,6 +208,7 @@ def plot_context(model_or_map, target=None, ax=None, *, channel=None, x=None, ge
 
 # --------------------------------------------------------------------------- sampling
 NOT_YET = (0.78, 0.86, 0.95)  # colour of the pixels a sampler has not generated yet
+STRIP_WIDTH = 2.0  # inches per step in the strip shown below the widget
 
 
 def static_mode() -> bool:
@@ -248,7 +249,8 @@ class SamplingScrubber:
         s = SamplingScrubber(model, n=4, generator=torch.Generator().manual_seed(0))
         s                      # in Jupyter: a play button and a slider over steps 1..T
         s.frame(100)           # (partial images, probs of image 0, (c, i, j), value) at step index 100
-        s.show()               # a static strip of frames where widgets cannot run
+        s.show()               # the widget with a static strip of 6 steps below it (the strip alone
+                               # where widgets cannot run); a rendered notebook still shows sampling
         SamplingScrubber.from_record(record, levels)   # draw a record made elsewhere
 
     `callback` is also called at every step with the SampleStep (e.g. to check or log it).
@@ -318,9 +320,12 @@ class SamplingScrubber:
             where += f"{len(points)} dimensions at once"
         return rgb, todo.all(1).numpy(), pixels, where
 
-    def _draw(self, t: int, ax_img, ax_bar):
-        """Partial images with the pixels filled at step t boxed in red (left), the distribution (right)."""
+    def _draw(self, t: int, ax_img, ax_bar, one_image: bool = False):
+        """Partial images with the pixels filled at step t boxed in red (left), the distribution (right).
+        one_image: draw only image `self.image` (the one whose distribution is shown)."""
         rgb, todo, pixels, where = self._images_at(t)
+        if one_image:
+            rgb, todo = rgb[self.image : self.image + 1], todo[self.image : self.image + 1]
         n, _, H, W = rgb.shape
         rgb.transpose(0, 2, 3, 1)[todo] = NOT_YET  # pixels still to come, in a colour of their own
         cols = min(n, 8)
@@ -348,14 +353,17 @@ class SamplingScrubber:
         fig.tight_layout()
         return fig
 
-    def static(self, frames: int = 6):
-        """A strip of `frames` evenly spaced steps: partial images above, distributions below."""
+    def static(self, frames: int = 6, width: float = 2.6, one_image: bool = False):
+        """A strip of `frames` evenly spaced steps, `width` inches each: partial images above, distributions
+        below. one_image: only image `self.image` above (for a small strip), else all of them."""
         ts = np.unique(np.linspace(0, self.steps - 1, frames).round().astype(int))
-        fig, axes = plt.subplots(2, len(ts), figsize=(2.6 * len(ts), 5), squeeze=False)
+        fig, axes = plt.subplots(2, len(ts), figsize=(width * len(ts), 2 * width), squeeze=False)
         for k, t in enumerate(ts):
-            self._draw(int(t), axes[0, k], axes[1, k])
+            self._draw(int(t), axes[0, k], axes[1, k], one_image=one_image)
             axes[0, k].title.set_fontsize(8)
-            axes[1, k].title.set_fontsize(8)
+            axes[1, k].title.set_fontsize(7)
+            if k:
+                axes[1, k].set_ylabel("")  # one "probability" label for the row
         fig.tight_layout()
         return fig
 
@@ -405,14 +413,16 @@ class SamplingScrubber:
             _display(fig)
             plt.close(fig)
 
-    def show(self):
-        """Display the widget, or the static strip (static_mode()) where widgets cannot run.
+    def show(self, frames: int = 6):
+        """Display the widget and, below it, a small static strip of `frames` steps; where widgets
+        cannot run (static_mode()), the strip alone.
 
-        Outside IPython the static figure is left open for plt.savefig; nothing is returned."""
+        The strip is for pages that cannot run widgets: a notebook rendered on GitHub or nbviewer
+        shows a widget as blank (or as "VBox(...)"), but still shows the strip's picture of sampling.
+        Outside IPython the strip's figure is left open for plt.savefig; nothing is returned."""
         if not static_mode():
             _display(self.widget())
-            return
-        fig = self.static()
+        fig = self.static(frames, width=STRIP_WIDTH, one_image=True)
         if _display(fig):
             plt.close(fig)  # shown once; the inline backend would show it again
 

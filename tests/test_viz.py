@@ -192,6 +192,30 @@ def test_scrubber_render_and_static_fallback(scrubber_and_steps, monkeypatch):
     assert len(set(plt.get_fignums()) - before) == 2
 
 
+def test_scrubber_shows_a_static_strip_below_the_widget(scrubber_and_steps, monkeypatch):
+    """A rendered notebook (GitHub, nbviewer) shows a widget blank: the strip below it still shows sampling."""
+    import ipywidgets
+    from matplotlib.figure import Figure
+
+    s, _ = scrubber_and_steps
+    shown = []
+    monkeypatch.setattr(viz, "_display", lambda obj: shown.append(obj) or True)  # as in a Jupyter kernel
+    monkeypatch.setattr(viz, "static_mode", lambda: False)  # widgets can run
+    s.show()
+    assert [type(o) for o in shown] == [ipywidgets.VBox, Figure]  # the widget, then the strip below it
+    strip = shown[1]
+    assert len(strip.axes) == 12  # six steps: partial image above, distribution below
+    assert strip.axes[0].get_title().startswith("step 1/16") and strip.axes[5].get_title().startswith("step 16/16")
+    assert strip.get_size_inches()[0] <= 6 * viz.STRIP_WIDTH  # small: about a page wide
+    assert strip.axes[0].get_images()[0].get_array().shape[:2] == (6, 6)  # image 0 alone (4x4, padded), not both
+    assert not plt.fignum_exists(strip.number)  # shown once, not again by the inline backend
+
+    shown.clear()
+    monkeypatch.setattr(viz, "static_mode", lambda: True)  # widgets cannot run: the strip alone
+    s.show()
+    assert [type(o) for o in shown] == [Figure]
+
+
 def test_scrubber_draws_several_dimensions_per_step_and_video_frames():
     from armini.sampling_record import SamplingRecord
 
