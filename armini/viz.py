@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from . import causality
 from . import env_flag
@@ -103,6 +104,7 @@ def plot_curves(history, ax=None, title=None):
             steps, bpd = _curve(points)
             ax.plot(steps, bpd, style, label=f"{name} ({bpd[-1]:.3f} at the end)", markersize=4)
     ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 2.5 on a short run
     ax.set_ylabel("bits / dimension")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -203,6 +205,50 @@ def plot_context(model_or_map, target=None, ax=None, *, channel=None, x=None, ge
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False, fontsize="small")
     note = f"\n(each pixel: channels 0..{C - 1}, left to right)" if C > 1 else ""
     ax.set_title(title or f"context of {target}{note}")
+    return ax
+
+
+# --------------------------------------------------------------------------- a U-net's path
+UNET_COLOURS = {"first layer": "C7", "gated resnet": "C0", "stride-2 conv": "C2", "transposed conv": "C4",
+                "gated resnet + shortcut": "C1"}  # the kinds of layer lesson 05 records in PixelCNN++'s u stream
+
+
+def plot_unet_path(path, ax=None, colours=None, title=None):
+    """Draw a U-net's layers in the order they run, one row per resolution, with its shortcuts (lesson 05).
+
+    path: [(kind, side), ...], one entry per layer as forward hooks record them, `kind` a key of
+    `colours` (default UNET_COLOURS). Layers of the way down push their output on a stack; the first
+    layer of the way up ("transposed conv" or "gated resnet + shortcut") starts from the coarsest
+    output, and every "gated resnet + shortcut" pops the latest output left: a grey arrow. Returns ax."""
+    colours = colours or UNET_COLOURS
+    ax = ax or plt.subplots(figsize=(12, 4))[1]
+    sides = sorted({side for _, side in path}, reverse=True)  # e.g. 28, 14, 7: one row each
+    row = lambda side: -1.6 * sides.index(side)  # noqa: E731  (the y of a resolution's row)
+    stack, top, turned = [], {}, False
+    for n, (kind, side) in enumerate(path):
+        y, half = row(side), side / 70  # box size grows with the resolution
+        ax.add_patch(Rectangle((n - half, y - half), 2 * half, 2 * half, color=colours[kind], alpha=0.8))
+        ax.text(n, y - half - 0.15, f"{side}", ha="center", va="top", fontsize=9)
+        top[n] = (n, y + half)
+        if n:  # the data flow from the previous layer
+            ax.plot([n - 1, n], [row(path[n - 1][1]), y], color="k", lw=0.6, zorder=0)
+        way_up = kind in ("transposed conv", "gated resnet + shortcut")
+        if way_up and not turned:
+            stack.pop()  # the coarsest output starts the way up: not a shortcut
+            turned = True
+        if kind == "gated resnet + shortcut":
+            ax.annotate("", xy=top[n], xytext=top[stack.pop()],
+                        arrowprops=dict(arrowstyle="->", color="grey", connectionstyle="arc3,rad=-0.3"))
+        elif not way_up:
+            stack.append(n)
+    ax.set_xlim(-1, len(path))
+    ax.set_ylim(-1.6 * (len(sides) - 1) - 1, 2.5)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    kinds = {kind for kind, _ in path}
+    ax.legend(handles=[Patch(color=c, alpha=0.8, label=k) for k, c in colours.items() if k in kinds],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title(title or "the u stream, layer by layer (box size: resolution); grey arrows: shortcuts")
     return ax
 
 

@@ -133,6 +133,32 @@ def test_plot_context_colours_blind_spot_and_out_of_reach_apart_and_keeps_its_le
     assert left_legend.y0 >= fig.bbox.y0  # nor does the figure's edge cut it off
 
 
+# ------------------------------------------------------------------------- plot_curves, plot_unet_path
+def test_plot_curves_counts_steps_in_whole_numbers():
+    ax = viz.plot_curves({"train": [(1, 5.0), (2, 4.0), (3, 3.5)], "test": [(3, 3.6)]})  # a quick-mode run
+    ax.figure.canvas.draw()
+    ticks = ax.get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)  # no step 2.5
+    plt.close(ax.figure)
+
+
+def test_plot_unet_path_draws_every_layer_and_each_shortcut_from_its_resolution():
+    path = [("first layer", 28), ("gated resnet", 28), ("stride-2 conv", 14), ("stride-2 conv", 7),
+            ("transposed conv", 14), ("gated resnet + shortcut", 14), ("transposed conv", 28),
+            ("gated resnet + shortcut", 28)]
+    from matplotlib.patches import Rectangle
+    from matplotlib.text import Annotation
+
+    ax = viz.plot_unet_path(path)
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(boxes) == len(path)
+    arrows = [t for t in ax.texts if isinstance(t, Annotation)]
+    # each shortcut comes from the last layer of the way down at its own resolution, not from the coarsest
+    assert [(a.xyann[0], a.xy[0]) for a in arrows] == [(2, 5), (1, 7)]
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == set(viz.UNET_COLOURS)
+    plt.close(ax.figure)
+
+
 # ------------------------------------------------------------------------- scrubber
 @pytest.fixture
 def scrubber_and_steps():
