@@ -126,8 +126,9 @@ def test_cache_refuses_misuse():
 
 def test_cache_checks_only_the_last_pixel_per_step(monkeypatch):
     """The staleness check compares the pixel just drawn, not the whole image: O(n C) numbers per step
-    (the old sampler compared all of x at every step, O(D^2) per image)."""
-    model = make("gated-colour")
+    (the old sampler compared all of x at every step, O(D^2) per image). The generic cache (PixelCNN's)
+    compares; Gated PixelCNN's rewrites the last pixel's input instead and compares nothing."""
+    model = make("pixelcnn-colour")
     compared = []
     equal = torch.equal
     monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(a.numel()) or equal(a, b))

@@ -236,11 +236,12 @@ class ARModel(nn.Module):
     @contextlib.contextmanager
     def inputs_checked(self):
         """Inside this block the model trusts its inputs: check_input and check_labels return them as they are."""
-        outer, self._inputs_checked = self._inputs_checked, True
+        outer = self._inputs_checked
+        self.__dict__["_inputs_checked"] = True  # a plain flag: skip nn.Module.__setattr__ (once per sampling step)
         try:
             yield
         finally:
-            self._inputs_checked = outer
+            self.__dict__["_inputs_checked"] = outer
 
     def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         """Raise a clear error unless x is an integer tensor (B, *shape), B >= 1, with values in [0, K)."""
@@ -528,11 +529,12 @@ class ARModel(nn.Module):
 
             iterator = tqdm(steps, desc="sampling", leave=False)
         top_rows = cache is None and self.rows_so_far and order is None and len(self.shape) == 3
+        given = observed is not None  # are some dimensions given (kept as they are)?
         try:
             for t, positions in enumerate(iterator):
                 index = positions.to(x.device)  # (S,) flat positions
-                keep = flat_filled[:, index]  # (n, S): dimensions already given
-                if cache is None and callback is None and bool(keep.all()):
+                keep = flat_filled[:, index] if given else None  # (n, S): dimensions already given
+                if given and cache is None and callback is None and bool(keep.all()):
                     # nothing to draw and no cache to update: skip the network, but use up this step's
                     # uniforms so that the later steps draw what the cached sampler draws
                     torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
@@ -542,9 +544,10 @@ class ARModel(nn.Module):
                     logp = self.conditional_logprobs(top, at.to(x.device), y, None)  # (n, S, K)
                 else:
                     logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
-                probs = torch.softmax(logp.double() / temperature, dim=-1)  # (n, S, K)
+                logp = logp.double() if temperature == 1 else logp.double() / temperature  # (x / 1 is x)
+                probs = torch.softmax(logp, dim=-1)  # (n, S, K)
                 new = self._draw(probs, generator, gdev)  # (n, S)
-                flat_x[:, index] = torch.where(keep, flat_x[:, index], new)  # one write into x per step
+                flat_x[:, index] = new if keep is None else torch.where(keep, flat_x[:, index], new)  # one write per step
                 flat_filled[:, index] = True
                 if callback is not None:
                     callback(SampleStep(t, len(steps), index, x, probs.float(), filled))

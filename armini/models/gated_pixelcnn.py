@@ -50,9 +50,9 @@ horizontal convolution is the paper's 1 x (k//2 + 1); pixel values are scaled to
 [-1, 1] rather than one-hot (codebook indices: input="embedding", armini.nn.inputs); the network is small (CPU); the class embedding
 V y is a learned vector per class (one-hot y times a matrix).
 
-Fast sampling (Ramachandran et al., 2017; armini.sampling_cache): the vertical
-stack is computed once per row, when the row starts (it only reads earlier
-rows); the horizontal stack and the head once per pixel, from cached windows.
+Fast sampling (Ramachandran et al., 2017; armini.fast.gated_pixelcnn_cache): the
+vertical stack is computed once per row, when the row starts (it only reads
+earlier rows); the horizontal stack and the head once per pixel, from cached windows.
 
 Legend: B batch, C image channels, H, W height and width, K levels, F feature channels.
 """
@@ -68,7 +68,7 @@ from ..nn.heads import categorical_logits, softmax_head
 from ..nn.inputs import ValueInput
 from ..nn.masked import MaskedConv2d
 from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift
-from ..sampling_cache import CachedConvSampling
+from ..fast.gated_pixelcnn_cache import GatedPixelCNNCache
 from .base import ARModel
 
 
@@ -140,7 +140,7 @@ class GatedPixelCNNConfig:
     embed_dim: int = 16  # embedding size per channel when input="embedding"
 
 
-class GatedPixelCNN(CachedConvSampling, ARModel):
+class GatedPixelCNN(ARModel):
     """Gated PixelCNN with vertical and horizontal stacks, optional class conditioning, K-way softmax."""
 
     rows_so_far = True  # row i reads rows <= i: the naive sampler feeds the rows so far (armini.models.base)
@@ -186,32 +186,12 @@ class GatedPixelCNN(CachedConvSampling, ARModel):
         return self.head_logprobs(skip)  # (B, C, H, W, K)
 
     # ------------------------------------------------------------ fast sampling
-    def strip_conditionals(self, cache, x, y, i, j0, j1):
-        """Log-probabilities (n, C, 1, P, K) of positions (i, j0..j1-1) from the sampling cache.
+    def init_cache(self, x, y=None):
+        """The cached sampler (armini.fast.gated_pixelcnn_cache): the vertical stack once per row, the
+        horizontal stack and the head once per pixel, as a few matrix products."""
+        return GatedPixelCNNCache(self, x, y)
 
-        When row i starts, the vertical stack of the whole row is computed (it reads rows < i,
-        all known by then) and its links to the horizontal stack are kept; then each pixel runs
-        the horizontal stack and the head on cached windows of row i."""
-        n, C, H, W = x.shape
-        if cache.state.get("row") != i:
-            v = self.scale(x[:, :, max(i - 1, 0):max(i, 1), :])  # row i of down_shift(x): row i-1 of x,
-            if i == 0:
-                v = torch.zeros_like(v)  # or zeros for the first row
-            links = []
-            with cache.at(self, i, 0):
-                for layer in self.layers:
-                    v, link = layer.vertical(v, y)  # (n, F, 1, W), (n, 2F, 1, W)
-                    links.append(link)
-            cache.state.update(row=i, links=links)
-        h, skip = self.scale(x[:, :, i:i + 1, j0:j1]), None  # (n, C, 1, P)
-        with cache.at(self, i, j0):
-            for layer, link in zip(self.layers, cache.state["links"]):
-                h, sk = layer.horizontal(h, link[..., j0:j1])  # (n, F, 1, P)
-                skip = sk if skip is None else skip + sk
-            return self.head_logprobs(skip)  # (n, C, 1, P, K)
-
-    def refresh_cache(self, cache, x, y, i, j0, j1):
-        """After pixels (i, j0..j1-1) were drawn, only the first horizontal convolution's cache,
-        which holds the raw image, is out of date: every feature at a pixel ignores the value
-        drawn last there (mask A), so nothing else needs recomputing."""
-        cache.write(self.layers[0].h_conv, self.scale(x[:, :, i:i + 1, j0:j1]), i, j0)
+    def conditional_logprobs(self, x, index, y=None, cache=None):
+        if cache is None:
+            return super().conditional_logprobs(x, index, y)  # the naive sampler
+        return cache.conditional_logprobs(x, index)  # (n, 1, K)

@@ -1,0 +1,147 @@
+"""Cached sampling for Gated PixelCNN (Ramachandran et al., 2017, "Fast Generation for Convolutional
+Autoregressive Models"), spelled out layer by layer so that a step is a few matrix products.
+
+Gated PixelCNN's two stacks need different care (armini.models.gated_pixelcnn):
+
+- the vertical stack at row i reads rows < i only, so the whole row is computed once, when the row
+  starts (the "vertical stream updates once per row" of the paper), through armini.sampling_cache's
+  ConvCache, which keeps the earlier rows each vertical convolution reads;
+- the horizontal stack at (i, j) reads its own row, positions j-r..j of every layer's input
+  (a 1 x (r+1) convolution). Per pixel and per layer l, with F feature channels:
+
+      window  = the layer's input at (i, j-r..j)                       (n, (r+1) F_in), a view
+      pre     = link_l(i, j) + window @ W_h                            (n, 2F)  one addmm
+      g       = tanh(pre[:, :F]) * sigmoid(pre[:, F:])                 (n, F)   the gate (eq. 2)
+      [out | skip] = b_o + g @ W_o                                     (n, 2F)  one addmm
+      next input at (i, j) = h + out (no residual in the first layer);  skip sum += skip
+
+  then relu -> 1x1 -> relu -> the K logits of the one channel being drawn -> log-softmax.
+
+How it differs from the generic cache (armini.sampling_cache.CachedConvSampling), which runs the
+model's own forward code on a strip: the same arithmetic, without the per-step Python around it
+(module calls, window bookkeeping, new tensors). What is worked out once per sampling run:
+
+- each layer's input for the current row lives in a buffer (n, r + W, F_in), position-major, with
+  r zero columns on the left (the convolution's padding): the window of (i, j) is a *view*
+  buf[:, j:j+r+1] flattened, and W_h is the masked weight reordered to match (tap-major);
+- the gate's halves are made contiguous by reordering the output channels of W_h, the links and
+  W_o once (with C colour groups, `halves` interleaves them: [f_0 g_0 | f_1 g_1 | ...]);
+- the h convolution's bias is added to the row's links once per row;
+- only the logits of the channel being drawn are computed (rows c K .. c K + K-1 of the last layer).
+
+Only the raw image is ever stale: the previous pixel's last channel was drawn after that pixel was
+computed, so its input column is rewritten from x at the next step (every later layer's feature at a
+pixel ignores that pixel's last value, mask A). A step runs on one CPU thread in inference mode.
+
+Legend: n images sampled, C image channels, F feature channels, r = k//2 of a horizontal kernel,
+W width, K levels.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sampling_cache import ConvCache, RasterCursor, conv_weight, one_thread_on_cpu
+
+
+def gate_order(channels2: int, groups: int) -> torch.Tensor:
+    """The channel order that makes `halves` a plain split: (2F,) indices, first every group's f
+    channels (group by group), then every group's g channels (armini.models.gated_pixelcnn.halves)."""
+    per = channels2 // (2 * groups)  # channels of one half of one group
+    first = torch.arange(groups)[:, None] * 2 * per + torch.arange(per)[None, :]  # (groups, per)
+    return torch.cat([first.flatten(), (first + per).flatten()])  # (2F,)
+
+
+class _Layer:
+    """One gated layer's horizontal-stack weights, reordered once for per-pixel matrix products."""
+
+    def __init__(self, layer, order: torch.Tensor):
+        w = conv_weight(layer.h_conv).detach()[order]  # (2F, F_in, 1, r+1), masked, gate halves contiguous
+        self.r = w.shape[-1] - 1
+        self.W_h = w[:, :, 0].permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous()  # ((r+1) F_in, 2F), tap-major
+        self.b_h = layer.h_conv.bias.detach()[order]  # (2F,)
+        self.order = order
+        self.W_o = conv_weight(layer.h_out).detach()[order, :, 0, 0].t().contiguous()  # (F, 2F): [out | skip]
+        self.b_o = layer.h_out.bias.detach()[order]  # (2F,)
+        self.first = layer.first
+        self.F = w.shape[0] // 2
+
+
+class GatedPixelCNNCache:
+    """What GatedPixelCNN.init_cache returns: the per-row buffers, the row's links and the weights.
+
+    conditional_logprobs(x, index) -> (n, 1, K) for the next dimension (index: its flat position, (1,))."""
+
+    def __init__(self, model, x: torch.Tensor, y=None):
+        C, H, W = model.shape
+        self.model, self.y, self.C, self.W = model, y, C, W
+        self.cursor = RasterCursor(x, W)
+        self.vertical = ConvCache(H, W)  # the vertical stack's earlier rows
+        self.row = -1
+        n, dev, dtype = x.shape[0], x.device, model.head[-1].weight.dtype
+        new = lambda *size: torch.zeros(n, *size, dtype=dtype, device=dev)  # noqa: E731
+        with torch.inference_mode():
+            self.layers = [_Layer(layer, gate_order(2 * layer.h_out.in_channels, C)) for layer in model.layers]
+            widths = [model.inputs.out_channels] + [L.F for L in self.layers[:-1]]  # each layer's input channels
+            # every buffer is made once; a step only writes into them (views worked out here too)
+            self.inputs = [new(L.r + W, f) for L, f in zip(self.layers, widths)]  # (n, r + W, F_in), zero padded
+            self.links = [new(W, 2 * L.F) for L in self.layers]  # (n, W, 2F): the current row's links
+            for L, inp, link in zip(self.layers, self.inputs, self.links):
+                L.windows = [inp[:, j:j + L.r + 1].reshape(n, -1) for j in range(W)]  # (n, (r+1) F_in) views
+                L.here = [inp[:, L.r + j] for j in range(W)]  # (n, F_in): the input at (i, j)
+                L.link = [link[:, j] for j in range(W)]  # (n, 2F)
+                L.pre, L.g, L.s, L.out = new(2 * L.F), new(L.F), new(L.F), new(2 * L.F)
+                L.pre_f, L.pre_g = L.pre[:, :L.F], L.pre[:, L.F:]  # the gate's halves
+                L.out_h, L.out_skip = L.out[:, :L.F], L.out[:, L.F:]  # [out | skip]
+            for L, nxt in zip(self.layers, self.layers[1:]):
+                L.next = nxt.here  # where this layer's output goes: the next layer's input at (i, j)
+            self.skip = new(self.layers[0].F)  # (n, F): the summed skip connections
+            hidden, last = model.head[1], model.head[3]  # relu, 1x1, relu, 1x1 to C*K
+            self.W_1 = conv_weight(hidden).detach()[:, :, 0, 0].t().contiguous()  # (F, hidden)
+            self.b_1 = hidden.bias.detach()
+            self.hidden = new(self.W_1.shape[1])  # (n, hidden)
+            K = model.levels
+            w_2 = conv_weight(last).detach()[:, :, 0, 0]  # (C*K, hidden), block c: channel c's logits
+            self.W_2 = [w_2[c * K:(c + 1) * K].t().contiguous() for c in range(C)]  # (hidden, K) per channel
+            self.b_2 = [last.bias.detach()[c * K:(c + 1) * K] for c in range(C)]
+
+    def start_row(self, x: torch.Tensor, i: int):
+        """The vertical stack over the whole row i (it reads rows < i, all drawn), kept as each
+        layer's link to the horizontal stack, with the h convolution's bias added: (n, W, 2F)."""
+        model = self.model
+        v = model.scale(x[:, :, max(i - 1, 0):max(i, 1), :])  # row i of down_shift(x): row i-1 of x,
+        if i == 0:
+            v = torch.zeros_like(v)  # or zeros for the first row
+        with self.vertical.at(model, i, 0):
+            for layer, L, keep in zip(model.layers, self.layers, self.links):
+                v, link = layer.vertical(v, self.y)  # (n, F, 1, W), (n, 2F, 1, W)
+                keep.copy_((link[:, L.order, 0, :] + L.b_h[:, None]).transpose(1, 2))  # (n, W, 2F), halves contiguous
+        self.row = i
+
+    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        with one_thread_on_cpu(x.device), torch.inference_mode():
+            c, i, j, _ = self.cursor.advance(x, index)
+            if i != self.row:
+                self.start_row(x, i)
+            return self._pixel(x, c, i, j).unsqueeze(1)  # (n, 1, K)
+
+    def _pixel(self, x: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
+        """log p(x_c | everything before) at (i, j): (n, K)."""
+        j0 = max(j - 1, 0)  # the previous pixel too: its last channel was drawn after it was computed
+        first = self.layers[0]
+        self.inputs[0][:, first.r + j0:first.r + j + 1] = self.model.scale(x[:, :, i, j0:j + 1, None])[..., 0].transpose(1, 2)
+        skip = self.skip
+        for L in self.layers:
+            torch.addmm(L.link[j], L.windows[j], L.W_h, out=L.pre)  # (n, 2F): link + window @ W_h
+            torch.tanh(L.pre_f, out=L.g).mul_(torch.sigmoid(L.pre_g, out=L.s))  # (n, F), eq. 2
+            torch.addmm(L.b_o, L.g, L.W_o, out=L.out)  # (n, 2F): [out | skip]
+            if L.first:
+                skip.copy_(L.out_skip)
+            else:
+                skip.add_(L.out_skip)
+            if L is not self.layers[-1]:  # the next layer's input at (i, j)
+                if L.first:
+                    L.next[j].copy_(L.out_h)
+                else:
+                    torch.add(L.here[j], L.out_h, out=L.next[j])  # residual
+        torch.addmm(self.b_1, skip.relu_(), self.W_1, out=self.hidden).relu_()  # (n, hidden)
+        return torch.log_softmax(torch.addmm(self.b_2[c], self.hidden, self.W_2[c]), dim=-1)  # (n, K)
