@@ -41,6 +41,8 @@ Pieces:
     CachedConvSampling mixin giving any ARModel whose spatial layers are all causal
                        convolutions (the rest pointwise: 1x1 convs, ReLU, residual adds)
                        a cached sampler: class PixelCNN(CachedConvSampling, ARModel)
+                       (PixelCNN and Gated PixelCNN use faster, spelled-out caches of their
+                       own, armini.fast; this one runs any such model's own forward code)
 
 Assumptions (checked where cheap): raster order, one dimension per step, every
 module other than the spatial convolutions acts per position, convolutions have
@@ -343,8 +345,10 @@ class CachedConvSampling:
 
     `model.sample(n)` then uses the cache; `model.sample(n, cached=False)` the naive loop.
     A model whose layers are not all "causal spatial convolutions + pointwise layers"
-    overrides `strip_conditionals` (see Gated PixelCNN); a model may override
-    `refresh_cache` to update only its raw-image caches after a pixel is drawn (faster)."""
+    overrides `strip_conditionals`; a model may override `refresh_cache` to update only its
+    raw-image caches after a pixel is drawn (faster). PixelCNN and Gated PixelCNN have faster
+    caches of their own, spelled out layer by layer (armini.fast); this one serves any stack of
+    causal convolutions, e.g. a PixelCNN subclass with a forward of its own."""
 
     refresh_cache = None  # or a method (cache, x, y, i, j0, j1) -> None, see RasterConvSampler
 

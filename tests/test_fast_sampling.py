@@ -8,10 +8,17 @@ import torch.nn as nn
 from armini.models.gated_pixelcnn import GatedPixelCNN
 from armini.models.pixelcnn import PixelCNN
 from armini.models.pixelcnnpp import PixelCNNpp
-from armini.sampling_cache import CachedConvSampling, ConvCache
+from armini.sampling_cache import CachedConvSampling, ConvCache, RasterConvSampler
 
-CachedPixelCNN = PixelCNN  # PixelCNN uses the generic cached sampler (CachedConvSampling)
+CachedPixelCNN = PixelCNN  # PixelCNN's own cache (armini.fast.pixelcnn_cache)
 assert issubclass(PixelCNN, CachedConvSampling)
+
+
+class GenericPixelCNN(PixelCNN):
+    """A subclass with a forward of its own gets the generic cache (armini.sampling_cache), which runs it."""
+
+    def logits(self, x, y=None):
+        return super().logits(x, y)
 
 
 SMALL = dict(channels=12, n_layers=3, head_channels=12)
@@ -22,6 +29,9 @@ CASES = {
     "gated-classes": lambda: GatedPixelCNN(shape=(1, 5, 5), levels=4, num_classes=3, **SMALL),
     "pixelcnn-gray": lambda: CachedPixelCNN(shape=(1, 6, 5), **PCNN),
     "pixelcnn-colour": lambda: CachedPixelCNN(shape=(3, 4, 4), **PCNN),
+    "pixelcnn-classes": lambda: CachedPixelCNN(shape=(1, 5, 4), num_classes=3, **PCNN),
+    "generic-gray": lambda: GenericPixelCNN(shape=(1, 6, 5), **PCNN),
+    "generic-colour": lambda: GenericPixelCNN(shape=(3, 4, 4), **PCNN),
 }
 
 
@@ -127,8 +137,9 @@ def test_cache_refuses_misuse():
 def test_cache_checks_only_the_last_pixel_per_step(monkeypatch):
     """The staleness check compares the pixel just drawn, not the whole image: O(n C) numbers per step
     (the old sampler compared all of x at every step, O(D^2) per image). The generic cache (PixelCNN's)
-    compares; Gated PixelCNN's rewrites the last pixel's input instead and compares nothing."""
-    model = make("pixelcnn-colour")
+    compares; PixelCNN's and Gated PixelCNN's own rewrite the last pixel's input instead and compare nothing."""
+    model = make("generic-colour")
+    assert isinstance(model.init_cache(torch.zeros((1,) + model.shape, dtype=torch.long)), RasterConvSampler)
     compared = []
     equal = torch.equal
     monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(a.numel()) or equal(a, b))

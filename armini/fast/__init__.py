@@ -1,11 +1,13 @@
 """Fast (cached) samplers, kept apart from the models they speed up: each draws exactly what the
 model's naive sampler draws, computing only what is new at each step.
 
+    pixelcnn_cache         PixelCNN: one new position per step through every layer, a few matrix products
+    gated_pixelcnn_cache   Gated PixelCNN: the vertical stack once per row, the horizontal one per pixel
     pixelcnnpp_cache   PixelCNN++'s U-net (Ramachandran et al., 2017)
     pixelsnail_cache   PixelSNAIL: its convolutions per pixel, its attention with a KV cache
     pixelrnn_cache     Row LSTM and Diagonal BiLSTM: their LSTM states kept between steps
 
-The generic cached sampler for stacks of causal convolutions (PixelCNN, Gated PixelCNN) is
-armini.sampling_cache; the transformer's KV cache lives with the model (armini.models.transformer),
+The generic cached sampler for stacks of causal convolutions is armini.sampling_cache (it runs a
+model's own forward on strips of the image: what a PixelCNN subclass with a forward of its own gets); the transformer's KV cache lives with the model (armini.models.transformer),
 since it is a few lines on top of armini.nn.attention.KVCache.
 """

@@ -30,6 +30,7 @@ import torch.nn as nn
 from ..nn.heads import categorical_logits, softmax_head
 from ..nn.inputs import ValueInput
 from ..nn.masked import MaskedConv2d
+from ..fast.pixelcnn_cache import PixelCNNCache
 from ..sampling_cache import CachedConvSampling
 from .base import ARModel
 
@@ -69,7 +70,7 @@ class PixelCNNConfig:
 class PixelCNN(CachedConvSampling, ARModel):
     """Masked-convolution PixelCNN with a K-way softmax per sub-pixel.
 
-    Sampling is cached (armini/sampling_cache.py): each step computes only the new pixel's
+    Sampling is cached (armini.fast.pixelcnn_cache): each step computes only the new pixel's
     features from the layers' cached windows; sample(..., cached=False) recomputes everything."""
 
     rows_so_far = True  # row i reads rows <= i: the naive sampler feeds the rows so far (armini.models.base)
@@ -104,3 +105,12 @@ class PixelCNN(CachedConvSampling, ARModel):
     def conditionals(self, x, y=None):
         logits = self.logits(x) if y is None else self.logits(x, y)  # a subclass may define logits(x)
         return torch.log_softmax(logits, dim=-1)  # (B, C, H, W, K)
+
+
+    def init_cache(self, x, y=None):
+        """The cached sampler (armini.fast.pixelcnn_cache): one new position per step through every
+        layer, as a few matrix products. A subclass with a forward of its own (`logits`) gets the
+        generic cache (armini.sampling_cache), which runs that forward on strips of the image."""
+        if type(self).logits is PixelCNN.logits:
+            return PixelCNNCache(self, x, y)
+        return super().init_cache(x, y)
