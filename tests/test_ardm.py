@@ -222,8 +222,12 @@ def test_budget_extremes_and_errors():
             plan_steps(L, bad)
     with pytest.raises(ValueError, match="add up to"):
         policy_bits(L, [3, 3])
+    model = tiny()
     with pytest.raises(ValueError, match="measure_step_losses"):
-        tiny().set_budget(2)
+        model.set_budget(2)
+    model.step_losses = torch.ones(5)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        model.set_budget(2)
 
 
 def test_sampling_with_a_budget_fills_every_dimension_once():
@@ -277,3 +281,19 @@ def test_loss_decreases_on_a_tiny_training_run():
     train.fit(model, x, steps=60, batch_size=16, lr=1e-2, progress=False)
     after, stderr = model.elbo_bits(x, draws=4)
     assert after < before - 0.3, (before, after)
+
+
+def test_a_resumed_run_draws_the_same_orders_and_steps(tmp_path):
+    """The loss draws t and sigma from torch's global RNG, which fit's checkpoints hold: 2 + 2 steps = 4 steps."""
+    x = torch.randint(4, (16, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    straight, split = tiny(shape=(1, 3, 3), levels=4), tiny(shape=(1, 3, 3), levels=4)
+    settings = dict(steps=4, batch_size=8, lr=1e-2, progress=False, lr_schedule="constant", warmup=0)
+    torch.manual_seed(1)
+    train.fit(straight, x, **settings)
+    path = tmp_path / "ardm.pt"
+    torch.manual_seed(1)  # the same global RNG at the start
+    train.fit(split, x, checkpoint=path, stop_after=2, **settings)
+    torch.manual_seed(123)  # whatever happens in between: the checkpoint restores the RNG
+    train.fit(split, x, checkpoint=path, resume=True, **settings)
+    for a, b in zip(straight.parameters(), split.parameters()):
+        assert torch.equal(a, b)

@@ -330,6 +330,9 @@ class ARDM(ARModel):
         if self.step_losses is None:
             raise ValueError("no per-step losses yet: measure them first on held-out images, "
                              "model.measure_step_losses(test_images), then set a budget")
+        if self.step_losses.shape != (self.dims,):
+            raise ValueError(f"step_losses must hold one loss per step t = 0..D-1, shape ({self.dims},); "
+                             f"got shape {tuple(self.step_losses.shape)}")
         return self.step_losses.sort(descending=True).values  # more context never hurts (as the reference)
 
     def set_budget(self, steps: Optional[int]) -> Optional[list]:
