@@ -5,10 +5,12 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from armini import causality
 from armini.course import check
-from armini.models import PixelCNN
+from armini.models import ARModel, PixelCNN
 from armini.nn.masked import MaskedConv2d
 
 # ---------------------------------------------------------------------------------------------
@@ -191,3 +193,114 @@ def test_the_naive_sampler_matches_the_cached_one():
     for model in (gray, colour):
         mine = naive(raster)(model, 3, torch.Generator().manual_seed(7))
         assert torch.equal(mine, model.sample(3, generator=torch.Generator().manual_seed(7)))
+
+
+# ---------------------------------------------------------------------------------------------
+# a three-block PixelCNN assembled from the learner's masked convolution
+
+
+def same_pixelcnn(mine, theirs):
+    """The lesson's comparison: shape, causality, normalisation, layers and masks, then armini's weights."""
+    x = torch.randint(mine.levels, (4, *mine.shape), generator=torch.Generator().manual_seed(0))
+    expected = theirs.conditionals(x)  # (4, C, H, W, K)
+    logp = mine.conditionals(x)
+    assert logp.shape == expected.shape, (f"conditionals have shape {tuple(logp.shape)}, expected "
+                                          f"(B, C, H, W, K) = {tuple(expected.shape)}")
+    report = causality.check_causality(mine)
+    assert report.ok, f"not causal, {len(report.leaks)} leaks, e.g. {str(report).splitlines()[1].strip()}"
+    total = logp.exp().sum(-1)  # (4, C, H, W): each conditional, summed over the K values
+    worst = total.flatten()[(total - 1).abs().argmax()].item()
+    assert abs(worst - 1) < 1e-4, f"a conditional sums to {worst:.4f} over the K values, not 1 (log-softmax over K?)"
+    if mine.levels ** mine.dims <= 4096:  # small enough to list every image
+        grid = torch.cartesian_prod(*[torch.arange(mine.levels)] * mine.dims).view(-1, *mine.shape)
+        p_all = mine.log_prob(grid).exp().sum().item()
+        assert abs(p_all - 1) < 1e-4, f"p(x) over all {len(grid)} images sums to {p_all:.4f}, not 1"
+    mine_convs = [m for m in mine.modules() if isinstance(m, nn.Conv2d)]  # in the order they were made
+    their_convs = [m for m in theirs.modules() if isinstance(m, nn.Conv2d)]
+    assert len(mine_convs) == len(their_convs), (
+        f"your model has {len(mine_convs)} convolutions; a PixelCNN with {theirs.config.n_blocks} blocks has "
+        f"{len(their_convs)} (1 first layer, 3 per block, 2 in the head)")
+    for n, (a, b) in enumerate(zip(mine_convs, their_convs), start=1):
+        assert a.weight.shape == b.weight.shape, (f"convolution {n}: weight (out, in, k, k) {tuple(a.weight.shape)}, "
+                                                  f"PixelCNN's {tuple(b.weight.shape)}")
+        assert torch.equal(getattr(a, "mask", torch.ones(())), b.mask), (
+            f"convolution {n} ({b.kernel_size[0]}x{b.kernel_size[0]}): its mask differs from PixelCNN's, "
+            f"which is mask {'A' if n == 1 else 'B'}")
+        assert (a.bias is None) == (b.bias is None), f"convolution {n}: PixelCNN's layers have a bias"
+    with torch.no_grad():
+        for a, b in zip(mine_convs, their_convs):  # armini's weights in your layers
+            a.weight.copy_(b.weight)
+            a.bias.copy_(b.bias)
+    gap = (mine.conditionals(x) - expected).abs().max().item()
+    assert gap < 1e-4, (f"with PixelCNN's weights your log-probabilities differ from PixelCNN's by up to "
+                        f"{gap:.3g}: same layers and masks, so look at conditionals (the ReLUs, h + block(h), "
+                        f"the scaling to [-1, 1], reading the logits as (C, K))")
+
+
+PIXELCNN_CASES = [dict(shape=(1, 2, 2), levels=3, channels=8, n_blocks=3, head_channels=8),
+                  dict(shape=(1, 6, 6), levels=4, channels=8, n_blocks=3, head_channels=8),
+                  dict(shape=(3, 3, 3), levels=4, channels=12, n_blocks=3, head_channels=12)]
+
+
+def learner_pixelcnn(first_mask="A", later_mask="B", relu=True, residual=True, layout="CK", softmax=True,
+                     extra_blocks=0, scale=True):
+    """The lesson's MyPixelCNN, right by default; each argument makes one mistake a learner might make."""
+    Conv = MaskedConv2d
+    act = nn.ReLU if relu else nn.Identity
+
+    class MyPixelCNN(ARModel):
+        def __init__(self, shape=(1, 28, 28), levels=256, channels=32, n_blocks=3, head_channels=32):
+            super().__init__(shape, levels)
+            C, K, F = self.shape[0], self.levels, channels
+            self.input_conv = Conv(C, F, 7, first_mask, C)
+            self.blocks = nn.ModuleList([
+                nn.Sequential(act(), Conv(F, F // 2, 1, later_mask, C), act(), Conv(F // 2, F // 2, 3, later_mask, C),
+                              act(), Conv(F // 2, F, 1, later_mask, C))
+                for _ in range(n_blocks + extra_blocks)])
+            self.head = nn.Sequential(act(), Conv(F, head_channels, 1, later_mask, C),
+                                      act(), Conv(head_channels, C * K, 1, later_mask, C))
+
+        def conditionals(self, x, y=None):
+            B, C, H, W = x.shape
+            K = self.levels
+            v = x.to(self.input_conv.weight.dtype)
+            h = self.input_conv(v * 2 / (K - 1) - 1 if scale else v)
+            for block in self.blocks:
+                h = h + block(h) if residual else block(h)
+            out = self.head(h)  # (B, C*K, H, W)
+            if layout == "CK":
+                logits = out.view(B, C, K, H, W).permute(0, 1, 3, 4, 2)
+            elif layout == "KC":  # interleaved: channel c's logits drawn from every group
+                logits = out.view(B, K, C, H, W).permute(0, 2, 3, 4, 1)
+            else:  # "no permute": K read as if it were last already
+                logits = out.view(B, C, H, W, K)
+            return torch.log_softmax(logits, dim=-1) if softmax else logits
+
+    return MyPixelCNN
+
+
+def test_pixelcnn_right(capsys):
+    mine = learner_pixelcnn()
+    assert check("a three-block PixelCNN", mine, PixelCNN, PIXELCNN_CASES, compare=same_pixelcnn) is mine
+    assert capsys.readouterr().out == "✅ a three-block PixelCNN: correct on 3 checks\n"
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (dict(first_mask="B"), "case 1 of 3 ({}): not causal, 4 leaks, e.g. (0, 0, 0) moves when (0, 0, 0) changes: "
+                           "the dimension itself"),
+    (dict(layout="no permute"), "case 1 of 3 ({}): not causal"),
+    (dict(layout="KC"), "case 3 of 3 ({}): not causal"),  # right for grey, a leak in colour
+    (dict(softmax=False), "case 1 of 3 ({}): a conditional sums to"),
+    (dict(extra_blocks=-1), "your model has 9 convolutions; a PixelCNN with 3 blocks has 12"),
+    (dict(later_mask="A"), "convolution 2 (1x1): its mask differs from PixelCNN's, which is mask B"),
+    (dict(relu=False), "case 1 of 3 ({}): with PixelCNN's weights your log-probabilities differ"),
+    (dict(residual=False), "case 1 of 3 ({}): with PixelCNN's weights your log-probabilities differ"),
+    (dict(scale=False), "case 1 of 3 ({}): with PixelCNN's weights your log-probabilities differ"),
+])
+def test_pixelcnn_wrong(capsys, mistake, hint):
+    wrong = learner_pixelcnn(**mistake)
+    assert check("a three-block PixelCNN", wrong, PixelCNN, PIXELCNN_CASES, compare=same_pixelcnn) is PixelCNN
+    out = capsys.readouterr().out
+    assert out.startswith("❌ a three-block PixelCNN: ") and hint.split("({})")[-1] in out, out
+    assert hint.split(" ({})")[0] in out, out
+    assert "uses armini's reference version" in out
