@@ -3,6 +3,7 @@
     python -m armini.bench                                  # every model, 60 s of training each
     python -m armini.bench --models pixelcnn,nade --budget-s 300 --json bench.json --device cuda
     python -m armini.bench --models pixelcnn,pixelsnail --budget-s 600 --cpu-time --threads 1   # equal CPU time
+    python -m armini.bench speed --cpu-time --json speed.json    # speed only: training s/step, forward-equivalents
 
 For each model: build it for Fashion-MNIST 28x28 (or the --size 14 or 7 view) with 256 levels (a model that cannot take
 that, like FVSBN with its D*D*K weights, falls back to its own default levels and says so
@@ -13,12 +14,25 @@ schedule over the number of steps a short probe run says fits the budget), then 
     train_images_per_s   training throughput (images per second, training steps only)
     test_bpd             bits per dimension on the first `test_images` test images
     unit                 what test_bpd measures (the model's unit: bits/dim, bits/token; "(bound)" for an upper bound)
+    train_s_per_step     seconds per training step (the budget's clock)
     sample_s_per_image   seconds to sample `sample_n` images, divided by sample_n
 
 Models with a fast sampler (an `init_cache` override that returns a cache) are timed both
 ways in the same run: sample_s_per_image_naive (cached=False), sample_s_per_image_cached and
-cache_speedup = naive / cached. ARMINI_QUICK=1 shrinks the budget and the test subset.
+cache_speedup = naive / cached, and forward_equivalents = cached seconds per image / the seconds
+per image of one full forward pass at the same batch (forward_s_per_image): what an image costs in
+forward passes (1: caching for free; C*H*W: recomputing everything at every step). A model may add
+fields of its own by defining `bench_fields()` -> dict (e.g. an order-agnostic model's `orders`
+and `steps`). ARMINI_QUICK=1 shrinks the budget and the test subset.
 Everything is seeded; timings depend on the machine (the JSON records the device).
+
+`python -m armini.bench speed` trains nothing to a budget and measures speed only, for each model
+(default: those with a cached sampler) in one run: training seconds per step (median of
+--train-steps, wall-clock and CPU) on each of --threads (default 1,2), at the model's default
+configuration and at the peer-sized ones in PEER_CONFIGS; and, on one thread, one forward pass's
+and the cached sampler's seconds per image and their ratio at each --fe-batch (default 1 and 16
+images at once), and the naive sampler at --naive-n images with `cached_matches_naive`. Records
+have kind="speed"; the per-thread and per-batch figures are dicts keyed by the count ("1", "16").
 
 Every setting is checked before the first model trains: the flags' values (--sample-n must be at
 least 1: every record has sampling timings), each model built and run once with the --set options,
@@ -309,13 +323,15 @@ def speed_configs(names, peers: bool, model_kwargs: dict) -> list:
 
 def format_speed_table(records) -> str:
     """The speed records as a text table: training s/step per thread count, then sampling columns."""
-    threads = sorted({int(t) for r in records for t in r["train_s_per_step"]})
+    cpu = bool(records) and records[0]["clock"] == "cpu"  # --cpu-time: CPU seconds (of every thread) per step
+    train_key = "train_cpu_s_per_step" if cpu else "train_s_per_step"
+    threads = sorted({int(t) for r in records for t in r[train_key]})
     ns = sorted({int(n) for r in records for n in r.get("forward_equivalents", {})})
     head = (["model", "config", "params", "batch"] + [f"train s/step {t}thr" for t in threads]
             + ["naive s/img", "cached s/img"] + [f"fwd-equiv n={n}" for n in ns] + ["same images"])
     rows = []
     for r in records:
-        steps = [f"{r['train_s_per_step'][str(t)]:.3f}" if str(t) in r["train_s_per_step"] else "-" for t in threads]
+        steps = [f"{r[train_key][str(t)]:.3f}" if str(t) in r[train_key] else "-" for t in threads]
         fe = r.get("forward_equivalents", {})
         naive_n = str(r.get("naive_n", ""))
         rows.append([r["model"], r["config"], f"{r['params']:,}", str(r["batch_size"])] + steps + [
@@ -328,9 +344,10 @@ def format_speed_table(records) -> str:
     def line(cells):
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
-    clock = "CPU" if records and records[0]["clock"] == "cpu" else "wall-clock"
-    title = (f"training: median s/step (wall-clock) at each thread count; sampling on one thread, {clock} s per "
-             "image (naive and cached at naive_n images); fwd-equiv = cached s/img / one forward pass s/img")
+    clock = "CPU" if cpu else "wall-clock"
+    title = (f"{clock} seconds. training: median s/step at each thread count{' (CPU s of all threads)' if cpu else ''}; "
+             "sampling on one thread, s per image (naive and cached at naive_n images); "
+             "fwd-equiv = cached s/img / one forward pass s/img")
     return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
 
 
@@ -350,8 +367,8 @@ def build_speed_parser():
     p.add_argument("--train-steps", type=cli.positive_int, default=5, help="timed training steps (default 5, after 2 warm-up)")
     p.add_argument("--no-peers", action="store_true", help="skip the peer-sized configurations (bench.PEER_CONFIGS)")
     p.add_argument("--cpu-time", action="store_true",
-                   help="sampling and forward timings in CPU seconds of this process (fair on a busy machine; "
-                        "they run on one thread); training records both clocks either way")
+                   help="timings in CPU seconds of this process (fair on a busy machine; with 2 threads a training "
+                        "step's CPU seconds add up both threads); the JSON records training on both clocks either way")
     p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
