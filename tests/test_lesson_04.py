@@ -1,9 +1,18 @@
 """Lesson 04's exercise "the gated layer": armini.course.check passes a correct two-stack layer and names
 what a wrong one gets wrong (the harness is the lesson's: both classes built with the same weights, as
-GatedPixelCNN builds its layers, run on the same inputs)."""
+GatedPixelCNN builds its layers, run on the same inputs); the lesson's depth sweep (no blind spot at any
+depth, PixelCNN's from two layers on); and lessons 02-04 end no cell with a model, which Jupyter would print
+in full."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
+from armini import causality
 from armini.course import check
+from armini.models import GatedPixelCNN, PixelCNN
 from armini.models.gated_pixelcnn import GatedLayer, gate
 from armini.nn.shifted import down_shift
 
@@ -107,3 +116,60 @@ def test_unwritten_exercise_falls_back_to_armini(capsys):
     v, h = torch.zeros(1, 8, 3, 3), torch.zeros(1, 8, 3, 3)
     assert set(returned(False, v, h)) == {"next v (vertical stack)", "link (vertical -> horizontal)",
                                           "next h (horizontal stack)", "skip"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the depth sweep of lessons 02 and 04 (on a smaller image: the same shapes of context, faster)
+
+
+def architecture_counts(model, target):
+    """The lessons' probe: positive float64 weights, an all-white image, any change counts."""
+    probe = causality.positive_copy(model, scale=0.3)
+    white = torch.full((1, *model.shape), model.levels - 1)
+    seen = causality.context_map(probe, white, target=target, trials=1, rtol=0, atol=0)
+    return causality.context_counts(seen, target)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4])
+def test_gated_pixelcnn_has_no_blind_spot_at_any_depth_and_pixelcnn_has_one_from_two_layers(layers):
+    shape, target = (1, 11, 11), (0, 7, 5)
+    torch.manual_seed(0)
+    small = dict(shape=shape, levels=4, channels=4, head_channels=4, first_kernel=3)
+    gated = architecture_counts(GatedPixelCNN(n_layers=layers, **small), target)
+    pixelcnn = architecture_counts(PixelCNN(n_blocks=layers - 1, **small), target)
+    assert gated["blind spot"] == 0
+    assert gated["seen"] > pixelcnn["seen"] or layers == 1
+    assert (pixelcnn["blind spot"] > 0) == (layers > 1), pixelcnn  # a 3x3 mask A alone sees its whole window
+    assert gated["out of reach"] == pixelcnn["out of reach"]  # the same reach: only the blind spot differs
+
+
+# ---------------------------------------------------------------------------------------------
+# no cell of lessons 02-04 ends with a bare model expression (model.cpu() printed 30 lines of layers)
+
+LESSONS = Path(__file__).resolve().parents[1] / "solutions"
+MODEL_METHODS = {"cpu", "cuda", "to", "eval", "train", "double", "float", "half", "requires_grad_"}
+
+
+def ends_with_a_model(source):
+    """True when the cell's last statement is a bare call such as `model.cpu()`, whose value Jupyter shows."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    last = body[-1] if body else None
+    return (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+            and isinstance(last.value.func, ast.Attribute) and last.value.func.attr in MODEL_METHODS)
+
+
+def test_the_detector_finds_a_bare_model_call():
+    assert ends_with_a_model("x = 1\ncond.cpu()")
+    assert not ends_with_a_model("cond = cond.cpu()")
+    assert not ends_with_a_model("model.cpu()\nscrubber")
+
+
+@pytest.mark.parametrize("lesson", ["02_pixelcnn", "03_pixelrnn", "04_gated_pixelcnn"])
+def test_no_cell_prints_a_whole_model(lesson):
+    cells = json.loads((LESSONS / f"{lesson}.ipynb").read_text(encoding="utf-8"))["cells"]
+    bad = [index for index, cell in enumerate(cells)
+           if cell["cell_type"] == "code" and ends_with_a_model("".join(cell["source"]))]
+    assert not bad, f"{lesson}: cells {bad} end with a bare model call; assign it (model = model.cpu())"
