@@ -283,3 +283,22 @@ def test_ensemble_from_per_dimension_terms_sums_them_first():
     torch.testing.assert_close(ensemble_log_likelihood(terms), expected)
     torch.testing.assert_close(ensemble_log_likelihood(per_image), expected)
     assert not torch.allclose(terms.exp().mean(0).log().sum(-1), expected)  # averaged pixels: another number
+
+
+def test_completion_order_prefers_a_training_order():
+    """A given left half: the transposed S-curve (column by column) is a training order that already
+    visits it first; a given border around a missing centre: no training order does, so observed_first."""
+    model = small(shape=(1, 6, 6))
+    left = torch.zeros(6, 6, dtype=torch.bool)
+    left[:, :3] = True
+    order = model.completion_order(left)
+    assert torch.equal(order, orders.named("s-curve", 6, 6, "transpose"))
+    assert bool(left.flatten()[order[:18]].all())  # the 18 observed pixels come first
+    border = torch.ones(1, 1, 6, 6, dtype=torch.bool)
+    border[..., 2:4, 2:4] = False
+    order = model.completion_order(border)
+    assert torch.equal(order, orders.observed_first(border[0, 0], model.generation_order()))
+    assert not any(torch.equal(order, o) for o in model.train_orders)
+    with pytest.raises(ValueError, match="36 pixels"):
+        model.completion_order(torch.ones(5, 5, dtype=torch.bool))
+    assert model.bench_fields() == {"orders": 1, "train_orders": 8, "order_set": "s-curve"}

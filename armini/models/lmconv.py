@@ -181,6 +181,24 @@ class LMConv(ARModel):
         """One of the training orders, drawn with the global torch RNG (so a resumed run draws the same). (L,)"""
         return self.train_orders[torch.randint(len(self.train_orders), ())]
 
+    def completion_order(self, observed) -> torch.Tensor:
+        """An order that visits every observed pixel first, for completing an image: (L,).
+
+        observed: (H, W) bool (or any shape with H*W entries), True where the pixel is given.
+        A training order that already does so if there is one (the transposed S-curve, column by
+        column, for a given left half): the network knows its masks. Otherwise
+        armini.orders.observed_first(observed, generation_order()): every missing pixel still sees
+        every observed one, but through masks the network may never have trained on."""
+        observed = torch.as_tensor(observed, dtype=torch.bool).cpu()
+        if observed.numel() != self.dims:
+            raise ValueError(f"observed must mark the {self.dims} pixels of one image ({self.shape[1]}x{self.shape[2]}), "
+                             f"got shape {tuple(observed.shape)}")
+        observed = observed.reshape(-1)  # (L,)
+        for order in self.train_orders:
+            if torch.equal(orders_lib.observed_first(observed, order), order):
+                return order.clone()
+        return orders_lib.observed_first(observed, self.generation_order())
+
     # ----------------------------------------------------------------- network
     def network(self, x: torch.Tensor, y=None, order=None) -> torch.Tensor:
         """The output layer (B, P or K, H, W) for integer images x, in `order` ((L,) pixel order)."""
@@ -232,6 +250,11 @@ class LMConv(ARModel):
         orders: a list (or (N, L) tensor) of pixel orders, e.g. model.train_orders."""
         per_order = torch.stack([self.log_prob(x, y, order=o) for o in orders])  # (N, B)
         return ensemble_log_likelihood(per_order)  # (B,)
+
+    def bench_fields(self) -> dict:
+        """What armini.bench adds to this model's record: its test bits/dim are for one order (orders=1,
+        the first training order), and the orders it was trained on."""
+        return {"orders": 1, "train_orders": self.config.n_orders, "order_set": self.config.orders}
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", orders={self.config.orders!r} x {self.config.n_orders}"
