@@ -103,6 +103,7 @@ class History:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(6, 3.5))
+        from matplotlib.ticker import MaxNLocator
         curves = {"train": self.train}  # one curve per loss with several param_groups
         if self.train_losses:
             curves = {name: [(s, losses[name]) for s, losses in self.train_losses] for name in self.train_losses[0][1]}
@@ -115,6 +116,7 @@ class History:
             s, b = zip(*self.test)
             ax.plot(s, b, "o-", label=f"{label}: test" if label else "test")
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers: no 2.5 ticks
         ax.set_ylabel(self.unit)
         ax.grid(alpha=0.3)
         if self.train or self.test:

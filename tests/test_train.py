@@ -500,3 +500,19 @@ def test_resume_accepts_a_checkpoint_saved_before_a_setting_existed(tmp_path):
     with pytest.raises(ValueError, match="num_classes None -> 3"):
         train.fit(changed, (x, torch.zeros(16, dtype=torch.long)), steps=6, batch_size=4, checkpoint=path,
                   resume=True, progress=False)
+
+
+def test_history_plot_has_whole_number_step_ticks():
+    """A short run (4 steps) must not get 0.5, 1.5, ... ticks on the step axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from armini.train import History
+
+    h = History(train=[(1, 3.0), (2, 2.5), (3, 2.2), (4, 2.0)], test=[(4, 2.1)])
+    ax = h.plot()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    plt.close(ax.figure)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
