@@ -2,9 +2,11 @@
 
     model = armini.models.MODELS["pixelcnn"](shape=(1, 28, 28), levels=256)
 """
+from .ardm import ARDM
 from .base import ARModel, SampleStep
 from .baselines import FVSBN, NADE, IndependentPixels
 from .gated_pixelcnn import GatedPixelCNN
+from .lmconv import LMConv
 from .pixelcnn import PixelCNN
 from .pixelcnnpp import PixelCNNpp
 from .pixelrnn import DiagonalBiLSTM, RowLSTM
@@ -22,7 +24,9 @@ MODELS = {
     "pixelcnn++": PixelCNNpp,  # lesson 05
     "pixelsnail": PixelSNAIL,  # lesson 06
     "pixel-transformer": PixelTransformer,  # lesson 07
+    "lmconv": LMConv,  # lesson 09
+    "ardm": ARDM,  # lesson 10
 }
 
 __all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
-           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer"]
+           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM"]
