@@ -158,7 +158,7 @@ def cmd_train(args) -> dict:
         raise FloatingPointError(f"test bits/dim is {hist.final_test_bpd} after {hist.steps} steps: training "
                                  f"diverged; try a lower --lr (this run: {args.lr:g}). No samples or metrics written.")
     used = "all" if test_images == len(test_set) else "first"
-    print(f"test bits/dim: {hist.final_test_bpd:.4f} ({used} {test_images} test images), after {hist.steps} steps, "
+    print(f"test {hist.unit}: {hist.final_test_bpd:.4f} ({used} {test_images} test images), after {hist.steps} steps, "
           f"{hist.images_per_s:.0f} train images/s")
 
     metrics = dict(

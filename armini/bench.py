@@ -16,6 +16,8 @@ schedule over the number of steps a short probe run says fits the budget), then 
     unit                 what test_bpd measures (the model's unit: bits/dim, bits/token; "(bound)" for an upper bound)
     train_s_per_step     seconds per training step (the budget's clock)
     sample_s_per_image   seconds to sample `sample_n` images, divided by sample_n
+    sampling_steps       steps of the sampling loop per image (D, or fewer for a model with a step budget:
+                         --sampling-steps S sets ARDM's)
 
 Models with a fast sampler (an `init_cache` override that returns a cache) are timed both
 ways in the same run: sample_s_per_image_naive (cached=False), sample_s_per_image_cached and
@@ -139,12 +141,15 @@ def model_fields(model) -> dict:
 
 
 def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None, test_images=1000, sample_n=2,
-                seed=0, datasets=None, models=None, cpu_time=False, size=28, **model_kwargs) -> dict:
+                seed=0, datasets=None, models=None, cpu_time=False, size=28, sampling_steps=None,
+                **model_kwargs) -> dict:
     """Train one model for `budget_s` seconds and measure it; returns one JSON record.
 
     cpu_time: count the budget in CPU seconds of this process (time.process_time) instead of wall-clock
     seconds; size: 28 (Fashion-MNIST as it comes), 14 or 7 (the area-averaged views); model_kwargs go to the
-    model's constructor (e.g. channels=64); models: a dict that receives the trained model under `name`."""
+    model's constructor (e.g. channels=64); models: a dict that receives the trained model under `name`;
+    sampling_steps: a sampling budget for models that can fill several dimensions per step (see
+    set_sampling_budget); the record's `sampling_steps` says how many steps sampling took."""
     from armini import data, train
 
     check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n)
@@ -178,6 +183,8 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
         data_source=train_set.source, sample_n=sample_n,
     )
     record["train_s_per_step"] = hist.train_s / max(hist.steps, 1)
+    set_sampling_budget(model, sampling_steps, test_set)
+    record["sampling_steps"] = len(model.sampling_steps())  # D for one dimension per step
     if has_fast_sampler(model):
         naive, x_naive = time_sampling(model, sample_n, seed, cached=False)
         cached, x_cached = time_sampling(model, sample_n, seed, cached=True)
@@ -192,6 +199,16 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
     if models is not None:
         models[name] = model
     return record
+
+
+def set_sampling_budget(model, steps, test_set, held_out: int = 128):
+    """Give a model with a step budget (ARDM's set_budget) `steps` sampling steps, planned from its per-step
+    losses on the first `held_out` test images. Models that fill one dimension per step ignore it."""
+    if steps is None or not callable(getattr(model, "set_budget", None)):
+        return
+    x = test_set.images[:held_out].to(model.model_device)
+    model.measure_step_losses(x, stride=max(1, model.dims // 64))  # every stride-th t, interpolated between
+    model.set_budget(min(int(steps), model.dims))
 
 
 def check_settings(budget_s: float, test_images: int, sample_n: int):
@@ -466,6 +483,9 @@ def build_parser():
                    help="test subset size (default 1000; 200 in quick mode)")
     p.add_argument("--sample-n", type=cli.positive_int, default=None,
                    help="images sampled for timing, at least 1 (default 2; 1 in quick mode)")
+    p.add_argument("--sampling-steps", type=cli.positive_int, default=None,
+                   help="sampling budget for models that fill several dimensions per step (ardm): S steps, "
+                        "planned from per-step losses on held-out images (default: one dimension per step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu-time", action="store_true",
                    help="budget in CPU seconds of this process (time.process_time), not wall-clock seconds: "
@@ -514,7 +534,8 @@ def run(args, parser) -> list:
         print(f"benchmarking {name} on {dev} for {budget_s:g} s ...", flush=True)
         records.append(bench_model(name, budget_s=budget_s, device=dev, batch_size=args.batch_size, lr=args.lr,
                                    test_images=test_images, sample_n=sample_n, seed=args.seed, datasets=datasets,
-                                   cpu_time=args.cpu_time, size=args.size, **model_kwargs))
+                                   cpu_time=args.cpu_time, size=args.size, sampling_steps=args.sampling_steps,
+                                   **model_kwargs))
         if args.json:
             save_records(records, args.json)  # after every model: a run that stops midway keeps what it measured
     print()

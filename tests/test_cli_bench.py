@@ -194,3 +194,19 @@ def test_kendall_tau():
     assert bench.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / 3)  # the tied pair counts as neither
     with pytest.raises(ValueError, match="same length"):
         bench.kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_bench_order_agnostic_models_record_orders_and_sampling_steps(monkeypatch):
+    """lmconv reports its orders; ardm samples in the --sampling-steps budget it is given, planned from
+    per-step losses on held-out images, and its unit says the test figure is a bound."""
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    ardm = bench.bench_model("ardm", budget_s=0.3, device="cpu", test_images=8, sample_n=1, size=7,
+                             sampling_steps=5, channels=8, mults=(1,), emb_dim=8)
+    assert ardm["sampling_steps"] == 5 and ardm["budget"] == 5 and ardm["order_set"] == "random"
+    assert ardm["unit"] == "bits/dim (bound)" and np.isfinite(ardm["test_bpd"])
+    lmconv = bench.bench_model("lmconv", budget_s=0.3, device="cpu", test_images=8, sample_n=1, size=7,
+                               nr_filters=8, nr_resnet=1)
+    assert lmconv["orders"] == 1 and lmconv["train_orders"] == 8 and lmconv["sampling_steps"] == 49
+    pixelcnn = bench.bench_model("pixelcnn", budget_s=0.3, device="cpu", test_images=8, sample_n=1, size=7,
+                                 sampling_steps=5, channels=8, n_blocks=1)
+    assert pixelcnn["sampling_steps"] == 49  # one pixel per step: a budget does not apply

@@ -362,5 +362,10 @@ class ARDM(ARModel):
             order = random_ranks(1, self.dims, generator)[0]  # a random permutation of the D positions
         return super().sample(n, order=order, generator=generator, **kwargs)
 
+    def bench_fields(self) -> dict:
+        """What armini.bench adds to this model's record: its test bits/dim are a one-draw ELBO over random
+        orders (an upper bound), and the sampling budget (None: one dimension per step)."""
+        return {"order_set": "random", "budget": self.budget}
+
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", budget={self.budget} steps" if self.step_sizes else "")
