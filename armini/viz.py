@@ -8,10 +8,12 @@ values in [0, K), as everywhere in armini; K = levels.
     viz.show_images(model.sample(16), levels=model.levels)
     viz.plot_context(model, target=(0, 14, 14))      # what does pixel (14, 14) see?
     viz.SamplingScrubber(model, n=4)                 # a slider over sampling steps (in Jupyter)
+    viz.CompletionExplorer(model, test.images[:8])   # complete a masked image, then scrub (lesson 09)
 """
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -22,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from . import causality
 from . import env_flag
+from . import orders as orders_lib
 from .models.base import LN2
 from .sampling_record import SamplingRecord
 
@@ -471,6 +474,300 @@ class SamplingScrubber:
         fig = self.static(frames, width=STRIP_WIDTH, one_image=True)
         if _display(fig):
             plt.close(fig)  # shown once; the inline backend would show it again
+
+    def _ipython_display_(self):
+        self.show()
+
+
+# --------------------------------------------------------------------------- completion
+PRESETS = ("left half", "top half", "centre", "random 50%", "drawn")  # "centre": the central block missing
+MODEL_ORDER = "model's order"  # the order choice that asks the model (completion_order, or its own fixed order)
+GRID_MAX = 14  # the click grid has one button per pixel up to 14 x 14, else blocks in a grid of about 7 x 7
+
+
+def preset_mask(name: str, H: int, W: int, generator=None) -> torch.Tensor:
+    """The observed pixels of a mask preset: (H, W) bool, True where the pixel is given.
+
+    "random 50%" draws from `generator` (a torch.Generator, for the same mask every time)."""
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    if name == "left half":
+        mask[:, : W // 2] = True
+    elif name == "top half":
+        mask[: H // 2] = True
+    elif name == "centre":  # everything but the central block of half the size (rows 4-10 of 14)
+        h, w = H // 2, W // 2
+        top, left = (H - h + 1) // 2, (W - w + 1) // 2
+        mask[:] = True
+        mask[top:top + h, left:left + w] = False
+    elif name == "random 50%":
+        mask = torch.rand(H, W, generator=generator) < 0.5
+    else:
+        raise ValueError(f"no mask preset {name!r}; presets: {', '.join(PRESETS[:-1])}")
+    return mask
+
+
+def click_grid_shape(H: int, W: int) -> tuple:
+    """(rows, cols, block) of the click grid: one button per pixel up to GRID_MAX x GRID_MAX,
+    else one per block of block x block pixels, about 7 x 7 buttons."""
+    if max(H, W) <= GRID_MAX:
+        return H, W, 1
+    block = math.ceil(max(H, W) / 7)
+    return math.ceil(H / block), math.ceil(W / block), block
+
+
+class CompletionExplorer:
+    """Complete an image from part of it, then scrub through the filling (lesson 09).
+
+    Pick an image, which pixels are observed (a preset, or "drawn": click the pixels on a grid),
+    an order, and press "complete": the model samples the missing pixels once with the observed
+    ones kept (a SamplingRecord), and a SamplingScrubber below scrubs through the steps.
+
+        ex = viz.CompletionExplorer(model, test.images[:8])
+        ex                                               # in Jupyter: the widget (a strip below it)
+        ex.observed_mask("centre")                       # (H, W) bool, True where the pixel is given
+        rec = ex.complete(image=0, preset="centre", order="hilbert")   # the run, as a SamplingRecord
+        ex.note("centre")                                # what the order lets each missing pixel see
+
+    Orders. A model that can follow any order (any_order=True, e.g. LMConv) offers MODEL_ORDER (its
+    completion_order(observed)), the named orders of armini.orders, "random" and the `orders` you
+    pass ({name: (H*W,) pixel order}); each is made observed-first with orders.observed_first, so
+    every missing pixel sees every observed one. A fixed-order model (PixelCNN) offers only its own
+    order, in which some observed pixels may come after missing ones: `note` counts them.
+
+    presets: {name: (H, W) bool mask} added to the built-in PRESETS. generator_seed seeds the
+    "random 50%" mask, the "random" order and every completion. In static mode (static_mode()) or
+    outside IPython, showing it draws a static strip of the default completion: image 0, the first
+    preset, the model's order.
+    """
+
+    def __init__(self, model, images, presets=None, orders=None, generator_seed=0):
+        if len(model.shape) != 3:
+            raise ValueError(f"CompletionExplorer completes images (C, H, W); this model's shape is {model.shape}")
+        self.model, self.seed = model, int(generator_seed)
+        _, self.H, self.W = model.shape
+        self.images = self._check_images(images)  # (N, C, H, W) long
+        self.masks = self._preset_masks(presets or {})  # {name: (H, W) bool}, "drawn" aside
+        self.orders = self._named_orders(orders or {})  # {name: (H*W,)}; empty for a fixed-order model
+        self.grid = click_grid_shape(self.H, self.W)  # (rows, cols, block)
+        self.drawn = torch.zeros(self.grid[:2], dtype=torch.bool)  # the click grid: True = observed
+        self.record, self.scrubber, self._widget = None, None, None
+
+    # ------------------------------------------------------------------ choices
+    def _check_images(self, images) -> torch.Tensor:
+        images = torch.as_tensor(getattr(images, "images", images))  # a Dataset or a tensor
+        if images.dim() != 4 or tuple(images.shape[1:]) != tuple(self.model.shape) or len(images) == 0:
+            raise ValueError(f"images must be a tensor (N, C, H, W) of images shaped like the model's "
+                             f"{tuple(self.model.shape)}, N >= 1; got shape {tuple(images.shape)}")
+        return images.long().cpu()
+
+    def _preset_masks(self, extra: dict) -> dict:
+        g = torch.Generator().manual_seed(self.seed)
+        masks = {name: preset_mask(name, self.H, self.W, g) for name in PRESETS[:-1]}
+        for name, mask in extra.items():
+            if name == "drawn":
+                raise ValueError('"drawn" is the click grid\'s preset: give your mask another name')
+            masks[name] = self._pixel_mask(mask, f"preset {name!r}")
+        return masks
+
+    def _named_orders(self, extra: dict) -> dict:
+        if not self.model.any_order:
+            if extra:
+                raise ValueError(self._fixed_order_message(next(iter(extra))))
+            return {}
+        g = torch.Generator().manual_seed(self.seed)
+        named = {name: orders_lib.named(name, self.H, self.W) for name in orders_lib.NAMED}
+        named["random"] = orders_lib.random_order(self.H, self.W, g)
+        for name, order in extra.items():
+            named[name] = orders_lib.check_order(order, self.H * self.W, f"order {name!r}")
+        return named
+
+    @property
+    def preset_names(self) -> list:
+        """The mask presets to choose from, "drawn" (the click grid) last."""
+        return list(self.masks) + ["drawn"]
+
+    @property
+    def order_names(self) -> list:
+        """The orders to choose from: MODEL_ORDER, then (any-order models only) the named ones."""
+        return [MODEL_ORDER] + list(self.orders)
+
+    # ------------------------------------------------------------------ masks
+    def _pixel_mask(self, mask, what: str) -> torch.Tensor:
+        mask = torch.as_tensor(mask, dtype=torch.bool).cpu()
+        if mask.numel() != self.H * self.W:
+            raise ValueError(f"{what} must mark the {self.H}x{self.W} pixels (True: observed), "
+                             f"got shape {tuple(mask.shape)}")
+        return mask.reshape(self.H, self.W)
+
+    def _drawn_mask(self, drawn) -> torch.Tensor:
+        """A drawn mask, (H, W) pixels or the click grid's (rows, cols) blocks, as (H, W) pixels."""
+        drawn = torch.as_tensor(drawn, dtype=torch.bool).cpu()
+        rows, cols, block = self.grid
+        if tuple(drawn.shape) == (rows, cols):  # blocks -> pixels
+            return drawn.repeat_interleave(block, 0).repeat_interleave(block, 1)[: self.H, : self.W]
+        return self._pixel_mask(drawn, f"drawn (or the {rows}x{cols} click grid)")
+
+    def observed_mask(self, preset: str, drawn=None) -> torch.Tensor:
+        """The observed pixels of `preset`, (H, W) bool (True: given). For "drawn": the mask `drawn`
+        ((H, W) pixels or the click grid's blocks), or the click grid as it stands."""
+        if preset == "drawn":
+            return self._drawn_mask(self.drawn if drawn is None else drawn)
+        if preset not in self.masks:
+            raise ValueError(f"no mask preset {preset!r}; choose one of: {', '.join(self.preset_names)}")
+        if drawn is not None:
+            raise ValueError(f"drawn= goes with preset='drawn', not with {preset!r}")
+        return self.masks[preset].clone()
+
+    # ------------------------------------------------------------------ orders
+    def _fixed_order_message(self, order) -> str:
+        name = type(self.model).__name__
+        return (f"{name} generates in one fixed order (its generation_order(), which its masks are built for), "
+                f"so it cannot complete in order {order!r}: its only choice is {MODEL_ORDER!r}. To choose the "
+                "order, use a model that can follow any order (any_order=True, e.g. LMConv)")
+
+    def _base_order(self, order) -> torch.Tensor:
+        """A named order, or an (H*W,) pixel order checked."""
+        if isinstance(order, str):
+            if order not in self.orders:
+                raise ValueError(f"no order {order!r}; choose one of: {', '.join(self.order_names)}")
+            return self.orders[order]
+        return orders_lib.check_order(order, self.H * self.W, "order")
+
+    def _model_choice(self, observed) -> torch.Tensor:
+        """The model's own completion order, or observed_first of its generation order's pixels."""
+        if hasattr(self.model, "completion_order"):
+            return self.model.completion_order(observed)
+        dims = self.model.generation_order().cpu()  # (D,) each pixel's channel 0 is its pixel index
+        return orders_lib.observed_first(observed, dims[dims < self.H * self.W])
+
+    def completion_order(self, observed, order=None):
+        """The (H*W,) pixel order to complete in, every observed pixel first; None for a fixed-order
+        model (it follows its own order). order: None or MODEL_ORDER, a name of order_names, or a pixel order."""
+        if not self.model.any_order:
+            if order is None or order == MODEL_ORDER:
+                return None
+            if isinstance(order, str):
+                raise ValueError(self._fixed_order_message(order))
+            return self.model.resolve_order(order)  # its own order: None; another: the model's clear error
+        if order is None or order == MODEL_ORDER:
+            return self._model_choice(observed)
+        return orders_lib.observed_first(observed, self._base_order(order))
+
+    def late_observed(self, observed) -> int:
+        """How many observed pixels come after the first missing one in the model's own order
+        (the missing pixels before them cannot see them)."""
+        C = self.model.shape[0]
+        given = observed.expand(C, self.H, self.W).reshape(-1)  # (D,)
+        if bool(given.all()):
+            return 0
+        rank = orders_lib.rank(self.model.generation_order().cpu())  # (D,) step of each dimension
+        late = given & (rank > rank[~given].min())  # (D,)
+        return int(late.view(C, self.H, self.W).any(0).sum())
+
+    def note(self, preset: str, order=None, drawn=None) -> str:
+        """One sentence on what the missing pixels see in this completion."""
+        observed = self.observed_mask(preset, drawn)
+        name, given = type(self.model).__name__, int(observed.sum())
+        if given == 0:
+            return f"Nothing is observed: {name} samples a whole new image (click pixels on the grid to keep them)."
+        if self.completion_order(observed, order) is not None:
+            return (f"{name} visits the {given} observed pixels first (copied, not sampled), then generates the "
+                    f"{observed.numel() - given} missing ones: each missing pixel sees every observed one.")
+        late = self.late_observed(observed)
+        if late == 0:
+            return f"{name} follows its own order, in which all {given} observed pixels come first."
+        return (f"{name} follows its own fixed order, in which {late} of the {given} observed pixels come after "
+                "missing ones: they are kept, but the missing pixels before them cannot see them. A model that "
+                "follows any order (LMConv) visits every observed pixel first.")
+
+    # ------------------------------------------------------------------ completing
+    def complete(self, image: int = 0, preset: str = PRESETS[0], order=None, drawn=None) -> SamplingRecord:
+        """Complete image `image` from the pixels of `preset` (see observed_mask) in `order` (see
+        completion_order): one sampling run with the observed pixels kept, recorded step by step."""
+        if not 0 <= int(image) < len(self.images):
+            raise IndexError(f"image must be 0..{len(self.images) - 1}, got {image}")
+        observed = self.observed_mask(preset, drawn)  # (H, W)
+        pixel_order = self.completion_order(observed, order)  # (H*W,) or None
+        dev = self.model.model_device
+        x = self.images[int(image)][None].to(dev)  # (1, C, H, W)
+        return SamplingRecord.run(self.model, 1, x=x, observed=observed[None, None].to(dev), order=pixel_order,
+                                  generator=torch.Generator(dev).manual_seed(self.seed))
+
+    def static(self, frames: int = 6):
+        """A strip of `frames` steps of the default completion (image 0, the first preset, the model's order)."""
+        preset = self.preset_names[0]
+        record = self.complete(0, preset)
+        fig = SamplingScrubber.from_record(record, self.model.levels).static(frames, STRIP_WIDTH, one_image=True)
+        width = int(14 * fig.get_size_inches()[0])  # characters in a line: about 14 an inch at font size 9
+        title = textwrap.fill(f"{preset} observed: {self.note(preset)}", width)
+        fig.suptitle(title, y=1.0, va="bottom", fontsize=9)
+        return fig
+
+    # ------------------------------------------------------------------ widget
+    def widget(self):
+        """The ipywidgets VBox: image, mask preset, order and "complete" above the click grid (shown
+        for "drawn"), a note on the order, and the scrubber of the latest completion."""
+        if self._widget is None:
+            import ipywidgets as w
+
+            self._parts = self._controls(w)
+            p = self._parts
+            for key in ("preset", "order"):
+                p[key].observe(self._on_choice, names="value")
+            p["complete"].on_click(self._on_complete)
+            self._widget = w.VBox([w.HBox([p["image"], p["preset"], p["order"], p["complete"]]),
+                                   p["grid"], p["note"], p["output"]])
+            self._on_choice()
+        return self._widget
+
+    def _controls(self, w) -> dict:
+        return {"image": w.IntSlider(value=0, min=0, max=len(self.images) - 1, description="image"),
+                "preset": w.Dropdown(options=self.preset_names, description="observed"),
+                "order": w.Dropdown(options=self.order_names, description="order"),
+                "complete": w.Button(description="complete", button_style="primary"),
+                "grid": self._click_grid(w), "note": w.HTML(), "output": w.Output()}
+
+    def _click_grid(self, w):
+        """One ToggleButton per pixel (or block): pressed = observed."""
+        rows, cols, _ = self.grid
+        self.buttons = [w.ToggleButton(value=bool(v), layout=w.Layout(width="22px", height="22px", padding="0"))
+                        for v in self.drawn.flatten()]
+        for k, button in enumerate(self.buttons):
+            button.observe(lambda change, k=k: self._on_click(k, change["new"]), names="value")
+        return w.GridBox(self.buttons, layout=w.Layout(grid_template_columns=f"repeat({cols}, 23px)"))
+
+    def _on_click(self, k: int, pressed: bool):
+        self.drawn.view(-1)[k] = bool(pressed)
+        self._on_choice()
+
+    def _on_choice(self, change=None):
+        """Show the click grid for "drawn" only, and say what the chosen order lets the missing pixels see."""
+        p = self._parts
+        p["grid"].layout.display = None if p["preset"].value == "drawn" else "none"
+        p["note"].value = self.note(p["preset"].value, p["order"].value)
+
+    def _on_complete(self, button=None):
+        """The "complete" button: sample once, then show a scrubber over the steps."""
+        p = self._parts
+        self.record = self.complete(p["image"].value, p["preset"].value, p["order"].value)
+        self.scrubber = SamplingScrubber.from_record(self.record, self.model.levels)
+        scrubber_box = self.scrubber.widget()
+        from IPython import get_ipython
+
+        if get_ipython() is None:
+            return  # no front end (a test, a script): keep the record and the scrubber
+        p["output"].clear_output(wait=True)
+        with p["output"]:
+            _display(scrubber_box)
+
+    def show(self, frames: int = 6):
+        """Display the widget with a static strip of the default completion below it (for rendered pages);
+        in static mode (static_mode()) the strip alone. Outside IPython the strip is left open for plt.savefig."""
+        if not static_mode():
+            _display(self.widget())
+        fig = self.static(frames)
+        if _display(fig):
+            plt.close(fig)
 
     def _ipython_display_(self):
         self.show()

@@ -257,3 +257,141 @@ def test_scrubber_draws_several_dimensions_per_step_and_video_frames():
     assert "frame 1" in fig.axes[0].get_title() and "9 dimensions at once" in fig.axes[0].get_title()
     assert len(fig.axes[0].patches) == 9  # every pixel filled at that step is boxed
     assert torch.equal(rec.partial(0)[0, 1], torch.zeros(C, H, W)) and torch.equal(rec.partial(1), final)
+
+
+# ------------------------------------------------------------------------- completion explorer
+@pytest.fixture
+def explorer():
+    from armini.models import LMConv
+
+    torch.manual_seed(0)
+    model = LMConv(shape=(1, 6, 6), levels=4, nr_filters=8)
+    images = torch.randint(4, (3, 1, 6, 6), generator=torch.Generator().manual_seed(0))
+    return viz.CompletionExplorer(model, images, generator_seed=0)
+
+
+def test_completion_presets_mark_the_observed_pixels(explorer):
+    masks = {name: explorer.observed_mask(name).int() for name in ("left half", "top half", "centre")}
+    assert masks["left half"].tolist() == [[1, 1, 1, 0, 0, 0]] * 6
+    assert masks["top half"].tolist() == [[1] * 6] * 3 + [[0] * 6] * 3
+    centre = torch.ones(6, 6, dtype=torch.int)
+    centre[2:5, 2:5] = 0  # the central 3x3 block missing
+    assert torch.equal(masks["centre"], centre)
+    half = explorer.observed_mask("random 50%")
+    assert 6 <= int(half.sum()) <= 30 and torch.equal(half, explorer.observed_mask("random 50%"))  # seeded
+    assert explorer.preset_names == list(viz.PRESETS)
+    assert not explorer.observed_mask("drawn").any()  # the click grid starts empty
+
+
+@pytest.mark.parametrize("preset", ["left half", "top half", "centre", "random 50%"])
+def test_completion_keeps_the_observed_pixels_and_visits_them_first(explorer, preset):
+    observed = explorer.observed_mask(preset)
+    record = explorer.complete(image=1, preset=preset, order=None)
+    x = explorer.images[1]
+    assert torch.equal(record.final[0][:, observed], x[:, observed])  # observed pixels kept as they were
+    visited = torch.cat(record.positions)  # the flat pixels in the order they were filled (C = 1)
+    n = int(observed.sum())
+    assert torch.equal(visited.sort().values, torch.arange(36))
+    assert observed.flatten()[visited[:n]].all() and not observed.flatten()[visited[n:]].any()
+    assert (record.step_of[0, observed.flatten()] == -1).all()  # the scrubber shows them as given
+
+
+def test_completion_follows_a_named_order_after_the_observed_pixels(explorer):
+    record = explorer.complete(preset="left half", order="hilbert")
+    visited = torch.cat(record.positions)
+    observed = explorer.observed_mask("left half").flatten()
+    assert torch.equal(visited, orders.observed_first(observed, orders.hilbert(6, 6)))
+    assert explorer.order_names[0] == viz.MODEL_ORDER and {"raster", "s-curve", "hilbert", "random"} <= set(
+        explorer.order_names)
+    with pytest.raises(ValueError, match="no order 'zigzag'.*hilbert"):
+        explorer.complete(order="zigzag")
+
+
+def test_completion_from_a_drawn_mask_pixels_or_blocks(explorer):
+    drawn = torch.zeros(6, 6, dtype=torch.bool)
+    drawn[0, :] = drawn[:, 0] = True
+    record = explorer.complete(image=2, preset="drawn", drawn=drawn)
+    assert torch.equal(record.final[0, 0][drawn], explorer.images[2, 0][drawn])
+    assert observed_first_count(record, drawn) == 11  # the 11 drawn pixels come first
+    # a 28x28 image gets a 7x7 grid of 4x4 blocks
+    from armini.models import LMConv
+
+    big = viz.CompletionExplorer(LMConv(shape=(1, 28, 28), levels=4, nr_filters=4), torch.zeros(1, 1, 28, 28))
+    assert big.grid == (7, 7, 4)
+    blocks = torch.zeros(7, 7, dtype=torch.bool)
+    blocks[0, 1] = True
+    mask = big.observed_mask("drawn", blocks)
+    assert mask.shape == (28, 28) and int(mask.sum()) == 16 and mask[:4, 4:8].all()
+    with pytest.raises(ValueError, match="28x28 pixels"):
+        big.observed_mask("drawn", torch.ones(5, 5))
+
+
+def observed_first_count(record, observed):
+    """How many of the first steps filled observed pixels, before the first missing one."""
+    given = observed.flatten()[torch.cat(record.positions)]
+    return int(given.int().cumprod(0).sum())
+
+
+def test_completion_names_the_presets_when_one_is_wrong(explorer):
+    with pytest.raises(ValueError, match="no mask preset 'center'; choose one of: left half, top half, centre, "
+                                         "random 50%, drawn"):
+        explorer.complete(preset="center")
+    with pytest.raises(ValueError, match="drawn= goes with preset='drawn'"):
+        explorer.observed_mask("centre", drawn=torch.ones(6, 6))
+    with pytest.raises(IndexError, match=r"image must be 0\.\.2"):
+        explorer.complete(image=3)
+    with pytest.raises(ValueError, match=r"shaped like the model's \(1, 6, 6\)"):
+        viz.CompletionExplorer(explorer.model, torch.zeros(2, 1, 5, 5))
+
+
+def test_a_fixed_order_model_is_refused_another_order_and_told_what_it_cannot_see():
+    model = small_pixelcnn(shape=(1, 6, 6))
+    images = torch.randint(4, (2, 1, 6, 6), generator=torch.Generator().manual_seed(1))
+    ex = viz.CompletionExplorer(model, images)
+    assert ex.order_names == [viz.MODEL_ORDER]
+    with pytest.raises(ValueError, match="PixelCNN generates in one fixed order.*cannot complete in order 'hilbert'"):
+        ex.complete(preset="left half", order="hilbert")
+    with pytest.raises(ValueError, match="PixelCNN generates in one fixed order"):
+        ex.complete(preset="left half", order=orders.s_curve(6, 6))
+    with pytest.raises(ValueError, match="PixelCNN generates in one fixed order"):
+        viz.CompletionExplorer(model, images, orders={"s-curve": orders.s_curve(6, 6)})
+    record = ex.complete(preset="left half")  # its own raster order, observed pixels kept
+    observed = ex.observed_mask("left half")
+    assert torch.equal(torch.cat(record.positions), torch.arange(36))
+    assert torch.equal(record.final[0][:, observed], images[0][:, observed])
+    assert ex.late_observed(observed) == 15  # rows 1-5's left halves come after row 0's missing pixels
+    assert "15 of the 18 observed pixels come after missing ones" in ex.note("left half")
+    assert ex.late_observed(ex.observed_mask("top half")) == 0
+    assert "all 18 observed pixels come first" in ex.note("top half")
+
+
+def test_completion_widget_draws_clicks_and_scrubs(explorer):
+    import ipywidgets
+
+    box = explorer.widget()
+    assert isinstance(box, ipywidgets.VBox)
+    parts = explorer._parts
+    assert parts["grid"].layout.display == "none"  # the click grid only for "drawn"
+    parts["preset"].value = "drawn"
+    assert parts["grid"].layout.display != "none" and len(explorer.buttons) == 36
+    assert parts["note"].value.startswith("Nothing is observed")
+    explorer.buttons[0].value = explorer.buttons[7].value = True  # click pixels (0, 0) and (1, 1)
+    assert explorer.observed_mask("drawn").nonzero().tolist() == [[0, 0], [1, 1]]
+    assert "visits the 2 observed pixels first" in parts["note"].value
+    parts["image"].value = 1
+    parts["complete"].click()
+    rec = explorer.record
+    assert rec.steps == 36 and rec.final[0, 0, 0, 0] == explorer.images[1, 0, 0, 0]
+    assert explorer.scrubber.slider.max == 36  # the scrubber over that completion
+    explorer.scrubber.slider.value = 5
+    assert explorer.scrubber.current == 4
+
+
+def test_completion_explorer_shows_a_static_strip_outside_ipython(explorer, monkeypatch):
+    monkeypatch.setenv("ARMINI_STATIC", "1")
+    before = set(plt.get_fignums())
+    explorer.show(frames=4)
+    new = set(plt.get_fignums()) - before
+    assert len(new) == 1
+    fig = plt.figure(new.pop())
+    assert len(fig.axes) == 8 and "left half observed" in fig._suptitle.get_text()
