@@ -1,4 +1,7 @@
 """Small pieces several test files share (pytest puts tests/ on sys.path: `from helpers import ...`)."""
+import itertools
+import math
+
 import torch
 
 from armini import class_labels  # noqa: F401  (labels 0, 1, 2, ... for conditional models; None otherwise)
@@ -14,3 +17,10 @@ def train_a_little(model, steps=3, batch=8, lr=1e-2, seed=1):
         model.loss(x, class_labels(model, batch)).backward()
         opt.step()
     return model
+
+
+def all_images(shape, levels):
+    """Every image of this shape: (levels ** D, *shape), so normalisation can be summed exactly."""
+    D = math.prod(shape)
+    grid = torch.tensor(list(itertools.product(range(levels), repeat=D)))  # (K^D, D)
+    return grid.view(-1, *shape)

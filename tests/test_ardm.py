@@ -15,6 +15,7 @@ import torch
 from armini import train
 from armini.causality import check_causality
 from armini.models.ardm import ARDM, ardm_nll, plan_steps, policy_bits, random_ranks
+from helpers import all_images
 
 LN2 = math.log(2.0)
 
@@ -36,10 +37,6 @@ def fit_a_little(model, x, steps=20, lr=1e-2):
         losses.append(loss.item())
     return losses
 
-
-def all_images(shape, levels):
-    D = math.prod(shape)
-    return torch.tensor(list(itertools.product(range(levels), repeat=D))).view(-1, *shape)
 
 
 # ------------------------------------------------------------------------------ the estimator

@@ -19,6 +19,7 @@ from armini.nn import locally_masked
 from armini.nn.locally_masked import LocallyMaskedConv2d, cached_local_mask, local_mask
 from armini.nn.masked import MaskedConv2d
 from armini.train import model_kwargs
+from helpers import all_images
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +49,6 @@ def train_steps(model, steps=4, lr=5e-3):
         model.loss(x).backward()
         opt.step()
 
-
-def all_images(shape, levels):
-    D = math.prod(shape)
-    return torch.tensor(list(itertools.product(range(levels), repeat=D))).view(-1, *shape)  # (K^D, *shape)
 
 
 def one_step_too_early(order, H, W, kernel_size=3, dilation=1, mask_type="B"):

@@ -7,7 +7,6 @@ reproducibly, agree with its own likelihood while sampling, and reject bad input
 message. PixelCNN gets extra tests: its RGB channel masks, masks applied in forward, broken
 masks caught by the causality inspector, and its blind spot.
 """
-import itertools
 import math
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from armini.causality import assert_causal, check_causality
 from armini.models import MODELS, PixelCNN
 from armini.nn.masked import causal_mask
+from helpers import all_images
 
 NAMES = sorted(MODELS)
 SHAPES = [((1, 6, 6), 4), ((3, 4, 4), 3)]  # (shape, levels): grayscale, RGB
@@ -54,12 +54,6 @@ def train_steps(model, steps=5, lr=5e-3):
         losses.append(loss.item())
     return losses
 
-
-def all_images(shape, levels):
-    """Every image of this shape: (levels ** D, C, H, W)."""
-    D = math.prod(shape)
-    grid = torch.tensor(list(itertools.product(range(levels), repeat=D)))  # (K^D, D)
-    return grid.view(-1, *shape)
 
 
 @pytest.fixture(params=[(n, s, k) for n in NAMES for s, k in SHAPES], ids=lambda p: f"{p[0]}-{p[1][0]}ch")

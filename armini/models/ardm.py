@@ -58,6 +58,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..nn.inputs import to_unit_range
 from ..nn.unet import UNet
 from .base import LN2, ARModel
 
@@ -173,7 +174,7 @@ class ARDM(ARModel):
     def network_input(self, x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) integers and the given mask -> (B, 2C, H, W): values scaled to [-1, 1], with the
         dimensions not given set to 0 (the middle value: the absorbing state), then the mask itself."""
-        v = x.to(self.model_dtype) * (2.0 / (self.levels - 1)) - 1.0  # (B, C, H, W) in [-1, 1]
+        v = to_unit_range(x.to(self.model_dtype), self.levels)  # (B, C, H, W) in [-1, 1]
         v = torch.where(given, v, torch.zeros_like(v))  # masked: the middle value, whatever x held
         return torch.cat([v, given.to(v.dtype)], dim=1)  # (B, 2C, H, W)
 
