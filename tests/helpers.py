@@ -24,3 +24,22 @@ def all_images(shape, levels):
     D = math.prod(shape)
     grid = torch.tensor(list(itertools.product(range(levels), repeat=D)))  # (K^D, D)
     return grid.view(-1, *shape)
+
+
+# Wrong ARDM losses (log p (B, D), given (B, D) bool, t (B,) counted from 0 -> (B,) nats): the library's
+# unbiasedness test and lesson 10's check both show that each one is caught.
+def ardm_weight_off_by_one(logp, given, t):
+    """The paper's weight for t counted from 1, D / (D - t + 1), used with t counted from 0."""
+    D = logp.shape[1]
+    return D / (D - t + 1) * -(logp * ~given).sum(1)
+
+
+def ardm_weight_missing(logp, given, t):
+    """The absorbed dimensions' NLL without the D / (D - t) weight."""
+    return -(logp * ~given).sum(1)
+
+
+def ardm_scores_given_dims(logp, given, t):
+    """The right weight on the wrong dimensions: the given ones."""
+    D = logp.shape[1]
+    return D / (D - t) * -(logp * given).sum(1)

@@ -15,7 +15,7 @@ import torch
 from armini import train
 from armini.causality import check_causality
 from armini.models.ardm import ARDM, ardm_nll, plan_steps, policy_bits, random_ranks
-from helpers import all_images
+from helpers import all_images, ardm_scores_given_dims, ardm_weight_missing, ardm_weight_off_by_one
 
 LN2 = math.log(2.0)
 
@@ -38,23 +38,7 @@ def fit_a_little(model, x, steps=20, lr=1e-2):
     return losses
 
 
-
 # ------------------------------------------------------------------------------ the estimator
-def off_by_one(logp, given, t):
-    """The weight counted from 1 with t counted from 0: D / (D - t + 1)."""
-    D = logp.shape[1]
-    return D / (D - t + 1) * -(logp * ~given).sum(1)
-
-
-def unweighted(logp, given, t):
-    return -(logp * ~given).sum(1)
-
-
-def given_dims_scored(logp, given, t):
-    D = logp.shape[1]
-    return D / (D - t) * -(logp * given).sum(1)
-
-
 def expected_estimate(model, x, estimator):
     """E over t in {0..D-1} and every order sigma of estimator(log p, given, t), exactly: (B,) nats."""
     D = model.dims
@@ -84,7 +68,7 @@ def test_the_ardm_estimate_is_unbiased_for_the_order_averaged_nll():
     fit_a_little(model, x[::3], steps=15)  # conditionals that differ between orders and steps
     exact = order_averaged_nll(model, x)  # (27,)
     torch.testing.assert_close(expected_estimate(model, x, ardm_nll), exact)
-    for wrong in (off_by_one, unweighted, given_dims_scored):  # each would bias the bound
+    for wrong in (ardm_weight_off_by_one, ardm_weight_missing, ardm_scores_given_dims):  # each would bias the bound
         assert not torch.allclose(expected_estimate(model, x, wrong), exact, rtol=1e-3), wrong.__name__
 
 

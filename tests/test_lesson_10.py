@@ -8,6 +8,7 @@ import torch
 
 from armini.course import check
 from armini.models.ardm import ardm_nll, plan_steps, random_ranks
+from helpers import ardm_scores_given_dims, ardm_weight_missing, ardm_weight_off_by_one
 
 # ---------------------------------------------------------------------------------------------
 # the ARDM loss
@@ -30,20 +31,6 @@ def right_loss(logp, given, t):
     return D / (D - t) * -(logp * ~given).sum(1)
 
 
-def weight_off_by_one(logp, given, t):  # the paper's 1-indexed weight with t counted from 0
-    D = logp.shape[1]
-    return D / (D - t + 1) * -(logp * ~given).sum(1)
-
-
-def weight_missing(logp, given, t):
-    return -(logp * ~given).sum(1)
-
-
-def sums_given_dims(logp, given, t):
-    D = logp.shape[1]
-    return D / (D - t) * -(logp * given).sum(1)
-
-
 def mean_not_sum(logp, given, t):  # averages over the absorbed dimensions instead of reweighting
     return -(logp * ~given).sum(1) / (~given).sum(1)
 
@@ -54,7 +41,7 @@ def test_ardm_loss_right(capsys):
 
 
 def test_ardm_loss_wrong_versions_are_caught(capsys):
-    for wrong in (weight_off_by_one, weight_missing, sums_given_dims, mean_not_sum):
+    for wrong in (ardm_weight_off_by_one, ardm_weight_missing, ardm_scores_given_dims, mean_not_sum):
         assert check("ARDM loss", wrong, ardm_nll, LOSS_CASES) is ardm_nll, wrong.__name__
         out = capsys.readouterr().out
         assert out.startswith("❌ ARDM loss: case 1 of 3") and "armini's reference version" in out, (wrong.__name__, out)
