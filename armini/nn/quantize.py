@@ -1,0 +1,402 @@
+"""Quantisers: turn continuous latent vectors into codebook indices (tokens) and back.
+
+A tokenizer's encoder maps an image to a grid of vectors z_e (B, d, h, w); a quantiser replaces
+every vector by one of V codes and remembers which: the index is the token a prior models.
+
+VQ (van den Oord et al. 2017, "Neural Discrete Representation Learning"): a codebook of V
+learned vectors e_1..e_V, and the nearest one,
+
+    k = argmin_j ||z_e - e_j||^2,        z_q = e_k                                  (eq. 1-2)
+
+argmin has no gradient, so the decoder's gradient is copied to the encoder unchanged, the
+*straight-through estimator*: z_q = z_e + sg[e_k - z_e] (sg = stop-gradient, .detach()): the
+forward value is e_k, the backward is the identity. The codebook and the encoder then meet halfway:
+
+    L_vq = ||sg[z_e] - e||^2  +  beta ||z_e - sg[e]||^2                            (eq. 3)
+           codebook term          commitment term, beta = 0.25, on the ENCODER
+
+The codebook term moves codes toward the encoder outputs; the commitment term keeps the encoder
+near its code. (A widely copied codebase puts beta on the codebook term instead: wrong way round.)
+
+EMA codebook (paper's appendix; Razavi et al. 2019): no codebook loss; after every training
+batch each code becomes the running mean of the vectors assigned to it,
+
+    N_i <- g N_i + (1 - g) n_i,    m_i <- g m_i + (1 - g) sum_{z assigned to i} z,    e_i = m_i / N_i
+
+with g = 0.99 and Laplace smoothing of the counts, N_i <- (N_i + eps) / (N + V eps) * N, so no
+N_i is zero. With g = 0 that is exactly k-means' update step (the mean of each cluster).
+Dead codes (running count below a threshold, about 1) are restarted at random current encoder
+outputs, with their running sum and count reset too (else e_i = m_i / N_i would put them back).
+
+FSQ (Mentzer et al. 2023, "Finite Scalar Quantization"): no codebook at all. Each of a few
+channels is bounded with tanh and rounded to L_c levels; the implicit codebook is the grid of
+prod_c L_c points, e.g. levels (8, 5, 5, 5) = 1000 codes; straight-through on the rounding. No
+codebook loss, and nothing can collapse.
+
+Residual VQ (Lee et al. 2022, RQ-VAE): quantise z_e, then quantise what is left (the residual),
+D times, with one shared codebook; the code is the sum of the D codes, the token a (D,) stack.
+
+Deviations from the papers, stated: the VQ losses are mean squared errors (means over elements,
+not sums); residual VQ averages its D codebook and commitment terms over depths (RQ-VAE sums the
+commitment terms and learns the codebook by EMA; here the EMA option is available too).
+
+Legend: B batch, d latent channels (code size), h, w latent grid, N vectors, V codebook size,
+D residual depth.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Quantized", "nearest_code", "straight_through", "quantize", "vq_loss", "ema_update",
+           "laplace_smoothed", "fsq_bound", "round_ste", "fsq_quantize", "VectorQuantizer", "FSQ",
+           "ResidualVQ", "codebook_usage"]
+
+
+@dataclass
+class Quantized:
+    """What a quantiser returns.
+
+    z_q:             (B, d, h, w) the quantised latent, straight-through (its gradient goes to z_e)
+    indices:         (B, h, w) long token grid ((B, D, h, w) for residual VQ)
+    codebook_loss:   ||sg[z_e] - e||^2 (mean), 0 with an EMA codebook or FSQ
+    commitment_loss: ||z_e - sg[e]||^2 (mean), WITHOUT beta
+    loss:            codebook_loss + beta * commitment_loss, what the tokenizer adds to its loss
+    """
+
+    z_q: torch.Tensor
+    indices: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    loss: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- VQ, as functions
+
+
+def _flat(z: torch.Tensor) -> torch.Tensor:
+    """(B, d, h, w) -> (B*h*w, d): one row per latent vector."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """k = argmin_j ||z_n - e_j||^2 for every row: z (N, d), codebook (V, d) -> (N,) long.
+
+    ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2 (the matrix form; ||z||^2 does not change the argmin)."""
+    with torch.no_grad():  # argmin has no gradient anyway: no graph to keep
+        d2 = codebook.square().sum(1)[None, :] - 2 * z @ codebook.t()  # (N, V) up to ||z||^2
+        return d2.argmin(1)
+
+
+def straight_through(z_e: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """z_e + sg[e - z_e]: forward value e, gradient passed to z_e unchanged (none reaches e)."""
+    return z_e + (e - z_e).detach()
+
+
+def quantize(z_e: torch.Tensor, codebook: torch.Tensor):
+    """Nearest-code quantisation with the straight-through estimator.
+
+    z_e (B, d, h, w), codebook (V, d) -> (z_q (B, d, h, w), indices (B, h, w))."""
+    B, d, h, w = z_e.shape
+    k = nearest_code(_flat(z_e), codebook)  # (B*h*w,)
+    e = codebook[k].view(B, h, w, d).permute(0, 3, 1, 2)  # (B, d, h, w) the chosen codes
+    return straight_through(z_e, e), k.view(B, h, w)
+
+
+def vq_loss(z_e: torch.Tensor, e: torch.Tensor, beta: float = 0.25) -> torch.Tensor:
+    """The VQ loss (eq. 3): ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2, each a mean over elements.
+
+    z_e: encoder outputs, e: the codes chosen for them (same shape). The first term's gradient
+    reaches only the codebook, the second (beta, commitment) only the encoder."""
+    return F.mse_loss(e, z_e.detach()) + beta * F.mse_loss(z_e, e.detach())
+
+
+def laplace_smoothed(N: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(N_i + eps) / (n + V eps) * n with n = sum_i N_i: the counts, none zero, same total."""
+    n = N.sum()
+    return (N + eps) / (n + N.numel() * eps) * n
+
+
+def ema_update(N: torch.Tensor, m: torch.Tensor, z: torch.Tensor, indices: torch.Tensor,
+               decay: float = 0.99, eps: float = 1e-5):
+    """One EMA codebook step: returns (N, m, codebook) updated (new tensors).
+
+    N (V,) running counts, m (V, d) running sums, z (N, d) the batch's encoder outputs, indices (N,)
+    their codes.  N_i <- g N_i + (1-g) n_i,  m_i <- g m_i + (1-g) sum_{k_n = i} z_n,
+    e_i = m_i / N_i with Laplace-smoothed counts. With decay 0 and every code used: k-means' means."""
+    V = N.shape[0]
+    n = torch.bincount(indices, minlength=V).to(N.dtype)  # (V,) how many vectors chose each code
+    sums = torch.zeros_like(m).index_add_(0, indices, z.to(m.dtype))  # (V, d) their sum
+    N = decay * N + (1 - decay) * n
+    m = decay * m + (1 - decay) * sums
+    return N, m, m / laplace_smoothed(N, eps)[:, None]
+
+
+# ----------------------------------------------------------------------------- FSQ, as functions
+
+
+def fsq_bound(z: torch.Tensor, levels, eps: float = 1e-3) -> torch.Tensor:
+    """Bound channel c of z (B, C, ...) to L_c levels' range: tanh(z + shift) * half - offset.
+
+    half = (L - 1)(1 + eps) / 2, offset = 0.5 for even L (so the range is not symmetric: -4..3 for
+    L = 8), shift = atanh(offset / half) so that z = 0 maps to 0 (the paper's appendix writes tan)."""
+    L = torch.tensor(levels, dtype=z.dtype, device=z.device).view(1, -1, *[1] * (z.dim() - 2))  # (1, C, 1, ..)
+    half = (L - 1) * (1 + eps) / 2
+    offset = torch.where(L % 2 == 0, 0.5, 0.0)
+    shift = torch.atanh(offset / half)
+    return torch.tanh(z + shift) * half - offset
+
+
+def round_ste(z: torch.Tensor) -> torch.Tensor:
+    """round(z) forward, identity backward (straight-through)."""
+    return z + (z.round() - z).detach()
+
+
+def fsq_quantize(z: torch.Tensor, levels, eps: float = 1e-3) -> torch.Tensor:
+    """FSQ's bound-and-round: z (B, C, ...) -> codes in [-1, 1], round(bound(z)) / (L // 2) per channel."""
+    L = torch.tensor(levels, device=z.device).view(1, -1, *[1] * (z.dim() - 2))
+    return round_ste(fsq_bound(z, levels, eps)) / (L // 2)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def _zero(z: torch.Tensor) -> torch.Tensor:
+    return z.new_zeros(())
+
+
+class VectorQuantizer(nn.Module):
+    """A codebook of V vectors of size d: forward(z_e (B, d, h, w)) -> Quantized.
+
+    ema=False: the codebook is a parameter learned by the codebook term of the loss.
+    ema=True:  the codebook follows running means (buffers N, m) after every training forward;
+               no codebook loss, the commitment term is kept.
+    restart_dead (EMA only): codes whose running count N_i < dead_threshold restart at random
+               encoder outputs of the current batch (their N_i and m_i reset with them).
+    data_init: the codebook starts as random encoder outputs of the first training batch (else
+               uniform in [-1/V, 1/V], the original code's choice, which leaves most codes far from
+               every encoder output: the classic way a codebook collapses).
+    """
+
+    def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, ema: bool = False, decay: float = 0.99,
+                 eps: float = 1e-5, restart_dead: bool = False, dead_threshold: float = 1.0, data_init: bool = False):
+        super().__init__()
+        if int(codebook_size) < 2 or int(dim) < 1:
+            raise ValueError(f"a codebook needs at least 2 codes of size >= 1, got codebook_size={codebook_size}, "
+                             f"dim={dim}")
+        if restart_dead and not ema:
+            raise ValueError("restart_dead needs ema=True: dead codes are found from the running counts of the EMA "
+                             "codebook")
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}")
+        self.codebook_size, self.dim, self.beta = int(codebook_size), int(dim), float(beta)
+        self.ema, self.decay, self.eps = bool(ema), float(decay), float(eps)
+        self.restart_dead, self.dead_threshold, self.data_init = bool(restart_dead), float(dead_threshold), data_init
+        V, d = self.codebook_size, self.dim
+        init = torch.empty(V, d).uniform_(-1 / V, 1 / V)
+        if self.ema:
+            self.register_buffer("codebook", init)
+            self.register_buffer("N", torch.ones(V))  # running counts (1: e_i = m_i / N_i starts at the codebook)
+            self.register_buffer("m", init.clone())  # running sums
+        else:
+            self.codebook = nn.Parameter(init)
+        self.register_buffer("initialised", torch.tensor(not data_init))
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))  # codes restarted so far
+
+    def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Token grid (B, h, w) of the nearest codes of z_e (B, d, h, w)."""
+        B, _, h, w = z_e.shape
+        return nearest_code(_flat(z_e), self.codebook).view(B, h, w)
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes of a token grid: (B, h, w) -> (B, d, h, w)."""
+        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def init_from(self, z: torch.Tensor):
+        """Codebook <- random rows of z (N, d) (with repetition when N < V); running sums to match."""
+        pick = torch.randint(len(z), (self.codebook_size,), device=z.device)
+        self.codebook.copy_(z[pick])
+        if self.ema:
+            self.N.fill_(1.0)
+            self.m.copy_(self.codebook)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def update(self, z: torch.Tensor, indices: torch.Tensor):
+        """After a training batch (EMA only): the running means, then dead-code restarts. z (N, d), indices (N,)."""
+        N, m, codebook = ema_update(self.N, self.m, z, indices, self.decay, self.eps)
+        self.N.copy_(N)
+        self.m.copy_(m)
+        self.codebook.copy_(codebook)
+        if self.restart_dead:
+            self.restart(z)
+
+    @torch.no_grad()
+    def restart(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes with N_i < dead_threshold jump to random rows of z (N, d); N_i = 1, m_i = e_i. Returns them."""
+        dead = (self.N < self.dead_threshold).nonzero().flatten()  # (n_dead,)
+        if len(dead):
+            fresh = z[torch.randint(len(z), (len(dead),), device=z.device)]  # (n_dead, d)
+            self.codebook[dead] = fresh
+            self.N[dead] = 1.0  # reset the running count and sum, so e_i = m_i / N_i is the new code
+            self.m[dead] = fresh
+            self.restarts += len(dead)
+        return dead
+
+    def forward(self, z_e: torch.Tensor) -> Quantized:
+        B, d, h, w = z_e.shape
+        if d != self.dim:
+            raise ValueError(f"expected latents with {self.dim} channels (B, {self.dim}, h, w), got {tuple(z_e.shape)}")
+        z = _flat(z_e)  # (N, d)
+        if self.training and not bool(self.initialised):
+            self.init_from(z.detach())
+        k = nearest_code(z, self.codebook)  # (N,)
+        e = self.codebook[k].view(B, h, w, d).permute(0, 3, 1, 2)  # (B, d, h, w)
+        commitment = F.mse_loss(z_e, e.detach())  # reaches the encoder only
+        codebook = _zero(z_e) if self.ema else F.mse_loss(e, z_e.detach())  # reaches the codebook only
+        if self.training and self.ema:
+            self.update(z.detach(), k)  # after the loss: this batch was scored with the codes it chose
+        return Quantized(straight_through(z_e, e), k.view(B, h, w), codebook, commitment,
+                         codebook + self.beta * commitment)
+
+    def extra_repr(self) -> str:
+        return (f"codebook_size={self.codebook_size}, dim={self.dim}, beta={self.beta}, ema={self.ema}, "
+                f"restart_dead={self.restart_dead}, data_init={self.data_init}")
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantisation: forward(z (B, C, h, w)) -> Quantized with C = len(levels), zero losses.
+
+    The token of a position is its grid point's index: sum_c digit_c * basis_c with digit_c in
+    [0, L_c) and basis = cumulative product of [1] + levels[:-1]."""
+
+    def __init__(self, levels=(8, 5, 5, 5), eps: float = 1e-3):
+        super().__init__()
+        levels = tuple(int(L) for L in levels)
+        if not levels or min(levels) < 2:
+            raise ValueError(f"FSQ levels must be whole numbers >= 2 (3 or more is better), got {levels}")
+        self.levels, self.eps, self.dim = levels, float(eps), len(levels)
+        self.codebook_size = math.prod(levels)
+        self.register_buffer("_L", torch.tensor(levels), persistent=False)
+        self.register_buffer("basis", torch.tensor([math.prod(levels[:c]) for c in range(len(levels))]),
+                             persistent=False)
+
+    def _view(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.view(1, -1, *[1] * (like.dim() - 2))  # (1, C, 1, 1) to broadcast over (B, C, h, w)
+
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, C, h, w) on the grid (values digit / (L // 2) - 1..) -> indices (B, h, w)."""
+        half = self._view(self._L // 2, codes)
+        digits = (codes * half).round().long() + half  # (B, C, h, w) in [0, L_c)
+        return (digits * self._view(self.basis, codes)).sum(1)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (B, h, w) -> codes (B, C, h, w) in [-1, 1]."""
+        like = indices.unsqueeze(1)  # (B, 1, h, w)
+        digits = (like // self._view(self.basis, like)) % self._view(self._L, like)  # (B, C, h, w)
+        half = self._view(self._L // 2, like)
+        return (digits - half).float() / half
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes of a token grid: (B, h, w) -> (B, C, h, w)."""
+        return self.indices_to_codes(indices)
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Token grid (B, h, w) of z (B, C, h, w)."""
+        return self.codes_to_indices(fsq_quantize(z, self.levels, self.eps))
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        if z.shape[1] != self.dim:
+            raise ValueError(f"FSQ with levels {self.levels} expects {self.dim} channels, got {tuple(z.shape)}")
+        codes = fsq_quantize(z, self.levels, self.eps)  # (B, C, h, w), straight-through
+        zero = _zero(z)
+        return Quantized(codes, self.codes_to_indices(codes.detach()), zero, zero, zero)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, codebook_size={self.codebook_size}"
+
+
+class ResidualVQ(nn.Module):
+    """Depth-D residual quantisation: forward(z_e (B, d, h, w)) -> Quantized with indices (B, D, h, w).
+
+        r_0 = z_e;   k_t = nearest(r_{t-1}),  zhat_t = zhat_{t-1} + e_{k_t},  r_t = z_e - zhat_t
+
+    shared=True: one codebook for every depth (RQ-VAE); False: one per depth. Loss per depth t,
+    averaged over depths: codebook term ||sg[r_{t-1}] - e_{k_t}||^2 (0 with EMA) + beta times the
+    commitment on the cumulative code, ||z_e - sg[zhat_t]||^2. Straight-through on the final sum.
+    Other keyword arguments go to each VectorQuantizer; with EMA, one update per training batch
+    with the vectors of every depth (a shared codebook serves all of them)."""
+
+    def __init__(self, depth: int, codebook_size: int, dim: int, shared: bool = True, **vq_kwargs):
+        super().__init__()
+        if int(depth) < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.depth, self.shared = int(depth), bool(shared)
+        self.codebook_size, self.dim = int(codebook_size), int(dim)
+        n = 1 if self.shared else self.depth
+        self.quantizers = nn.ModuleList(VectorQuantizer(codebook_size, dim, **vq_kwargs) for _ in range(n))
+        self.beta = self.quantizers[0].beta
+
+    def vq(self, t: int) -> VectorQuantizer:
+        """The quantiser of depth t."""
+        return self.quantizers[0 if self.shared else t]
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """The sum of the codes of the first D' <= D depths: (B, D', h, w) -> (B, d, h, w)."""
+        return sum(self.vq(t).embed(indices[:, t]) for t in range(indices.shape[1]))
+
+    def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Token stacks (B, D, h, w) of z_e (B, d, h, w)."""
+        r, out = z_e, []
+        for t in range(self.depth):
+            k = self.vq(t).nearest(r)  # (B, h, w)
+            out.append(k)
+            r = r - self.vq(t).embed(k)
+        return torch.stack(out, 1)
+
+    def forward(self, z_e: torch.Tensor) -> Quantized:
+        B, d, h, w = z_e.shape
+        r, zhat = z_e, torch.zeros_like(z_e)
+        indices, codebook_terms, commitment_terms, seen = [], [], [], [[] for _ in self.quantizers]
+        for t in range(self.depth):
+            vq = self.vq(t)
+            if self.training and not bool(vq.initialised):
+                vq.init_from(_flat(r).detach())  # each depth's codebook from its first residuals
+            k = nearest_code(_flat(r), vq.codebook)  # (N,)
+            e = vq.codebook[k].view(B, h, w, d).permute(0, 3, 1, 2)  # (B, d, h, w)
+            if not vq.ema:
+                codebook_terms.append(F.mse_loss(e, r.detach()))
+            seen[0 if self.shared else t].append((_flat(r).detach(), k))
+            zhat = zhat + e
+            commitment_terms.append(F.mse_loss(z_e, zhat.detach()))  # on the cumulative code
+            indices.append(k.view(B, h, w))
+            r = z_e - zhat
+        if self.training:
+            for vq, pairs in zip(self.quantizers, seen):
+                if vq.ema and pairs:
+                    vq.update(torch.cat([z for z, _ in pairs]), torch.cat([k for _, k in pairs]))
+        codebook = torch.stack(codebook_terms).mean() if codebook_terms else _zero(z_e)
+        commitment = torch.stack(commitment_terms).mean()
+        return Quantized(straight_through(z_e, zhat), torch.stack(indices, 1), codebook, commitment,
+                         codebook + self.beta * commitment)
+
+    def extra_repr(self) -> str:
+        return f"depth={self.depth}, codebook_size={self.codebook_size}, dim={self.dim}, shared={self.shared}"
+
+
+@torch.no_grad()
+def codebook_usage(indices: torch.Tensor, codebook_size: int):
+    """(fraction of codes used, perplexity) of a whole set of tokens (any shape, every depth pooled).
+
+    perplexity = exp(H), H the entropy of the codes' frequencies: V if all are equally used, 1 if one
+    code takes everything. Measure it over a whole set (an epoch, a test set): a batch's perplexity
+    is capped by its size."""
+    counts = torch.bincount(indices.flatten().long(), minlength=codebook_size).double()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float((counts > 0).double().mean()), float(entropy.exp())
