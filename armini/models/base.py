@@ -99,6 +99,26 @@ def check_temperature(temperature) -> float:
     return t
 
 
+def check_top_k(top_k, levels: int):
+    """top_k= in sample(): None (every value) or a whole number of values to keep, 1 <= k <= K."""
+    if top_k is None:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or int(top_k) != top_k:
+        raise TypeError(f"top_k must be a whole number of values to keep (or None: all of them), got {top_k!r}")
+    if not 1 <= top_k <= levels:
+        raise ValueError(f"top_k must lie in 1..{levels} (levels={levels}; 1 = always the most likely value, "
+                         f"None = sample from all of them), got {top_k!r}")
+    return int(top_k)
+
+
+def keep_top_k(logp: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k sampling (Fan et al., 2018): keep the k most likely values of each distribution (..., K),
+    give the others log-probability -inf (probability 0); the softmax that follows renormalises."""
+    best = logp.topk(k, dim=-1).indices  # (..., k)
+    kept = torch.zeros_like(logp, dtype=torch.bool).scatter_(-1, best, True)  # (..., K): exactly k per row
+    return logp.masked_fill(~kept, -math.inf)
+
+
 def checks_inputs(method):
     """Wrap a likelihood method (conditionals, log_prob_pixels, log_prob, loss) so that x and y are
     checked once, where a call enters the model.
@@ -490,6 +510,7 @@ class ARModel(nn.Module):
         cached: bool = True,
         progress: bool = False,
         order=None,
+        top_k: Optional[int] = None,
     ) -> torch.Tensor:
         """Draw n images, one step at a time: (n, *shape) integers in [0, K).
 
@@ -507,11 +528,14 @@ class ARModel(nn.Module):
             steps whose dimensions are all observed are then skipped, unless a callback watches).
         order: the generation order, (D,) flat positions (models with any_order = True; a
             fixed-order model accepts only its own).
+        top_k: draw each value from the k most likely ones only, renormalised (None: from all K;
+            1: always the most likely value, greedy decoding).
         """
         if int(n) < 1:
             raise ValueError(f"n must be a positive number of images, got {n!r}")
         n = int(n)
         check_temperature(temperature)
+        top_k = check_top_k(top_k, self.levels)
         self.check_memory(n)
         order = self.resolve_order(order)
         x, filled = self._canvas(n, x, observed)  # (n, *shape) each
@@ -545,6 +569,8 @@ class ARModel(nn.Module):
                 else:
                     logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
                 logp = logp.double() if temperature == 1 else logp.double() / temperature  # (x / 1 is x)
+                if top_k is not None:
+                    logp = keep_top_k(logp, top_k)  # (n, S, K): all but the k most likely at -inf
                 probs = torch.softmax(logp, dim=-1)  # (n, S, K)
                 new = self._draw(probs, generator, gdev)  # (n, S)
                 flat_x[:, index] = new if keep is None else torch.where(keep, flat_x[:, index], new)  # one write per step
