@@ -333,3 +333,44 @@ def test_a_tokenizer_that_does_not_fit_is_refused():
         TwoStage(shape=(1, 3, 3), levels=6, tokenizer=object(), prior_kwargs=SMALL["pixel-transformer"])
     with pytest.raises(ValueError, match="label_dropout"):
         two_stage(num_classes=3, label_dropout=1.5)
+
+
+# ----------------------------------------------------------------------------- with the course's VQ-VAE
+
+
+def tiny_vq_model(num_classes=None):
+    torch.manual_seed(0)
+    tokenizer = dict(latent_size=4, codebook_size=8, dim=4, channels=8, quantizer="ema")
+    return TwoStage(shape=(1, 8, 8), levels=4, tokenizer=tokenizer, prior="pixel-transformer",
+                    prior_kwargs=SMALL["pixel-transformer"], num_classes=num_classes)
+
+
+def test_fit_stages_trains_the_tokenizer_then_the_prior_and_reports_the_bound():
+    model = tiny_vq_model(num_classes=3)
+    g = gen(0)
+    x, y = torch.randint(4, (64, 1, 8, 8), generator=g), torch.randint(3, (64,), generator=g)
+    tok_before = [p.detach().clone() for p in model.tokenizer.parameters()]
+    prior_before = [p.detach().clone() for p in model.prior.parameters()]
+    hist = model.fit_stages((x, y), (x[:16], y[:16]), steps=10, batch_size=16, lr=3e-3, device="cpu", progress=False)
+    assert set(hist.stages) == {"tokenizer", "prior"}
+    assert hist.stages["tokenizer"].steps == 4 and hist.stages["prior"].steps == 6 and hist.steps == 10
+    assert any(not torch.equal(a, b) for a, b in zip(tok_before, model.tokenizer.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(prior_before, model.prior.parameters()))
+    assert hist.unit == "bits/dim (bound)" and hist.stages["prior"].unit == "bits/token"
+    from armini.train import evaluate
+    assert hist.final_test_bpd == pytest.approx(evaluate(model, (x[:16], y[:16])), rel=1e-6)
+    z = model.sample_tokens(2, y=torch.tensor([0, 1]), guidance=2.0, generator=gen(0))
+    assert z.shape == (2, 1, 4, 4) and int(z.max()) < 8
+    assert model.sample(2, y=torch.tensor([0, 1]), generator=gen(0)).shape == (2, 1, 8, 8)
+
+
+def test_a_two_stage_model_is_rebuilt_from_its_settings():
+    from armini.train import model_kwargs
+    model = tiny_vq_model()
+    kwargs = model_kwargs(model)
+    assert kwargs["tokenizer"]["codebook_size"] == 8 and kwargs["prior"] == "pixel-transformer"
+    again = TwoStage(**kwargs)
+    again.load_state_dict(model.state_dict())
+    x = torch.randint(4, (3, 1, 8, 8), generator=gen(1))
+    assert torch.equal(again.log_prob(x), model.log_prob(x))
+    assert TwoStage(**kwargs).config == model.config
