@@ -407,9 +407,11 @@ class TwoStage(ARModel):
         """Train the tokenizer, then the prior on the tokens of `train` (tokenizer frozen), with armini.train.fit.
 
         steps, time_limit: shared by the stages, tokenizer_share to the tokenizer (time the tokenizer leaves
-            unused goes to the prior; encoding the data counts too). Returns a History whose test value is the
-            pixel-space bound on `test` (bits/dim) and whose `stages` holds each stage's History (the
-            tokenizer's losses; the prior's bits per token)."""
+            unused goes to the prior; encoding the data counts too). The prior sees at most prior steps x
+            batch_size images, so only that many training images (a seeded random subset) are encoded.
+        Returns a History: train_s, the CPU (clock) seconds of both stages' steps and of the encoding; its
+        test value the pixel-space bound on `test` (bits/dim); `stages` each stage's History (the
+        tokenizer's losses; the prior's bits per token)."""
         from .. import train as training
 
         t0 = clock()
@@ -423,9 +425,15 @@ class TwoStage(ARModel):
                                 batch_size=batch_size, lr=cfg.tokenizer_lr or lr, device=device, seed=seed,
                                 progress=progress, clock=clock)
         self.to(self.tokenizer_device())
-        tokens = self.encode(images).cpu()  # (N, D, h, w): once, not every step
         if self.num_classes is not None:
             labels = training._check_labels(self, labels, len(images), "train")
+        # the prior sees at most prior_steps * batch_size images: encode those (a seeded random subset), once
+        start = clock()
+        seen = min(len(images), prior_steps * batch_size)
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:seen]
+        tokens = self.encode(images[pick]).cpu()  # (N', D, h, w)
+        labels = None if labels is None else labels[pick]
+        encode_s = clock() - start
         test_tokens = None
         if test is not None:
             test_images, test_labels = training.as_images_labels(test)
@@ -444,7 +452,7 @@ class TwoStage(ARModel):
         hist = training.History(unit=training.unit_label(self), time_limit=time_limit)
         hist.steps = tok_hist.steps + prior_hist.steps
         hist.images_seen = tok_hist.images_seen + prior_hist.images_seen
-        hist.train_s = tok_hist.train_s + prior_hist.train_s
+        hist.train_s = tok_hist.train_s + encode_s + prior_hist.train_s  # the cost of training: both stages
         hist.images_per_s = hist.images_seen / max(hist.train_s, 1e-9)
         hist.stopped_early = tok_hist.stopped_early or prior_hist.stopped_early
         if test is not None:
