@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from .base import LN2, ARModel
 
 __all__ = ["TwoStage", "TwoStageConfig", "Guided", "guided_logprobs", "drop_labels", "token_prior",
-           "observed_tokens"]
+           "observed_tokens", "two_stage_sample"]
 
 
 # ----------------------------------------------------------------------------- guidance
@@ -472,3 +472,11 @@ class TwoStage(ARModel):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, levels={self.levels}, token_shape={self.token_shape}"
+
+
+def two_stage_sample(model: TwoStage, n: int, y=None, guidance: float = 0.0) -> torch.Tensor:
+    """model.sample(n, y=y, guidance=guidance) drawing from torch's global generator, as a plain function:
+    n tokens grids from the prior (with classifier-free guidance of scale w), decoded. Lesson 12's
+    exercise writes this loop and is checked against it."""
+    return model.sample(n, y=y, guidance=guidance)
+
