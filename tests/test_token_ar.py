@@ -361,6 +361,8 @@ def test_fit_stages_trains_the_tokenizer_then_the_prior_and_reports_the_bound():
     assert hist.final_test_bpd == pytest.approx(evaluate(model, (x[:16], y[:16])), rel=1e-6)
     z = model.sample_tokens(2, y=torch.tensor([0, 1]), guidance=2.0, generator=gen(0))
     assert z.shape == (2, 1, 4, 4) and int(z.max()) < 8
+    again = model.fit_stages((x, y), None, steps=(2, 3), batch_size=16, device="cpu", progress=False)
+    assert (again.stages["tokenizer"].steps, again.stages["prior"].steps) == (2, 3) and again.final_test_bpd is None
     assert model.sample(2, y=torch.tensor([0, 1]), generator=gen(0)).shape == (2, 1, 8, 8)
 
 

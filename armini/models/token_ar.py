@@ -401,13 +401,14 @@ class TwoStage(ARModel):
         return self.decode(z)  # (n, C, H, W)
 
     # ---------------------------------------------------------------- training
-    def fit_stages(self, train, test=None, *, steps: int, time_limit: Optional[float] = None, batch_size: int = 64,
+    def fit_stages(self, train, test=None, *, steps, time_limit: Optional[float] = None, batch_size: int = 64,
                    lr: float = 1e-3, device=None, seed: int = 0, progress: bool = True,
                    clock: Callable[[], float] = time.perf_counter, eval_images: Optional[int] = None):
         """Train the tokenizer, then the prior on the tokens of `train` (tokenizer frozen), with armini.train.fit.
 
         steps, time_limit: shared by the stages, tokenizer_share to the tokenizer (time the tokenizer leaves
-            unused goes to the prior; encoding the data counts too). The prior sees at most prior steps x
+            unused goes to the prior; encoding the data counts too); steps may also be a pair (tokenizer steps,
+            prior steps). The prior sees at most prior steps x
             batch_size images, so only that many training images (a seeded random subset) are encoded.
         Returns a History: train_s, the CPU (clock) seconds of both stages' steps and of the encoding; its
         test value the pixel-space bound on `test` (bits/dim); `stages` each stage's History (the
@@ -418,8 +419,11 @@ class TwoStage(ARModel):
         cfg = self.config
         images, labels = training.as_images_labels(train)
         images = self.check_input(images, "train images")
-        tok_steps = max(1, round(cfg.tokenizer_share * steps))
-        prior_steps = max(1, steps - tok_steps)
+        if isinstance(steps, (tuple, list)):  # (tokenizer steps, prior steps)
+            tok_steps, prior_steps = (int(s) for s in steps)
+        else:
+            tok_steps = max(1, round(cfg.tokenizer_share * steps))
+            prior_steps = max(1, steps - tok_steps)
         tok_limit = None if time_limit is None else cfg.tokenizer_share * time_limit
         tok_hist = training.fit(self.tokenizer, images, None, steps=tok_steps, time_limit=tok_limit,
                                 batch_size=batch_size, lr=cfg.tokenizer_lr or lr, device=device, seed=seed,
