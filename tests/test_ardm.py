@@ -5,6 +5,11 @@ The generic contract tests of tests/test_models.py also run on MODELS["ardm"] (n
 causality and sampling in generation_order()); test_loss_is_bits_per_dimension cannot apply (the
 ARDM loss is a random-order estimate, not the exact chain rule), so the unbiasedness of that
 estimate is tested here instead, by enumeration.
+
+UpscaleARDM (depth upscaling: the coarse values first, then the rest given them) is tested here too:
+its stages' bits add up, the two-stage likelihood normalises and its estimate is unbiased (by
+enumeration), each stage is causal in its own random order, and sampling fills every dimension once
+per stage. It has no per-dimension conditionals, so the generic contract tests do not apply to it.
 """
 import itertools
 import math
@@ -14,7 +19,8 @@ import torch
 
 from armini import train
 from armini.causality import check_causality
-from armini.models.ardm import ARDM, ardm_nll, plan_steps, policy_bits, random_ranks
+from armini.models.ardm import ARDM, RefineARDM, UpscaleARDM, ardm_nll, plan_steps, policy_bits, random_ranks, split_levels
+from armini.models.base import ARModel
 from helpers import all_images, ardm_scores_given_dims, ardm_weight_missing, ardm_weight_off_by_one
 
 LN2 = math.log(2.0)
@@ -278,3 +284,199 @@ def test_a_resumed_run_draws_the_same_orders_and_steps(tmp_path):
     train.fit(split, x, checkpoint=path, resume=True, **settings)
     for a, b in zip(straight.parameters(), split.parameters()):
         assert torch.equal(a, b)
+
+
+# -------------------------------------------------------------------------- depth upscaling
+def tiny_upscale(shape=(1, 1, 3), levels=4, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return UpscaleARDM(shape=shape, levels=levels, channels=8, mults=(1, 2), emb_dim=16, **kwargs)
+
+
+def fit_upscale(model, x, steps=15, lr=1e-2):
+    """Adam steps on the two-stage loss: both stages move away from their initialisation."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def expected_stage_estimate(stage, target, cond=None):
+    """E over t and every order of a stage's ARDM estimate (ardm_nll), exactly: (B,) nats. cond: stage 2's coarse image."""
+    D = stage.dims
+    total = torch.zeros(len(target), dtype=torch.float64)
+    perms = list(itertools.permutations(range(D)))
+    with torch.no_grad():
+        for t in range(D):
+            for rank in perms:
+                given = torch.tensor(rank).expand(len(target), D) < t
+                lp = stage.predict(target, given.view(target.shape), cond).gather(-1, target.unsqueeze(-1)).flatten(1)
+                total += ardm_nll(lp, given, torch.full((len(target),), t))
+    return total / (D * len(perms))
+
+
+def test_split_levels_and_the_error_for_levels_that_do_not_split():
+    assert split_levels(256) == (16, 16) and split_levels(4) == (2, 2) and split_levels(256, 4) == (4, 64)
+    x = torch.arange(256).view(4, 1, 8, 8)
+    model = UpscaleARDM(shape=(1, 8, 8), levels=256, channels=8, mults=(1,), emb_dim=16)
+    c, f = model.split(x)
+    assert torch.equal(c, x >> 4) and torch.equal(f, x & 15)  # the top 4 bits, the low 4 bits
+    assert torch.equal(model.join(c, f), x)
+    assert torch.equal(model.bin_centre(c), (x >> 4) * 16 + 8)
+    with pytest.raises(ValueError, match=r"levels=255 .* do not split\. Pass coarse_levels= one of "
+                                         r"\[3, 5, 15, 17, 51, 85\], or use levels=256 \(coarse_levels=16"):
+        UpscaleARDM(shape=(1, 4, 4), levels=255)
+    with pytest.raises(ValueError, match=r"levels=256 and coarse_levels=3 do not split\. Pass coarse_levels= one of \[2"):
+        UpscaleARDM(shape=(1, 4, 4), levels=256, coarse_levels=3)
+    for K, K1 in ((7, None), (16, 16), (16, 1)):  # prime; a stage of one value
+        with pytest.raises(ValueError, match="do not split"):
+            split_levels(K, K1)
+
+
+def test_two_stage_likelihood_normalises_and_adds_up_from_its_stages():
+    model = tiny_upscale().double()
+    x = all_images(model.shape, 4)  # (64, 1, 1, 3): every image, 4 levels split 2 x 2
+    fit_upscale(model, x[::3])
+    c, f = model.split(x)
+    for order in (torch.tensor([2, 0, 1]), torch.tensor([0, 1, 2])):
+        with torch.no_grad():
+            lp = model.log_prob(x, order=order)  # (64,)
+            total = torch.logsumexp(lp, 0).exp()
+            stages = model.coarse.log_prob(c, order=order) + model.fine.log_prob(f, c, order=order)
+        assert total.item() == pytest.approx(1.0, abs=1e-9)
+        torch.testing.assert_close(lp, stages)  # log p(x) = log p1(c) + log p2(f | c)
+        torch.testing.assert_close(model.nll_bits(x, order=order), -lp / LN2)
+    leaky = tiny_upscale().double()  # stage 2 reads its own fine values: no longer a distribution
+    leaky.fine = RefineForgetsTheMask(shape=(1, 1, 3), levels=2, coarse_levels=2, channels=8, mults=(1, 2), emb_dim=16)
+    leaky.fine.double()
+    leaky.fine.load_state_dict(model.fine.state_dict())
+    with torch.no_grad():
+        total = torch.logsumexp(leaky.log_prob(x, order=torch.tensor([2, 0, 1])), 0).exp().item()
+    assert total != pytest.approx(1.0, abs=1e-3)
+
+
+class RefineForgetsTheMask(RefineARDM):
+    def network_input(self, x, given):
+        v = x.to(self.model_dtype) * (2.0 / (self.levels - 1)) - 1.0  # the fine values not given are NOT replaced
+        return torch.cat([v, given.to(v.dtype)], dim=1)
+
+
+def test_two_stage_estimate_is_unbiased_for_the_order_averaged_nll():
+    model = tiny_upscale().double()
+    x = all_images(model.shape, 4)
+    fit_upscale(model, x[::3])
+    c, f = model.split(x)
+    perms = [torch.tensor(p) for p in itertools.permutations(range(3))]
+    with torch.no_grad():
+        exact = -torch.stack([model.log_prob(x, order=p) for p in perms]).mean(0)  # (64,) nats
+    coarse, fine = expected_stage_estimate(model.coarse, c), expected_stage_estimate(model.fine, f, c)
+    torch.testing.assert_close(coarse + fine, exact)
+    assert not torch.allclose(coarse, exact, rtol=1e-3)  # stage 2 carries a real share of the bound
+    # loss() is that estimate: the two stages' ARDM estimates with the same draws, in bits/dim
+    torch.manual_seed(3)
+    loss = model.loss(x)
+    torch.manual_seed(3)
+    parts = []
+    for stage, target, cond in ((model.coarse, c, None), (model.fine, f, c)):
+        t, rank = torch.randint(0, 3, (64,)), random_ranks(64, 3)
+        parts.append(stage.weighted_nll(target, rank, t, cond))
+    torch.testing.assert_close(loss, (parts[0] + parts[1]).mean() / (3 * LN2))
+
+
+def test_stage_bits_add_up_to_the_total():
+    model = tiny_upscale(shape=(1, 3, 3), levels=16)
+    x = torch.randint(16, (6, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    draws = model.stage_elbo_draws(x, draws=3, generator=torch.Generator().manual_seed(2))  # (2, 3, 6) bits per image
+    (m1, s1), (m2, s2), (m, s) = model.stage_elbo_bits(x, draws=3, generator=torch.Generator().manual_seed(2))
+    assert m1 + m2 == pytest.approx(m) and min(s1, s2, s) > 0
+    assert (m, s) == model.elbo_bits(x, draws=3, generator=torch.Generator().manual_seed(2))
+    assert m == pytest.approx(float(draws.sum(0).mean() / 9))
+    c, f = model.split(x)  # the stages' own estimates, with the same generator in the same order
+    g = torch.Generator().manual_seed(2)
+    torch.testing.assert_close(draws[0], model.coarse.elbo_draws(c, draws=3, generator=g))
+    torch.testing.assert_close(draws[1], model.fine.elbo_draws(f, c, draws=3, generator=g))
+    torch.testing.assert_close(model.nll_bits(x).double(), model.elbo_draws(x).sum(0), check_dtype=False)
+    assert train.unit_label(model) == "bits/dim (bound)"
+    with pytest.raises(NotImplementedError, match="no conditionals"):
+        model.conditionals(x)
+
+
+class FixedCoarse(ARModel):
+    """Stage 2 seen as a model of the fine values alone, given one coarse image: for the causality inspector."""
+
+    any_order = True
+
+    def __init__(self, fine, coarse):
+        super().__init__(fine.shape, fine.levels)
+        self.fine, self.c = fine, coarse  # (1, C, H, W)
+
+    def conditionals(self, x, y=None, *, order=None, filled=None):
+        return self.fine.conditionals(x, self.c.expand(len(x), -1, -1, -1), order=order, filled=filled)
+
+
+class RefineSeesItsOwnStep(RefineARDM):
+    @staticmethod
+    def given_at(step, ks):
+        return step[None, :] <= ks[:, None]
+
+
+def test_each_stage_is_causal_in_its_own_random_order_and_leaks_are_caught():
+    model = tiny_upscale(shape=(1, 4, 4), levels=16)
+    fit_upscale(model, torch.randint(16, (8, 1, 4, 4), generator=torch.Generator().manual_seed(0)), steps=5)
+    orders = [torch.randperm(16, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]  # one per stage
+    coarse = torch.randint(4, (1, 1, 4, 4), generator=torch.Generator().manual_seed(2))
+    assert check_causality(model.coarse, order=orders[0]).ok
+    assert check_causality(FixedCoarse(model.fine, coarse), order=orders[1]).ok
+    bad = RefineSeesItsOwnStep(shape=(1, 4, 4), levels=4, coarse_levels=4, channels=8, mults=(1, 2), emb_dim=16)
+    bad.load_state_dict(model.fine.state_dict())
+    assert not check_causality(FixedCoarse(bad, coarse), order=orders[1]).ok
+    f = torch.randint(4, (1, 1, 4, 4))
+    with torch.no_grad():  # ... and stage 2 does read the coarse image: another one changes its predictions
+        a = model.fine.conditionals(f, coarse, order=orders[1])
+        b = model.fine.conditionals(f, (coarse + 1) % 4, order=orders[1])
+    assert not torch.allclose(a, b)
+
+
+def test_upscale_sampling_fills_every_dimension_once_per_stage_and_is_reproducible():
+    model = tiny_upscale(shape=(1, 3, 4), levels=16)
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    steps = []
+    out = model.sample(3, generator=g(0),
+                       callback=lambda s: steps.append((s.step, s.total, s.index.clone(), s.x.clone(), s.probs)))
+    assert out.shape == (3, 1, 3, 4) and out.dtype == torch.long and 0 <= int(out.min()) and int(out.max()) < 16
+    assert torch.equal(out, model.sample(3, generator=g(0)))
+    assert not torch.equal(out, model.sample(3, generator=g(1)))
+    assert [s[0] for s in steps] == list(range(24)) and {s[1] for s in steps} == {24}  # step numbers go on
+    for stage in (steps[:12], steps[12:]):  # each stage fills every dimension exactly once
+        assert torch.equal(torch.cat([s[2] for s in stage]).sort().values, torch.arange(12))
+    c = model.split(out)[0]
+    torch.testing.assert_close(steps[11][3], model.bin_centre(c))  # after stage 1: coarse values at bin centres
+    assert torch.equal(steps[-1][3], out)  # after stage 2: the image
+    for _, _, index, x_so_far, probs in steps:
+        assert probs.shape == (3, len(index), 16)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(3, len(index)))
+        value = x_so_far.flatten(1)[:, index]  # (3, S): each drawn value has probability > 0
+        assert bool((probs.gather(-1, value.unsqueeze(-1)) > 0).all())
+    model.measure_step_losses(out, stride=2)
+    assert model.set_budget((3, 5)) and model.budget == (3, 5) and len(model.sampling_steps()) == 8
+    assert model.budget_bits((3, 5)) == pytest.approx(model.coarse.budget_bits(3) + model.fine.budget_bits(5))
+    seen = []
+    a = model.sample(2, generator=g(4), callback=lambda s: seen.append(s.index))
+    assert len(seen) == 8 and torch.equal(a, model.sample(2, generator=g(4)))
+    model.set_budget(None)
+    assert model.budget is None
+
+
+def test_upscale_completion_keeps_the_observed_values():
+    model = tiny_upscale(shape=(1, 4, 4), levels=16)
+    x = torch.randint(16, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    observed = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.5
+    out = model.sample(2, x=x, observed=observed, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[observed.expand_as(out)], x[observed.expand_as(x)])
+    with pytest.raises(ValueError, match="observed"):
+        model.sample(2, x=x)
+    with pytest.raises(ValueError, match="unconditional"):
+        model.sample(2, y=torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="coarse image"):
+        model.fine.sample(2)  # stage 2 alone needs the coarse image it refines

@@ -44,13 +44,18 @@ Deviations from the paper: a small U-Net (the paper: a 32-block U-Net); no auxil
 loss term (the reference adds 0.001 x the plain masked cross-entropy; the paper reports it hardly
 matters); no class conditioning; every dimension is its own step (channels of a pixel too);
 per-step losses are sorted in descending order before the dynamic program, as the reference does
-(more context never hurts: sorting removes the measurement noise); Upscale ARDM (depth upscaling)
-is not implemented.
+(more context never hurts: sorting removes the measurement noise).
+
+Depth upscaling (the paper's Upscale ARDM): `UpscaleARDM` generates the coarse value of every
+dimension first (its top bits, x // K2) with one ARDM, then the rest (x mod K2) with a second one
+that reads the whole coarse image (`RefineARDM`); -log p(x) = -log p(c) - log p(x | c) exactly, so
+the two stages' bounds add up. Its own docstring says more.
 
 Legend: B batch, C, H, W image, K levels, D = C*H*W dimensions, S steps of a budget, F features.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -60,7 +65,7 @@ import torch
 
 from ..nn.inputs import to_unit_range
 from ..nn.unet import UNet
-from .base import LN2, ARModel
+from .base import LN2, ARModel, SampleStep
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -155,6 +160,7 @@ class ARDM(ARModel):
 
     any_order = True
     nll_is_bound = True  # loss() and nll_bits(x) are the random-order estimate, a bound in expectation
+    inputs_per_channel = 2  # network input channels per image channel: the value and its mask
 
     def __init__(self, shape=(1, 28, 28), levels=256, **kwargs):
         super().__init__(shape, levels)
@@ -165,8 +171,9 @@ class ARDM(ARModel):
                              f"{cfg.max_rows}")
         self.config = cfg
         C = self.shape[0]
-        # input: C values in [-1, 1] (masked ones at 0) + C mask channels; output: K logits per dimension
-        self.net = UNet(2 * C, C * self.levels, cfg.channels, cfg.mults, cfg.emb_dim)
+        # input: C values in [-1, 1] (masked ones at 0) + C mask channels (+ what a subclass conditions on);
+        # output: K logits per dimension
+        self.net = UNet(self.inputs_per_channel * C, C * self.levels, cfg.channels, cfg.mults, cfg.emb_dim)
         self.step_losses: Optional[torch.Tensor] = None  # (D,) L_t in bits, from measure_step_losses
         self.step_sizes: Optional[list] = None  # the budget: dimensions per sampling step (None: one each)
 
@@ -178,13 +185,19 @@ class ARDM(ARModel):
         v = torch.where(given, v, torch.zeros_like(v))  # masked: the middle value, whatever x held
         return torch.cat([v, given.to(v.dtype)], dim=1)  # (B, 2C, H, W)
 
-    def predict(self, x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    def add_condition(self, inp: torch.Tensor, y) -> torch.Tensor:
+        """The network input plus what the model is conditioned on: nothing for the unconditional ARDM
+        (y is None); UpscaleARDM's refinement stage appends the coarse image (RefineARDM)."""
+        return inp
+
+    def predict(self, x: torch.Tensor, given: torch.Tensor, y=None) -> torch.Tensor:
         """log p(x_d = k | x_given) for every dimension d and value k, from one pass: (B, C, H, W, K).
 
         given: bool (B, C, H, W); t, the number given, is fed to the network as its step."""
         B, C, H, W = x.shape
         t = given.flatten(1).sum(1)  # (B,)
-        logits = self.net(self.network_input(x, given), t)  # (B, C*K, H, W)
+        inp = self.add_condition(self.network_input(x, given), y)  # (B, inputs_per_channel * C, H, W)
+        logits = self.net(inp, t)  # (B, C*K, H, W)
         logits = logits.view(B, C, self.levels, H, W).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
         return torch.log_softmax(logits, dim=-1)
 
@@ -214,7 +227,7 @@ class ARDM(ARModel):
         Otherwise the chain rule in `order` (default generation_order()): the dimensions of step k
         (one per step, or the budget's groups) given those of earlier steps, one pass per step."""
         if filled is not None:
-            return self.predict(x, filled.expand_as(x))
+            return self.predict(x, filled.expand_as(x), y)
         order = self.generation_order() if order is None else self.resolve_order(order)
         B, D, K = x.shape[0], self.dims, self.levels
         step = self.step_of(order).to(x.device)  # (D,)
@@ -225,17 +238,18 @@ class ARDM(ARModel):
             ks = torch.arange(k0, min(k0 + per_pass, G), device=x.device)  # (g,) steps in this pass
             given = self.given_at(step, ks)  # (g, D)
             xs = x[:, None].expand(B, len(ks), *self.shape).reshape(-1, *self.shape)  # (B*g, C, H, W)
-            lp = self.predict(xs, given[None].expand(B, -1, -1).reshape(-1, *self.shape))  # (B*g, C, H, W, K)
+            ys = None if y is None else y[:, None].expand(B, len(ks), *y.shape[1:]).reshape(-1, *y.shape[1:])
+            lp = self.predict(xs, given[None].expand(B, -1, -1).reshape(-1, *self.shape), ys)  # (B*g, C, H, W, K)
             lp = lp.view(B, len(ks), D, K)
             dims = ((step >= k0) & (step < k0 + len(ks))).nonzero().squeeze(1)  # dimensions of these steps
             out[:, dims] = lp[:, step[dims] - k0, dims]  # each from the pass of its own step
         return out.view(B, *self.shape, K)
 
     # ------------------------------------------------------------------ training
-    def weighted_nll(self, x: torch.Tensor, rank: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def weighted_nll(self, x: torch.Tensor, rank: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
         """ardm_nll for given orders (rank (B, D): the step of each dimension) and steps t (B,): (B,) nats."""
         given = rank < t[:, None]  # (B, D): sigma < t
-        lp = self.predict(x, given.view(x.shape))  # (B, C, H, W, K)
+        lp = self.predict(x, given.view(x.shape), y)  # (B, C, H, W, K)
         lp = lp.gather(-1, x.unsqueeze(-1)).flatten(1)  # (B, D) log p of the true values
         return ardm_nll(lp, given, t)
 
@@ -248,7 +262,7 @@ class ARDM(ARModel):
         B, D = x.shape[0], self.dims
         t = torch.randint(0, D, (B,), device=x.device)  # uniform in {0, ..., D-1}
         rank = random_ranks(B, D, device=x.device)  # (B, D) a random order per image
-        return self.weighted_nll(x, rank, t).mean() / (D * LN2)  # nats per image -> bits per dimension
+        return self.weighted_nll(x, rank, t, y).mean() / (D * LN2)  # nats per image -> bits per dimension
 
     # ------------------------------------------------------------- test likelihood
     def elbo_draws(self, x, y=None, *, draws: int = 1, generator: Optional[torch.Generator] = None,
@@ -258,7 +272,7 @@ class ARDM(ARModel):
         Draws come from `generator` (default: a new one seeded 0, so the same call gives the same
         numbers and torch's global RNG is left alone)."""
         x = self.check_input(x)
-        self.check_labels(y, x.shape[0])
+        y = self.check_labels(y, x.shape[0])
         if isinstance(draws, bool) or int(draws) != draws or draws < 1:
             raise ValueError(f"draws must be a positive number of (t, sigma) draws per image, got {draws!r}")
         g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -267,10 +281,10 @@ class ARDM(ARModel):
         with torch.no_grad(), self.inputs_checked():
             for r in range(int(draws)):
                 for s in range(0, B, batch_size):
-                    xb = x[s:s + batch_size]
+                    xb, yb = x[s:s + batch_size], None if y is None else y[s:s + batch_size]
                     t = torch.randint(0, D, (len(xb),), generator=g, device=g.device).to(x.device)
                     rank = random_ranks(len(xb), D, g, x.device)
-                    out[r, s:s + batch_size] = (self.weighted_nll(xb, rank, t) / LN2).double().cpu()
+                    out[r, s:s + batch_size] = (self.weighted_nll(xb, rank, t, yb) / LN2).double().cpu()
         return out
 
     def elbo_bits(self, x, y=None, *, draws: int = 8, generator: Optional[torch.Generator] = None,
@@ -295,13 +309,14 @@ class ARDM(ARModel):
 
     # ------------------------------------------------------------- step budgets
     @torch.no_grad()
-    def measure_step_losses(self, x, *, stride: int = 1, generator: Optional[torch.Generator] = None,
+    def measure_step_losses(self, x, y=None, *, stride: int = 1, generator: Optional[torch.Generator] = None,
                             batch_size: int = 256) -> torch.Tensor:
         """L_t for t = 0..D-1 on held-out images x: the mean -log2 p of a dimension still to predict when t
         are given (one random order per image and t), bits. Stored as `step_losses` and returned: (D,)
 
         stride > 1 measures every stride-th t (and the last) and interpolates linearly between them."""
         x = self.check_input(x)
+        y = self.check_labels(y, x.shape[0])
         if isinstance(stride, bool) or int(stride) != stride or stride < 1:
             raise ValueError(f"stride must be a positive whole number, got {stride!r}")
         g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -315,9 +330,9 @@ class ARDM(ARModel):
             with self.inputs_checked():
                 for s in range(0, len(pairs), batch_size):
                     t, idx = pairs[s:s + batch_size].T.to(x.device)  # (b,) each
-                    xb = x[idx]
+                    xb, yb = x[idx], None if y is None else y[idx]
                     given = random_ranks(len(xb), D, g, x.device) < t[:, None]  # (b, D)
-                    lp = self.predict(xb, given.view(xb.shape)).gather(-1, xb.unsqueeze(-1)).flatten(1)  # (b, D)
+                    lp = self.predict(xb, given.view(xb.shape), yb).gather(-1, xb.unsqueeze(-1)).flatten(1)  # (b, D)
                     mean_missing = -(lp * ~given).sum(1) / (D - t)  # (b,) nats per dimension still to predict
                     per_pair[s:s + batch_size] = (mean_missing / LN2).double().cpu()
         finally:
@@ -370,3 +385,284 @@ class ARDM(ARModel):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", budget={self.budget} steps" if self.step_sizes else "")
+
+
+# --------------------------------------------------------------------- depth upscaling
+def split_levels(levels: int, coarse_levels: Optional[int] = None) -> tuple:
+    """(K1, K2): K = K1 * K2 levels as a coarse value in [0, K1) and a fine one in [0, K2), both at least 2.
+
+    Default K1: the square root of K, for a square K (256 -> 16 x 16: the top 4 bits, then the low 4)."""
+    K = int(levels)
+    K1 = math.isqrt(K) if coarse_levels is None else coarse_levels
+    if isinstance(K1, bool) or int(K1) != K1 or not 1 < K1 < K or K % K1 or (coarse_levels is None and K1 * K1 != K):
+        divisors = [k for k in range(2, K) if K % k == 0]
+        bits = "levels=256 (coarse_levels=16: the top 4 bits, then the low 4)"
+        fix = f"Pass coarse_levels= one of {divisors}" if divisors else f"{K} is prime: quantise to other levels"
+        fix += "" if K == 256 else f", or use {bits}"
+        got = ("coarse_levels=None (the square root of levels: levels must be a square)" if coarse_levels is None
+               else f"coarse_levels={coarse_levels!r}")
+        raise ValueError(
+            f"UpscaleARDM generates a coarse value x // K2 in [0, coarse_levels) first, then the rest x % K2, so "
+            f"levels must be coarse_levels x K2 with both at least 2; levels={K} and {got} do not split. {fix}")
+    K1 = int(K1)
+    return K1, K // K1
+
+
+class RefineARDM(ARDM):
+    """The Upscale ARDM's second stage: an ARDM over the fine values f = x mod K2 that also reads the
+    whole coarse image c = x // K2, given as y (B, C, H, W) integers in [0, K1), as C more input channels."""
+
+    inputs_per_channel = 3  # the fine value, its mask, the coarse value
+
+    def __init__(self, shape=(1, 28, 28), levels=16, coarse_levels=16, **kwargs):
+        super().__init__(shape, levels, **kwargs)
+        self.coarse_levels = int(coarse_levels)
+
+    def add_condition(self, inp, y):
+        c = to_unit_range(y.to(inp.dtype), self.coarse_levels)  # (B, C, H, W) in [-1, 1]: every coarse value known
+        return torch.cat([inp, c], dim=1)  # (B, 3C, H, W)
+
+    def check_labels(self, y, batch: int):
+        """y is not a class label here but the coarse image: (batch, C, H, W) integers in [0, K1)."""
+        if self._inputs_checked:
+            return y
+        shape = ", ".join(map(str, (batch,) + self.shape))
+        what = f"the coarse image, integers of shape ({shape}) in [0, {self.coarse_levels})"
+        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"{type(self).__name__} is conditioned on the coarse image: pass y, {what}; "
+                             f"got {type(y).__name__}")
+        if tuple(y.shape) != (batch,) + self.shape:
+            raise ValueError(f"y must be {what}; got shape {tuple(y.shape)}")
+        lo, hi = torch.stack(torch.aminmax(y)).tolist()
+        if lo < 0 or hi >= self.coarse_levels:
+            raise ValueError(f"y must be {what}; found range [{lo}, {hi}]")
+        return y.long().to(self.model_device)
+
+
+@dataclass
+class UpscaleARDMConfig(ARDMConfig):
+    coarse_levels: Optional[int] = None  # K1 (default: the square root of levels); K2 = levels / K1
+
+
+class UpscaleARDM(ARModel):
+    """Depth upscaling (the paper's Upscale ARDM): every pixel's top bits first, then the rest.
+
+    Split each value x in [0, K) into c = x // K2 (the coarse value: K1 levels, the top bits when
+    K2 is a power of two) and f = x mod K2 (K2 levels), K = K1 * K2. Stage 1 (`coarse`, an ARDM with
+    K1 levels) generates the whole coarse image c in a random order; stage 2 (`fine`, a RefineARDM
+    with K2 levels) then generates f in another random order, reading all of c as extra input
+    channels. x = c * K2 + f. Because c is a function of x, p(x) = p(x, c) = p(c) p(x | c) exactly:
+
+        -log p(x) = -log p1(c) - log p2(f | c)
+
+    and each stage's order-agnostic ELBO bounds its own term, so their sum bounds -log p(x), and the
+    bits/dim bound is the sum of the two stages' bits/dim (both divided by the same D). Exact
+    likelihoods add the same way: log_prob(x, order=sigma) = log p1(c; sigma) + log p2(f | c; sigma),
+    both stages in sigma (one network pass per step, 2D passes).
+
+    There is no conditional p(x_d | x_<d) per dimension (each dimension is generated twice, and
+    the refinement of d reads the coarse values of every dimension), so `conditionals` is an error;
+    log_prob_pixels gives each dimension's two terms, log p1(c_d | ...) + log p2(f_d | c, ...), which add
+    up to log p(x) in the order given. Sampling runs the base sampling loop once per stage
+    (each stage's own random order under a step budget); a callback sees both stages, with step
+    numbers that go on from stage 1 into stage 2, the decoded image so far (a coarse value shown at
+    the centre of its bin, c * K2 + K2 // 2) and each step's distribution over the K values.
+
+    Choices here: two stages of K1 x K2 levels (the paper's best, Upscale-4 with four stages of a
+    branching factor of 4, reaches 2.64 bits/dim on CIFAR-10); one U-Net per stage, of the same
+    width, each predicting only its own K1 or K2 values (given c, the K2 values of x in c's bin).
+    """
+
+    any_order = True
+    nll_is_bound = True
+
+    def __init__(self, shape=(1, 28, 28), levels=256, coarse_levels: Optional[int] = None, **kwargs):
+        super().__init__(shape, levels)
+        K1, K2 = split_levels(self.levels, coarse_levels)
+        self.config = UpscaleARDMConfig(shape=self.shape, levels=self.levels, coarse_levels=K1, **kwargs)
+        self.coarse_levels, self.fine_levels = K1, K2
+        self.coarse = ARDM(self.shape, K1, **kwargs)  # stage 1: p1(c)
+        self.fine = RefineARDM(self.shape, K2, coarse_levels=K1, **kwargs)  # stage 2: p2(f | c)
+
+    @property
+    def stages(self) -> tuple:
+        return (self.coarse, self.fine)
+
+    def split(self, x: torch.Tensor) -> tuple:
+        """x (B, C, H, W) in [0, K) -> (c, f): its coarse values in [0, K1) and fine values in [0, K2)."""
+        return x // self.fine_levels, x % self.fine_levels
+
+    def join(self, c: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """The inverse of split: x = c * K2 + f."""
+        return c * self.fine_levels + f
+
+    def bin_centre(self, c: torch.Tensor) -> torch.Tensor:
+        """Coarse values shown as pixel values: the middle of their bin of K2 values, c * K2 + K2 // 2."""
+        return c * self.fine_levels + self.fine_levels // 2
+
+    @contextlib.contextmanager
+    def _stages_trusted(self):
+        """The stages trust the inputs this model checked once (see base.checks_inputs)."""
+        with self.coarse.inputs_checked(), self.fine.inputs_checked():
+            yield
+
+    # ---------------------------------------------------------------- likelihood
+    def conditionals(self, x, y=None, *, order=None, filled=None):
+        raise NotImplementedError(
+            "UpscaleARDM has no conditionals p(x_d | x_<d): it generates every dimension twice (its coarse value, "
+            "then the rest given the whole coarse image). Use log_prob / log_prob_pixels (each dimension's two "
+            "terms), or a stage's own: model.coarse.conditionals(c) and model.fine.conditionals(f, c), where "
+            "(c, f) = model.split(x)")
+
+    def log_prob_pixels(self, x, y=None, *, order=None):
+        """Each dimension's two terms, log p1(c_d | earlier c) + log p2(f_d | c, earlier f), in nats: (B, C, H, W).
+
+        Both stages follow `order` (default generation_order()); the sum over d is log p(x), exactly."""
+        c, f = self.split(x)
+        kwargs = {} if order is None else {"order": order}
+        with self._stages_trusted():
+            return self.coarse.log_prob_pixels(c, **kwargs) + self.fine.log_prob_pixels(f, c, **kwargs)
+
+    def loss(self, x, y=None, *, order=None, observed=None):
+        """The two stages' ARDM estimates added up, in bits/dim: one random order and step per image and per
+        stage, from torch's global RNG. With order= or observed=: the exact likelihood in that order."""
+        if order is not None or observed is not None:
+            return super().loss(x, y, order=order, observed=observed)
+        c, f = self.split(x)
+        B, D = x.shape[0], self.dims
+        total = 0.0
+        for stage, target, cond in ((self.coarse, c, None), (self.fine, f, c)):
+            t = torch.randint(0, D, (B,), device=x.device)  # uniform in {0, ..., D-1}
+            rank = random_ranks(B, D, device=x.device)  # (B, D) this stage's random order per image
+            total = total + stage.weighted_nll(target, rank, t, cond)  # (B,) nats
+        return total.mean() / (D * LN2)  # -log p1(c) - log p2(f | c), per dimension
+
+    def stage_elbo_draws(self, x, y=None, *, draws: int = 1, generator: Optional[torch.Generator] = None,
+                         batch_size: int = 256) -> torch.Tensor:
+        """Each stage's ARDM estimate (ARDM.elbo_draws) for `draws` random (t, sigma) per image and stage:
+        (2, draws, B) bits per image, stage 1 (-log2 p1(c)) then stage 2 (-log2 p2(f | c)).
+
+        Draws come from `generator` (default: a new one seeded 0), stage 1's first."""
+        x = self.check_input(x)
+        self.check_labels(y, x.shape[0])
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        c, f = self.split(x)
+        kw = dict(draws=draws, generator=g, batch_size=batch_size)
+        with self._stages_trusted():
+            return torch.stack([self.coarse.elbo_draws(c, **kw), self.fine.elbo_draws(f, c, **kw)])
+
+    def elbo_draws(self, x, y=None, **kwargs) -> torch.Tensor:
+        """The bound on -log2 p(x): the two stages' estimates added, (draws, B) bits per image."""
+        return self.stage_elbo_draws(x, y, **kwargs).sum(0)
+
+    def stage_elbo_bits(self, x, y=None, *, draws: int = 8, generator: Optional[torch.Generator] = None,
+                        batch_size: int = 256) -> list:
+        """[(mean, standard error) of stage 1, of stage 2, of their sum] in bits/dim over the images x (at least
+        2), from the same draws: the first two means add up to the third (up to rounding)."""
+        bits = self.stage_elbo_draws(x, y, draws=draws, generator=generator, batch_size=batch_size)  # (2, draws, B)
+        per_image = bits.mean(1)  # (2, B) bits per image, each stage
+        if per_image.shape[1] < 2:
+            raise ValueError("elbo_bits needs at least 2 images to give a standard error")
+        per_image = torch.cat([per_image, per_image.sum(0, keepdim=True)]) / self.dims  # (3, B) bits/dim
+        n = per_image.shape[1]
+        return [(float(p.mean()), float(p.std() / math.sqrt(n))) for p in per_image]
+
+    def elbo_bits(self, x, y=None, *, draws: int = 8, generator: Optional[torch.Generator] = None,
+                  batch_size: int = 256) -> tuple:
+        """(mean, standard error) of the two-stage ELBO in bits/dim over the images x, as ARDM.elbo_bits."""
+        return self.stage_elbo_bits(x, y, draws=draws, generator=generator, batch_size=batch_size)[2]
+
+    def nll_bits(self, x, y=None, *, order=None, observed=None):
+        """-log2 p(x) per image, (B,): without order= and observed=, the two-stage estimate (one (t, sigma) per
+        image and stage, seed 0), what train.evaluate reports as "(bound)"; with them, exact in that order."""
+        if order is None and observed is None:
+            return self.elbo_draws(x, y, draws=1)[0].to(dtype=self.model_dtype, device=self.model_device)
+        return super().nll_bits(x, y, order=order, observed=observed)
+
+    # ------------------------------------------------------------- step budgets
+    def measure_step_losses(self, x, *, stride: int = 1, generator: Optional[torch.Generator] = None,
+                            batch_size: int = 256) -> tuple:
+        """Each stage's L_t on held-out images x (ARDM.measure_step_losses): ((D,), (D,)) bits, stored in the stages."""
+        x = self.check_input(x)
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        c, f = self.split(x)
+        kw = dict(stride=stride, generator=g, batch_size=batch_size)
+        with self._stages_trusted():
+            return self.coarse.measure_step_losses(c, **kw), self.fine.measure_step_losses(f, c, **kw)
+
+    def set_budget(self, steps) -> Optional[list]:
+        """Sample each stage in `steps` steps (an int for both, or a pair (S1, S2); None: one dimension per
+        step), planned by each stage's dynamic program over its own step losses. Returns both plans."""
+        if steps is None:
+            return [stage.set_budget(None) for stage in self.stages]
+        pair = (steps, steps) if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else tuple(steps)
+        if len(pair) != 2:
+            raise ValueError(f"steps must be one number of steps per stage or a pair (S1, S2), got {steps!r}")
+        return [stage.set_budget(S) for stage, S in zip(self.stages, pair)]
+
+    @property
+    def budget(self) -> Optional[tuple]:
+        """(S1, S2), the steps of each stage set by set_budget (None: no budget, D steps each)."""
+        budgets = tuple(stage.budget for stage in self.stages)
+        return None if budgets == (None, None) else budgets
+
+    def budget_bits(self, steps) -> float:
+        """The bits/dim bound of the best policy with `steps` steps per stage (or a pair): the two stages' sum."""
+        pair = (steps, steps) if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else tuple(steps)
+        return sum(stage.budget_bits(S) for stage, S in zip(self.stages, pair))
+
+    # -------------------------------------------------------------------- sampling
+    def sampling_steps(self, order: Optional[torch.Tensor] = None) -> list:
+        """Stage 1's groups of dimensions, then stage 2's: every dimension appears twice."""
+        return self.coarse.sampling_steps(order) + self.fine.sampling_steps(order)
+
+    def _stage_callback(self, callback, stage: int, offset: int, total: int, coarse):
+        """A callback for one stage's sampling loop that passes the user's callback a SampleStep of the whole
+        model: step numbers going on from stage 1 into stage 2, the decoded image so far, (n, S, K) probs."""
+        K1, K2 = self.coarse_levels, self.fine_levels
+
+        def relay(s):
+            if stage == 1:  # coarse values so far, at the centre of their bin; p(c) spread over its K2 values
+                shown = torch.where(s.filled, self.bin_centre(s.x), torch.zeros_like(s.x))
+                probs = s.probs.repeat_interleave(K2, dim=-1) / K2  # (n, S, K)
+            else:  # every coarse value known; the fine ones so far, the rest at the centre of their bin
+                shown = torch.where(s.filled, self.join(coarse, s.x), self.bin_centre(coarse))
+                c_here = coarse.flatten(1)[:, s.index]  # (n, S) the coarse value of each dimension filled
+                spread = torch.nn.functional.one_hot(c_here, K1).to(s.probs.dtype)  # (n, S, K1)
+                probs = (spread[..., None] * s.probs[..., None, :]).flatten(-2)  # (n, S, K1*K2): p(f) in c's bin
+            callback(SampleStep(offset + s.step, total, s.index, shown, probs, s.filled))
+
+        return relay
+
+    @torch.no_grad()
+    def sample(self, n, *, x=None, observed=None, y=None, generator=None, temperature: float = 1.0,
+               callback=None, cached: bool = True, progress: bool = False, order=None):
+        """Draw n images in two stages: (n, C, H, W) integers in [0, K). Arguments as ARModel.sample.
+
+        Stage 1 samples the coarse image, stage 2 the fine values given it, each with the base sampling
+        loop (each stage's own random order, drawn from `generator`, under a step budget; `order`, if
+        given, for both). x, observed: the observed dimensions keep both their coarse and fine values."""
+        if int(n) < 1:
+            raise ValueError(f"n must be a positive number of images, got {n!r}")
+        self.check_labels(y, int(n))
+        order = self.resolve_order(order)
+        c_obs = f_obs = None
+        if x is not None:
+            c_obs, f_obs = self.split(self.check_input(x))
+        kw = dict(observed=observed, generator=generator, temperature=temperature, cached=cached,
+                  progress=progress, order=order)
+        steps = [len(stage.sampling_steps(order)) for stage in self.stages]
+        total = sum(steps)
+        relay1 = None if callback is None else self._stage_callback(callback, 1, 0, total, None)
+        c = self.coarse.sample(n, x=c_obs, callback=relay1, **kw)  # (n, C, H, W) in [0, K1)
+        relay2 = None if callback is None else self._stage_callback(callback, 2, steps[0], total, c)
+        f = self.fine.sample(n, x=f_obs, y=c, callback=relay2, **kw)  # (n, C, H, W) in [0, K2)
+        return self.join(c, f)
+
+    def bench_fields(self) -> dict:
+        """armini.bench's extra fields: random orders, the per-stage budget and the levels of each stage."""
+        return {"order_set": "random", "budget": None if self.budget is None else list(self.budget),
+                "stage_levels": [self.coarse_levels, self.fine_levels]}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", stages={self.coarse_levels}x{self.fine_levels}"
