@@ -18,13 +18,28 @@ A tokenizer is any object with these members (structural typing: no base class t
     encode(images) -> tokens            integer images (B, C, H, W) -> LongTensor (B, *token_shape)
     decode(tokens) -> images            tokens -> integer images (B, C, H, W)
 
-and, optionally, `decode_logprobs(tokens) -> (B, C, H, W, K)`, a distribution over pixel
-values (for a likelihood bound: bits of the tokens under the prior plus bits of the image
-under the decoder). `check_tokenizer` runs the protocol once and says what is missing or wrong.
-The first tokenizer of the course is lesson 07's colour palette (armini.nn.palette.Palette):
-one token per pixel, V colours.
+and, optionally,
 
-Legend: B batch, C channels, H, W height and width, K pixel levels, V codebook size.
+    decode_logprobs(tokens) -> (B, C, H, W, K)   log p(pixel value | tokens) in nats: a distribution
+                                                 over pixel values, for a likelihood bound in pixel
+                                                 space, -log2 p(x) <= -log2 p(x | z) - log2 p(z) (bits
+                                                 of the image under the decoder plus bits of the
+                                                 tokens under the prior; the encoder is deterministic)
+    embed(tokens) -> (B, e, h, w)                the quantised latent the decoder reads (the vectors
+                                                 a prior may read instead of indices)
+
+Token grids are (D, h, w): D = 1 for one token per position (VQ, FSQ), D = depth for residual VQ
+(a stack of tokens per position). The same protocol fits the tokenizers of later parts: a
+multi-scale residual quantiser (VAR) returns the tokens of each scale (a token_shape per scale),
+a video tokenizer a (D, t, h, w) grid. `check_tokenizer` runs the protocol once and says what is
+missing or wrong.
+
+The tokenizers of the course: lesson 07's colour palette (armini.nn.palette.Palette, one token
+per pixel, V colours) and lesson 11's VQ-VAE (armini.tokenizers.vqvae.VQVAE: VQ, EMA VQ, FSQ,
+residual VQ; 7 x 7 or 14 x 14 tokens of a 28 x 28 image).
+
+Legend: B batch, C channels, H, W height and width, K pixel levels, V codebook size, D tokens per
+position, e latent channels.
 """
 from __future__ import annotations
 
@@ -32,7 +47,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Tokenizer", "check_tokenizer"]
+__all__ = ["Tokenizer", "check_tokenizer", "VQVAE"]
 
 
 @runtime_checkable
@@ -71,3 +86,6 @@ def check_tokenizer(tok, images: torch.Tensor) -> torch.Tensor:
     if decoded.numel() and (int(decoded.min()) < 0 or int(decoded.max()) >= tok.levels):
         raise ValueError(f"decoded pixels must lie in [0, levels={tok.levels})")
     return tokens
+
+
+from .vqvae import VQVAE  # noqa: E402  (after the protocol it implements)

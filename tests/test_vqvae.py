@@ -1,0 +1,93 @@
+"""armini.tokenizers.vqvae.VQVAE: the tokenizer protocol for every quantiser, shapes, a likelihood that
+is a distribution, training through armini.train.fit, and reconstructions that improve with it."""
+import math
+
+import pytest
+import torch
+
+from armini import data, train
+from armini.tokenizers import Tokenizer, VQVAE, check_tokenizer
+from armini.tokenizers.vqvae import QUANTIZERS
+
+
+def images(n=8, seed=0, levels=256):
+    return torch.randint(levels, (n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+
+
+def small(quantizer, **kw):
+    torch.manual_seed(0)
+    return VQVAE(quantizer=quantizer, channels=8, codebook_size=kw.pop("codebook_size", 32), **kw)
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_every_quantizer_is_a_tokenizer(quantizer):
+    vq = small(quantizer)
+    assert isinstance(vq, Tokenizer)
+    x = images()
+    tokens = check_tokenizer(vq, x)
+    depth = 2 if quantizer == "rvq" else 1
+    assert tokens.shape == (8, depth, 7, 7) == (8,) + vq.token_shape((1, 28, 28))
+    assert vq.codebook_size == (1000 if quantizer == "fsq" else 32)
+    logp = vq.decode_logprobs(tokens)
+    assert logp.shape == (8, 1, 28, 28, 256)
+    assert torch.allclose(logp.logsumexp(-1), torch.zeros(8, 1, 28, 28), atol=1e-4)  # a distribution per pixel
+    z = vq.embed(tokens)
+    assert z.shape == (8, vq.config.dim, 7, 7)
+    assert torch.equal(vq.decode(tokens), vq.reconstruct(x))
+    mode = vq.decode(tokens, point="mode")
+    assert torch.equal(mode, logp.argmax(-1))
+    mean = (logp.exp() * torch.arange(256.0)).sum(-1).round().long()
+    assert torch.equal(vq.decode(tokens), mean)  # decode: the rounded mean
+
+
+def test_fourteen_by_fourteen_tokens_and_clear_errors():
+    vq = VQVAE(quantizer="fsq", latent_size=14, channels=8, fsq_levels=(5, 5, 5))
+    assert vq.token_shape((1, 28, 28)) == (1, 14, 14) and vq.codebook_size == 125
+    assert vq.encode(images(2)).shape == (2, 1, 14, 14)
+    with pytest.raises(ValueError, match="latent_size must be the image side 28 divided by 2, 4, 8"):
+        VQVAE(latent_size=5)
+    with pytest.raises(ValueError, match="quantizer must be one of"):
+        VQVAE(quantizer="kmeans")
+    with pytest.raises(TypeError, match="integer tensor"):
+        vq.encode(images(2).float())
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 256\)"):
+        vq.encode(images(2) + 256)
+
+
+def test_the_loss_is_its_terms_and_every_piece_of_the_bound_is_finite():
+    vq = small("vq")
+    x = images(4)
+    terms = vq.loss_terms(x)
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert torch.allclose(terms["loss"], terms["recon_bpd"] + terms["codebook"] + 0.25 * terms["commitment"])
+    bits = vq.nll_bits(x)  # -log2 p(x | z(x)) per image
+    assert bits.shape == (4,) and torch.isfinite(bits).all() and (bits > 0).all()
+    with torch.no_grad():  # recon_bpd is the mean of the same bits per dimension
+        assert math.isclose(terms["recon_bpd"].item(), bits.mean().item() / 784, rel_tol=1e-4)
+    manual = -vq.decode_logprobs(vq.encode(x)).gather(-1, x.unsqueeze(-1)).sum((1, 2, 3, 4)) / math.log(2)
+    assert torch.allclose(bits, manual, rtol=1e-5)
+
+
+def test_encode_never_moves_an_ema_codebook():
+    vq = small("ema")
+    vq.train()
+    vq.loss(images(4))  # the first training batch initialises the codebook
+    before = vq.quantizer.codebook.clone()
+    vq.encode(images(4, seed=1))
+    vq.decode(vq.encode(images(4, seed=2)))
+    assert torch.equal(vq.quantizer.codebook, before)
+
+
+@pytest.mark.parametrize("quantizer", ["ema", "fsq"])
+def test_fit_trains_it_and_reconstructions_improve(quantizer, tmp_path):
+    x = data.load("fashion-mnist", "train", limit=64).images
+    vq = small(quantizer, codebook_size=64)
+    before = (vq.reconstruct(x).float() - x.float()).square().mean()
+    bits_before = vq.nll_bits(x).mean()
+    hist = train.fit(vq, x, x[:16], steps=60, batch_size=16, lr=5e-3, progress=False, checkpoint_every=None,
+                     checkpoint=tmp_path / "vq.pt")
+    after = (vq.reconstruct(x).float() - x.float()).square().mean()
+    assert after < 0.7 * before, (after, before)
+    assert vq.nll_bits(x).mean() < bits_before
+    assert hist.unit == "bits/dim of p(x|z)" and math.isfinite(hist.final_test_bpd)
+    assert (tmp_path / "vq.pt").exists()
