@@ -303,25 +303,44 @@ class SamplingScrubber:
         SamplingScrubber.from_record(record, levels)   # draw a record made elsewhere
 
     `callback` is also called at every step with the SampleStep (e.g. to check or log it).
+
+    A prior over tokens (a two-stage model, lessons 11-12) samples token grids (n, D, h, w); with
+    `render=` (a function tokens (n, D, h, w) -> images (n, C, H, W), such as a tokenizer's
+    `decode`) the scrubber shows the image decoded from the tokens after each step, the image
+    patches of tokens still to come shaded and the patch of the token just drawn boxed:
+
+        SamplingScrubber(prior, n=4, render=tokenizer.decode)
+
+    Integer images from `render` are scaled by `render_levels` (default: the `levels` of the object
+    `render` is a method of, e.g. the tokenizer's; else 256); float images are taken in [0, 1].
     """
 
     def __init__(self, model, n: int = 1, generator=None, y=None, x=None, observed=None,
-                 temperature: float = 1.0, image: int = 0, callback=None):
+                 temperature: float = 1.0, image: int = 0, callback=None, render=None, render_levels=None):
         record = SamplingRecord.run(model, n, x=x, observed=observed, y=y, generator=generator,
                                     temperature=temperature, callback=callback)
-        self._init(record, model.levels, image)
+        self._init(record, model.levels, image, render, render_levels)
 
     @classmethod
-    def from_record(cls, record: SamplingRecord, levels: int, image: int = 0) -> "SamplingScrubber":
+    def from_record(cls, record: SamplingRecord, levels: int, image: int = 0, render=None,
+                    render_levels=None) -> "SamplingScrubber":
         """A scrubber over a record made elsewhere (SamplingRecord.run, or built by hand)."""
         self = cls.__new__(cls)
-        self._init(record, levels, image)
+        self._init(record, levels, image, render, render_levels)
         return self
 
-    def _init(self, record, levels, image):
+    def _init(self, record, levels, image, render=None, render_levels=None):
         self.record, self.levels, self.image, self.current = record, int(levels), int(image), 0
         self.final = record.final  # (n, *shape)
         self._widget = None
+        if render is not None and not callable(render):
+            raise TypeError(f"render must be a function tokens (n, D, h, w) -> images (n, C, H, W), such as a "
+                            f"tokenizer's decode; got {type(render).__name__}")
+        if render is not None and self.final.dim() != 4:
+            raise ValueError(f"render= draws token grids (n, D, h, w); this record holds shape {tuple(self.final.shape)}")
+        self._decode = render
+        owner = getattr(render, "__self__", None)  # tok.decode -> tok
+        self.render_levels = int(render_levels or getattr(owner, "levels", 256))
 
     @property
     def steps(self) -> int:
@@ -347,9 +366,41 @@ class SamplingScrubber:
         return self.partial(t).numpy(), probs, point, self.record.value(t, self.image)
 
     # ------------------------------------------------------------------ drawing
+    def decoded(self, t: int) -> torch.Tensor:
+        """With render=: the images decoded from the tokens after step t, render(partial(t)) (n, C, H, W)."""
+        if self._decode is None:
+            raise ValueError("this scrubber draws the sampled values themselves: pass render= (e.g. a tokenizer's "
+                             "decode) to decode token grids")
+        with torch.no_grad():
+            return self._decode(self.partial(t)).detach().cpu()
+
+    def _decoded_at(self, t: int):
+        """_images_at for token grids drawn through render=: the decoded images, the image patches of
+        tokens still to come, and the patch of each token filled at step t."""
+        images = self.decoded(t)
+        n, C, H, W = images.shape
+        h, w = self.final.shape[-2:]
+        sy, sx = H // h, W // w  # pixels per token
+        scale = 1.0 if images.is_floating_point() else self.render_levels - 1
+        rgb = (images.float() / scale).clamp(0, 1).numpy()
+        rgb = rgb if C == 3 else rgb[:, :1].repeat(3, axis=1)  # (n, 3, H, W)
+        todo = (self.step_of > t).all(1)  # (n, h, w): no token of the position yet (every depth)
+        todo = todo.repeat_interleave(sy, 1).repeat_interleave(sx, 2).numpy()  # (n, H, W)
+        points = self.record.coords(t)
+        cells = sorted({(i, j) for _, i, j in points})
+        if len(points) == 1:
+            d, i, j = points[0]
+            where = f"token ({i}, {j})" + (f", depth {d}" if self.final.shape[1] > 1 else "")
+        else:
+            where = f"{len(points)} tokens at once"
+        return rgb, todo, cells, where, (sy, sx)
+
     def _images_at(self, t: int):
         """What to draw at step t: (images (n, C, H, W) in [0, 1] as RGB, still-to-come mask (n, H, W),
-        the (i, j) pixels filled at step t, a caption). Video shows the frame of step t."""
+        the (i, j) cells filled at step t, a caption, the (height, width) of a cell in pixels: (1, 1)
+        for pixels, a token's patch with render=). Video shows the frame of step t."""
+        if self._decode is not None:
+            return self._decoded_at(t)
         images, todo = self.partial(t).float(), (self.step_of > t)
         points = self.record.coords(t)
         where = ""
@@ -367,12 +418,12 @@ class SamplingScrubber:
             where += f"pixel ({i}, {j})" + (f", channel {c}" if C > 1 else "")
         else:
             where += f"{len(points)} dimensions at once"
-        return rgb, todo.all(1).numpy(), pixels, where
+        return rgb, todo.all(1).numpy(), pixels, where, (1, 1)
 
     def _draw(self, t: int, ax_img, ax_bar, one_image: bool = False):
         """Partial images with the pixels filled at step t boxed in red (left), the distribution (right).
         one_image: draw only image `self.image` (the one whose distribution is shown)."""
-        rgb, todo, pixels, where = self._images_at(t)
+        rgb, todo, pixels, where, (sy, sx) = self._images_at(t)
         if one_image:
             rgb, todo = rgb[self.image : self.image + 1], todo[self.image : self.image + 1]
         n, _, H, W = rgb.shape
@@ -382,14 +433,14 @@ class SamplingScrubber:
         for b in range(n):
             top, left = _tile_origin(b, cols, H, W, 1)
             for i, j in pixels:
-                ax_img.add_patch(Rectangle((left + j - 0.5, top + i - 0.5), 1, 1, fill=False,
+                ax_img.add_patch(Rectangle((left + j * sx - 0.5, top + i * sy - 0.5), sx, sy, fill=False,
                                            edgecolor="red", linewidth=1.5))
         ax_img.set_axis_off()
         ax_img.set_title(f"step {t + 1}/{self.steps}: {where}")
         _, probs, _, value = self.frame(t)
         bars = ax_bar.bar(np.arange(len(probs)), probs, color="#2a6f97", width=1.0)
         bars[value].set_color("#e63946")
-        ax_bar.set_xlabel("value")
+        ax_bar.set_xlabel("value" if self._decode is None else "token")
         ax_bar.set_ylabel("probability")
         how = "given" if self.record.observed(t, self.image) else "sampled"  # observed dims are kept
         ax_bar.set_title(f"p(x = . | earlier), {how} {value}")

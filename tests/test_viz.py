@@ -259,6 +259,40 @@ def test_scrubber_draws_several_dimensions_per_step_and_video_frames():
     assert torch.equal(rec.partial(0)[0, 1], torch.zeros(C, H, W)) and torch.equal(rec.partial(1), final)
 
 
+class BlockDecoder:
+    """A stand-in tokenizer: token v becomes a 4x4 block of pixel value 50 v (levels 256)."""
+    levels = 256
+
+    def decode(self, tokens):
+        return (tokens[:, :1] * 50).repeat_interleave(4, 2).repeat_interleave(4, 3)  # (n, 1, 4h, 4w)
+
+
+def test_scrubber_render_shows_the_decoded_image_after_every_token_step():
+    torch.manual_seed(0)
+    prior = PixelCNN(shape=(1, 2, 3), levels=5, channels=8, n_blocks=1, head_channels=8, first_kernel=3,
+                     input="embedding")
+    tok = BlockDecoder()
+    s = viz.SamplingScrubber(prior, n=2, generator=torch.Generator().manual_seed(0), render=tok.decode)
+    assert s.steps == 6 and s.render_levels == 256  # the levels of the tokenizer whose decode it is
+    for t in range(s.steps):
+        assert torch.equal(s.decoded(t), tok.decode(s.partial(t)))  # what render gives, token step by step
+    fig = s.render(1)  # tokens (0, 0) and (0, 1) are in; the rest still to come
+    title = fig.axes[0].get_title()
+    assert title.startswith("step 2/6: token (0, 1)")
+    img = fig.axes[0].get_images()[0].get_array()  # (2 * 9 + 1, 12 + 1 + ...) padded grid of two images
+    tokens = s.final[0, 0]
+    assert np.allclose(img[1:5, 5:9, 0], 50 * int(tokens[0, 1]) / 255)  # image 0, token (0, 1)'s decoded patch
+    assert np.allclose(img[5:9, 1:13], np.array(viz.NOT_YET)[None, None, :].repeat(4, 0).repeat(12, 1))
+    box = fig.axes[0].patches[0]
+    assert (box.get_width(), box.get_height(), box.get_xy()) == (4, 4, (1 + 4 - 0.5, 1 - 0.5))  # the token's patch
+    assert fig.axes[1].get_xlabel() == "token" and len(fig.axes[1].patches) == 5  # one bar per token value
+    assert len(s.static(frames=3).axes) == 6
+    with pytest.raises(TypeError, match="render must be a function"):
+        viz.SamplingScrubber.from_record(s.record, levels=5, render="decode")
+    with pytest.raises(ValueError, match="pass render="):
+        viz.SamplingScrubber.from_record(s.record, levels=5).decoded(0)
+
+
 # ------------------------------------------------------------------------- completion explorer
 @pytest.fixture
 def explorer():
