@@ -9,6 +9,7 @@ values in [0, K), as everywhere in armini; K = levels.
     viz.plot_context(model, target=(0, 14, 14))      # what does pixel (14, 14) see?
     viz.SamplingScrubber(model, n=4)                 # a slider over sampling steps (in Jupyter)
     viz.CompletionExplorer(model, test.images[:8])   # complete a masked image, then scrub (lesson 09)
+    viz.TokenExplorer(tokenizer, test.images[:8])    # an image's tokens; swap one, see the decoding (lesson 11)
 """
 from __future__ import annotations
 
@@ -817,6 +818,198 @@ class CompletionExplorer:
         if not static_mode():
             _display(self.widget())
         fig = self.static(frames)
+        if _display(fig):
+            plt.close(fig)
+
+    def _ipython_display_(self):
+        self.show()
+
+
+# --------------------------------------------------------------------------- tokens
+def token_colours(V: int) -> np.ndarray:
+    """(V, 3) RGB colours, one per token, shuffled so that neighbouring indices look unlike (indices are
+    names, not quantities); the same colours every time."""
+    hues = np.random.default_rng(0).permutation(V) / max(V, 1)
+    return matplotlib.colors.hsv_to_rgb(np.stack([hues, np.full(V, 0.55), np.full(V, 0.9)], 1))  # (V, 3)
+
+
+class TokenExplorer:
+    """Look at an image's tokens, swap one, and see what the decoder makes of it (lesson 11).
+
+        e = TokenExplorer(tokenizer, test.images[:8])
+        e                                   # in Jupyter: image, row, column (depth), new token, "swap"
+        e.tokens(0)                         # (D, h, w) the tokens of image 0
+        before, after, tokens = e.swap(0, 3, 3, value=17)   # decoded images before and after
+        e.static()                          # the figure without widgets (a centre token swapped, per image)
+
+    The tokens are drawn as a coloured grid (one colour per token index, the index written in each
+    cell); a swap replaces the token at (row, column) (and depth, for residual VQ) and decodes again:
+    the change is not confined to the token's own patch, since the decoder's convolutions mix
+    neighbouring latents. `tokenizer`: anything with encode, decode, codebook_size and levels.
+    """
+
+    def __init__(self, tokenizer, images):
+        for member in ("encode", "decode", "codebook_size", "levels"):
+            if not hasattr(tokenizer, member):
+                raise TypeError(f"TokenExplorer needs a tokenizer (armini.tokenizers): {type(tokenizer).__name__} "
+                                f"lacks {member}")
+        images = torch.as_tensor(images)
+        if images.dim() != 4 or images.dtype.is_floating_point or len(images) == 0:
+            raise ValueError(f"images must be integer images (N, C, H, W) with N >= 1, got {tuple(images.shape)} "
+                             f"{images.dtype}")
+        self.tokenizer, self.images = tokenizer, images
+        self.V, self.levels = int(tokenizer.codebook_size), int(tokenizer.levels)
+        with torch.no_grad():
+            self.all_tokens = tokenizer.encode(images).cpu()  # (N, D, h, w)
+        self.colours = token_colours(self.V)
+        self._widget = None
+
+    def tokens(self, image: int) -> torch.Tensor:
+        """The tokens (D, h, w) of image `image`."""
+        if not 0 <= int(image) < len(self.images):
+            raise IndexError(f"image must be 0..{len(self.images) - 1}, got {image}")
+        return self.all_tokens[int(image)]
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.tokenizer.decode(tokens[None])[0].cpu()  # (C, H, W)
+
+    def swap(self, image: int, row: int, col: int, value: int, depth: int = 0):
+        """(decoded before (C, H, W), decoded after (C, H, W), swapped tokens (D, h, w)) for the token at
+        (depth, row, col) of image `image` replaced by `value`."""
+        tokens = self.tokens(image)
+        D, h, w = tokens.shape
+        if not (0 <= row < h and 0 <= col < w and 0 <= depth < D):
+            raise IndexError(f"(depth, row, column) must lie in a ({D}, {h}, {w}) token grid, got ({depth}, {row}, {col})")
+        if not 0 <= int(value) < self.V:
+            raise ValueError(f"a token is in [0, {self.V}), got {value}")
+        swapped = tokens.clone()
+        swapped[depth, row, col] = int(value)
+        return self._decode(tokens), self._decode(swapped), swapped
+
+    def default_swap(self, image: int):
+        """(row, column, value) of a swap worth seeing: the centre token replaced by the grid's most common
+        token (for clothes on a blank background: a background token, a hole in the garment)."""
+        tokens = self.tokens(image)
+        h, w = tokens.shape[1:]
+        row, col = h // 2, w // 2
+        ranked = torch.bincount(tokens[0].flatten(), minlength=self.V).argsort(descending=True)
+        value = next(int(v) for v in ranked if int(v) != int(tokens[0, row, col]))
+        return row, col, value
+
+    # ------------------------------------------------------------------ drawing
+    def _gray(self, x: torch.Tensor) -> np.ndarray:
+        x = x.float() / (self.levels - 1)
+        return x.permute(1, 2, 0).numpy() if x.shape[0] == 3 else x[0].numpy()
+
+    def draw_tokens(self, tokens: torch.Tensor, ax, depth: int = 0, box=None):
+        """The token grid of one depth as coloured cells with their indices; box=(row, col) outlines one."""
+        grid = tokens[depth].numpy()  # (h, w)
+        h, w = grid.shape
+        ax.imshow(self.colours[grid], interpolation="nearest")
+        if h * w <= 14 * 14:
+            size = 7 if h <= 7 else 4.5
+            for i in range(h):
+                for j in range(w):
+                    ax.text(j, i, str(grid[i, j]), ha="center", va="center", fontsize=size)
+        if box is not None:
+            ax.add_patch(Rectangle((box[1] - 0.5, box[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return ax
+
+    def draw(self, image: int, row: int, col: int, value: int, depth: int = 0, axes=None):
+        """Five panels: the image, its tokens, decoded, decoded after the swap (its patch boxed), |change|."""
+        if axes is None:
+            _, axes = plt.subplots(1, 5, figsize=(11, 2.6))
+        before, after, swapped = self.swap(image, row, col, value, depth)
+        tokens = self.tokens(image)
+        H, W = before.shape[1:]
+        h, w = tokens.shape[1:]
+        sy, sx = H // h, W // w
+        change = (after.float() - before.float()).abs().amax(0) / (self.levels - 1)  # (H, W) in [0, 1]
+        outside = change.clone()
+        outside[row * sy:(row + 1) * sy, col * sx:(col + 1) * sx] = 0
+        share = float(outside.sum() / change.sum().clamp(min=1e-12))
+        axes[0].imshow(self._gray(self.images[image]), cmap="gray", vmin=0, vmax=1)
+        axes[0].set_title(f"image {image}", fontsize=9)
+        self.draw_tokens(tokens, axes[1], depth, box=(row, col))
+        axes[1].set_title(f"tokens{f' (depth {depth})' if tokens.shape[0] > 1 else ''}", fontsize=9)
+        axes[2].imshow(self._gray(before), cmap="gray", vmin=0, vmax=1)
+        axes[2].set_title("decoded", fontsize=9)
+        axes[3].imshow(self._gray(after), cmap="gray", vmin=0, vmax=1)
+        axes[3].add_patch(Rectangle((col * sx - 0.5, row * sy - 0.5), sx, sy, fill=False, edgecolor="red"))
+        axes[3].set_title(f"token ({row}, {col}): {int(tokens[depth, row, col])} -> {value}", fontsize=9)
+        axes[4].imshow(change.numpy(), cmap="magma", vmin=0, vmax=max(float(change.max()), 1e-6))
+        axes[4].set_title(f"|change|: {100 * share:.0f}% outside the patch", fontsize=9)
+        for ax in axes:
+            ax.set_axis_off()
+        return axes
+
+    def static(self, images: int = 3):
+        """The figure without widgets: for each of the first `images` images, its default swap."""
+        n = min(int(images), len(self.images))
+        fig, axes = plt.subplots(n, 5, figsize=(11, 2.4 * n), squeeze=False)
+        for b in range(n):
+            self.draw(b, *self.default_swap(b), axes=axes[b])
+        fig.tight_layout()
+        return fig
+
+    # ------------------------------------------------------------------ widget
+    def widget(self):
+        """The ipywidgets VBox: image, row, column, (depth,) new token and "swap" above the picture."""
+        if self._widget is None:
+            import ipywidgets as w
+
+            D, h, w_ = self.all_tokens.shape[1:]
+            row, col, value = self.default_swap(0)
+            p = self._parts = {
+                "image": w.IntSlider(value=0, min=0, max=len(self.images) - 1, description="image"),
+                "row": w.IntSlider(value=row, min=0, max=h - 1, description="row"),
+                "col": w.IntSlider(value=col, min=0, max=w_ - 1, description="column"),
+                "depth": w.IntSlider(value=0, min=0, max=D - 1, description="depth"),
+                "value": w.BoundedIntText(value=value, min=0, max=self.V - 1, description="new token"),
+                "swap": w.Button(description="swap", button_style="primary"),
+                "output": w.Output()}
+            p["depth"].layout.display = None if D > 1 else "none"
+            p["swap"].on_click(lambda button: self._update())
+            p["image"].observe(self._on_image, names="value")
+            self._widget = w.VBox([w.HBox([p["image"], p["row"], p["col"]]),
+                                   w.HBox([p["depth"], p["value"], p["swap"]]), p["output"]])
+            self._update()
+        return self._widget
+
+    def _on_image(self, change):
+        """A new image: propose its default swap."""
+        row, col, value = self.default_swap(int(change["new"]))
+        p = self._parts
+        p["row"].value, p["col"].value, p["value"].value = row, col, value
+        self._update()
+
+    def current(self) -> tuple:
+        """(image, row, column, value, depth) the widget shows."""
+        p = self._parts
+        return p["image"].value, p["row"].value, p["col"].value, p["value"].value, p["depth"].value
+
+    def _update(self):
+        from IPython import get_ipython
+
+        if get_ipython() is None:
+            return  # no front end: keep the state, skip the picture
+        out = self._parts["output"]
+        out.clear_output(wait=True)
+        with out:
+            fig, axes = plt.subplots(1, 5, figsize=(11, 2.6))
+            self.draw(*self.current(), axes=axes)
+            _display(fig)
+            plt.close(fig)
+
+    def show(self, images: int = 2):
+        """The widget, and below it the static figure of `images` default swaps (the figure alone where
+        widgets cannot run, so a rendered notebook still shows what a swap does)."""
+        if not static_mode():
+            _display(self.widget())
+        fig = self.static(images)
         if _display(fig):
             plt.close(fig)
 

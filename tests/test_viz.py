@@ -429,3 +429,67 @@ def test_completion_explorer_shows_a_static_strip_outside_ipython(explorer, monk
     assert len(new) == 1
     fig = plt.figure(new.pop())
     assert len(fig.axes) == 8 and "left half observed" in fig._suptitle.get_text()
+
+
+# ------------------------------------------------------------------------- token explorer
+class BlockTokenizer(BlockDecoder):
+    """encode: the first pixel of each 4x4 block // 50; decode: blocks of 50 * token (5 tokens)."""
+    codebook_size = 5
+
+    def encode(self, images):
+        return images[:, :, ::4, ::4] // 50  # (n, 1, h, w)
+
+
+def block_images():
+    tokens = torch.tensor([[[0, 1], [2, 3]], [[4, 4], [4, 0]]]).unsqueeze(1)  # (2, 1, 2, 2)
+    return BlockTokenizer().decode(tokens)  # (2, 1, 8, 8)
+
+
+def test_token_explorer_swaps_one_token_and_decodes():
+    e = viz.TokenExplorer(BlockTokenizer(), block_images())
+    assert torch.equal(e.tokens(1), torch.tensor([[[4, 4], [4, 0]]]))
+    before, after, swapped = e.swap(0, 1, 0, value=4)
+    assert torch.equal(before, block_images()[0])
+    assert int(swapped[0, 1, 0]) == 4 and (after[0, 4:, :4] == 200).all()  # that token's patch, decoded again
+    assert torch.equal(after[0, :4], before[0, :4]) and torch.equal(after[0, 4:, 4:], before[0, 4:, 4:])
+    assert e.default_swap(1) == (1, 1, 4)  # the centre token -> the most common one (4)
+    axes = e.draw(0, 1, 0, 4)
+    assert axes[3].get_title() == "token (1, 0): 2 -> 4"
+    assert axes[4].get_title() == "|change|: 0% outside the patch"  # this decoder does not mix tokens
+    assert [t.get_text() for t in axes[1].texts] == ["0", "1", "2", "3"]  # each cell names its token
+    cells = axes[1].get_images()[0].get_array()
+    assert np.allclose(cells[1, 0], e.colours[2]) and not np.allclose(e.colours[2], e.colours[3])
+    with pytest.raises(ValueError, match=r"a token is in \[0, 5\)"):
+        e.swap(0, 0, 0, value=5)
+    with pytest.raises(IndexError, match=r"\(1, 2, 2\) token grid"):
+        e.swap(0, 2, 0, value=1)
+    with pytest.raises(TypeError, match="lacks encode"):
+        viz.TokenExplorer(BlockDecoder(), block_images())
+
+
+def test_token_explorer_widget_and_static_figure(monkeypatch):
+    import ipywidgets
+    from matplotlib.figure import Figure
+
+    from armini.tokenizers import VQVAE
+
+    torch.manual_seed(0)
+    tok = VQVAE(quantizer="rvq", channels=8, codebook_size=16, depth=2)
+    images = torch.randint(256, (3, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    e = viz.TokenExplorer(tok, images)
+    box = e.widget()
+    p = e._parts
+    assert p["depth"].max == 1 and p["value"].max == 15 and p["row"].max == 6
+    p["image"].value = 2  # a new image proposes its own default swap
+    assert e.current()[:4] == (2, *e.default_swap(2))
+    assert e.widget() is box
+    shown = []
+    monkeypatch.setattr(viz, "_display", lambda obj: shown.append(obj) or True)
+    monkeypatch.setattr(viz, "static_mode", lambda: False)
+    e.show(images=2)
+    assert [type(o) for o in shown] == [ipywidgets.VBox, Figure]  # the widget, then the figure below it
+    assert len(shown[1].axes) == 10  # two images, five panels each
+    shown.clear()
+    monkeypatch.setattr(viz, "static_mode", lambda: True)
+    e.show(images=1)
+    assert [type(o) for o in shown] == [Figure]
