@@ -91,3 +91,47 @@ def test_fit_trains_it_and_reconstructions_improve(quantizer, tmp_path):
     assert vq.nll_bits(x).mean() < bits_before
     assert hist.unit == "bits/dim of p(x|z)" and math.isfinite(hist.final_test_bpd)
     assert (tmp_path / "vq.pt").exists()
+
+
+class Binary:
+    """A tokenizer by hand: one token per pixel, dark (0) or bright (1); decodes to 0 or 255."""
+    codebook_size, levels = 2, 256
+
+    def token_shape(self, image_shape):
+        return tuple(image_shape)
+
+    def encode(self, images):
+        return (images >= 128).long()
+
+    def decode(self, tokens):
+        return tokens * 255
+
+
+def test_reconstruction_quality_of_a_tokenizer_by_hand():
+    from armini.tokenizers import rate_bits, reconstruction_quality
+
+    x = data.load("fashion-mnist", "test", limit=40).images
+    q = reconstruction_quality(Binary(), x)
+    r = (x >= 128).long() * 255
+    mse = ((r.float() - x.float()) / 255).square().flatten(1).mean(1)  # per image
+    assert math.isclose(q["psnr"], float((10 * torch.log10(1 / mse)).mean()), rel_tol=1e-4)
+    assert 0 < q["ssim"] < 1 and q["used"] == 1.0 and 1 < q["perplexity"] <= 2
+    assert q["rate_bits"] == rate_bits(Binary(), (1, 28, 28)) == 784.0
+    assert q["recon_bpd"] is None and q["bound_bpd"] is None  # no decoder distribution
+    assert math.isfinite(q["rfid"]) and q["rfid"] > 0
+
+
+def test_usage_log_measures_a_held_out_set_every_few_training_steps():
+    from armini.tokenizers import UsageLog
+
+    vq = small("ema")
+    held_out = images(6, seed=3)
+    log = UsageLog(held_out, every=2)
+    train.fit(vq, images(16), steps=5, batch_size=4, progress=False, loss_fn=log)
+    assert log.steps == [0, 2, 4] and log.calls == 5
+    assert all(0 < u <= 1 for u in log.used) and all(p >= 1 for p in log.perplexity)
+    from armini.nn.quantize import codebook_usage
+
+    vq.eval()
+    log.measure(vq)
+    assert (log.used[-1], log.perplexity[-1]) == codebook_usage(vq.encode(held_out), vq.codebook_size)

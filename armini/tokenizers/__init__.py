@@ -43,11 +43,12 @@ position, e latent channels.
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Tokenizer", "check_tokenizer", "VQVAE"]
+__all__ = ["Tokenizer", "check_tokenizer", "rate_bits", "reconstruction_quality", "VQVAE", "UsageLog"]
 
 
 @runtime_checkable
@@ -88,4 +89,57 @@ def check_tokenizer(tok, images: torch.Tensor) -> torch.Tensor:
     return tokens
 
 
-from .vqvae import VQVAE  # noqa: E402  (after the protocol it implements)
+def rate_bits(tok, image_shape) -> float:
+    """Bits per image of the tokens with a uniform prior: tokens x log2 V (the rate of a fixed-length code)."""
+    return math.prod(tok.token_shape(tuple(image_shape))) * math.log2(tok.codebook_size)
+
+
+@torch.no_grad()
+def reconstruction_quality(tok, images: torch.Tensor, batch_size: int = 500, classifier=None) -> dict:
+    """How well a tokenizer reconstructs a set of integer images (N, C, H, W), as a dict:
+
+    psnr, ssim:        of decode(encode(x)) against x, scaled to [0, 1] (torchmetrics; PSNR averaged
+                       over images, SSIM with its default 11 x 11 Gaussian window)
+    rfid, rkid, precision, recall: armini.metrics.sample_quality of the reconstructions against x
+                       (grayscale images only; compare with the real-vs-real floor at the same N)
+    used, perplexity:  codebook_usage of the tokens of the whole set
+    rate_bits:         tokens x log2 V, bits per image with a uniform prior
+    recon_bpd:         -log2 p(x | z(x)) per dimension (tokenizers with decode_logprobs; else None)
+    bound_bpd:         (recon bits + rate bits) / dimensions: an upper bound on -log2 p(x) per dimension
+                       with a uniform prior over tokens (a learned prior lowers the rate part)
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    from ..nn.quantize import codebook_usage
+
+    images = images.cpu()
+    dev = next(tok.parameters()).device if hasattr(tok, "parameters") else torch.device("cpu")
+    tokens, recon, bits = [], [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(dev)
+        z = tok.encode(x)
+        tokens.append(z.cpu())
+        if hasattr(tok, "decode_logprobs"):
+            logp = tok.decode_logprobs(z)  # (B, C, H, W, K)
+            bits.append(-logp.gather(-1, x.long().unsqueeze(-1)).flatten(1).sum(1).cpu() / math.log(2))
+        recon.append(tok.decode(z).cpu())
+    tokens, recon = torch.cat(tokens), torch.cat(recon)
+    K = tok.levels
+    x01, r01 = images.float() / (K - 1), recon.float() / (K - 1)
+    psnr = peak_signal_noise_ratio(r01, x01, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(r01, x01, data_range=1.0)
+    used, ppl = codebook_usage(tokens, tok.codebook_size)
+    dims = math.prod(images.shape[1:])
+    rate = rate_bits(tok, images.shape[1:])
+    out = dict(psnr=float(psnr), ssim=float(ssim), used=used, perplexity=ppl, rate_bits=rate,
+               recon_bpd=float(torch.cat(bits).mean()) / dims if bits else None)
+    out["bound_bpd"] = None if out["recon_bpd"] is None else out["recon_bpd"] + rate / dims
+    if images.shape[1] == 1:
+        from ..metrics import sample_quality
+
+        q = sample_quality(images, recon, K, classifier=classifier)
+        out.update(rfid=q["fid"], rkid=q["kid"], precision=q["precision"], recall=q["recall"])
+    return out
+
+
+from .vqvae import VQVAE, UsageLog  # noqa: E402  (after the protocol they implement)

@@ -46,9 +46,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.inputs import to_unit_range
-from ..nn.quantize import FSQ, ResidualVQ, VectorQuantizer
+from ..nn.quantize import FSQ, ResidualVQ, VectorQuantizer, codebook_usage
 
-__all__ = ["VQVAE", "VQVAEConfig", "QUANTIZERS"]
+__all__ = ["VQVAE", "VQVAEConfig", "QUANTIZERS", "UsageLog"]
 
 LN2 = math.log(2)
 QUANTIZERS = ("vq", "ema", "fsq", "rvq")
@@ -263,3 +263,41 @@ class VQVAE(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+class UsageLog:
+    """A loss_fn for armini.train.fit that also records codebook usage during training.
+
+        log = UsageLog(test.images[:500], every=50)
+        fit(vq, train, steps=1000, loss_fn=log)
+        log.steps, log.used, log.perplexity        # lists, one entry per measurement
+
+    Every `every` training steps (and before the first) it encodes the same held-out `images` and
+    records codebook_usage of their tokens: usage over a whole set, not a batch (a batch of 32
+    images has only 32 * 49 tokens: its perplexity is capped by its size). Only calls in training
+    mode count as steps (fit's finiteness check runs the loss in eval mode)."""
+
+    def __init__(self, images: torch.Tensor, every: int = 50):
+        self.images, self.every = images, int(every)
+        self.steps, self.used, self.perplexity = [], [], []
+        self.calls = 0
+
+    def measure(self, model):
+        was_training = model.training
+        model.eval()
+        try:
+            tokens = torch.cat([model.encode(self.images[i:i + 500].to(model.model_device)).cpu()
+                                for i in range(0, len(self.images), 500)])
+        finally:
+            model.train(was_training)
+        used, ppl = codebook_usage(tokens, model.codebook_size)
+        self.steps.append(self.calls)
+        self.used.append(used)
+        self.perplexity.append(ppl)
+
+    def __call__(self, model, x, y=None):
+        if model.training:
+            if self.calls % self.every == 0:
+                self.measure(model)  # before step `calls` (0: the untrained codebook... after its first-batch init)
+            self.calls += 1
+        return model.loss(x, y)
