@@ -26,6 +26,27 @@ per image of one full forward pass at the same batch (forward_s_per_image): what
 forward passes (1: caching for free; C*H*W: recomputing everything at every step). A model may add
 fields of its own by defining `bench_fields()` -> dict (e.g. an order-agnostic model's `orders`
 and `steps`). ARMINI_QUICK=1 shrinks the budget and the test subset.
+
+Sample quality (armini.metrics, the course's Fashion-MNIST classifier as the judge): each model draws
+--quality-samples N images (default 1000; 64 in quick mode; 0 skips), in batches of 100, and they are
+compared with the first N test images at the model's levels and size (14x14 and 7x7 images are
+enlarged to 28x28 by nearest-neighbour upsampling, real and sampled alike):
+
+    fid, kid, kid_std    FID-FMNIST and KID (see armini.metrics), lower is better
+    precision, recall    k-NN manifold precision and recall (k = 3), higher is better
+    fid_floor            the first N training images against the same N test images: the FID of a perfect
+                         model at this N (FID is biased upwards for small N; compare a model with its floor)
+    quality_samples, quality_sample_s   N and the seconds it took to draw them (batched, so much less per
+                         image than sample_s_per_image, which times sample_n images)
+
+These FID-FMNIST values are comparable only with each other (same classifier, same N), never with
+published Inception FIDs.
+
+A model that trains in stages (a tokenizer, then a prior over its tokens) defines
+`fit_stages(train, test, *, steps, time_limit, batch_size, lr, device, seed, progress, clock) -> History`;
+bench_model then calls it wherever it would call armini.train.fit: once on a copy as the probe (test None,
+steps=10**9 and a short time_limit: the steps it gets through size the real run), then for the real run.
+
 Everything is seeded; timings depend on the machine (the JSON records the device).
 
 `python -m armini.bench speed` trains nothing to a budget and measures speed only, for each model
@@ -65,6 +86,7 @@ LEVELS = 256  # Fashion-MNIST as it comes (28x28, or the 14x14 / 7x7 views with 
 LR = {"pixelcnn": 2e-3, "gated-pixelcnn": 2e-3, "pixelsnail": 2e-3, "pixelcnn++": 4e-3, "row-lstm": 2e-3,
       "diagonal-bilstm": 2e-3, "pixel-transformer": 2e-3, "nade": 3e-3, "fvsbn": 3e-3}
 BATCH = {"pixelcnn++": 16}
+MIN_QUALITY_SAMPLES = 10  # --quality-samples: 0 (skip) or at least this many
 
 
 def build(name: str, size: int = 28, **kwargs):
@@ -140,19 +162,64 @@ def model_fields(model) -> dict:
     return dict(fields()) if callable(fields) else {}
 
 
+def trainer(model):
+    """How bench trains `model`: its own fit_stages (a model trained in stages, e.g. tokenizer then prior),
+    else armini.train.fit. Both take (model's data) train, test and the same keyword arguments."""
+    from armini import train
+
+    stages = getattr(model, "fit_stages", None)
+    if callable(stages):
+        return lambda m, train_set, test_set, **kw: m.fit_stages(train_set, test_set, **kw)
+    return train.fit
+
+
+def sample_in_batches(model, n: int, seed: int, batch: int = 100) -> torch.Tensor:
+    """n images (n, *shape) on the CPU, drawn `batch` at a time from one seeded generator (class-conditional
+    models: classes 0, 1, 2, ... in turn)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        out.append(model.sample(m, y=armini.class_labels(model, m), generator=gen).cpu())
+    return torch.cat(out)
+
+
+def quality_fields(model, n: int, seed: int, size: int, datasets: dict, clock=time.perf_counter) -> dict:
+    """Sample quality of `model` (armini.metrics.sample_quality): n samples against the first n test images at
+    the model's levels and size, with fid_floor (the first n training images against the same test images)."""
+    from armini import data, metrics
+
+    key = ("quality", model.levels, size, n)  # real images and the floor, shared between models
+    if key not in datasets:
+        real = data.load("fashion-mnist", "test", levels=model.levels, size=size, limit=n).images
+        train_images = data.load("fashion-mnist", "train", levels=model.levels, size=size, limit=n).images
+        datasets[key] = (real, metrics.fid(train_images, real, model.levels))
+    real, floor = datasets[key]
+    _sync(model.model_device)
+    t0 = clock()
+    fake = sample_in_batches(model, len(real), seed)  # (n, *shape)
+    _sync(model.model_device)
+    elapsed = clock() - t0
+    quality = metrics.sample_quality(real, fake, model.levels)
+    return dict(quality, fid_floor=floor, quality_samples=len(real), quality_sample_s=elapsed)
+
+
 def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None, test_images=1000, sample_n=2,
                 seed=0, datasets=None, models=None, cpu_time=False, size=28, sampling_steps=None,
-                **model_kwargs) -> dict:
+                quality_samples=None, **model_kwargs) -> dict:
     """Train one model for `budget_s` seconds and measure it; returns one JSON record.
 
     cpu_time: count the budget in CPU seconds of this process (time.process_time) instead of wall-clock
     seconds; size: 28 (Fashion-MNIST as it comes), 14 or 7 (the area-averaged views); model_kwargs go to the
     model's constructor (e.g. channels=64); models: a dict that receives the trained model under `name`;
     sampling_steps: a sampling budget for models that can fill several dimensions per step (see
-    set_sampling_budget); the record's `sampling_steps` says how many steps sampling took."""
+    set_sampling_budget); the record's `sampling_steps` says how many steps sampling took;
+    quality_samples: images drawn for fid, kid, precision, recall (default 1000, 64 in quick mode; 0: none).
+    A model with `fit_stages` is trained by it instead of armini.train.fit (see trainer)."""
     from armini import data, train
 
-    check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n)
+    quality_samples = armini.budget(1000, 64) if quality_samples is None else quality_samples
+    check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n, quality_samples=quality_samples)
     datasets = {} if datasets is None else datasets  # (levels, size) -> (train, test), shared between models
     dev = armini.device(device)
     armini.seed_everything(seed)
@@ -168,12 +235,13 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
     batch_size = batch_size if batch_size is not None else BATCH.get(name, 32)
     # The learning rate follows a cosine schedule over the number of steps that fits the budget,
     # estimated from a short probe run on a copy; time_limit stops the real run at the budget anyway.
-    probe = train.fit(copy.deepcopy(model), train_set, None, steps=10**9, time_limit=min(10.0, budget_s / 10),
-                      batch_size=batch_size, lr=lr, lr_schedule="constant", device=dev, seed=seed, progress=False,
-                      clock=clock)
+    fit = trainer(model)  # armini.train.fit, or the model's own fit_stages
+    probe_settings = {} if fit is not train.fit else {"lr_schedule": "constant"}
+    probe = fit(copy.deepcopy(model), train_set, None, steps=10**9, time_limit=min(10.0, budget_s / 10),
+                batch_size=batch_size, lr=lr, device=dev, seed=seed, progress=False, clock=clock, **probe_settings)
     steps = max(1, int(budget_s * probe.steps / max(probe.train_s, 1e-9)))
-    hist = train.fit(model, train_set, test_set, steps=steps, time_limit=budget_s, batch_size=batch_size, lr=lr,
-                     device=dev, seed=seed, progress=False, clock=clock)
+    hist = fit(model, train_set, test_set, steps=steps, time_limit=budget_s, batch_size=batch_size, lr=lr,
+               device=dev, seed=seed, progress=False, clock=clock)
     record = dict(
         model=name, device=str(dev), params=model.num_params(), levels=model.levels, shape=list(model.shape),
         batch_size=batch_size, lr=lr, budget_s=budget_s, clock="cpu" if cpu_time else "wall",
@@ -194,6 +262,8 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
                       forward_s_per_image=forward, forward_equivalents=cached / forward)
     else:
         record["sample_s_per_image"] = time_sampling(model, sample_n, seed, cached=False)[0]
+    if quality_samples:
+        record.update(quality_fields(model, quality_samples, seed, size, datasets))
     record.update(model_fields(model))
     record["note"] = note
     if models is not None:
@@ -211,8 +281,11 @@ def set_sampling_budget(model, steps, test_set, held_out: int = 128):
     model.set_budget(min(int(steps), model.dims))
 
 
-def check_settings(budget_s: float, test_images: int, sample_n: int):
+def check_settings(budget_s: float, test_images: int, sample_n: int, quality_samples: int = 0):
     """Refuse, before any training, settings that would only fail (or mean nothing) at the end."""
+    if quality_samples != 0 and not (isinstance(quality_samples, int) and quality_samples >= MIN_QUALITY_SAMPLES):
+        raise ValueError(f"quality_samples must be 0 (no sample quality) or a whole number >= {MIN_QUALITY_SAMPLES} "
+                         f"(KID and precision/recall need several images), got {quality_samples!r}")
     if not budget_s > 0:
         raise ValueError(f"budget_s must be a number of seconds > 0, got {budget_s}")
     if test_images is not None and test_images < 1:
@@ -446,16 +519,20 @@ def kendall_tau(a, b) -> float:
 
 def format_table(records, budget_s, test_images) -> str:
     """The records as a text table with aligned columns."""
+    with_quality = any("fid" in r for r in records)  # sample-quality columns only when some record has them
+    quality_head = ["FID (floor)", "KID", "prec", "recall"] if with_quality else []
     head = ["model", "device", "params", "levels", "train img/s", "steps", "test bpd", "sample s/img",
-            "cache speedup", "note"]
+            "cache speedup", *quality_head, "note"]
     rows = []
     for r in records:
         speedup = f"{r['cache_speedup']:.1f}x" if "cache_speedup" in r else "-"
+        quality = ([f"{r['fid']:.2f} ({r['fid_floor']:.2f})", f"{r['kid']:.4f}", f"{r['precision']:.2f}",
+                    f"{r['recall']:.2f}"] if "fid" in r else ["-"] * 4)[:len(quality_head)]
         rows.append([r["model"], r["device"], f"{r['params']:,}", str(r["levels"]), f"{r['train_images_per_s']:.0f}",
-                     str(r["steps"]), f"{r['test_bpd']:.3f}", f"{r['sample_s_per_image']:.3f}", speedup,
+                     str(r["steps"]), f"{r['test_bpd']:.3f}", f"{r['sample_s_per_image']:.3f}", speedup, *quality,
                      r["note"] if len(r["note"]) <= 60 else r["note"][:57] + "..."])  # the JSON has it all
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    numeric = {2, 3, 4, 5, 6, 7, 8}  # right-aligned columns
+    numeric = set(range(2, len(head) - 1))  # right-aligned columns: all but model, device and note
 
     def line(cells):
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
@@ -464,6 +541,10 @@ def format_table(records, budget_s, test_images) -> str:
     size = "x".join(map(str, records[0]["shape"][1:])) if records else "28x28"
     title = (f"Fashion-MNIST {size}, {budget_s:g} {clock} s of training per model (cosine lr over the steps that fit); "
              f"test bits/dim on the first {test_images} test images")
+    n = next((r["quality_samples"] for r in records if "quality_samples" in r), None)
+    if n:
+        title += (f"; FID-FMNIST, KID, precision, recall of {n} samples against {n} test images "
+                  f"(floor: {n} training images; not comparable with published Inception FIDs)")
     return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
 
 
@@ -486,6 +567,9 @@ def build_parser():
     p.add_argument("--sampling-steps", type=cli.positive_int, default=None,
                    help="sampling budget for models that fill several dimensions per step (ardm): S steps, "
                         "planned from per-step losses on held-out images (default: one dimension per step)")
+    p.add_argument("--quality-samples", type=cli.non_negative_int, default=None,
+                   help="images sampled per model for FID-FMNIST, KID, precision and recall against as many test "
+                        f"images (default 1000; 64 in quick mode; 0 skips them; otherwise at least {MIN_QUALITY_SAMPLES})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu-time", action="store_true",
                    help="budget in CPU seconds of this process (time.process_time), not wall-clock seconds: "
@@ -520,7 +604,12 @@ def run(args, parser) -> list:
     budget_s = args.budget_s if args.budget_s is not None else armini.budget(60.0, 3.0)
     test_images = args.test_images if args.test_images is not None else armini.budget(1000, 200)
     sample_n = args.sample_n if args.sample_n is not None else armini.budget(2, 1)
-    check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n)
+    quality_samples = args.quality_samples if args.quality_samples is not None else armini.budget(1000, 64)
+    check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n, quality_samples=quality_samples)
+    if quality_samples:
+        from armini import metrics
+
+        metrics.load_classifier()  # a missing or damaged judge fails now, not after the first model trained
     if args.json:
         cli.check_new_file(args.json, args.overwrite, "--json")  # before the benchmark, not after it
     model_kwargs = dict(args.set)
@@ -535,7 +624,7 @@ def run(args, parser) -> list:
         records.append(bench_model(name, budget_s=budget_s, device=dev, batch_size=args.batch_size, lr=args.lr,
                                    test_images=test_images, sample_n=sample_n, seed=args.seed, datasets=datasets,
                                    cpu_time=args.cpu_time, size=args.size, sampling_steps=args.sampling_steps,
-                                   **model_kwargs))
+                                   quality_samples=quality_samples, **model_kwargs))
         if args.json:
             save_records(records, args.json)  # after every model: a run that stops midway keeps what it measured
     print()

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -99,6 +100,11 @@ def test_bench_json_schema(tmp_path, monkeypatch, capsys):
             assert key in r, key
         assert r["device"] == "cpu" and r["shape"] == [1, 28, 28] and r["budget_s"] == 0.5 and r["test_images"] == 50
         assert r["steps"] >= 1 and r["train_images_per_s"] > 0 and r["sample_s_per_image"] > 0
+        # sample quality (armini.metrics): 64 samples in quick mode against 64 test images
+        assert r["quality_samples"] == 64 and r["quality_sample_s"] > 0
+        for key in ("fid", "kid", "kid_std", "precision", "recall", "fid_floor"):
+            assert np.isfinite(r[key]), (key, r[key])
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["fid"] > r["fid_floor"] > 0
     fvsbn, toy = records
     assert fvsbn["levels"] == 2 and "levels=2" in fvsbn["note"] and "sample_s_per_image_cached" not in fvsbn
     assert toy["levels"] == 256 and toy["note"] == ""
@@ -109,6 +115,7 @@ def test_bench_json_schema(tmp_path, monkeypatch, capsys):
     assert all(r["train_s_per_step"] > 0 for r in records)
     table = capsys.readouterr().out
     assert "first 50 test images" in table and "cached-toy" in table
+    assert "FID (floor)" in table and f"{toy['fid']:.2f} ({toy['fid_floor']:.2f})" in table
     with pytest.raises(SystemExit):
         bench.main(["--models", "nope"])
 
@@ -118,7 +125,7 @@ def test_bench_cpu_clock_and_model_settings(tmp_path, monkeypatch, capsys):
     path = tmp_path / "bench.json"
     assert bench.main(["--models", "pixelcnn", "--budget-s", "0.5", "--test-images", "20", "--sample-n", "1",
                        "--device", "cpu", "--cpu-time", "--set", "channels=8", "--set", "n_blocks=1",
-                       "--json", str(path)]) == 0
+                       "--quality-samples", "0", "--json", str(path)]) == 0
     (r,) = json.loads(path.read_text())
     assert r["clock"] == "cpu" and r["model_kwargs"] == {"channels": 8, "n_blocks": 1}
     assert r["params"] == bench.build("pixelcnn", channels=8, n_blocks=1)[0].num_params()
@@ -132,8 +139,9 @@ def test_bench_model_on_the_14x14_view_keeps_the_trained_model(monkeypatch):
     monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
     models = {}
     r = bench.bench_model("pixelcnn", budget_s=0.3, device="cpu", test_images=10, sample_n=1, models=models,
-                          channels=8, n_blocks=1, size=14)
+                          channels=8, n_blocks=1, size=14, quality_samples=20)
     assert r["shape"] == [1, 14, 14] and r["test_images"] == 10 and r["cached_matches_naive"]
+    assert r["quality_samples"] == 20 and np.isfinite(r["fid"]) and r["fid_floor"] > 0  # judged enlarged to 28x28
     assert models["pixelcnn"].shape == (1, 14, 14) and models["pixelcnn"].num_params() == r["params"]
 
 
@@ -201,12 +209,53 @@ def test_bench_order_agnostic_models_record_orders_and_sampling_steps(monkeypatc
     per-step losses on held-out images, and its unit says the test figure is a bound."""
     monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
     ardm = bench.bench_model("ardm", budget_s=0.3, device="cpu", test_images=8, sample_n=1, size=7,
-                             sampling_steps=5, channels=8, mults=(1,), emb_dim=8)
+                             sampling_steps=5, channels=8, mults=(1,), emb_dim=8, quality_samples=0)
     assert ardm["sampling_steps"] == 5 and ardm["budget"] == 5 and ardm["order_set"] == "random"
     assert ardm["unit"] == "bits/dim (bound)" and np.isfinite(ardm["test_bpd"])
     lmconv = bench.bench_model("lmconv", budget_s=0.3, device="cpu", test_images=8, sample_n=1, size=7,
-                               nr_filters=8, nr_resnet=1)
+                               nr_filters=8, nr_resnet=1, quality_samples=0)
     assert lmconv["orders"] == 1 and lmconv["train_orders"] == 8 and lmconv["sampling_steps"] == 49
     pixelcnn = bench.bench_model("pixelcnn", budget_s=0.3, device="cpu", test_images=8, sample_n=1, size=7,
-                                 sampling_steps=5, channels=8, n_blocks=1)
+                                 sampling_steps=5, channels=8, n_blocks=1, quality_samples=0)
     assert pixelcnn["sampling_steps"] == 49  # one pixel per step: a budget does not apply
+
+
+class StagedToy(IndependentPixels):
+    """A model that trains in stages: bench must call its fit_stages, not armini.train.fit."""
+
+    calls = []
+
+    def fit_stages(self, train, test, *, steps, time_limit, batch_size, lr, device, seed, progress, clock):
+        from armini import train as training
+
+        StagedToy.calls.append(dict(steps=steps, time_limit=time_limit, with_test=test is not None, clock=clock))
+        half = max(1, steps // 2) if steps < 10**9 else steps
+        training.fit(self, train, None, steps=half, time_limit=time_limit / 2, batch_size=batch_size, lr=lr,
+                     device=device, seed=seed, progress=progress, clock=clock)  # "stage 1"
+        return training.fit(self, train, test, steps=steps, time_limit=time_limit, batch_size=batch_size, lr=lr,
+                             device=device, seed=seed, progress=progress, clock=clock, resume=False)
+
+
+def test_bench_trains_a_staged_model_through_its_fit_stages(monkeypatch):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    monkeypatch.setattr(StagedToy, "calls", [])
+    monkeypatch.setitem(MODELS, "staged-toy", StagedToy)
+    r = bench.bench_model("staged-toy", budget_s=0.4, device="cpu", test_images=10, sample_n=1, size=7,
+                          cpu_time=True, quality_samples=20)
+    probe, real = StagedToy.calls  # the probe on a copy, then the real run
+    assert probe["steps"] == 10**9 and not probe["with_test"] and probe["time_limit"] == pytest.approx(0.04)
+    assert real["with_test"] and real["time_limit"] == 0.4 and real["steps"] == r["planned_steps"]
+    assert real["clock"] is time.process_time and r["steps"] >= 1 and np.isfinite(r["test_bpd"])
+    assert r["quality_samples"] == 20 and np.isfinite(r["fid"])
+
+
+def test_bench_quality_samples_zero_skips_sample_quality_and_few_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    r = bench.bench_model("independent", budget_s=0.2, device="cpu", test_images=10, sample_n=1, size=7,
+                          quality_samples=0)
+    assert "fid" not in r and "precision" not in r
+    assert "FID" not in bench.format_table([r], 0.2, 10)  # no sample-quality columns without the fields
+    with pytest.raises(ValueError, match="quality_samples must be 0.*at least|>= 10"):
+        bench.bench_model("independent", budget_s=0.2, device="cpu", quality_samples=3)
+    assert bench.main(["--models", "independent", "--quality-samples", "3", "--budget-s", "0.2"]) == 1
+    assert "quality_samples must be 0" in capsys.readouterr().err
