@@ -151,3 +151,130 @@ def test_perceptual_loss_sends_gradients_to_the_reconstruction_only(images):
     perceptual_loss(images, x_hat, net).backward(inputs=[x_hat])
     assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
     assert all(p.grad is None for p in net.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# VQGAN: the VQVAE, its discriminator and fit
+
+from armini import train  # noqa: E402
+from armini.tokenizers import check_tokenizer  # noqa: E402
+from armini.tokenizers.vqgan import VQGAN, expected_image, fit_vqgan, vqgan_losses  # noqa: E402
+
+SMALL = dict(levels=16, latent_size=7, quantizer="vq", codebook_size=8, dim=4, channels=8, disc_width=8)
+
+
+def small_vqgan(seed=0, **kwargs):
+    net = TinyFeatures()  # seeds torch with 0: first
+    torch.manual_seed(seed)
+    return VQGAN(**{**SMALL, "perceptual_net": net, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return data.load("fashion-mnist", "train", levels=16, limit=16).images  # (16, 1, 28, 28) in [0, 16)
+
+
+def test_vqgan_is_a_tokenizer(batch):
+    vqgan = small_vqgan()
+    tokens = check_tokenizer(vqgan, batch)
+    assert tokens.shape == (16, 1, 7, 7) and vqgan.codebook_size == 8 and vqgan.levels == 16
+    assert torch.equal(vqgan.decode(tokens), vqgan.autoencoder.decode(tokens))
+    assert vqgan.decode_logprobs(tokens).shape == (16, 1, 28, 28, 16)
+    assert vqgan.embed(tokens).shape == (16, 4, 7, 7)
+
+
+def test_expected_image_is_the_mean_of_each_pixel_categorical():
+    K = 5
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.0, 0.4])  # mean value 0*.1 + 1*.2 + 2*.3 + 4*.4 = 2.4
+    logits = probs.clamp(min=1e-12).log().view(1, 1, K, 1, 1).expand(2, 1, K, 3, 3)
+    torch.testing.assert_close(expected_image(logits), torch.full((2, 1, 3, 3), 2.4 / (K - 1)))
+
+
+def _generator_grads(vqgan, x, step):
+    """Gradients of L_G in the autoencoder's parameters at training step `step`."""
+    vqgan.zero_grad()
+    vqgan.step.fill_(step)
+    vqgan.loss_terms(x)["generator"].backward()
+    return [p.grad.clone() for p in vqgan.autoencoder.parameters()]
+
+
+def test_before_the_warm_up_the_discriminator_does_not_move_the_generator(batch):
+    a, b = small_vqgan(seed=0, disc_start=3), small_vqgan(seed=1, disc_start=3)
+    b.autoencoder.load_state_dict(a.autoencoder.state_dict())  # same autoencoder, different critics
+    for step in (0, 2):  # during the warm-up
+        a.step.fill_(step)
+        terms = a.loss_terms(batch)
+        assert terms["factor"] == 0 and terms["lambda"] == 0 and terms["discriminator"] == 0
+        for ga, gb in zip(_generator_grads(a, batch, step), _generator_grads(b, batch, step)):
+            torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+    a.step.fill_(3)  # the warm-up is over: each critic now pulls the decoder its own way
+    terms = a.loss_terms(batch)
+    assert terms["factor"] == 1 and terms["lambda"] > 0 and terms["discriminator"] > 0
+    differ = [not torch.allclose(ga, gb) for ga, gb in zip(_generator_grads(a, batch, 3), _generator_grads(b, batch, 3))]
+    assert any(differ)
+
+
+def test_the_warm_up_clock_counts_training_steps_only(batch):
+    vqgan = small_vqgan()
+    vqgan.loss_terms(batch)
+    vqgan.eval()
+    with torch.no_grad():
+        vqgan.loss_terms(batch)
+    assert int(vqgan.step) == 1
+
+
+def test_the_adaptive_weight_in_the_loss_is_the_papers(batch):
+    vqgan = small_vqgan(disc_start=0, adversarial_weight=0.5)
+    terms = vqgan.loss_terms(batch)
+    rec = terms["nll_bpd"] + terms["l1"] + terms["perceptual"]
+    w = vqgan.last_decoder_layer.weight
+    by_hand = 0.5 * (torch.autograd.grad(rec, w, retain_graph=True)[0].norm() /
+                     (torch.autograd.grad(terms["g_adv"], w, retain_graph=True)[0].norm() + 1e-4))
+    torch.testing.assert_close(terms["lambda"], by_hand)
+
+
+def _fit_one_step(vqgan, batch, keep):
+    """One fit step with VQGAN's param_groups, only the loss named `keep` kept (the other times 0)."""
+    def loss_fn(model, x, y=None):
+        losses = vqgan_losses(model, x, y)
+        return {name: loss if name == keep else 0 * loss for name, loss in losses.items()}
+    before = {name: p.detach().clone() for name, p in vqgan.named_parameters()}
+    train.fit(vqgan, batch, steps=1, batch_size=len(batch), loss_fn=loss_fn, param_groups=VQGAN.param_groups,
+              progress=False, device="cpu")
+    return {name: not torch.equal(before[name], p) for name, p in vqgan.named_parameters()}
+
+
+def test_each_loss_moves_only_its_own_group_when_trained_with_fit(batch):
+    moved = _fit_one_step(small_vqgan(disc_start=0), batch, keep="discriminator")
+    assert not any(m for name, m in moved.items() if name.startswith("autoencoder."))
+    assert all(m for name, m in moved.items() if name.startswith("critic.") and name.endswith("weight"))
+    moved = _fit_one_step(small_vqgan(disc_start=0), batch, keep="generator")
+    assert not any(m for name, m in moved.items() if name.startswith("critic."))  # though L_G goes through D
+    assert any(m for name, m in moved.items() if name.startswith("autoencoder.decoder"))
+
+
+def test_fit_vqgan_trains_both_groups_after_the_warm_up(batch):
+    vqgan = small_vqgan(disc_start=2)
+    hist = fit_vqgan(vqgan, batch, batch, steps=4, batch_size=8, progress=False, device="cpu")
+    assert int(vqgan.step) == 4 and len(hist.train_losses) == 4
+    d_losses = [losses["discriminator"] for _, losses in hist.train_losses]
+    assert d_losses[:2] == [0.0, 0.0] and all(d > 0 for d in d_losses[2:])
+    assert vqgan.last_lambda > 0 and hist.final_test_bpd > 0
+
+
+def test_perceptual_loss_with_the_course_classifier_grows_with_blur(images):
+    from armini.metrics import load_classifier
+
+    net = load_classifier()
+    assert perceptual_loss(images, images.clone(), net).item() == pytest.approx(0.0, abs=1e-10)
+    losses = [perceptual_loss(images, blur(images, sigma), net).item() for sigma in (0.5, 1.0, 1.5, 2.5)]
+    assert losses[0] > 0 and all(a < b for a, b in zip(losses, losses[1:])), losses
+
+
+def test_vqgan_uses_the_course_classifier_by_default(batch):
+    from armini.metrics import load_classifier
+
+    vqgan = VQGAN(**SMALL)
+    assert vqgan.perceptual_net is load_classifier()
+    assert not any(name.startswith("_perceptual") for name in vqgan.state_dict())  # not part of the weights
+    assert vqgan.loss_terms(batch)["perceptual"] > 0
