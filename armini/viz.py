@@ -872,7 +872,7 @@ class TokenExplorer:
 
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.tokenizer.decode(tokens[None])[0].cpu()  # (C, H, W)
+            return self.tokenizer.decode(tokens[None].to(self.images.device))[0].cpu()  # (C, H, W)
 
     def swap(self, image: int, row: int, col: int, value: int, depth: int = 0):
         """(decoded before (C, H, W), decoded after (C, H, W), swapped tokens (D, h, w)) for the token at

@@ -36,8 +36,8 @@ def test_every_quantizer_is_a_tokenizer(quantizer):
     assert torch.equal(vq.decode(tokens), vq.reconstruct(x))
     mode = vq.decode(tokens, point="mode")
     assert torch.equal(mode, logp.argmax(-1))
-    mean = (logp.exp() * torch.arange(256.0)).sum(-1).round().long()
-    assert torch.equal(vq.decode(tokens), mean)  # decode: the rounded mean
+    mean = (logp.exp() * torch.arange(256.0)).sum(-1)  # (B, C, H, W) each pixel's mean value
+    assert ((vq.decode(tokens) - mean).abs() <= 0.5 + 1e-3).all()  # decode: the rounded mean
 
 
 def test_fourteen_by_fourteen_tokens_and_clear_errors():

@@ -29,6 +29,12 @@ error (so the best PSNR a point estimate can get from the decoder), smooth where
 unsure. `decode(tokens, point="mode")` gives the most likely value instead: crisper, but where a
 pixel's distribution has two bumps (an edge: dark or bright) it picks one and makes blotches.
 
+The encoder normalises its features (GroupNorm with one group) before its last layer. FSQ needs it:
+it has no commitment term to hold the scale of the encoder's output, and without the normalisation
+Adam grew the outputs into tanh's flat tails within 50 steps, where every position rounds to the same
+corner code and the gradient vanishes (measured: one code in use for hundreds of steps). All four
+quantisers use the same encoder, so that they are compared on one architecture.
+
 Deviations from the paper: a smaller network (one residual block per side by default, ReLU), a
 categorical decoder over K values instead of the paper's discretised logistic for CIFAR-10, losses
 as means over elements, and training through armini.train.fit (AdamW, cosine schedule).
@@ -111,7 +117,8 @@ class VQVAE(nn.Module):
         enc = [nn.Conv2d(C, c, 3, padding=1)]
         for _ in range(n):
             enc += [nn.ReLU(), nn.Conv2d(c, c, 4, stride=2, padding=1)]  # halves H and W
-        enc += [ResBlock(c) for _ in range(res_blocks)] + [nn.ReLU(), nn.Conv2d(c, dim, 1)]
+        enc += [ResBlock(c) for _ in range(res_blocks)]
+        enc += [nn.GroupNorm(1, c), nn.ReLU(), nn.Conv2d(c, dim, 1)]  # normalised features -> d channels
         self.encoder = nn.Sequential(*enc)
         # quantiser
         if quantizer == "vq":
