@@ -363,6 +363,20 @@ def test_fit_stages_trains_the_tokenizer_then_the_prior_and_reports_the_bound():
     assert z.shape == (2, 1, 4, 4) and int(z.max()) < 8
     again = model.fit_stages((x, y), None, steps=(2, 3), batch_size=16, device="cpu", progress=False)
     assert (again.stages["tokenizer"].steps, again.stages["prior"].steps) == (2, 3) and again.final_test_bpd is None
+
+    # steps far beyond a time limit (the bench's probe): encoding stops after a quarter of the time left
+    now = [0]
+
+    def clock():  # one "second" per look at the clock, and 500 per 1000 images encoded
+        now[0] += 1
+        return now[0]
+
+    encode = model.encode
+    model.encode = lambda images: (now.__setitem__(0, now[0] + 500), encode(images))[1]
+    quick = model.fit_stages((x.repeat(40, 1, 1, 1), y.repeat(40)), None, steps=(2, 10**9), time_limit=540,
+                             batch_size=16, device="cpu", progress=False, clock=clock)
+    assert quick.encoded_images == 1000 < 2560  # one chunk of the 2560 images the prior could have seen
+    assert quick.stages["prior"].steps >= 1
     assert model.sample(2, y=torch.tensor([0, 1]), generator=gen(0)).shape == (2, 1, 8, 8)
 
 

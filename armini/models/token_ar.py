@@ -409,7 +409,8 @@ class TwoStage(ARModel):
         steps, time_limit: shared by the stages, tokenizer_share to the tokenizer (time the tokenizer leaves
             unused goes to the prior; encoding the data counts too); steps may also be a pair (tokenizer steps,
             prior steps). The prior sees at most prior steps x
-            batch_size images, so only that many training images (a seeded random subset) are encoded.
+            batch_size images, so only that many training images (a seeded random subset) are encoded, in at
+            most a quarter of the time left after the tokenizer when there is a time_limit.
         Returns a History: train_s, the CPU (clock) seconds of both stages' steps and of the encoding; its
         test value the pixel-space bound on `test` (bits/dim); `stages` each stage's History (the
         tokenizer's losses; the prior's bits per token)."""
@@ -431,12 +432,19 @@ class TwoStage(ARModel):
         self.to(self.tokenizer_device())
         if self.num_classes is not None:
             labels = training._check_labels(self, labels, len(images), "train")
-        # the prior sees at most prior_steps * batch_size images: encode those (a seeded random subset), once
+        # the prior sees at most prior_steps * batch_size images: encode those (a seeded random subset), once,
+        # spending at most a quarter of the time left on it (then the prior sees fewer images, more often)
         start = clock()
         seen = min(len(images), prior_steps * batch_size)
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:seen]
-        tokens = self.encode(images[pick]).cpu()  # (N', D, h, w)
-        labels = None if labels is None else labels[pick]
+        most = None if time_limit is None else 0.25 * max(time_limit - (start - t0), 0.0)
+        chunks = []
+        for part in pick.split(1000):
+            chunks.append(self.encode(images[part]).cpu())  # (<= 1000, D, h, w)
+            if most is not None and clock() - start > most:
+                break
+        tokens = torch.cat(chunks)  # (N', D, h, w)
+        labels = None if labels is None else labels[pick[:len(tokens)]]
         encode_s = clock() - start
         test_tokens = None
         if test is not None:
@@ -464,6 +472,7 @@ class TwoStage(ARModel):
             hist.test = [(hist.steps, hist.final_test_bpd)]
         hist.elapsed_s = clock() - t0
         hist.stages = {"tokenizer": tok_hist, "prior": prior_hist}
+        hist.encoded_images = len(tokens)  # the training images the prior trained on
         return hist
 
     def tokenizer_device(self) -> torch.device:
