@@ -139,3 +139,12 @@ def test_sample_quality_returns_every_field_finite(real):
     assert set(q) == {"fid", "kid", "kid_std", "precision", "recall"}
     assert all(torch.isfinite(torch.tensor(v)) for v in q.values()), q
     assert 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1
+
+
+def test_training_the_classifier_is_reproducible():
+    """Same seed, same weights (the bundled file's record says how it was trained; here a few steps)."""
+    (a, record), (b, _) = (metrics.train_classifier(epochs=0.04, source="subset", progress=False) for _ in range(2))
+    assert record["steps"] == 3 and record["seed"] == 0 and 0 <= record["test_accuracy"] <= 1
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    torch.manual_seed(0)
+    assert not torch.equal(a.head.weight, metrics.FMNISTClassifier().head.weight)  # the steps changed the weights
