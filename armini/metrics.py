@@ -105,6 +105,12 @@ class FMNISTClassifier(nn.Module):
             nn.Linear(c3 * 9, num_features), nn.ReLU(),                  # (B, F)
         )
         self.head = nn.Linear(num_features, num_classes)
+        self.frozen = False  # load_classifier freezes the judge: always eval mode, no parameter gradients
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train, except that a frozen judge stays in eval mode, so that a model holding it as a
+        submodule (a perceptual loss) cannot switch its batch norm to batch statistics, or update them."""
+        return super().train(mode and not self.frozen)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) in [0, 1] -> (B, F): the penultimate layer, what FID/KID/precision/recall compare."""
@@ -175,7 +181,9 @@ _LOADED: dict = {}  # (path, mtime_ns, size, device) -> classifier: loaded once 
 def load_classifier(path=None, device=None) -> FMNISTClassifier:
     """The trained judge in eval mode, from `path` (default data/classifier/fmnist-classifier.pt), after
     checking its SHA-256 against `path`.sha256. A missing or damaged file raises ClassifierError naming
-    `python -m armini.metrics train-classifier`. Loaded once per process (and file version, and device)."""
+    `python -m armini.metrics train-classifier`. Loaded once per process (and file version, and device), and
+    frozen: it stays in eval mode and its parameters need no gradients, but gradients do flow through it to
+    its input, so `load_classifier().features(x)` (x float (B, 1, 28, 28) in [0, 1]) can be a perceptual loss."""
     path = Path(path) if path is not None else CLASSIFIER_DIR / WEIGHTS_FILE
     device = torch.device(device) if device is not None else torch.device("cpu")
     if not path.is_file():
@@ -192,6 +200,7 @@ def load_classifier(path=None, device=None) -> FMNISTClassifier:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model = FMNISTClassifier(**saved["config"])
         model.load_state_dict(saved["state_dict"])
+        model.frozen = True  # shared by every caller in this process: nobody may change it
         _LOADED[key] = model.to(device).eval().requires_grad_(False)
     return _LOADED[key]
 

@@ -148,3 +148,16 @@ def test_training_the_classifier_is_reproducible():
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     torch.manual_seed(0)
     assert not torch.equal(a.head.weight, metrics.FMNISTClassifier().head.weight)  # the steps changed the weights
+
+
+def test_the_loaded_judge_stays_frozen_inside_a_trained_model_but_passes_gradients_to_its_input():
+    judge = metrics.load_classifier()
+    holder = torch.nn.Sequential(torch.nn.Identity(), judge)  # e.g. a VQGAN's perceptual loss
+    holder.train()
+    assert not judge.training and not any(p.requires_grad for p in judge.parameters())
+    before = judge.body[0][1].running_mean.clone()  # the first batch norm's statistics
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    judge.features(x).square().sum().backward()
+    assert torch.equal(judge.body[0][1].running_mean, before) and x.grad.abs().sum() > 0
+    fresh = metrics.FMNISTClassifier()
+    assert fresh.train().training  # an unfrozen classifier trains as usual
