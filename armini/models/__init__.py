@@ -2,7 +2,7 @@
 
     model = armini.models.MODELS["pixelcnn"](shape=(1, 28, 28), levels=256)
 """
-from .ardm import ARDM
+from .ardm import ARDM, UpscaleARDM
 from .base import ARModel, SampleStep
 from .baselines import FVSBN, NADE, IndependentPixels
 from .gated_pixelcnn import GatedPixelCNN
@@ -26,7 +26,8 @@ MODELS = {
     "pixel-transformer": PixelTransformer,  # lesson 07
     "lmconv": LMConv,  # lesson 09
     "ardm": ARDM,  # lesson 10
+    "upscale-ardm": UpscaleARDM,  # lesson 10
 }
 
 __all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
-           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM"]
+           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM", "UpscaleARDM"]

@@ -475,6 +475,8 @@ class UpscaleARDM(ARModel):
 
     any_order = True
     nll_is_bound = True
+    #: generated in two stages: no per-dimension conditional p(x_d | x_<d) (see armini.models.base)
+    two_stage = True
 
     def __init__(self, shape=(1, 28, 28), levels=256, coarse_levels: Optional[int] = None, **kwargs):
         super().__init__(shape, levels)

@@ -200,6 +200,10 @@ class ARModel(nn.Module):
     #: feeds only the rows generated so far (rows 0..i for a pixel in row i), not the whole image.
     #: False (the default, and any model that follows any order): the whole image at every step
     rows_so_far: bool = False
+    #: generated in stages (a tokenizer then a prior over its tokens; every pixel's coarse value, then the
+    #: rest): there is then no conditional p(x_d | x_<d) per dimension, `conditionals` is an error and
+    #: log_prob / loss / sample are the model's own (the per-dimension contract tests skip such a model)
+    two_stage: bool = False
     #: what loss() and evaluate() measure, and whether that is exact or an upper bound on the NLL
     unit: str = "bits/dim"
     nll_is_bound: bool = False
