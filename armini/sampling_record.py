@@ -11,9 +11,12 @@ random), several dimensions per step (order-agnostic and scale-wise models) and 
     rec.probs[t]              # (n, S, K) the distributions they were drawn from
     rec.partial(t)            # (n, *shape) the images after step t, as the sampler held them
 
-The partial image at step t is not stored: it is the final image with every dimension filled
-after step t set to 0 (what the sampler holds there), read from `step_of`, the step at which
-each dimension was filled (-1 for observed ones, known from the start).
+The partial image at step t is not stored: it is replayed from the values each step wrote
+(`values[t]`, (n, S)), starting from the observed dimensions (step_of = -1, known from the
+start) and zeros elsewhere (what the sampler holds there). `step_of` is the step at which each
+dimension was first filled. Most samplers fill a dimension once, so the replay is the final
+image with every dimension filled after step t set to 0; a model that fills a dimension twice
+(depth upscaling: a coarse value first, the exact one later) shows each value while it held.
 `armini.viz.SamplingScrubber` draws a record; tests and lessons can read one directly.
 
 Legend: n images, D dimensions of one image, S dimensions filled in one step, K levels.
@@ -44,9 +47,10 @@ class SamplingRecord:
 
     shape: tuple  # of one image, e.g. (C, H, W)
     final: torch.Tensor  # (n, *shape) the sampled images
-    step_of: torch.Tensor  # (n, D) the step that filled each dimension, -1 if observed
+    step_of: torch.Tensor  # (n, D) the step that first filled each dimension, -1 if observed
     positions: list = field(default_factory=list)  # per step: (S,) flat indices
     probs: list = field(default_factory=list)  # per step: (n, S, K) float32
+    values: list = field(default_factory=list)  # per step: (n, S) the values written there
 
     @classmethod
     def run(cls, model, n: int = 1, *, callback=None, **sample_kwargs) -> "SamplingRecord":
@@ -55,14 +59,16 @@ class SamplingRecord:
         callback, if given, is also called with every SampleStep (e.g. to check or log it)."""
         shape, n = tuple(model.shape), int(n)
         D = int(torch.tensor(shape).prod())
-        positions, probs = [], []
+        positions, probs, values = [], [], []
         step_of = torch.full((n, D), -1, dtype=torch.long)
 
         def record(step):
             where = flat_positions(step.index, shape)  # (S,)
             positions.append(where)
             probs.append(step.probs.detach().float().cpu().clone())  # (n, S, K)
-            step_of[:, where] = step.step
+            values.append(step.x.detach().reshape(n, D)[:, where.to(step.x.device)].cpu().clone())  # (n, S)
+            first = step_of[:, where] < 0  # (n, S) not filled before (a model may fill a dimension twice)
+            step_of[:, where] = torch.where(first, step.step, step_of[:, where])
             if callback is not None:
                 callback(step)
 
@@ -71,7 +77,7 @@ class SamplingRecord:
         if observed is not None:  # observed dimensions were known from the start
             given = torch.as_tensor(observed, dtype=torch.bool).cpu().expand(final.shape).reshape(n, D)
             step_of[given] = -1
-        return cls(shape, final, step_of, positions, probs)
+        return cls(shape, final, step_of, positions, probs, values)
 
     @property
     def steps(self) -> int:
@@ -89,7 +95,14 @@ class SamplingRecord:
 
     def partial(self, t: int) -> torch.Tensor:
         """The images after step t, (n, *shape): dimensions filled later hold 0, as in the sampler."""
-        return torch.where(self.filled_by(t), self.final, torch.zeros_like(self.final))
+        self.check_step(t)
+        if not self.values:  # a record built by hand, without the values each step wrote
+            return torch.where(self.filled_by(t), self.final, torch.zeros_like(self.final))
+        observed = (self.step_of < 0).view(self.final.shape)
+        canvas = torch.where(observed, self.final, torch.zeros_like(self.final)).flatten(1)  # (n, D)
+        for s in range(t + 1):  # replay the writes: a dimension filled twice shows its latest value
+            canvas[:, self.positions[s]] = self.values[s].to(canvas.dtype)
+        return canvas.view(self.final.shape)
 
     def coords(self, t: int) -> list:
         """The dimensions filled at step t as coordinate tuples, e.g. [(c, i, j), ...]."""
@@ -98,7 +111,10 @@ class SamplingRecord:
 
     def value(self, t: int, image: int = 0, k: int = 0) -> int:
         """The value given to the k-th dimension filled at step t in image `image`."""
-        return int(self.final[image].flatten()[self.positions[self.check_step(t)][k]])
+        t = self.check_step(t)
+        if not self.values:
+            return int(self.final[image].flatten()[self.positions[t][k]])
+        return int(self.values[t][image, k])
 
     def observed(self, t: int, image: int = 0, k: int = 0) -> bool:
         """Whether that dimension was given (observed) rather than sampled."""
