@@ -119,7 +119,7 @@ class VQGAN(nn.Module):
                                   float(adversarial_weight))
         self._perceptual = (perceptual_net,)  # in a tuple: not a submodule, so not in state_dict or parameters()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training steps so far (the warm-up clock)
-        self.register_buffer("last_lambda", torch.zeros(()))  # the latest adaptive weight (also for logging)
+        self.register_buffer("last_lambda", torch.zeros(()))  # the latest adversarial_weight * lambda (for logging)
 
     # ------------------------------------------------------------------ what fit and the protocol read
     shape = property(lambda self: self.autoencoder.shape)
@@ -178,8 +178,8 @@ class VQGAN(nn.Module):
     # ------------------------------------------------------------------ the losses
     def loss_terms(self, x: torch.Tensor) -> dict:
         """Every term on a batch of integer images x (B, C, H, W), as scalars: the two losses fit trains
-        ("generator", "discriminator") and their parts (nll_bpd, l1, perceptual, g_adv, lambda, factor,
-        d_hinge, vq). A call in training mode advances the warm-up clock by one step."""
+        ("generator", "discriminator") and their parts (nll_bpd, l1, perceptual, g_adv, lambda (times
+        adversarial_weight), factor, d_hinge, vq). A call in training mode advances the warm-up clock by one step."""
         cfg, ae = self.config, self.autoencoder
         x = self.check_input(x)
         logits, q = ae(x)  # (B, C, K, H, W), the quantiser's output (its loss: codebook + beta commitment)
