@@ -1,5 +1,10 @@
 """Shared layers: masked and shifted convolutions, the gated resnet, the softmax head, causal
-attention, the colour palette and (as the module armini.nn.dmol) the discretised logistic mixture."""
+attention, the colour palette and (as the module armini.nn.dmol) the discretised logistic mixture.
+
+Modules imported by name (one idea each): armini.nn.locally_masked (LMConv's per-location masks),
+armini.nn.unet (ARDM's U-Net), armini.nn.quantize (VQ, EMA, FSQ, residual VQ: the quantisers of
+Parts III-V), armini.nn.discriminator (VQGAN's patch discriminator, hinge losses, adaptive weight),
+armini.nn.perceptual (a perceptual loss on the course classifier's features)."""
 from . import dmol
 from .attention import CausalSelfAttention, KVCache
 from .gated import GatedResnet, concat_elu
