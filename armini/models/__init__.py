@@ -11,6 +11,7 @@ from .pixelcnn import PixelCNN
 from .pixelcnnpp import PixelCNNpp
 from .pixelrnn import DiagonalBiLSTM, RowLSTM
 from .pixelsnail import PixelSNAIL
+from .token_ar import TwoStage
 from .transformer import PixelTransformer
 
 MODELS = {
@@ -27,7 +28,8 @@ MODELS = {
     "lmconv": LMConv,  # lesson 09
     "ardm": ARDM,  # lesson 10
     "upscale-ardm": UpscaleARDM,  # lesson 10
+    "vq-transformer": TwoStage,  # lesson 12: a VQ-VAE and a transformer prior over its tokens
 }
 
 __all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
-           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM", "UpscaleARDM"]
+           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM", "UpscaleARDM", "TwoStage"]

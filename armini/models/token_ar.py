@@ -271,8 +271,16 @@ class TwoStage(ARModel):
     def encode(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """Integer images (B, C, H, W) -> tokens (B, D, h, w), the tokenizer frozen, `batch_size` images at a time."""
         dev = self.model_device
-        with self.frozen_tokenizer() as tok:
+        with self.frozen_tokenizer() as tok, self.trusted(tok):
             return torch.cat([tok.encode(part.to(dev)) for part in x.split(batch_size)])  # (B, D, h, w)
+
+    def trusted(self, part):
+        """Inside a call that checked its images (see armini.models.base.checks_inputs), the tokenizer and the
+        prior trust what they get (images checked once, tokens valid by construction): one wait for the device
+        per call, not three. Elsewhere they check as usual."""
+        if self._inputs_checked and callable(getattr(part, "inputs_checked", None)):
+            return part.inputs_checked()
+        return contextlib.nullcontext()
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, D, h, w) -> integer images (B, C, H, W)."""
@@ -313,7 +321,8 @@ class TwoStage(ARModel):
         """Each pixel's share of the bound, in nats: log p(x_d | z) + log p(z) / D, z = enc(x): (B, C, H, W).
         They sum to the bound log_prob(x); they are not conditionals p(x_d | x_<d)."""
         z = self.encode(x)  # (B, D, h, w)
-        prior = self.prior.log_prob(z, self.prior_labels(y, len(x)))  # (B,) log p(z)
+        with self.trusted(self.prior):
+            prior = self.prior.log_prob(z, self.prior_labels(y, len(x)))  # (B,) log p(z)
         return self.decoder_log_prob_pixels(x, z) + (prior / self.dims).view(-1, 1, 1, 1)  # (B, C, H, W)
 
     def log_prob(self, x, y=None, *, order=None, observed=None):
@@ -322,7 +331,8 @@ class TwoStage(ARModel):
             raise ValueError("a two-stage model scores whole images only (no order= or observed=): for a partial "
                              "image, score its tokens with model.prior.log_prob(model.encode(x), observed=...)")
         z = self.encode(x)  # (B, D, h, w)
-        prior = self.prior.log_prob(z, self.prior_labels(y, len(x)))  # (B,)
+        with self.trusted(self.prior):
+            prior = self.prior.log_prob(z, self.prior_labels(y, len(x)))  # (B,)
         return prior + self.decoder_log_prob_pixels(x, z).flatten(1).sum(1)  # (B,)
 
     def loss(self, x, y=None, *, order=None, observed=None):
@@ -333,7 +343,9 @@ class TwoStage(ARModel):
         y = self.prior_labels(y, len(x))
         if self.training and y is not None:
             y = drop_labels(y, self.null, self.config.label_dropout)
-        return self.prior.loss(self.encode(x), y)
+        z = self.encode(x)  # (B, D, h, w)
+        with self.trusted(self.prior):
+            return self.prior.loss(z, y)
 
     # ---------------------------------------------------------------- sampling
     def sampling_steps(self, order=None):

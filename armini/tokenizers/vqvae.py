@@ -44,8 +44,10 @@ grid, D tokens per position (residual depth), V codebook size.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -64,7 +66,8 @@ QUANTIZERS = ("vq", "ema", "fsq", "rvq")
 class VQVAEConfig:
     image_shape: tuple = (1, 28, 28)
     levels: int = 256  # K, pixel levels
-    latent_size: int = 7  # h = w of the token grid (the image side divided by a power of 2)
+    latent_size: Optional[int] = None  # h = w of the token grid (the image side divided by a power of 2);
+    # None: default_latent_size (7 for 28 x 28 images)
     quantizer: str = "ema"  # one of QUANTIZERS
     codebook_size: int = 512  # V for "vq", "ema", "rvq" (FSQ: prod(fsq_levels))
     dim: int = 16  # d, the code size (FSQ: len(fsq_levels))
@@ -73,6 +76,17 @@ class VQVAEConfig:
     beta: float = 0.25  # commitment weight, on the encoder term
     channels: int = 32  # width of the convolutional encoder and decoder
     res_blocks: int = 1  # residual blocks at the latent resolution, per side
+
+
+def default_latent_size(side: int) -> int:
+    """The token grid's side when none is given: the image side / 4 (28 -> 7), or / 2 where 4 does not divide it
+    (14 -> 7, 6 -> 3)."""
+    if side % 4 == 0:
+        return side // 4
+    if side % 2 == 0:
+        return side // 2
+    raise ValueError(f"a {side} x {side} image has no latent size of side / 2^n: pass latent_size= yourself, or use "
+                     "an even image side (e.g. 28 or 14)")
 
 
 class ResBlock(nn.Module):
@@ -92,14 +106,16 @@ class VQVAE(nn.Module):
     num_classes = None  # unconditional: fit passes no labels
     unit = "bits/dim of p(x|z)"  # what loss() starts with and evaluate() measures: -log2 p(x | z(x)) / (C H W)
     nll_is_bound = False  # it is exactly -log2 p(x | z(x)), not a bound (the bound needs p(z) too)
+    _inputs_checked = False  # True inside inputs_checked(): the caller checked the images
 
-    def __init__(self, image_shape=(1, 28, 28), levels: int = 256, latent_size: int = 7, quantizer: str = "ema",
+    def __init__(self, image_shape=(1, 28, 28), levels: int = 256, latent_size: Optional[int] = None, quantizer: str = "ema",
                  codebook_size: int = 512, dim: int = 16, depth: int = 2, fsq_levels=(8, 5, 5, 5),
                  beta: float = 0.25, channels: int = 32, res_blocks: int = 1):
         super().__init__()
         C, H, W = (int(s) for s in image_shape)
         if quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+        latent_size = default_latent_size(H) if latent_size is None else int(latent_size)
         downs = math.log2(H / latent_size) if latent_size > 0 and H % latent_size == 0 else -1
         if H != W or downs < 1 or downs != int(downs):
             raise ValueError(f"latent_size must be the image side {H} divided by 2, 4, 8, ... (e.g. 7 or 14 for 28 x "
@@ -164,15 +180,29 @@ class VQVAE(nn.Module):
 
     def check_input(self, x, name: str = "x") -> torch.Tensor:
         """x if it is an integer tensor (B, C, H, W), B >= 1, in [0, K); else a clear error."""
+        if self._inputs_checked:
+            return x
         if not isinstance(x, torch.Tensor) or x.dtype.is_floating_point or x.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor of pixel values in [0, {self.levels}), got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.shape or len(x) == 0:
             raise ValueError(f"{name} must have shape (B, {', '.join(map(str, self.shape))}) with B >= 1, got "
                              f"{tuple(x.shape)}")
-        if int(x.min()) < 0 or int(x.max()) >= self.levels:
-            raise ValueError(f"{name} values must lie in [0, {self.levels}), found [{int(x.min())}, {int(x.max())}]")
+        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one wait for the device
+        if lo < 0 or hi >= self.levels:
+            raise ValueError(f"{name} values must lie in [0, {self.levels}), found [{lo}, {hi}]")
         return x.long()
+
+    @contextlib.contextmanager
+    def inputs_checked(self):
+        """Inside this block check_input trusts its images: a caller that checked them (a two-stage model)
+        does not pay for a second check (a second wait for the device), as in armini.models.base."""
+        outer = self._inputs_checked
+        self.__dict__["_inputs_checked"] = True
+        try:
+            yield
+        finally:
+            self.__dict__["_inputs_checked"] = outer
 
     def token_shape(self, image_shape=None) -> tuple:
         """(D, h, w) of one image's tokens: (1, 7, 7) for (1, 28, 28) at latent_size 7 ((depth, 7, 7) for rvq)."""
