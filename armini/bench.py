@@ -4,6 +4,7 @@
     python -m armini.bench --models pixelcnn,nade --budget-s 300 --json bench.json --device cuda
     python -m armini.bench --models pixelcnn,pixelsnail --budget-s 600 --cpu-time --threads 1   # equal CPU time
     python -m armini.bench speed --cpu-time --json speed.json    # speed only: training s/step, forward-equivalents
+    python -m armini.bench tokenizers --budget 60 --cpu-time     # every tokenizer: PSNR, rFID, usage, bits/dim bound
 
 For each model: build it for Fashion-MNIST 28x28 (or the --size 14 or 7 view) with 256 levels (a model that cannot take
 that, like FVSBN with its D*D*K weights, falls back to its own default levels and says so
@@ -62,6 +63,15 @@ least 1: every record has sampling timings), each model built and run once with 
 and the --json file (its folder must exist; an existing file is replaced only with --overwrite). The
 JSON is rewritten atomically after each model, so a run that stops midway keeps the models done.
 Errors are one line on stderr and exit status 1 (see armini.cli); --debug adds the traceback.
+
+`python -m armini.bench tokenizers [--kinds vq,ema,fsq,rvq,vqgan] [--budget S] [--cpu-time]` trains each
+tokenizer of lessons 11 and 13 for the same budget (a probe sizes the cosine schedule, as above) at about
+the same rate, 490 bits per image on a 7 x 7 grid (TOKENIZER_SETTINGS), and measures with
+armini.tokenizers.reconstruction_quality on the first --test-images test images: params, codebook_size,
+token_shape, rate_bits (tokens x log2 V), steps, train_images_per_s, psnr, ssim, rfid (and rfid_floor,
+as many training images against the same test images), precision, recall, used, perplexity, recon_bpd
+(-log2 p(x|z) per dimension) and bound_bpd (recon_bpd + rate_bits / dims: a uniform prior over tokens).
+Records have kind="tokenizer" and tokenizer=<kind>.
 """
 from __future__ import annotations
 
@@ -501,6 +511,216 @@ def run_speed(args, parser) -> list:
     return records
 
 
+# ------------------------------------------------------------------------------------ tokenizer mode
+# `python -m armini.bench tokenizers`: every tokenizer of Parts III (lessons 11 and 13), the same CPU budget,
+# measured by armini.tokenizers.reconstruction_quality on the same test images.
+TOKENIZER_KINDS = ("vq", "ema", "fsq", "rvq", "vqgan")
+# Each at about 490 bits per image on a 7 x 7 grid, as lesson 11 compares them: 49 tokens x log2 1024 = 490
+# (VQ, EMA and VQGAN's EMA codebook), 49 x log2(8*5*5*5) = 488 (FSQ), 2 x 49 x log2 32 = 490 (residual VQ).
+TOKENIZER_SETTINGS = {
+    "vq": dict(quantizer="vq", codebook_size=1024),
+    "ema": dict(quantizer="ema", codebook_size=1024),
+    "fsq": dict(quantizer="fsq", fsq_levels=(8, 5, 5, 5)),
+    "rvq": dict(quantizer="rvq", codebook_size=32, depth=2),
+    "vqgan": dict(quantizer="ema", codebook_size=1024),
+}
+# (batch size, learning rate): lesson 11's recipe for the VQ-VAEs; lesson 13's for VQGAN, which also
+# weights the adversarial term by 0.1 and starts it halfway through training (after the warm-up).
+TOKENIZER_RECIPES = {"vq": (32, 2e-3), "ema": (32, 2e-3), "fsq": (32, 2e-3), "rvq": (32, 2e-3), "vqgan": (64, 1e-3)}
+VQGAN_ADVERSARIAL_WEIGHT = 0.1
+
+
+def make_tokenizer(kind: str, *, size: int = 28, levels: int = LEVELS, latent_size: int = 7, disc_start: int = 0):
+    """An untrained tokenizer of `kind` (TOKENIZER_KINDS) for (1, size, size) images with `levels` values:
+    a VQVAE with TOKENIZER_SETTINGS[kind], or for "vqgan" a VQGAN around the same EMA VQ-VAE whose
+    adversarial terms start after `disc_start` steps."""
+    from armini.tokenizers.vqgan import VQGAN
+    from armini.tokenizers.vqvae import VQVAE
+
+    settings = dict(image_shape=(1, size, size), levels=levels, latent_size=latent_size, **TOKENIZER_SETTINGS[kind])
+    if kind == "vqgan":
+        return VQGAN(**settings, disc_start=disc_start, adversarial_weight=VQGAN_ADVERSARIAL_WEIGHT)
+    return VQVAE(**settings)
+
+
+def tokenizer_trainer(kind: str):
+    """armini.train.fit, or for "vqgan" fit_vqgan (fit with its two losses and two optimizers)."""
+    from armini import train
+    from armini.tokenizers.vqgan import fit_vqgan
+
+    return fit_vqgan if kind == "vqgan" else train.fit
+
+
+def check_tokenizer_settings(kinds, *, budget_s: float, test_images: int, size: int, levels: int, latent_size: int):
+    """Refuse, before any training, settings that would only fail (or mean nothing) later: a bad number,
+    an unknown kind, a latent size the image side cannot be halved down to (every tokenizer is built once)."""
+    unknown = [k for k in kinds if k not in TOKENIZER_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown tokenizer kind(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"choose from {','.join(TOKENIZER_KINDS)}")
+    if not budget_s > 0:
+        raise ValueError(f"budget must be a number of seconds > 0, got {budget_s}")
+    if not (isinstance(test_images, int) and test_images >= MIN_QUALITY_SAMPLES):
+        raise ValueError(f"test_images must be a whole number >= {MIN_QUALITY_SAMPLES} (rFID, precision and recall "
+                         f"compare sets of images), got {test_images!r}")
+    if not (isinstance(levels, int) and 2 <= levels <= 256):
+        raise ValueError(f"levels must be a whole number from 2 to 256 (Fashion-MNIST's grey values), got {levels!r}")
+    for kind in kinds:
+        make_tokenizer(kind, size=size, levels=levels, latent_size=latent_size)  # VQVAE's clear error, if any
+
+
+def tokenizer_data(levels: int, size: int, test_images: int, datasets: dict):
+    """(train set, first test images, rFID floor) at `levels` and `size`, shared between tokenizers: the floor
+    is the FID-FMNIST of as many training images against the same test images (a perfect tokenizer's rFID)."""
+    from armini import data, metrics
+
+    key = ("tokenizers", levels, size, test_images)
+    if key not in datasets:
+        train_set = data.load("fashion-mnist", "train", levels=levels, size=size)
+        test_set = data.load("fashion-mnist", "test", levels=levels, size=size, limit=test_images)
+        floor = metrics.fid(train_set.images[:len(test_set)], test_set.images, levels)
+        datasets[key] = (train_set, test_set, floor)
+    return datasets[key]
+
+
+def bench_tokenizer(kind: str, *, budget_s: float, device=None, test_images: int = 1000, size: int = 28,
+                    levels: int = LEVELS, latent_size: int = 7, seed: int = 0, cpu_time: bool = False,
+                    datasets=None, models=None) -> dict:
+    """Train one tokenizer for `budget_s` seconds (CPU seconds of this process with cpu_time) and measure its
+    reconstructions of the first `test_images` test images; returns one JSON record (kind="tokenizer").
+
+    As bench_model: a short probe run on a copy says how many steps fit the budget, the cosine schedule
+    runs over those, and the time limit ends the real run at the budget anyway. models: a dict that
+    receives the trained tokenizer under `kind`."""
+    from armini.tokenizers import rate_bits, reconstruction_quality
+
+    check_tokenizer_settings([kind], budget_s=budget_s, test_images=test_images, size=size, levels=levels,
+                             latent_size=latent_size)
+    datasets = {} if datasets is None else datasets
+    train_set, test_set, floor = tokenizer_data(levels, size, test_images, datasets)
+    dev = armini.device(device)
+    clock = time.process_time if cpu_time else time.perf_counter
+    batch_size, lr = TOKENIZER_RECIPES[kind]
+    fit = tokenizer_trainer(kind)
+    settings = dict(batch_size=batch_size, lr=lr, device=dev, seed=seed, progress=False, clock=clock)
+
+    armini.seed_everything(seed)  # the probe: VQGAN's with its adversarial terms on (its slower steps)
+    probe = fit(make_tokenizer(kind, size=size, levels=levels, latent_size=latent_size, disc_start=0), train_set,
+                None, steps=10**9, time_limit=min(10.0, budget_s / 10), **settings)
+    steps = max(1, int(budget_s * probe.steps / max(probe.train_s, 1e-9)))
+    armini.seed_everything(seed)
+    tok = make_tokenizer(kind, size=size, levels=levels, latent_size=latent_size, disc_start=steps // 2)
+    hist = fit(tok, train_set, None, steps=steps, time_limit=budget_s, **settings)
+    tok.eval()
+    quality = reconstruction_quality(tok, test_set.images)  # psnr, ssim, rfid, ..., recon_bpd, bound_bpd
+
+    shape = tuple(test_set.images.shape[1:])  # (C, H, W)
+    record = dict(
+        kind="tokenizer", tokenizer=kind, device=str(dev), params=tok.num_params(),
+        codebook_size=tok.codebook_size, token_shape=list(tok.token_shape(shape)), rate_bits=rate_bits(tok, shape),
+        levels=levels, shape=list(shape), latent_size=latent_size, settings=dict(TOKENIZER_SETTINGS[kind]),
+        batch_size=batch_size, lr=lr, budget_s=budget_s, clock="cpu" if cpu_time else "wall",
+        threads=torch.get_num_threads(), steps=hist.steps, planned_steps=steps,
+        train_images_per_s=hist.images_per_s, test_images=len(test_set), data_source=train_set.source,
+    )
+    record.update({k: quality[k] for k in ("psnr", "ssim", "rfid", "rkid", "precision", "recall", "used",
+                                           "perplexity", "recon_bpd", "bound_bpd")})
+    record["rfid_floor"] = floor
+    if kind == "vqgan":  # the discriminator is only needed for training: not counted in params
+        record.update(critic_params=sum(p.numel() for p in tok.critic.parameters()), disc_start=steps // 2,
+                      adversarial_weight=VQGAN_ADVERSARIAL_WEIGHT)
+    if models is not None:
+        models[kind] = tok
+    return record
+
+
+def format_tokenizer_table(records) -> str:
+    """The tokenizer records as a text table, one row per tokenizer."""
+    head = ["tokenizer", "tokens", "V", "rate bits", "params", "steps", "train img/s", "PSNR", "SSIM",
+            "rFID (floor)", "prec", "recall", "used", "perplexity", "recon bpd", "bound bpd"]
+    rows = [[r["tokenizer"], "x".join(map(str, r["token_shape"])), str(r["codebook_size"]), f"{r['rate_bits']:.0f}",
+             f"{r['params']:,}", str(r["steps"]), f"{r['train_images_per_s']:.0f}", f"{r['psnr']:.2f}",
+             f"{r['ssim']:.3f}", f"{r['rfid']:.2f} ({r['rfid_floor']:.2f})", f"{r['precision']:.2f}",
+             f"{r['recall']:.2f}", f"{r['used']:.1%}", f"{r['perplexity']:.1f}", f"{r['recon_bpd']:.3f}",
+             f"{r['bound_bpd']:.3f}"] for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    title = "tokenizers"
+    if records:
+        r = records[0]
+        clock = "CPU" if r["clock"] == "cpu" else "wall-clock"
+        title = (f"Fashion-MNIST {'x'.join(map(str, r['shape'][1:]))} at {r['levels']} levels, {r['budget_s']:g} {clock} "
+                 f"s of training per tokenizer; reconstructions of the first {r['test_images']} test images "
+                 f"(rFID-FMNIST floor: as many training images); rate bits = tokens x log2 V; "
+                 "bound bpd = recon bpd + rate bits / dims (a uniform prior over tokens)")
+    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
+
+
+def build_tokenizer_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m armini.bench tokenizers",
+        description="Train every tokenizer (lessons 11 and 13) for the same budget at about the same rate "
+                    "(bits per image) and measure its reconstructions: PSNR, SSIM, rFID, precision and recall, "
+                    "codebook usage, and the pixel-space bits/dim bound with a uniform prior.")
+    p.add_argument("--kinds", default=",".join(TOKENIZER_KINDS),
+                   help=f"comma-separated tokenizer kinds (default all: {','.join(TOKENIZER_KINDS)})")
+    p.add_argument("--budget", "--budget-s", dest="budget", type=cli.positive_float, default=None,
+                   help="training seconds per tokenizer (default 60; 3 in quick mode)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="budget in CPU seconds of this process (time.process_time): fair on a busy machine")
+    p.add_argument("--test-images", type=cli.positive_int, default=None,
+                   help=f"test images reconstructed and judged (default 1000; 200 in quick mode; at least "
+                        f"{MIN_QUALITY_SAMPLES})")
+    p.add_argument("--levels", type=cli.positive_int, default=LEVELS, help="pixel levels K, 2 to 256 (default 256)")
+    p.add_argument("--latent-size", type=cli.positive_int, default=7,
+                   help="side of the token grid: the image side / 2, 4, ... (default 7)")
+    p.add_argument("--size", type=int, default=28, choices=[28, 14], help="image side: 28, or the 14x14 view")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
+    cli.add_debug_flag(p)
+    return p
+
+
+def run_tokenizers(args, parser) -> list:
+    """The tokenizer benchmark the parsed flags ask for; returns the records."""
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in TOKENIZER_KINDS]
+    if unknown or not kinds:
+        parser.error(f"unknown tokenizer kind(s) {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {','.join(TOKENIZER_KINDS)}")
+    budget_s = args.budget if args.budget is not None else armini.budget(60.0, 3.0)
+    test_images = args.test_images if args.test_images is not None else armini.budget(1000, 200)
+    check_tokenizer_settings(kinds, budget_s=budget_s, test_images=test_images, size=args.size, levels=args.levels,
+                             latent_size=args.latent_size)
+    from armini import metrics
+
+    metrics.load_classifier()  # a missing or damaged judge (rFID, VQGAN's perceptual loss) fails now
+    if args.json:
+        cli.check_new_file(args.json, args.overwrite, "--json")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = armini.device(args.device)
+    records, datasets = [], {}
+    for kind in kinds:
+        print(f"training tokenizer {kind} on {dev} for {budget_s:g} s ...", flush=True)
+        records.append(bench_tokenizer(kind, budget_s=budget_s, device=dev, test_images=test_images, size=args.size,
+                                       levels=args.levels, latent_size=args.latent_size, seed=args.seed,
+                                       cpu_time=args.cpu_time, datasets=datasets))
+        if args.json:
+            save_records(records, args.json)  # after every tokenizer: a run that stops midway keeps what it measured
+    print()
+    print(format_tokenizer_table(records))
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return records
+
+
 def kendall_tau(a, b) -> float:
     """Kendall's rank agreement of two equally long lists of scores, in [-1, 1] (tau-a):
 
@@ -641,6 +861,10 @@ def main(argv=None) -> int:
         parser = build_speed_parser()
         args = parser.parse_args(argv[1:])
         return cli.run(lambda: run_speed(args, parser), parser.prog, args.debug)
+    if argv[:1] == ["tokenizers"]:
+        parser = build_tokenizer_parser()
+        args = parser.parse_args(argv[1:])
+        return cli.run(lambda: run_tokenizers(args, parser), parser.prog, args.debug)
     parser = build_parser()
     args = parser.parse_args(argv)
     return cli.run(lambda: run(args, parser), parser.prog, args.debug)

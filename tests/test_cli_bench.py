@@ -1,5 +1,6 @@
 """Tests for the command line (python -m armini) and the benchmark (python -m armini.bench), with tiny settings."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -259,3 +260,59 @@ def test_bench_quality_samples_zero_skips_sample_quality_and_few_are_refused(tmp
         bench.bench_model("independent", budget_s=0.2, device="cpu", quality_samples=3)
     assert bench.main(["--models", "independent", "--quality-samples", "3", "--budget-s", "0.2"]) == 1
     assert "quality_samples must be 0" in capsys.readouterr().err
+
+
+def test_bench_tokenizers_writes_one_finite_record_per_tokenizer(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    path = tmp_path / "tokenizers.json"
+    assert bench.main(["tokenizers", "--kinds", "vq,fsq", "--budget", "1", "--cpu-time", "--test-images", "32",
+                       "--size", "14", "--levels", "16", "--device", "cpu", "--json", str(path)]) == 0
+    records = json.loads(path.read_text())
+    assert [r["tokenizer"] for r in records] == ["vq", "fsq"]
+    for r in records:
+        assert r["kind"] == "tokenizer" and r["clock"] == "cpu" and r["budget_s"] == 1 and r["test_images"] == 32
+        assert r["shape"] == [1, 14, 14] and r["levels"] == 16 and r["token_shape"] == [1, 7, 7]
+        assert "subset" in r["data_source"] and r["steps"] >= 1 and r["train_images_per_s"] > 0
+        for key in ("params", "codebook_size", "rate_bits", "steps", "train_images_per_s", "psnr", "ssim", "rfid",
+                    "rfid_floor", "precision", "recall", "used", "perplexity", "recon_bpd", "bound_bpd"):
+            assert isinstance(r[key], (int, float)) and np.isfinite(r[key]), (r["tokenizer"], key, r[key])
+        assert r["rate_bits"] == pytest.approx(math.prod(r["token_shape"]) * math.log2(r["codebook_size"]))
+        assert r["bound_bpd"] == pytest.approx(r["recon_bpd"] + r["rate_bits"] / 196)  # a uniform prior's bound
+        assert 0 < r["used"] <= 1 and 1 <= r["perplexity"] <= r["codebook_size"]
+        assert r["params"] == bench.make_tokenizer(r["tokenizer"], size=14, levels=16).num_params()
+    vq, fsq = records
+    assert vq["codebook_size"] == 1024 and vq["rate_bits"] == pytest.approx(490)  # lesson 11's matched rates
+    assert fsq["codebook_size"] == 8 * 5 * 5 * 5 and fsq["rate_bits"] == pytest.approx(49 * math.log2(1000))
+    table = capsys.readouterr().out
+    assert "rate bits" in table and "bound bpd" in table and "first 32 test images" in table
+    assert any(line.startswith("fsq ") and " 488 " in line for line in table.splitlines())
+
+
+def test_bench_tokenizers_vqgan_counts_only_its_tokenizer_and_starts_the_critic_halfway(monkeypatch):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    models = {}
+    r = bench.bench_tokenizer("vqgan", budget_s=0.5, device="cpu", test_images=16, size=14, levels=16,
+                              cpu_time=True, models=models)
+    tok = models["vqgan"]
+    critic = sum(p.numel() for p in tok.critic.parameters())
+    assert r["params"] == tok.autoencoder.num_params() == sum(p.numel() for p in tok.parameters()) - critic
+    assert r["critic_params"] == critic > 0
+    assert r["disc_start"] == r["planned_steps"] // 2 == tok.config.disc_start and r["rate_bits"] == pytest.approx(490)
+    assert int(tok.step) == r["steps"] and np.isfinite(r["bound_bpd"]) and np.isfinite(r["rfid"])
+
+
+def test_bench_tokenizers_refuses_unknown_kinds_and_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["tokenizers", "--kinds", "vq,nope"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown tokenizer kind(s) nope" in err and "vq,ema,fsq,rvq,vqgan" in err
+    with pytest.raises(SystemExit):
+        bench.main(["tokenizers", "--budget", "0"])  # argparse: must be a number > 0
+    assert "--budget/--budget-s: must be a number > 0, got 0" in capsys.readouterr().err
+    for flags, message in ((["--levels", "1"], "levels must be a whole number from 2 to 256"),
+                           (["--test-images", "3"], "test_images must be a whole number >= 10"),
+                           (["--latent-size", "5"], "latent_size must be the image side 28 divided by 2, 4")):
+        assert bench.main(["tokenizers", *flags]) == 1, flags  # refused before any data or training
+        assert message in capsys.readouterr().err, flags
+    with pytest.raises(ValueError, match="unknown tokenizer kind"):
+        bench.bench_tokenizer("vqvae", budget_s=1.0)
