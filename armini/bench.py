@@ -421,6 +421,18 @@ def speed_configs(names, peers: bool, model_kwargs: dict) -> list:
     return configs
 
 
+def text_table(title: str, head: list, rows: list, numeric) -> str:
+    """A title, a header, a rule and the rows, columns padded to their widest cell; the columns in `numeric`
+    (indices) right-aligned, the others left-aligned. Every bench table is printed by this."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    numeric = set(numeric)
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
+
+
 def format_speed_table(records) -> str:
     """The speed records as a text table: training s/step per thread count, then sampling columns."""
     cpu = bool(records) and records[0]["clock"] == "cpu"  # --cpu-time: CPU seconds (of every thread) per step
@@ -439,16 +451,12 @@ def format_speed_table(records) -> str:
             f"{r['sample_s_per_image_cached'][naive_n]:.3f}" if naive_n in r.get("sample_s_per_image_cached", {})
             else "-"] + [f"{fe[str(n)]:.1f}" if str(n) in fe else "-" for n in ns]
             + [str(r["cached_matches_naive"]) if "cached_matches_naive" in r else "-"])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     clock = "CPU" if cpu else "wall-clock"
     title = (f"{clock} seconds. training: median s/step at each thread count{' (CPU s of all threads)' if cpu else ''}; "
              "sampling on one thread, s per image (naive and cached at naive_n images); "
              "fwd-equiv = cached s/img / one forward pass s/img")
-    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
+    return text_table(title, head, rows, numeric=range(2, len(head)))
 
 
 def build_speed_parser():
@@ -643,10 +651,6 @@ def format_tokenizer_table(records) -> str:
              f"{r['ssim']:.3f}", f"{r['rfid']:.2f} ({r['rfid_floor']:.2f})", f"{r['precision']:.2f}",
              f"{r['recall']:.2f}", f"{r['used']:.1%}", f"{r['perplexity']:.1f}", f"{r['recon_bpd']:.3f}",
              f"{r['bound_bpd']:.3f}"] for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     title = "tokenizers"
     if records:
@@ -656,7 +660,7 @@ def format_tokenizer_table(records) -> str:
                  f"s of training per tokenizer; reconstructions of the first {r['test_images']} test images "
                  f"(rFID-FMNIST floor: as many training images); rate bits = tokens x log2 V; "
                  "bound bpd = recon bpd + rate bits / dims (a uniform prior over tokens)")
-    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
+    return text_table(title, head, rows, numeric=range(2, len(head)))
 
 
 def build_tokenizer_parser():
@@ -751,11 +755,6 @@ def format_table(records, budget_s, test_images) -> str:
         rows.append([r["model"], r["device"], f"{r['params']:,}", str(r["levels"]), f"{r['train_images_per_s']:.0f}",
                      str(r["steps"]), f"{r['test_bpd']:.3f}", f"{r['sample_s_per_image']:.3f}", speedup, *quality,
                      r["note"] if len(r["note"]) <= 60 else r["note"][:57] + "..."])  # the JSON has it all
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    numeric = set(range(2, len(head) - 1))  # right-aligned columns: all but model, device and note
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     clock = "CPU" if records and records[0].get("clock") == "cpu" else "wall-clock"
     size = "x".join(map(str, records[0]["shape"][1:])) if records else "28x28"
@@ -765,7 +764,7 @@ def format_table(records, budget_s, test_images) -> str:
     if n:
         title += (f"; FID-FMNIST, KID, precision, recall of {n} samples against {n} test images "
                   f"(floor: {n} training images; not comparable with published Inception FIDs)")
-    return "\n".join([title, line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]).rstrip()
+    return text_table(title, head, rows, numeric=range(2, len(head) - 1))  # all but model, device and note
 
 
 def build_parser():

@@ -287,6 +287,18 @@ def _display(obj) -> bool:
     return True
 
 
+
+def show_with_figure(widget, figure) -> None:
+    """Display widget() and, below it, the static figure(): the figure alone in static mode (static_mode()).
+    Pages that cannot run widgets (GitHub, nbviewer) still show the figure. Outside IPython the figure is
+    left open for plt.savefig."""
+    if not static_mode():
+        _display(widget())
+    fig = figure()
+    if _display(fig):
+        plt.close(fig)  # shown once; the inline backend would show it again
+
+
 class SamplingScrubber:
     """Sample once, then look at any step: the images so far and the distribution each value came from.
 
@@ -521,11 +533,7 @@ class SamplingScrubber:
         The strip is for pages that cannot run widgets: a notebook rendered on GitHub or nbviewer
         shows a widget as blank (or as "VBox(...)"), but still shows the strip's picture of sampling.
         Outside IPython the strip's figure is left open for plt.savefig; nothing is returned."""
-        if not static_mode():
-            _display(self.widget())
-        fig = self.static(frames, width=STRIP_WIDTH, one_image=True)
-        if _display(fig):
-            plt.close(fig)  # shown once; the inline backend would show it again
+        show_with_figure(self.widget, lambda: self.static(frames, width=STRIP_WIDTH, one_image=True))
 
     def _ipython_display_(self):
         self.show()
@@ -815,11 +823,7 @@ class CompletionExplorer:
     def show(self, frames: int = 6):
         """Display the widget with a static strip of the default completion below it (for rendered pages);
         in static mode (static_mode()) the strip alone. Outside IPython the strip is left open for plt.savefig."""
-        if not static_mode():
-            _display(self.widget())
-        fig = self.static(frames)
-        if _display(fig):
-            plt.close(fig)
+        show_with_figure(self.widget, lambda: self.static(frames))
 
     def _ipython_display_(self):
         self.show()
@@ -1007,11 +1011,7 @@ class TokenExplorer:
     def show(self, images: int = 2):
         """The widget, and below it the static figure of `images` default swaps (the figure alone where
         widgets cannot run, so a rendered notebook still shows what a swap does)."""
-        if not static_mode():
-            _display(self.widget())
-        fig = self.static(images)
-        if _display(fig):
-            plt.close(fig)
+        show_with_figure(self.widget, lambda: self.static(images))
 
     def _ipython_display_(self):
         self.show()

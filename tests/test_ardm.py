@@ -45,8 +45,9 @@ def fit_a_little(model, x, steps=20, lr=1e-2):
 
 
 # ------------------------------------------------------------------------------ the estimator
-def expected_estimate(model, x, estimator):
-    """E over t in {0..D-1} and every order sigma of estimator(log p, given, t), exactly: (B,) nats."""
+def expected_estimate(model, x, estimator=ardm_nll, cond=None):
+    """E over t in {0..D-1} and every order sigma of estimator(log p, given, t), exactly: (B,) nats.
+    cond: what the network also reads (an Upscale ARDM's stage 2: the coarse image)."""
     D = model.dims
     total = torch.zeros(len(x), dtype=torch.float64)
     perms = list(itertools.permutations(range(D)))
@@ -56,7 +57,7 @@ def expected_estimate(model, x, estimator):
                 rank = torch.tensor(rank).expand(len(x), D)  # (B, D) the step of each dimension
                 tt = torch.full((len(x),), t)
                 given = rank < t
-                lp = model.predict(x, given.view(x.shape)).gather(-1, x.unsqueeze(-1)).flatten(1)  # (B, D)
+                lp = model.predict(x, given.view(x.shape), cond).gather(-1, x.unsqueeze(-1)).flatten(1)  # (B, D)
                 total += estimator(lp, given, tt)
     return total / (D * len(perms))
 
@@ -302,20 +303,6 @@ def fit_upscale(model, x, steps=15, lr=1e-2):
         opt.step()
 
 
-def expected_stage_estimate(stage, target, cond=None):
-    """E over t and every order of a stage's ARDM estimate (ardm_nll), exactly: (B,) nats. cond: stage 2's coarse image."""
-    D = stage.dims
-    total = torch.zeros(len(target), dtype=torch.float64)
-    perms = list(itertools.permutations(range(D)))
-    with torch.no_grad():
-        for t in range(D):
-            for rank in perms:
-                given = torch.tensor(rank).expand(len(target), D) < t
-                lp = stage.predict(target, given.view(target.shape), cond).gather(-1, target.unsqueeze(-1)).flatten(1)
-                total += ardm_nll(lp, given, torch.full((len(target),), t))
-    return total / (D * len(perms))
-
-
 def test_split_levels_and_the_error_for_levels_that_do_not_split():
     assert split_levels(256) == (16, 16) and split_levels(4) == (2, 2) and split_levels(256, 4) == (4, 64)
     x = torch.arange(256).view(4, 1, 8, 8)
@@ -370,7 +357,7 @@ def test_two_stage_estimate_is_unbiased_for_the_order_averaged_nll():
     perms = [torch.tensor(p) for p in itertools.permutations(range(3))]
     with torch.no_grad():
         exact = -torch.stack([model.log_prob(x, order=p) for p in perms]).mean(0)  # (64,) nats
-    coarse, fine = expected_stage_estimate(model.coarse, c), expected_stage_estimate(model.fine, f, c)
+    coarse, fine = expected_estimate(model.coarse, c), expected_estimate(model.fine, f, cond=c)
     torch.testing.assert_close(coarse + fine, exact)
     assert not torch.allclose(coarse, exact, rtol=1e-3)  # stage 2 carries a real share of the bound
     # loss() is that estimate: the two stages' ARDM estimates with the same draws, in bits/dim

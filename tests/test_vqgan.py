@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from armini import data
+from armini.metrics import load_classifier
 from armini.nn.discriminator import (PatchDiscriminator, adaptive_weight, adversarial_factor, d_hinge_loss,
                                      g_hinge_loss)
 from armini.nn.perceptual import perceptual_loss
@@ -138,8 +139,9 @@ def images():
     return ds.images.float() / (ds.levels - 1)  # (32, 1, 28, 28) in [0, 1]
 
 
-def test_perceptual_loss_is_zero_for_identical_images_and_grows_with_blur(images):
-    net = TinyFeatures()
+@pytest.mark.parametrize("make_net", [TinyFeatures, load_classifier], ids=["tiny-net", "course-classifier"])
+def test_perceptual_loss_is_zero_for_identical_images_and_grows_with_blur(images, make_net):
+    net = make_net()
     assert perceptual_loss(images, images.clone(), net).item() == pytest.approx(0.0, abs=1e-10)
     losses = [perceptual_loss(images, blur(images, sigma), net).item() for sigma in (0.5, 1.0, 1.5, 2.5)]
     assert losses[0] > 0 and all(a < b for a, b in zip(losses, losses[1:])), losses
@@ -260,15 +262,6 @@ def test_fit_vqgan_trains_both_groups_after_the_warm_up(batch):
     d_losses = [losses["discriminator"] for _, losses in hist.train_losses]
     assert d_losses[:2] == [0.0, 0.0] and all(d > 0 for d in d_losses[2:])
     assert vqgan.last_lambda > 0 and hist.final_test_bpd > 0
-
-
-def test_perceptual_loss_with_the_course_classifier_grows_with_blur(images):
-    from armini.metrics import load_classifier
-
-    net = load_classifier()
-    assert perceptual_loss(images, images.clone(), net).item() == pytest.approx(0.0, abs=1e-10)
-    losses = [perceptual_loss(images, blur(images, sigma), net).item() for sigma in (0.5, 1.0, 1.5, 2.5)]
-    assert losses[0] > 0 and all(a < b for a, b in zip(losses, losses[1:])), losses
 
 
 def test_vqgan_uses_the_course_classifier_by_default(batch):
