@@ -36,12 +36,20 @@ codebook loss, and nothing can collapse.
 Residual VQ (Lee et al. 2022, RQ-VAE): quantise z_e, then quantise what is left (the residual),
 D times, with one shared codebook; the code is the sum of the D codes, the token a (D,) stack.
 
+Multi-scale residual VQ (Tian et al. 2024, VAR): residual quantisation over *scales* instead of
+depths. The residual is area-downsampled to s_k x s_k (1 x 1 first, the latent size last), quantised
+with one shared codebook, the codes bicubic-upsampled back and refined by phi (0.5 h + 0.5 conv3x3 h);
+the tokens of all scales form one coarse-to-fine sequence of L = sum_k s_k^2 tokens, the sequence a
+next-scale prior models (MultiScaleQuantizer).
+
 Deviations from the papers, stated: the VQ losses are mean squared errors (means over elements,
 not sums); residual VQ averages its D codebook and commitment terms over depths (RQ-VAE sums the
-commitment terms and learns the codebook by EMA; here the EMA option is available too).
+commitment terms and learns the codebook by EMA; here the EMA option is available too); the multi-scale
+quantiser can also learn its codebook by EMA (VAR learns it by the gradient of its f_hat term), fed with
+the downsampled residuals of every scale, and starts it from the first batch's latent vectors.
 
 Legend: B batch, d latent channels (code size), h, w latent grid, N vectors, V codebook size,
-D residual depth.
+D residual depth, K scales, s_k a scale's side, L = sum_k s_k^2 tokens of a multi-scale sequence.
 """
 from __future__ import annotations
 
@@ -54,7 +62,8 @@ import torch.nn.functional as F
 
 __all__ = ["Quantized", "nearest_code", "straight_through", "quantize", "vq_loss", "ema_update",
            "laplace_smoothed", "fsq_bound", "round_ste", "fsq_quantize", "VectorQuantizer", "FSQ",
-           "ResidualVQ", "codebook_usage"]
+           "ResidualVQ", "codebook_usage", "scale_slices", "check_scales", "default_scales", "area_down",
+           "bicubic_up", "Phi", "phi_index", "MultiScaleQuantizer"]
 
 
 @dataclass
@@ -400,3 +409,239 @@ def codebook_usage(indices: torch.Tensor, codebook_size: int):
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return float((counts > 0).double().mean()), float(entropy.exp())
+
+
+# ----------------------------------------------------------------------------- multi-scale residual VQ (VAR)
+
+
+def scale_slices(scales) -> list:
+    """Where each scale's tokens sit in the flat sequence: scales (1, 2, 3) -> [0:1, 1:5, 5:14].
+
+    A multi-scale token set is ONE sequence of L = sum_k s_k^2 tokens, scale by scale, each scale's
+    s_k x s_k grid in raster order."""
+    out, start = [], 0
+    for s in scales:
+        out.append(slice(start, start + s * s))
+        start += s * s
+    return out
+
+
+def check_scales(scales, latent_size=None) -> tuple:
+    """scales as a tuple of ints if they are whole numbers >= 1, strictly increasing, the last equal to
+    latent_size (when given); else a ValueError saying what is wrong and how to fix it."""
+    try:
+        out = tuple(int(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be a sequence of whole numbers such as (1, 2, 3, 4, 5, 7), got {scales!r}") from None
+    if not out or any(s != t for s, t in zip(out, scales)):
+        raise ValueError(f"scales must be a non-empty sequence of whole numbers such as (1, 2, 3, 4, 5, 7), got "
+                         f"{scales!r}")
+    if out[0] < 1:
+        raise ValueError(f"every scale must be at least 1 (a 1 x 1 grid), got {out}")
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"scales must increase strictly, coarse to fine (e.g. (1, 2, 3, 4, 5, 7)), got {out}")
+    if latent_size is not None and out[-1] != int(latent_size):
+        raise ValueError(f"the last scale must equal the latent size {latent_size} (the finest scale codes what the "
+                         f"coarser ones left at full resolution), got scales {out}: end them with {latent_size}")
+    return out
+
+
+def default_scales(latent_size: int) -> tuple:
+    """1, 2, 3, 4, 5, then about 1.4x per step up to the latent size: 7 -> (1, 2, 3, 4, 5, 7) (104 tokens),
+    14 -> (1, 2, 3, 4, 5, 7, 10, 14), 4 -> (1, 2, 3, 4). VAR's 16 x 16 schedule grows the same way
+    (1, 2, 3, 4, 5, 6, 8, 10, 13, 16): one token per step at first, then a bounded ratio between steps."""
+    h = int(latent_size)
+    out = [s for s in (1, 2, 3, 4, 5) if s < h]
+    while out and round(out[-1] * 1.4) < h:
+        out.append(round(out[-1] * 1.4))
+    return tuple(out) + (h,)
+
+
+def area_down(f: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, d, h, w) -> (B, d, s, s), each cell the mean of the latent vectors it covers ("area")."""
+    return f if f.shape[-1] == s and f.shape[-2] == s else F.interpolate(f, size=(s, s), mode="area")
+
+
+def bicubic_up(e: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, d, s, s) -> (B, d, size, size) by bicubic interpolation (the identity when s == size)."""
+    return e if e.shape[-1] == size else F.interpolate(e, size=(size, size), mode="bicubic")
+
+
+class Phi(nn.Module):
+    """VAR's refinement of an upsampled code map: phi(h) = 0.5 h + 0.5 conv3x3(h), (B, d, h, w) -> same."""
+
+    def __init__(self, dim: int, ratio: float = 0.5):
+        super().__init__()
+        self.conv, self.ratio = nn.Conv2d(dim, dim, 3, padding=1), float(ratio)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (1 - self.ratio) * h + self.ratio * self.conv(h)
+
+
+def phi_index(k: int, n_scales: int, n_phi: int) -> int:
+    """Which of n_phi convolutions refines scale k (0-based) of n_scales: the one whose tick in
+    linspace(1/(3 n), 1 - 1/(3 n), n) is nearest to the scale's position k / (K - 1) (VAR's rule for
+    its 4 partially shared convs). n_phi = 1: all share one; n_phi = K: one per scale."""
+    if n_phi == 1:
+        return 0
+    position = k / max(n_scales - 1, 1)
+    ticks = torch.linspace(1 / (3 * n_phi), 1 - 1 / (3 * n_phi), n_phi)
+    return int((ticks - position).abs().argmin())
+
+
+class MultiScaleQuantizer(nn.Module):
+    """VAR's multi-scale residual quantiser (Tian et al. 2024): forward(z_e (B, d, h, w)) -> Quantized with
+    indices (B, L), L = sum_k s_k^2, one shared codebook for every scale.
+
+        f_rest = f = sg[z_e],  f_hat = 0
+        for k = 1..K:   r_k = area_down(f_rest, s_k)                    (B, d, s_k, s_k)
+                        tokens_k = nearest(r_k)                          (B, s_k, s_k)
+                        h_k = phi_k(bicubic_up(e[tokens_k], h))          (B, d, h, w)
+                        f_hat += h_k,   f_rest -= h_k
+
+    The last scale is the latent size (no downsampling there, so the finest residual is coded at full
+    resolution). Loss per scale on the cumulative f_hat_k, averaged over scales (VAR's models/quant.py):
+
+        codebook_loss   = mean_k ||f_hat_k - sg[f]||^2    (reaches the codebook and phi)
+        commitment_loss = mean_k ||sg[f_hat_k] - f||^2    (reaches the encoder)
+        loss = codebook_loss + beta * commitment_loss,   z_q = f + sg[f_hat_K - f]  (straight-through)
+
+    phi: "shared" (one conv for all scales), "per-scale" (one each), or a number n of convs picked by
+    the scale's position (phi_index; VAR uses 4). The codebook is a VectorQuantizer (its nearest and
+    embed, and with ema=True its running means and dead-code restarts, fed with the residuals of every
+    scale, once per training batch). With EMA the codebook term still trains phi.
+
+    The pieces a next-scale prior reads:
+        cumulative(indices)        -> K tensors (B, d, h, w): f_hat after scales 1..k
+        next_scale_inputs(indices) -> (B, L - s_1^2, d): for k > 1, f_hat after scales < k, area-downsampled
+                                      to s_k x s_k, flattened; scales concatenated (teacher forcing)
+        slices                     -> scale_slices(scales): each scale's place in the sequence
+    """
+
+    def __init__(self, codebook_size: int, dim: int, scales=(1, 2, 3, 4, 5, 7), beta: float = 0.25, phi="shared",
+                 **vq_kwargs):
+        super().__init__()
+        self.scales = check_scales(scales)
+        self.latent_size, self.n_scales = self.scales[-1], len(self.scales)
+        self.slices = scale_slices(self.scales)
+        self.length = sum(s * s for s in self.scales)  # L
+        self.vq = VectorQuantizer(codebook_size, dim, beta=beta, **vq_kwargs)  # THE codebook, shared by all scales
+        self.codebook_size, self.dim, self.beta = self.vq.codebook_size, self.vq.dim, self.vq.beta
+        K = self.n_scales
+        n_phi = {"shared": 1, "per-scale": K}.get(phi, phi)
+        if isinstance(n_phi, bool) or not isinstance(n_phi, int) or n_phi < 1:
+            raise ValueError(f"phi must be 'shared', 'per-scale' or a number of convolutions >= 1, got {phi!r}")
+        self.phi_mode, n_phi = phi, min(n_phi, K)
+        self.phis = nn.ModuleList(Phi(self.dim) for _ in range(n_phi))
+        self.phi_of_scale = [phi_index(k, K, n_phi) for k in range(K)]
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.vq.codebook
+
+    # ------------------------------------------------------------------ tokens <-> grids
+    def check_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        if indices.dim() != 2 or indices.shape[1] != self.length:
+            raise ValueError(f"multi-scale tokens must be (B, L) with L = {self.length} (scales {self.scales}), got "
+                             f"shape {tuple(indices.shape)}")
+        return indices.long()
+
+    def split(self, indices: torch.Tensor) -> list:
+        """(B, L) -> the K token grids (B, s_k, s_k)."""
+        B = len(indices)
+        return [indices[:, sl].reshape(B, s, s) for sl, s in zip(self.slices, self.scales)]
+
+    def join(self, grids) -> torch.Tensor:
+        """The K token grids (B, s_k, s_k) -> (B, L), scale by scale, raster within a scale."""
+        return torch.cat([g.flatten(1) for g in grids], 1)
+
+    # ------------------------------------------------------------------ one scale
+    def scale_code(self, grid: torch.Tensor, k: int) -> torch.Tensor:
+        """h_k = phi_k(bicubic_up(e[grid])): what scale k adds to f_hat. grid (B, s_k, s_k) -> (B, d, h, w)."""
+        e = self.vq.embed(grid)  # (B, d, s_k, s_k)
+        return self.phis[self.phi_of_scale[k]](bicubic_up(e, self.latent_size))
+
+    def add_scale(self, f_hat: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
+        """f_hat (B, d, h, w) after scales < k, plus scale k's tokens (B, s_k, s_k): f_hat after scale k
+        (a sampler's step, without recomputing the coarser scales)."""
+        return f_hat + self.scale_code(grid, k)
+
+    def scale_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
+        """The input of scale k (0-based, k >= 1) from f_hat after scales < k: (B, d, h, w) -> (B, s_k^2, d)."""
+        return area_down(f_hat, self.scales[k]).flatten(2).transpose(1, 2)  # (B, s_k * s_k, d)
+
+    # ------------------------------------------------------------------ what a prior reads
+    def cumulative(self, indices: torch.Tensor) -> list:
+        """f_hat after each scale: K tensors (B, d, h, w), the k-th the sum of scales 1..k's codes."""
+        f_hat, out = 0, []
+        for k, grid in enumerate(self.split(self.check_indices(indices))):
+            f_hat = f_hat + self.scale_code(grid, k)
+            out.append(f_hat)
+        return out
+
+    def next_scale_inputs(self, indices: torch.Tensor) -> torch.Tensor:
+        """VAR's teacher-forcing input: (B, L) -> (B, L - s_1^2, d). The rows of scale k > 1 are the
+        cumulative f_hat of scales < k (never the raw tokens of scale k - 1) area-downsampled to s_k x s_k,
+        raster order; the tokens of scale k and finer do not enter them."""
+        cums = self.cumulative(indices)
+        return torch.cat([self.scale_input(cums[k - 1], k) for k in range(1, self.n_scales)], 1)
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """The quantised latent f_hat (B, d, h, w) of tokens (B, L): the decoder's input."""
+        return self.cumulative(indices)[-1]
+
+    def nearest(self, z_e: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L) of z_e (B, d, h, w); never moves the codebook."""
+        with torch.no_grad():
+            return self._quantize(z_e)[0]
+
+    def _quantize(self, z_e: torch.Tensor):
+        """The residual loop: (indices (B, L), [f_hat_k], [(residual rows, codes)] for the EMA update)."""
+        B, d, h, w = z_e.shape
+        if d != self.dim or h != self.latent_size or w != self.latent_size:
+            raise ValueError(f"expected latents (B, {self.dim}, {self.latent_size}, {self.latent_size}) (the last scale "
+                             f"is the latent size), got {tuple(z_e.shape)}")
+        f = z_e.detach()
+        f_rest, f_hat = f, 0
+        grids, cums, seen = [], [], []
+        for k, s in enumerate(self.scales):
+            r = _flat(area_down(f_rest, s))  # (B*s*s, d) the residual at scale s
+            codes = nearest_code(r, self.codebook)  # (B*s*s,)
+            grid = codes.view(B, s, s)
+            h_k = self.scale_code(grid, k)  # (B, d, h, w)
+            f_hat = f_hat + h_k
+            f_rest = f_rest - h_k.detach()
+            grids.append(grid)
+            cums.append(f_hat)
+            seen.append((r, codes))
+        return self.join(grids), cums, seen
+
+    def forward(self, z_e: torch.Tensor) -> Quantized:
+        if self.training and not bool(self.vq.initialised):
+            self.vq.init_from(_flat(z_e).detach())  # the codebook from the first batch's latent vectors
+        indices, cums, seen = self._quantize(z_e)
+        f = z_e.detach()
+        codebook = torch.stack([F.mse_loss(f_hat, f) for f_hat in cums]).mean()  # codebook and phi
+        commitment = torch.stack([F.mse_loss(z_e, f_hat.detach()) for f_hat in cums]).mean()  # the encoder
+        if self.training and self.vq.ema:
+            self.vq.update(torch.cat([r for r, _ in seen]), torch.cat([c for _, c in seen]))
+        return Quantized(straight_through(z_e, cums[-1]), indices, codebook, commitment,
+                         codebook + self.beta * commitment)
+
+    @torch.no_grad()
+    def scale_errors(self, z_e: torch.Tensor) -> list:
+        """||f_hat_k - z_e||^2 (mean over elements) after each scale k: K floats, falling as scales are added
+        (in a trained quantiser)."""
+        _, cums, _ = self._quantize(z_e)
+        return [float(F.mse_loss(f_hat, z_e)) for f_hat in cums]
+
+    @torch.no_grad()
+    def usage_per_scale(self, indices: torch.Tensor) -> list:
+        """codebook_usage (fraction used, perplexity) of each scale's tokens of a whole set (B, L): small
+        scales collapse first (few vectors per image), so watch them."""
+        indices = self.check_indices(indices)
+        return [codebook_usage(indices[:, sl], self.codebook_size) for sl in self.slices]
+
+    def extra_repr(self) -> str:
+        return (f"scales={self.scales}, tokens={self.length}, codebook_size={self.codebook_size}, dim={self.dim}, "
+                f"phi={self.phi_mode!r} ({len(self.phis)} conv)")

@@ -10,6 +10,8 @@ the quantiser (armini.nn.quantize) is one of
     "ema"  VQ with an EMA codebook, dead-code restarts and a codebook taken from the first batch
     "fsq"  finite scalar quantisation, levels `fsq_levels` (d = len(fsq_levels), V = prod(levels))
     "rvq"  residual VQ of depth `depth`, one shared EMA codebook (tokens (B, depth, h, w))
+    "msvq" VAR's multi-scale residual VQ over `scales` (1, 2, 3, 4, 5, 7), one shared EMA codebook:
+           tokens (B, L), L = sum_k s_k^2 = 104, coarse to fine (armini.nn.quantize.MultiScaleQuantizer)
 
 The decoder ends in a categorical over the K pixel values (a softmax per pixel, like Part I's
 models), not a mean: -log p(x | z) is a number of bits, and since the encoder is deterministic,
@@ -54,12 +56,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.inputs import to_unit_range
-from ..nn.quantize import FSQ, ResidualVQ, VectorQuantizer, codebook_usage
+from ..nn.quantize import FSQ, MultiScaleQuantizer, ResidualVQ, VectorQuantizer, check_scales, codebook_usage, \
+    default_scales
 
 __all__ = ["VQVAE", "VQVAEConfig", "QUANTIZERS", "UsageLog"]
 
 LN2 = math.log(2)
-QUANTIZERS = ("vq", "ema", "fsq", "rvq")
+QUANTIZERS = ("vq", "ema", "fsq", "rvq", "msvq")
 
 
 @dataclass
@@ -76,6 +79,9 @@ class VQVAEConfig:
     beta: float = 0.25  # commitment weight, on the encoder term
     channels: int = 32  # width of the convolutional encoder and decoder
     res_blocks: int = 1  # residual blocks at the latent resolution, per side
+    scales: Optional[tuple] = None  # "msvq": the token grids' sides, coarse to fine, the last = latent_size;
+    # None: default_scales(latent_size), (1, 2, 3, 4, 5, 7) for 7
+    phi: object = "shared"  # "msvq": phi convolutions, "shared", "per-scale" or a number (VAR: 4)
 
 
 def default_latent_size(side: int) -> int:
@@ -110,7 +116,7 @@ class VQVAE(nn.Module):
 
     def __init__(self, image_shape=(1, 28, 28), levels: int = 256, latent_size: Optional[int] = None, quantizer: str = "ema",
                  codebook_size: int = 512, dim: int = 16, depth: int = 2, fsq_levels=(8, 5, 5, 5),
-                 beta: float = 0.25, channels: int = 32, res_blocks: int = 1):
+                 beta: float = 0.25, channels: int = 32, res_blocks: int = 1, scales=None, phi="shared"):
         super().__init__()
         C, H, W = (int(s) for s in image_shape)
         if quantizer not in QUANTIZERS:
@@ -124,9 +130,13 @@ class VQVAE(nn.Module):
             raise ValueError(f"levels must be at least 2, got {levels}")
         if quantizer == "fsq":
             dim = len(fsq_levels)  # FSQ quantises each channel: the latent has one channel per level count
+        if quantizer == "msvq":
+            scales = default_scales(latent_size) if scales is None else check_scales(scales, latent_size)
+        elif scales is not None:
+            raise ValueError(f"scales are for quantizer='msvq' (multi-scale tokens), not {quantizer!r}")
         self.config = VQVAEConfig((C, H, W), int(levels), int(latent_size), quantizer, int(codebook_size), int(dim),
                                   int(depth), tuple(int(L) for L in fsq_levels), float(beta), int(channels),
-                                  int(res_blocks))
+                                  int(res_blocks), scales, phi)
         self.shape, self.levels = (C, H, W), int(levels)
         c, K, n = int(channels), int(levels), int(downs)
         # encoder: (B, C, H, W) in [-1, 1] -> (B, d, h, w)
@@ -144,9 +154,12 @@ class VQVAE(nn.Module):
                                              data_init=True)
         elif quantizer == "fsq":
             self.quantizer = FSQ(fsq_levels)
-        else:
+        elif quantizer == "rvq":
             self.quantizer = ResidualVQ(depth, codebook_size, dim, beta=beta, ema=True, restart_dead=True,
                                         data_init=True)
+        else:
+            self.quantizer = MultiScaleQuantizer(codebook_size, dim, scales, beta=beta, phi=phi, ema=True,
+                                                 restart_dead=True, data_init=True)
         self.codebook_size = self.quantizer.codebook_size
         # decoder: (B, d, h, w) -> logits (B, C*K, H, W)
         dec = [nn.Conv2d(dim, c, 3, padding=1)] + [ResBlock(c) for _ in range(res_blocks)]
@@ -204,11 +217,19 @@ class VQVAE(nn.Module):
         finally:
             self.__dict__["_inputs_checked"] = outer
 
+    @property
+    def multiscale(self) -> bool:
+        """True for "msvq": tokens (B, L), a flat sequence of scales, not a (B, D, h, w) grid."""
+        return self.config.quantizer == "msvq"
+
     def token_shape(self, image_shape=None) -> tuple:
-        """(D, h, w) of one image's tokens: (1, 7, 7) for (1, 28, 28) at latent_size 7 ((depth, 7, 7) for rvq)."""
+        """(D, h, w) of one image's tokens: (1, 7, 7) for (1, 28, 28) at latent_size 7 ((depth, 7, 7) for rvq);
+        (L,) for msvq, L = sum_k s_k^2 (104 for scales (1, 2, 3, 4, 5, 7))."""
         C, H, W = self.shape if image_shape is None else tuple(image_shape)
         if (C, H, W) != self.shape:
             raise ValueError(f"this VQVAE reads images of shape {self.shape}, got {tuple(image_shape)}")
+        if self.multiscale:
+            return (self.quantizer.length,)
         return (self.depth, self.config.latent_size, self.config.latent_size)
 
     # ------------------------------------------------------------------ the three pieces
@@ -259,34 +280,54 @@ class VQVAE(nn.Module):
     # ------------------------------------------------------------------ the tokenizer protocol
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, D, h, w) long of integer images (B, C, H, W). Never moves the codebook."""
+        """Tokens (B, D, h, w) long of integer images (B, C, H, W) ((B, L) for msvq). Never moves the codebook."""
         k = self.quantizer.nearest(self.encode_latents(self.check_input(images, "images")))
-        return k if k.dim() == 4 else k.unsqueeze(1)  # (B, D, h, w)
+        return k if k.dim() in (2, 4) else k.unsqueeze(1)  # (B, D, h, w), or (B, L) for msvq
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The quantised latent (B, d, h, w) the decoder reads, of tokens (B, D, h, w) (rvq: D <= depth,
-        the first D depths: a lower rate)."""
+        the first D depths: a lower rate; msvq: tokens (B, L))."""
+        if self.multiscale:
+            return self.quantizer.embed(tokens)  # checks (B, L)
         if tokens.dim() != 4:
             raise ValueError(f"tokens must be (B, D, h, w), got shape {tuple(tokens.shape)}")
         tokens = tokens.long()
         return self.quantizer.embed(tokens) if self.config.quantizer == "rvq" else self.quantizer.embed(tokens[:, 0])
 
+    def latent_logprobs(self, z_q: torch.Tensor) -> torch.Tensor:
+        """log p(pixel value | latent), in nats: (B, d, h, w) -> (B, C, H, W, K)."""
+        return F.log_softmax(self.decode_logits(z_q), 2).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
+
     @torch.no_grad()
     def decode_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         """log p(pixel value | tokens), in nats: (B, C, H, W, K)."""
-        return F.log_softmax(self.decode_logits(self.embed(tokens)), 2).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
+        return self.latent_logprobs(self.embed(tokens))
 
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, point: str = "mean") -> torch.Tensor:
-        """Integer images (B, C, H, W) of tokens (B, D, h, w): the rounded mean of each pixel's
-        categorical (point="mean", least squared error), or its most likely value (point="mode")."""
-        logp = self.decode_logprobs(tokens)  # (B, C, H, W, K)
+    def point_estimate(self, logp: torch.Tensor, point: str = "mean") -> torch.Tensor:
+        """Integer images (B, C, H, W) of per-pixel log-probabilities (B, C, H, W, K): the rounded mean of each
+        pixel's categorical (point="mean", least squared error), or its most likely value (point="mode")."""
         if point == "mode":
             return logp.argmax(-1)
         if point != "mean":
             raise ValueError(f"point must be 'mean' or 'mode', got {point!r}")
         values = torch.arange(self.levels, device=logp.device, dtype=logp.dtype)
         return (logp.exp() @ values).round().long().clamp(0, self.levels - 1)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, point: str = "mean") -> torch.Tensor:
+        """Integer images (B, C, H, W) of tokens (B, D, h, w) ((B, L) for msvq): point_estimate of the decoder's
+        distribution, its rounded mean (point="mean", least squared error) or its mode (point="mode")."""
+        return self.point_estimate(self.decode_logprobs(tokens), point)
+
+    @torch.no_grad()
+    def decode_scales(self, tokens: torch.Tensor, point: str = "mean") -> list:
+        """msvq: the images after each scale, K integer tensors (B, C, H, W): the decoder reads the cumulative
+        f_hat of scales 1..k (coarse to fine; the last is decode(tokens))."""
+        if not self.multiscale:
+            raise ValueError(f"decode_scales needs quantizer='msvq' (multi-scale tokens), this VQVAE has "
+                             f"{self.config.quantizer!r}")
+        return [self.point_estimate(self.latent_logprobs(f_hat), point)
+                for f_hat in self.quantizer.cumulative(tokens.long())]
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, point: str = "mean") -> torch.Tensor:
