@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from armini.nn import attention
-from armini.nn.attention import CausalSelfAttention, KVCache, attention_bytes, attention_mask, local_2d_mask
+from armini.nn.attention import (CausalSelfAttention, KVCache, attention_bytes, attention_mask, block_causal_mask,
+                                 local_2d_mask)
 
 B, T, DIM = 2, 9, 8
 
@@ -203,3 +204,43 @@ def test_attention_memory_is_checked_before_allocating(monkeypatch):
         assert "GiB" in str(info.value) and "--size 14" in str(info.value) and "smaller batch" in str(info.value)
     monkeypatch.setattr(attention, "MAX_ATTENTION_BYTES", attention_bytes(1, 2, 64, 64))
     assert layer(x).shape == (1, 64, DIM)
+
+
+# ----------------------------------------------------------------- block-causal attention (VAR)
+def test_block_causal_mask_definition():
+    m = block_causal_mask([1, 4, 9])  # scales 1x1, 2x2, 3x3: L = 14
+    assert m.shape == (14, 14) and m.dtype == torch.bool
+    block = torch.tensor([0] + [1] * 4 + [2] * 9)
+    for i in range(14):
+        for j in range(14):
+            assert bool(m[i, j]) == (block[j] <= block[i])  # own block and every earlier one
+    assert m[1, 4] and not m[4, 5]  # within a block it reads forwards; never into a later block
+    with pytest.raises(ValueError, match="block sizes"):
+        block_causal_mask([2, 0])
+    with pytest.raises(ValueError, match="block sizes"):
+        block_causal_mask([])
+
+
+def test_non_causal_layer_with_a_block_mask_matches_the_reference_and_its_cache():
+    torch.manual_seed(0)
+    sizes = [1, 2, 4, 2]  # T = 9 positions
+    mask = block_causal_mask(sizes)
+    layer = CausalSelfAttention(DIM, 2, mask=mask, causal=False)
+    x = torch.randn(B, T, DIM)
+    full = layer(x)
+    torch.testing.assert_close(full, naive_attention(layer, x, allowed=mask), atol=1e-5, rtol=1e-5)
+    for j in range(T):  # a position moves the rows of its own block and of every later one, no earlier row
+        first = next(b for b in range(T) if mask[b, j])
+        assert _moved_rows(layer, x, None, j, "x") == list(range(first, T))
+    cache, outs, t = KVCache(capacity=T), [], 0
+    for n in sizes:  # one block per call, as VAR's sampler feeds one scale per step
+        outs.append(layer(x[:, t:t + n], cache=cache))
+        t += n
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-6, rtol=1e-5)
+
+
+def test_causal_false_needs_a_mask():
+    with pytest.raises(ValueError, match="causal=False needs a mask"):
+        CausalSelfAttention(8, 2, causal=False)
+    with pytest.raises(ValueError, match="causal=False needs a mask"):
+        CausalSelfAttention(8, 2, causal=False, mask=block_causal_mask([2, 2]), window=2)

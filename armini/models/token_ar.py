@@ -250,9 +250,14 @@ class TwoStage(ARModel):
         self.token_shape = tuple(int(s) for s in self.tokenizer.token_shape(self.shape))  # (D, h, w)
         self.null = cfg.num_classes  # the null class's label (None: unconditional)
         prior_classes = None if cfg.num_classes is None else cfg.num_classes + 1
-        self.prior = token_prior(cfg.prior, self.token_shape, self.tokenizer.codebook_size, prior_classes,
-                                 **cfg.prior_kwargs)
+        self.prior = self.build_prior(prior_classes)
         self.prior.unit = "bits/token"  # its dimensions are tokens
+
+    def build_prior(self, num_classes: Optional[int]) -> ARModel:
+        """The prior over the tokenizer's tokens: MODELS[config.prior] on the token grid (a subclass with a
+        prior of its own, VAR, overrides this). num_classes counts the null class."""
+        cfg = self.config
+        return token_prior(cfg.prior, self.token_shape, self.tokenizer.codebook_size, num_classes, **cfg.prior_kwargs)
 
     # ------------------------------------------------------------------ tokens
     @contextlib.contextmanager
@@ -348,6 +353,10 @@ class TwoStage(ARModel):
             return self.prior.loss(z, y)
 
     # ---------------------------------------------------------------- sampling
+    def observed_tokens(self, observed) -> torch.Tensor:
+        """The tokens a partial image fixes (a pixel mask -> a token mask; see `observed_tokens`)."""
+        return observed_tokens(observed, self.shape, self.token_shape)
+
     def sampling_steps(self, order=None):
         """The prior's steps: one per token (49 for a 7x7 grid), not one per pixel."""
         if order is not None:
@@ -406,7 +415,7 @@ class TwoStage(ARModel):
                 raise ValueError("inpainting needs both x (the partial images) and observed (which pixels are known)")
             x = self.check_input(x)
             tokens = self.encode(x)  # (n, D, h, w)
-            kept = observed_tokens(observed, self.shape, self.token_shape).to(tokens.device).expand_as(tokens)
+            kept = self.observed_tokens(observed).to(tokens.device).expand_as(tokens)
         z = self.sample_tokens(n, tokens=tokens, observed=kept, y=y, guidance=guidance, generator=generator,
                                temperature=temperature, top_k=top_k, callback=callback, cached=cached,
                                progress=progress)

@@ -18,6 +18,16 @@ Local attention (Image Transformer, Parmar et al., 2018) shrinks M further: `win
 the w most recent keys (i-w < j <= i, or i-w <= j < i when strict), and `mask=` takes any fixed
 (T, T) boolean pattern, e.g. `local_2d_mask` (the rows above and columns around a pixel).
 
+Block-causal attention (VAR, Tian et al., 2024: next-scale prediction): the sequence is a list of
+blocks (the token maps of scales 1x1, 2x2, 3x3, ...) and a position reads every position of its own
+block and of all earlier blocks, never a later one. Within a block it reads forwards too, so the
+layer is built with `causal=False` and `mask=block_causal_mask(sizes)`:
+
+    sizes (1, 4, 9):   scale  1 2222 333333333
+                       1      x . .
+                       2      x x .            (each letter a block: x = may read, . = hidden)
+                       3      x x x
+
 KV cache for incremental decoding: pass `cache=KVCache(capacity=T)` and feed the sequence a few
 positions at a time; the layer keeps the keys and values of every position it has seen, so each
 call only computes the new positions and gives the same result as one call on the whole sequence.
@@ -56,6 +66,18 @@ def attention_mask(T: int, S: int, *, offset: int = 0, strict: bool = False, win
     if window is not None:
         allowed = allowed & (lag < first + window)
     return allowed  # (T, S)
+
+
+def block_causal_mask(sizes, device=None) -> torch.Tensor:
+    """allowed[i, j] = position i may read position j, for a sequence made of blocks of `sizes`
+    positions (block k: positions sum(sizes[:k]) .. sum(sizes[:k+1]) - 1): every position of its own
+    block and of the blocks before it. (L, L) bool with L = sum(sizes). Use it with causal=False."""
+    sizes = [int(s) for s in sizes]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be a non-empty list of positive block sizes, got {sizes!r}")
+    block = torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                    torch.tensor(sizes, device=device))  # (L,) the block of every position
+    return block[None, :] <= block[:, None]  # (L, L): j's block is i's or an earlier one
 
 
 def local_2d_mask(H: int, W: int, rows: int, cols: int, C: int = 1) -> torch.Tensor:
@@ -179,12 +201,14 @@ class CausalSelfAttention(nn.Module):
 
     dim: value size (all heads) and output size; key_dim: query/key size (all heads, default dim);
     in_dim / kv_dim: input sizes (default dim / in_dim); strict: j < i instead of j <= i;
-    window: local attention over the `window` most recent keys; mask: an extra fixed (T, T) bool pattern.
+    window: local attention over the `window` most recent keys; mask: an extra fixed (T, T) bool pattern;
+    causal: False drops the j <= i rule, so only `mask` decides (block_causal_mask: a block reads itself whole).
     """
 
     def __init__(self, dim: int, n_heads: int = 1, *, strict: bool = False, window: Optional[int] = None,
                  mask: Optional[torch.Tensor] = None, in_dim: Optional[int] = None,
-                 kv_dim: Optional[int] = None, key_dim: Optional[int] = None, bias: bool = True):
+                 kv_dim: Optional[int] = None, key_dim: Optional[int] = None, bias: bool = True,
+                 causal: bool = True):
         super().__init__()
         in_dim = dim if in_dim is None else in_dim
         kv_dim = in_dim if kv_dim is None else kv_dim
@@ -193,7 +217,10 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"dim={dim} and key_dim={key_dim} must be multiples of n_heads={n_heads}")
         if window is not None and window < 1:
             raise ValueError(f"window must be a positive number of positions, got {window!r}")
-        self.n_heads, self.strict, self.window = n_heads, strict, window
+        if not causal and (mask is None or strict or window is not None):
+            raise ValueError("causal=False needs a mask= (e.g. block_causal_mask) and neither strict nor window: "
+                             "without the j <= i rule nothing else would keep a position from reading the future")
+        self.n_heads, self.strict, self.window, self.causal = n_heads, strict, window, causal
         self.scale = 1.0 / math.sqrt(key_dim // n_heads)  # 1 / sqrt(d_k)
         self.query = nn.Linear(in_dim, key_dim, bias=bias)  # W_q
         self.key = nn.Linear(kv_dim, key_dim, bias=bias)  # W_k
@@ -203,6 +230,8 @@ class CausalSelfAttention(nn.Module):
 
     def allowed(self, T: int, S: int, offset: int, device) -> torch.Tensor:
         """(T, S) bool: which keys each of the T new queries (positions offset..offset+T-1) may read."""
+        if not self.causal:  # the mask alone decides (checked in __init__: there is one)
+            return self.mask[offset:offset + T, :S].to(device)
         allowed = attention_mask(T, S, offset=offset, strict=self.strict, window=self.window, device=device)
         if self.mask is not None:
             allowed = allowed & self.mask[offset:offset + T, :S]
