@@ -1,20 +1,28 @@
 """Pictures for the lessons: image grids, training curves, per-pixel likelihood, masks,
-a model's context, and a widget to scrub through sampling one step at a time.
+a model's context, a widget to scrub through sampling one step at a time, and videos
+(a player with a frame slider, GIF/MP4 files).
 
-Matplotlib only. Every drawing function takes an optional `ax` and returns what it drew on,
-so lessons can combine them in one figure. Images are integer tensors (B, C, H, W) with
-values in [0, K), as everywhere in armini; K = levels.
+Matplotlib only (and Pillow, which matplotlib installs, for GIF files). Every drawing function
+takes an optional `ax` and returns what it drew on, so lessons can combine them in one figure.
+Images are integer tensors (B, C, H, W) with values in [0, K), as everywhere in armini; K = levels;
+videos are (N, T, C, H, W).
 
     viz.show_images(model.sample(16), levels=model.levels)
     viz.plot_context(model, target=(0, 14, 14))      # what does pixel (14, 14) see?
     viz.SamplingScrubber(model, n=4)                 # a slider over sampling steps (in Jupyter)
     viz.CompletionExplorer(model, test.images[:8])   # complete a masked image, then scrub (lesson 09)
     viz.TokenExplorer(tokenizer, test.images[:8])    # an image's tokens; swap one, see the decoding (lesson 11)
+    viz.play(videos[:4], levels=256)                 # videos (N, T, C, H, W): play button and frame slider
+    viz.save_video(videos[:4], "moving.gif", fps=8)  # an animated GIF (or .mp4 with imageio-ffmpeg)
 """
 from __future__ import annotations
 
+import io
 import math
+import os
+import tempfile
 import textwrap
+from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -26,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 from . import causality
 from . import env_flag
 from . import orders as orders_lib
+from .files import atomic_write
 from .models.base import LN2
 from .sampling_record import SamplingRecord
 
@@ -1015,3 +1024,209 @@ class TokenExplorer:
 
     def _ipython_display_(self):
         self.show()
+
+
+# --------------------------------------------------------------------------------- video
+# Videos are integer tensors (N, T, C, H, W) with values in [0, K) (armini.data.moving_mnist), or one
+# video (T, C, H, W). Several videos play side by side, frame t of each in one picture.
+
+def video_frames(videos, levels=None, nrow: int = 8, pad: int = 1) -> np.ndarray:
+    """Tile videos side by side, frame by frame: floats (T, H', W') in [0, 1] for gray, (T, H', W', 3) for RGB.
+
+    videos: (N, T, C, H, W) or one video (T, C, H, W), integers in [0, levels) (floats: taken in [0, 1]);
+    or a list of such with the same frame size, e.g. [truth, prediction], one after the other. A video
+    shorter than the longest holds its last frame. `nrow` videos per row, `pad` white pixels between."""
+    parts = videos if isinstance(videos, (list, tuple)) else [videos]
+    if not parts:
+        raise ValueError("no videos given: pass (N, T, C, H, W), (T, C, H, W) or a list of them")
+    arrays = []
+    for x in parts:
+        x = _numpy(x)
+        x = x[None] if x.ndim == 4 else x
+        if x.ndim != 5:
+            raise ValueError(f"videos must be (N, T, C, H, W) or (T, C, H, W), got shape {x.shape}")
+        arrays.append(x)
+    if len({a.shape[2:] for a in arrays}) > 1:
+        raise ValueError(f"videos shown together need one frame shape (C, H, W), got {[a.shape[2:] for a in arrays]}")
+    T = max(a.shape[1] for a in arrays)
+    held = [np.concatenate([a, a[:, -1:].repeat(T - a.shape[1], axis=1)], axis=1) for a in arrays]  # (N_i, T, ...)
+    x = np.concatenate(held)                                         # (N, T, C, H, W)
+    N, _, C, H, W = x.shape
+    flat = _as_images(x.reshape(N * T, C, H, W), levels).reshape(N, T, C, H, W)  # floats in [0, 1]
+    return np.stack([make_grid(flat[:, t], nrow=nrow, pad=pad, pad_value=1.0) for t in range(T)]).clip(0, 1)
+
+
+def _video_rgb8(frames: np.ndarray, scale: int) -> np.ndarray:
+    """Frames (T, H, W) or (T, H, W, 3) in [0, 1] -> uint8 (T, H*scale, W*scale[, 3]), each pixel a scale x scale block."""
+    out = (frames * 255).round().astype(np.uint8)
+    return out.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def save_video(videos, path, fps: float = 5, levels=None, scale: int = 4, nrow: int = 8) -> Path:
+    """Write videos as an animated GIF or, with imageio-ffmpeg installed, an MP4; return the path.
+
+    videos: as video_frames takes them ((N, T, C, H, W) side by side, (T, C, H, W), or a list);
+    path: ends in .gif or .mp4; fps: frames per second; scale: each pixel becomes scale x scale
+    (Moving MNIST's 32x32 is small on a screen). GIF frames keep the exact gray values; the GIF is
+    encoded by Pillow (which matplotlib installs, and which matplotlib.animation.PillowWriter uses), the
+    MP4 by ffmpeg through imageio-ffmpeg. The file is written through armini.files.atomic_write: an
+    interrupted write leaves the old file, or none."""
+    path = Path(path)
+    kind = path.suffix.lower()
+    if kind not in (".gif", ".mp4"):
+        raise ValueError(f"save_video writes .gif or .mp4 files, got {path.name!r}")
+    if not fps > 0:
+        raise ValueError(f"fps must be a positive number of frames per second, got {fps!r}")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a whole number >= 1 (pixels per video pixel), got {scale!r}")
+    frames = _video_rgb8(video_frames(videos, levels, nrow=nrow), scale)  # (T, H', W'[, 3]) uint8
+    if kind == ".gif":
+        _write_gif(frames, path, fps)
+    else:
+        _write_mp4(frames, path, fps)
+    return path
+
+
+def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]  # mode "L" (gray) or "RGB"
+    buffer = io.BytesIO()
+    # duration: milliseconds per frame; loop=0: repeat forever. Pillow merges identical neighbouring
+    # frames into one longer frame (the timing is kept).
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
+                   duration=round(1000 / fps), loop=0)
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
+    try:
+        import imageio_ffmpeg
+    except ImportError as e:
+        raise ImportError("writing .mp4 needs the package imageio-ffmpeg (pip install imageio-ffmpeg, which "
+                          "brings its own ffmpeg); or save a .gif, which needs nothing more") from e
+    if frames.ndim == 3:
+        frames = frames[..., None].repeat(3, axis=-1)                # (T, H, W, 3): gray as RGB
+    T, H, W, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, -H % 16), (0, -W % 16), (0, 0)))  # H.264 wants multiples of 16
+    with tempfile.TemporaryDirectory() as scratch:  # ffmpeg writes a file by name: a private one first
+        encoded = os.path.join(scratch, "video.mp4")
+        writer = imageio_ffmpeg.write_frames(encoded, (frames.shape[2], frames.shape[1]), fps=fps,
+                                             quality=8, macro_block_size=16, ffmpeg_log_level="error")
+        writer.send(None)                                            # start ffmpeg
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        with open(encoded, "rb") as src, atomic_write(path, "wb") as f:
+            f.write(src.read())
+
+
+class VideoPlayer:
+    """Play videos frame by frame: a play button and a slider over frames, several videos side by side.
+
+        p = VideoPlayer(train.videos[:4], levels=train.levels)        # in Jupyter: press play
+        VideoPlayer([truth, rollout], titles=["truth", "rollout"])    # compare videos frame by frame
+        p.frame(3)        # frame 3 of every video, tiled: (H', W') floats in [0, 1]
+        p.static()        # the figure without widgets: rows = videos, columns = evenly spaced frames
+        p.show()          # the widget, and the static strip below it (the strip alone without widgets)
+
+    videos: (N, T, C, H, W), one video (T, C, H, W), or a list of them (see video_frames); titles:
+    one name per video (after the list is joined), shown above each row of the strip; fps: the
+    play button's speed. Without ipywidgets (or with ARMINI_STATIC=1, or the Agg backend) show()
+    draws the static strip only, so a notebook rendered on GitHub still shows the motion.
+    """
+
+    def __init__(self, videos, levels=None, titles=None, fps: float = 5, nrow: int = 8, scale: int = 4):
+        parts = videos if isinstance(videos, (list, tuple)) else [videos]
+        self.videos = [torch.as_tensor(_numpy(v)) for v in parts]
+        self.videos = [v[None] if v.dim() == 4 else v for v in self.videos]  # each (N_i, T_i, C, H, W)
+        self.levels, self.nrow, self.scale, self.fps = levels, nrow, scale, fps
+        self.frames = video_frames(self.videos, levels, nrow=nrow)  # (T, H', W'[, 3]) checks the shapes
+        self.n = sum(len(v) for v in self.videos)
+        self.titles = list(titles) if titles is not None else [f"video {i}" for i in range(self.n)]
+        if len(self.titles) != self.n:
+            raise ValueError(f"titles: one per video, got {len(self.titles)} for {self.n} videos")
+        self.current, self._widget = 0, None
+
+    @property
+    def steps(self) -> int:
+        """T, the number of frames (of the longest video)."""
+        return len(self.frames)
+
+    def frame(self, t: int) -> np.ndarray:
+        """Frame t (0-based) of every video, tiled: (H', W') or (H', W', 3) floats in [0, 1]."""
+        if not 0 <= t < self.steps:
+            raise IndexError(f"frame must be 0..{self.steps - 1}, got {t}")
+        return self.frames[t]
+
+    def png(self, t: int) -> bytes:
+        """Frame t as PNG bytes, each pixel scale x scale (what the widget shows)."""
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(_video_rgb8(self.frame(t)[None], self.scale)[0]).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def static(self, frames: int = 8, width: float = 1.1):
+        """A strip: one row per video, `frames` evenly spaced frames as columns, `width` inches each."""
+        ts = np.unique(np.linspace(0, self.steps - 1, frames).round().astype(int))
+        rows = [video_frames(v[i:i + 1], self.levels, pad=0) for v in self.videos for i in range(len(v))]
+        T = self.steps
+        rows = [np.concatenate([r, r[-1:].repeat(T - len(r), axis=0)]) for r in rows]  # hold the last frame
+        fig, axes = plt.subplots(len(rows), len(ts), figsize=(width * len(ts), width * len(rows) + 0.3),
+                                 squeeze=False)
+        for k, (r, title) in enumerate(zip(rows, self.titles)):
+            for j, t in enumerate(ts):
+                ax = axes[k, j]
+                ax.imshow(r[t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                if k == 0:
+                    ax.set_title(f"t = {t}", fontsize=8)
+            axes[k, 0].set_ylabel(title, fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def widget(self):
+        """The ipywidgets VBox: play button and frame slider above the tiled frame."""
+        if self._widget is None:
+            import ipywidgets as w
+
+            slider = w.IntSlider(value=0, min=0, max=self.steps - 1, description="frame",
+                                 continuous_update=True, layout=w.Layout(width="60%"))
+            play = w.Play(value=0, min=0, max=self.steps - 1, interval=round(1000 / self.fps), description="play")
+            w.jslink((play, "value"), (slider, "value"))  # the browser moves the slider while playing
+            image = w.Image(value=self.png(0), format="png")
+            slider.observe(self._on_change, names="value")
+            names = w.HTML(" | ".join(self.titles))
+            self._parts = {"slider": slider, "play": play, "image": image}
+            self._widget = w.VBox([w.HBox([play, slider]), names, image])
+        return self._widget
+
+    @property
+    def slider(self):
+        """The frame slider (built on first use)."""
+        self.widget()
+        return self._parts["slider"]
+
+    @property
+    def image(self):
+        """The image widget that shows the current frame."""
+        self.widget()
+        return self._parts["image"]
+
+    def _on_change(self, change):
+        self.current = int(change["new"])
+        self._parts["image"].value = self.png(self.current)
+
+    def show(self, frames: int = 8):
+        """Display the widget and, below it, the static strip; the strip alone where widgets cannot run."""
+        show_with_figure(self.widget, lambda: self.static(frames))
+
+    def _ipython_display_(self):
+        self.show()
+
+
+def play(videos, levels=None, titles=None, fps: float = 5, **kwargs) -> VideoPlayer:
+    """VideoPlayer(videos, ...): in a notebook, `viz.play(train.videos[:4], levels=256)` shows it."""
+    return VideoPlayer(videos, levels=levels, titles=titles, fps=fps, **kwargs)

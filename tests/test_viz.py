@@ -493,3 +493,98 @@ def test_token_explorer_widget_and_static_figure(monkeypatch):
     monkeypatch.setattr(viz, "static_mode", lambda: True)
     e.show(images=1)
     assert [type(o) for o in shown] == [Figure]
+
+
+# ------------------------------------------------------------------------- video
+def bouncing_square(T=6, size=8, levels=4):
+    """(T, 1, size, size): a 2x2 square of value levels-1 moving one pixel right per frame."""
+    v = torch.zeros(T, 1, size, size, dtype=torch.long)
+    for t in range(T):
+        v[t, 0, 3:5, t:t + 2] = levels - 1
+    return v
+
+
+def test_video_frames_tiles_videos_side_by_side_and_holds_short_ones():
+    a = bouncing_square()
+    b = bouncing_square(T=4).flip(-1)
+    frames = viz.video_frames([a[None], b], levels=4, pad=1)  # (T, 1 + 8 + 1 + 8 + 1 ... )
+    assert frames.shape == (6, 10, 19)
+    assert np.array_equal(frames[2, 1:9, 1:9], a[2, 0].numpy() / 3)  # video 0 on the left
+    assert np.array_equal(frames[2, 1:9, 10:18], b[2, 0].numpy() / 3)  # video 1 to its right
+    assert np.array_equal(frames[5, 1:9, 10:18], b[3, 0].numpy() / 3)  # shorter: its last frame held
+    assert frames[:, 0].min() == 1.0  # white padding
+    with pytest.raises(ValueError, match="one frame shape"):
+        viz.video_frames([a, torch.zeros(6, 1, 4, 4)])
+    with pytest.raises(ValueError, match=r"\(N, T, C, H, W\)"):
+        viz.video_frames(torch.zeros(3, 4, 4))
+
+
+def test_save_video_writes_a_readable_gif_with_exact_frames(tmp_path):
+    from PIL import Image, ImageSequence
+
+    videos = torch.stack([bouncing_square(), bouncing_square().flip(-2)])  # (2, T, 1, 8, 8)
+    path = viz.save_video(videos, tmp_path / "moving.gif", fps=10, levels=4, scale=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["moving.gif"]  # no temporary left
+    expected = (viz.video_frames(videos, levels=4) * 255).round().astype(np.uint8)  # (T, H', W')
+    with Image.open(path) as gif:
+        assert gif.n_frames == 6 and gif.info["duration"] == 100 and gif.info.get("loop") == 0
+        got = np.stack([np.asarray(f.convert("L")) for f in ImageSequence.Iterator(gif)])
+    assert np.array_equal(got, expected.repeat(3, axis=1).repeat(3, axis=2))
+
+
+def test_save_video_errors_leave_the_old_file(tmp_path, monkeypatch):
+    old = tmp_path / "clip.gif"
+    old.write_bytes(b"my old gif")
+    with pytest.raises(ValueError, match=r"\.gif or \.mp4"):
+        viz.save_video(bouncing_square(), tmp_path / "clip.avi")
+    with pytest.raises(ValueError, match="fps"):
+        viz.save_video(bouncing_square(), old, fps=0)
+    monkeypatch.setitem(__import__("sys").modules, "imageio_ffmpeg", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install imageio-ffmpeg"):
+        viz.save_video(bouncing_square(), tmp_path / "clip.mp4", levels=4)
+    assert old.read_bytes() == b"my old gif" and sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif"]
+
+
+def test_save_video_mp4_when_imageio_ffmpeg_is_installed(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    path = viz.save_video(bouncing_square(T=5), tmp_path / "clip.mp4", fps=5, levels=4)
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"] and path.read_bytes()[4:8] == b"ftyp"
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    assert meta["size"] == (48, 48) and sum(1 for _ in reader) == 5  # 4 x (1 + 8 + 1) = 40, padded to 48
+
+
+def test_video_player_widget_slider_and_static_strip(monkeypatch):
+    import ipywidgets
+    from matplotlib.figure import Figure
+
+    truth = bouncing_square()
+    p = viz.VideoPlayer([truth, truth.flip(-1)[:4]], levels=4, titles=["truth", "mirror"], fps=4)
+    assert p.steps == 6 and p.frame(5).shape == (10, 19)
+    box = p.widget()
+    assert isinstance(box, ipywidgets.VBox) and p.slider.max == 5
+    first = p.image.value
+    p.slider.value = 3  # what the play button does, through the browser link
+    assert p.current == 3 and p.image.value == p.png(3) != first
+    fig = p.static(frames=3)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 3
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["t = 0", "t = 2", "t = 5"]
+    shown = []
+    monkeypatch.setattr(viz, "_display", lambda obj: shown.append(obj) or True)  # as in a Jupyter kernel
+    monkeypatch.setattr(viz, "static_mode", lambda: False)
+    p.show()
+    assert [type(o) for o in shown] == [ipywidgets.VBox, Figure]  # the widget, then the strip below it
+    with pytest.raises(ValueError, match="one per video"):
+        viz.VideoPlayer(torch.stack([truth, truth]), levels=4, titles=["only one"])
+
+
+def test_video_player_without_ipywidgets_shows_the_strip(monkeypatch):
+    from matplotlib.figure import Figure
+
+    monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)  # as if not installed
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    assert viz.static_mode()
+    shown = []
+    monkeypatch.setattr(viz, "_display", lambda obj: shown.append(obj) or True)
+    viz.play(bouncing_square()[None], levels=4).show()
+    assert [type(o) for o in shown] == [Figure]
