@@ -655,6 +655,11 @@ class VideoData:
         """(T, C, H, W) of one video."""
         return tuple(self.videos.shape[1:])
 
+    @property
+    def images(self) -> torch.Tensor:
+        """The videos, under the name armini.train.fit and evaluate read from any data set: fit(model, videos)."""
+        return self.videos
+
     def __len__(self) -> int:
         return len(self.videos)
 

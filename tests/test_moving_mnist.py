@@ -90,6 +90,8 @@ def test_shapes_levels_and_dtype():
     videos, labels = next(b.batches(3, shuffle=False))
     assert videos.dtype == torch.long and videos.shape == (3, 16, 1, 32, 32) and labels.shape == (3, 2)
     assert "moving-mnist" in repr(d) and "seed 0" in d.source
+    from armini.train import as_images_labels
+    assert as_images_labels(d)[0] is d.videos  # fit(model, videos) trains on the videos
 
 
 def test_official_setting():
