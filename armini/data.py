@@ -846,7 +846,8 @@ def find_mnist_test_seq(download: bool = False, url: str | None = None) -> Path:
         f"the standard Moving MNIST test set {MNIST_TEST_SEQ} (10,000 videos of 20 frames, 64x64, "
         f"about 820 MB) was not found. Looked in:\n{searched}\nFix it one of these ways:\n"
         "  - put the file in a folder and set ARMINI_DATA=/that/folder\n"
-        f"  - download it into {video_cache_dir()} with load_mnist_test_seq(download=True) (from {MNIST_TEST_SEQ_URL})\n"
+        f"  - download it into {video_cache_dir()} with load_mnist_test_seq(download=True)\n"
+        f"    (from {MNIST_TEST_SEQ_URL})\n"
         "  - or generate Moving MNIST videos in the same setting instead (offline, our own digits): "
         "moving_mnist(10000, frames=20, size=64, digits=2, split='test')")
 

@@ -1057,7 +1057,8 @@ def video_frames(videos, levels=None, nrow: int = 8, pad: int = 1) -> np.ndarray
 
 
 def _video_rgb8(frames: np.ndarray, scale: int) -> np.ndarray:
-    """Frames (T, H, W) or (T, H, W, 3) in [0, 1] -> uint8 (T, H*scale, W*scale[, 3]), each pixel a scale x scale block."""
+    """Frames (T, H, W) or (T, H, W, 3) in [0, 1] -> uint8 (T, H*scale, W*scale[, 3]): each pixel a scale x scale
+    block."""
     out = (frames * 255).round().astype(np.uint8)
     return out.repeat(scale, axis=1).repeat(scale, axis=2)
 
