@@ -618,6 +618,10 @@ def load(name: str = "fashion-mnist", split: str = "train", levels: int | None =
 # across that wall flips sign); where digits overlap, the brighter pixel wins (pixel-wise maximum).
 # Their setting: 64x64 canvas, 28x28 digits, 2 digits, 20 frames, speed 0.1 of the free range per
 # frame (3.6 pixels). Our default is smaller so that lessons fit a CPU: 32x32, 14x14 digits, 16 frames.
+# Differences from their generator: the digits come from a bundled sample of 1,500 train / 500 test
+# MNIST digits (not all 60,000), digits smaller than 28x28 are area-averaged (data.downscale), and
+# frame 0 shows the drawn start position (theirs takes one step first); bounce, speed and the
+# pixel-wise maximum are theirs.
 # Legend: N videos, T frames, D digits per video, C = 1 channel, H = W = canvas side, S = digit side.
 
 MOVING_MNIST_OFFICIAL = {"frames": 20, "size": 64, "digits": 2}  # moving_mnist(n, **MOVING_MNIST_OFFICIAL)
