@@ -56,7 +56,15 @@ condition matters for a raster-order attention window, which sees the last w dim
 start of the oldest row it touches is out of reach, not a blind spot.) Gated PixelCNN has no blind spot,
 only a finite reach; PixelSNAIL and the transformer have neither.
 
-Coordinates are (c, i, j): channel, row, column. Legend: C, H, W image, D = C*H*W, K levels.
+Video. For a video model (shape (T, C, H, W), armini.models.base.VideoARModel) coordinates are
+(t, c, i, j): frame, channel, row, column. The report then says in which frame each dependency lies:
+a leak names the later frame it comes from, `frame_matrix()` says which frames each frame's
+conditionals see, `frame_leaks` lists the (frame, later frame) pairs that must not occur, and the
+printed report lists, frame by frame, the frames each one sees. The reach of a context is then a
+box in (frame, row, column).
+
+Coordinates are (c, i, j): channel, row, column. Legend: T frames, C, H, W image, D = C*H*W (T*C*H*W
+for a video), K levels.
 """
 from __future__ import annotations
 
@@ -71,7 +79,12 @@ FUTURE, BLIND, SEEN, TARGET, OUT_OF_REACH = 0, 1, 2, 3, 4
 
 # ------------------------------------------------------------------------------ orders
 def raster_rank(shape) -> torch.Tensor:
-    """Step of each dimension in raster order, channels within a pixel: (C, H, W) long."""
+    """Step of each dimension in raster order, channels within a pixel: (C, H, W) long.
+    For a video (T, C, H, W): frame by frame, raster order within a frame: (T, C, H, W) long."""
+    if len(shape) == 4:
+        T = shape[0]
+        frame = raster_rank(shape[1:])  # (C, H, W)
+        return torch.arange(T)[:, None, None, None] * frame.numel() + frame[None]  # (T, C, H, W)
     C, H, W = shape
     c, i, j = torch.meshgrid(torch.arange(C), torch.arange(H), torch.arange(W), indexing="ij")
     return (i * W + j) * C + c  # (C, H, W)
@@ -103,7 +116,17 @@ def _coord(flat: int, shape) -> tuple:
 
 
 def _flat(target, shape) -> int:
-    """(c, i, j), or (i, j) meaning the last channel, -> flat index into x.flatten(1)."""
+    """(c, i, j), or (i, j) meaning the last channel, -> flat index into x.flatten(1).
+    For a video: (t, c, i, j), or (t, i, j) meaning the last channel."""
+    if len(shape) == 4:
+        T, C, H, W = shape
+        target = tuple(int(t) for t in target)
+        if len(target) == 3:
+            target = (target[0], C - 1) + target[1:]
+        t, c, i, j = target
+        if not (0 <= t < T and 0 <= c < C and 0 <= i < H and 0 <= j < W):
+            raise ValueError(f"target {target} is outside the video of shape (T, C, H, W) = {tuple(shape)}")
+        return ((t * C + c) * H + i) * W + j
     C, H, W = shape
     target = tuple(int(t) for t in target)
     if len(target) == 2:
@@ -115,19 +138,23 @@ def _flat(target, shape) -> int:
 
 
 def as_coord(target, shape) -> tuple:
-    """A target as (c, i, j); None means default_target(shape), (i, j) the pixel's last channel."""
+    """A target as (c, i, j); None means default_target(shape), (i, j) the pixel's last channel.
+    For a video (t, c, i, j), with (t, i, j) for the pixel's last channel."""
     return _coord(_flat(default_target(shape) if target is None else target, shape), shape)
 
 
 def default_target(shape) -> tuple:
-    """The centre pixel's last channel: it has context on all sides, and sees its own earlier channels."""
+    """The centre pixel's last channel: it has context on all sides, and sees its own earlier channels.
+    For a video, that pixel of the last frame (which sees every earlier frame)."""
+    if len(shape) == 4:
+        return (shape[0] - 1,) + default_target(shape[1:])
     C, H, W = shape
     return (C - 1, H // 2, W // 2)
 
 
 # ------------------------------------------------------------------------ perturbation
 def _base_images(model, x, generator) -> torch.Tensor:
-    """The images to perturb, (N, C, H, W) long: x, or one random image drawn with `generator`."""
+    """The images to perturb, (N, *shape) long: x, or one random image drawn with `generator`."""
     if x is None:
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         x = torch.randint(model.levels, (1,) + tuple(model.shape), generator=g)
@@ -209,7 +236,8 @@ def _sweep(model, x, trials, generator, y, batch_size, pick, rtol=1e-5, atol=1e-
 
 def dependency_map(model, x=None, *, target=None, trials: int = 2, generator=None, y=None,
                    batch_size: int = 64) -> torch.Tensor:
-    """How much each input dimension moves the conditional of one target dimension: (C, H, W) float.
+    """How much each input dimension moves the conditional of one target dimension: (C, H, W) float
+    ((T, C, H, W) for a video, target (t, c, i, j) or (t, i, j)).
 
     map[c, i, j] = max over trials of max_k |change of log p(x_target = k | ...)| when x[c, i, j]
     is replaced by a random different value. target: (c, i, j), or (i, j) for the last channel;
@@ -218,8 +246,8 @@ def dependency_map(model, x=None, *, target=None, trials: int = 2, generator=Non
     y: one class label for class-conditional models (default 0).
     Costs trials*D forward passes of the whole model (batched): seconds for 28x28 images.
     Tiny values (~1e-7) may be rounding rather than dependence: `context_map` applies a tolerance."""
-    c, i, j = as_coord(target, model.shape)
-    change, _ = _sweep(model, x, trials, generator, y, batch_size, lambda lp: lp[:, c, i, j, :])  # (D,)
+    at = (slice(None),) + as_coord(target, model.shape)  # [:, c, i, j] (or [:, t, c, i, j])
+    change, _ = _sweep(model, x, trials, generator, y, batch_size, lambda lp: lp[at])  # (D,)
     return change.view(model.shape)
 
 
@@ -229,8 +257,8 @@ def context_map(model, x=None, *, target=None, trials: int = 2, generator=None, 
 
     Same experiment as dependency_map; "moves" means some log p(x_target = k) is not
     torch.isclose to its old value: |change| > atol + rtol * |log p|."""
-    c, i, j = as_coord(target, model.shape)
-    _, moved = _sweep(model, x, trials, generator, y, batch_size, lambda lp: lp[:, c, i, j, :], rtol, atol)
+    at = (slice(None),) + as_coord(target, model.shape)  # [:, c, i, j] (or [:, t, c, i, j])
+    _, moved = _sweep(model, x, trials, generator, y, batch_size, lambda lp: lp[at], rtol, atol)
     return moved.view(model.shape)
 
 
@@ -282,30 +310,38 @@ def reach(seen: torch.Tensor, rank: torch.Tensor, targets: torch.Tensor) -> torc
         earlier pixels it sees (a pixel counts if any of its channels is seen), and
       - not before the earliest dimension seen (so a raster-order window, which sees the last w
         dimensions, reaches nothing before them, although its box spans whole rows).
-    With nothing seen, nothing earlier is within reach."""
-    N = len(targets)
-    t_rank = rank[targets[:, 0], targets[:, 1], targets[:, 2]]  # (N,)
-    earlier_seen = seen.bool() & (rank[None] < t_rank[:, None, None, None])  # (N, C, H, W)
-    pixels = earlier_seen.any(1)  # (N, H, W) earlier pixels seen
-    pixels[torch.arange(N), targets[:, 1], targets[:, 2]] = True  # the target itself
-    rows, cols = _span(pixels.any(2)), _span(pixels.any(1))  # (N, H), (N, W)
-    box = rows[:, :, None] & cols[:, None, :]  # (N, H, W)
-    first = torch.where(earlier_seen, rank[None], t_rank[:, None, None, None]).flatten(1).amin(1)  # (N,)
-    return box[:, None] & (rank[None] >= first[:, None, None, None])  # (N, C, H, W)
+    With nothing seen, nothing earlier is within reach. For a video, seen (N, T, C, H, W), rank
+    (T, C, H, W), targets (N, 4) (t, c, i, j): the box spans frames, rows and columns."""
+    N, ch = len(targets), rank.dim() - 3  # ch: the channel axis of `shape` (0 for an image, 1 for a video)
+    t_rank = rank[tuple(targets.T)]  # (N,)
+    each = (N,) + (1,) * rank.dim()  # a per-target value broadcast over (N, *shape)
+    earlier_seen = seen.bool() & (rank[None] < t_rank.view(each))  # (N, *shape)
+    pixels = earlier_seen.any(1 + ch)  # (N, H, W) earlier pixels seen ((N, T, H, W) for a video)
+    at = [targets[:, a] for a in range(targets.shape[1]) if a != ch]  # the target's pixel
+    pixels[(torch.arange(N), *at)] = True  # the target itself
+    box = torch.ones_like(pixels)
+    for a in range(1, pixels.dim()):  # rows and columns (and frames): the span of the pixels seen
+        others = tuple(b for b in range(1, pixels.dim()) if b != a)
+        along = [1] * pixels.dim()
+        along[0], along[a] = N, pixels.shape[a]
+        box = box & _span(pixels.any(others)).view(along)  # (N, H, W) (or (N, T, H, W))
+    first = torch.where(earlier_seen, rank[None], t_rank.view(each)).flatten(1).amin(1)  # (N,)
+    return box.unsqueeze(1 + ch) & (rank[None] >= first.view(each))  # (N, *shape)
 
 
 def _categories(seen: torch.Tensor, rank: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """context_categories for N targets at once: seen (N, C, H, W) bool, targets (N, 3) -> (N, C, H, W) long."""
+    """context_categories for N targets at once: seen (N, C, H, W) bool, targets (N, 3) -> (N, C, H, W) long
+    (for a video (N, T, C, H, W) and (N, 4))."""
     N = len(targets)
     n = torch.arange(N)
-    t_rank = rank[targets[:, 0], targets[:, 1], targets[:, 2]]  # (N,)
-    earlier = rank[None] < t_rank[:, None, None, None]  # (N, C, H, W)
-    inside = reach(seen, rank, targets)  # (N, C, H, W)
+    t_rank = rank[tuple(targets.T)]  # (N,)
+    earlier = rank[None] < t_rank.view((N,) + (1,) * rank.dim())  # (N, *shape)
+    inside = reach(seen, rank, targets)  # (N, *shape)
     cat = torch.full(seen.shape, FUTURE, dtype=torch.long)
     cat[earlier & ~inside] = OUT_OF_REACH
     cat[earlier & inside] = BLIND
     cat[seen.bool()] = SEEN
-    cat[n, targets[:, 0], targets[:, 1], targets[:, 2]] = TARGET
+    cat[(n, *targets.T)] = TARGET
     return cat
 
 
@@ -346,6 +382,8 @@ class CausalityReport:
     rank:   (C, H, W) long, the step at which the model generates each dimension
     leaks:  list of (target, input) coordinate pairs ((c, i, j), (c, i, j)) where the target's conditional
             moves although the input is not strictly earlier. Must be empty.
+    For a video model, shape (T, C, H, W), coordinates (t, c, i, j), rank (T, C, H, W); see
+    frame_matrix() and frame_leaks.
     """
 
     name: str
@@ -395,14 +433,51 @@ class CausalityReport:
         return context_counts(self.context(target), as_coord(target, self.shape), self.rank)
 
     def context_text(self, target=None) -> str:
-        """The target's context as text, one block per channel:
+        """The target's context as text, one block per channel (per frame and channel for a video):
         X target, # seen, o blind spot, - out of reach, . future."""
         symbols = {TARGET: "X", SEEN: "#", BLIND: "o", OUT_OF_REACH: "-", FUTURE: "."}
+        cats = self.categories(target)
         blocks = []
-        for c, cat in enumerate(self.categories(target)):
-            rows = [" ".join(symbols[int(v)] for v in row) for row in cat]
-            blocks.append(f"channel {c}:\n" + "\n".join(rows))
+        for where in (torch.cartesian_prod(*map(torch.arange, cats.shape[:-2])).view(-1, cats.dim() - 2).tolist()):
+            rows = [" ".join(symbols[int(v)] for v in row) for row in cats[tuple(where)]]
+            name = f"channel {where[-1]}" if len(where) == 1 else f"frame {where[0]}, channel {where[1]}"
+            blocks.append(f"{name}:\n" + "\n".join(rows))
         return "\n".join(blocks)
+
+    # ---------------------------------------------------------------- frames (video models)
+    @property
+    def is_video(self) -> bool:
+        return len(self.shape) == 4
+
+    def frame_matrix(self) -> torch.Tensor:
+        """(T, T) bool for a video model: [t, s] = some conditional of frame t moves when a dimension of
+        frame s changes. A causal video model has nothing above the diagonal (no frame sees a later one)."""
+        if not self.is_video:
+            raise ValueError(f"frame_matrix() is for video models (shape (T, C, H, W)); this shape is {self.shape}")
+        T = self.shape[0]
+        return self.seen.view(T, self.seen.shape[0] // T, T, -1).any(3).any(1)  # (T, T)
+
+    @property
+    def frame_leaks(self) -> list:
+        """(frame, later frame) pairs where a conditional of the frame moves when the later frame changes."""
+        if not self.is_video:
+            return []
+        return [tuple(p) for p in torch.triu(self.frame_matrix(), diagonal=1).nonzero().tolist()]
+
+    def frame_summary(self) -> str:
+        """One line per frame: which frames its conditionals see (a video model)."""
+        F, T = self.frame_matrix(), self.shape[0]
+        lines = []
+        for t in range(T):
+            earlier = [s for s in range(t) if F[t, s]]
+            later = [s for s in range(t + 1, T) if F[t, s]]
+            own = "its own earlier pixels" if F[t, t] else "none of its own pixels"
+            seen = f"frames {', '.join(map(str, earlier))} and {own}" if earlier else own
+            if len(earlier) == 1:
+                seen = f"frame {earlier[0]} and {own}"
+            leak = f"; LEAK: later frames {', '.join(map(str, later))}" if later else ""
+            lines.append(f"  frame {t} sees {seen}{leak}")
+        return "\n".join(lines)
 
     def _kind(self, d, j) -> str:
         """Why input j may not be in d's context, in words."""
@@ -410,6 +485,12 @@ class CausalityReport:
             return "the dimension itself"
         if self.rank[d] == self.rank[j]:
             return "generated in the same step"
+        if self.is_video:
+            if j[0] > d[0]:
+                return f"a later frame (frame {j[0]}; the target is in frame {d[0]})"
+            if d[2:] == j[2:]:
+                return f"a later channel of the same pixel (frame {d[0]})"
+            return f"a later dimension of the same frame (frame {d[0]})"
         if d[1:] == j[1:]:
             return "a later channel of the same pixel"
         return "a later dimension"
@@ -417,20 +498,21 @@ class CausalityReport:
     def __str__(self) -> str:
         D = self.seen.shape[0]
         head = f"Causality check of {self.name} (shape {self.shape}, {D} dimensions, {self.trials} trials): "
+        frames = ("\n" + self.frame_summary()) if self.is_video else ""
         if not self.ok:
             lines = [f"  {d} moves when {j} changes: {self._kind(d, j)}" for d, j in self.leaks[:10]]
             more = f"\n  ... and {len(self.leaks) - 10} more" if len(self.leaks) > 10 else ""
-            return head + f"LEAKS in {len(self.leaks)} (target, input) pairs\n" + "\n".join(lines) + more
+            return head + f"LEAKS in {len(self.leaks)} (target, input) pairs\n" + "\n".join(lines) + more + frames
         r = self.rank.flatten()
         earlier = r[None, :] < r[:, None]  # (D, D): [d, j] = j is generated before d
         n_seen = (self.seen & earlier).sum(1).float()  # (D,)
         targets = torch.stack(torch.unravel_index(torch.arange(D), self.shape), 1)  # (D, 3) every target
-        cat = _categories(self.seen.view(D, *self.shape), self.rank, targets)  # (D, C, H, W)
+        cat = _categories(self.seen.view(D, *self.shape), self.rank, targets)  # (D, *shape)
         n_blind, n_out = int((cat == BLIND).sum()), int((cat == OUT_OF_REACH).sum())
         return head + (f"OK, no leaks.\n  a conditional sees {n_seen.mean():.1f} earlier dimensions on average "
                        f"(min {int(n_seen.min())}, max {int(n_seen.max())}); of the (dimension, earlier "
                        f"dimension) pairs not seen, {n_blind} are blind spots (inside the context's reach) "
-                       f"and {n_out} out of reach (beyond the receptive field)")
+                       f"and {n_out} out of reach (beyond the receptive field)") + frames
 
     __repr__ = __str__
 

@@ -324,3 +324,62 @@ def test_positive_copy_reveals_what_dead_relus_hide_and_leaves_the_model_alone()
     assert torch.equal(probe.W, 0.5 * model.W.abs().double()) and bool((model.W == -1).all())
     seen = causality.context_map(probe, white, target=target, trials=1)  # (1, 3, 3)
     assert torch.equal(seen.flatten(), reads[flat(*target, shape)])  # exactly the 8 earlier pixels
+
+
+# ------------------------------------------------------------------------- videos
+class ReadsVideo(ReadsAR):
+    """ReadsAR on videos (T, C, H, W): frame by frame, raster order within a frame."""
+
+    shape_axes = 4
+
+
+def test_a_video_report_says_which_frame_each_dependency_is_in():
+    shape = (3, 1, 2, 2)
+    rank = causality.raster_rank(shape)
+    assert rank.flatten().tolist() == list(range(12))  # C = 1: frame-major flat positions in order
+    reads = causal_reads(shape, rank)
+    model = ReadsVideo(shape, 3, reads)
+    report = check_causality(model)
+    assert report.ok and torch.equal(report.rank, rank)
+    assert torch.equal(report.frame_matrix(), torch.tensor([[1, 0, 0], [1, 1, 0], [1, 1, 1]]).bool())
+    assert report.frame_leaks == []
+    assert "frame 2 sees frames 0, 1 and its own earlier pixels" in str(report)
+    assert "frame 0 sees its own earlier pixels" in str(report)
+    # a video target: (t, c, i, j), or (t, i, j) for the last channel; default: the last frame's centre
+    assert causality.default_target(shape) == (2, 0, 1, 1)
+    assert torch.equal(dependency_map(model, target=(1, 0, 1)), dependency_map(model, target=(1, 0, 0, 1)))
+    assert report.context((1, 0, 0, 1)).flatten().tolist() == [True] * 5 + [False] * 7  # frame 0 and (1, 0, 0, 0)
+    assert report.context_text((1, 0, 0, 1)).startswith("frame 0, channel 0:\n# #\n# #\nframe 1, channel 0:\n# X")
+    with pytest.raises(ValueError, match="outside the video"):
+        dependency_map(model, target=(3, 0, 0, 0))
+
+
+def test_a_frame_that_sees_a_later_frame_is_flagged_with_both_frames():
+    shape = (3, 1, 2, 2)
+    reads = causal_reads(shape, causality.raster_rank(shape))
+    reads[flat(0, 1, 1, (3, 2, 2)), flat(2, 0, 0, (3, 2, 2))] = True  # frame 0's pixel (1, 1) reads frame 2
+    reads[flat(1, 0, 0, (3, 2, 2)), flat(1, 1, 0, (3, 2, 2))] = True  # frame 1: a later pixel of its own frame
+    report = check_causality(ReadsVideo(shape, 3, reads))
+    assert report.leaks == [((0, 0, 1, 1), (2, 0, 0, 0)), ((1, 0, 0, 0), (1, 0, 1, 0))]
+    assert report.frame_leaks == [(0, 2)]
+    text = str(report)
+    assert "a later frame (frame 2; the target is in frame 0)" in text
+    assert "a later dimension of the same frame (frame 1)" in text
+    assert "frame 0 sees its own earlier pixels; LEAK: later frames 2" in text
+
+
+def test_video_reach_is_a_box_in_frames_rows_and_columns():
+    """A target that sees only the frame before, near its own position: what lies in the frames,
+    rows and columns between the seen pixels is within reach; the frame before those is out of reach."""
+    shape = (3, 1, 3, 3)
+    rank = causality.raster_rank(shape)
+    seen = torch.zeros(shape, dtype=torch.bool)
+    seen[1, 0, 0:2, 0:2] = True  # frame 1, rows 0-1, columns 0-1
+    seen[1, 0, 1, 0] = False  # a hole inside that box: a blind spot
+    cat = causality.context_categories(seen, rank, (2, 0, 0, 0))
+    assert (cat[0] == causality.OUT_OF_REACH).all()  # frame 0: outside the box of frames 1-2
+    assert cat[1, 0, 1, 0] == causality.BLIND and cat[1, 0, 0, 0] == causality.SEEN
+    assert cat[1, 0, 2, 2] == causality.OUT_OF_REACH and cat[1, 0, 0, 2] == causality.OUT_OF_REACH
+    assert cat[2, 0, 0, 0] == causality.TARGET and (cat[2, 0].flatten()[1:] == causality.FUTURE).all()
+    counts = causality.context_counts(seen, (2, 0, 0, 0), rank)
+    assert counts == {"earlier": 18, "seen": 3, "blind spot": 1, "out of reach": 14}

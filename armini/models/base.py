@@ -57,13 +57,22 @@ and the memory the batch needs; the calls it makes in turn trust what was checke
 subclass writes its methods as plain functions of valid inputs. An empty batch (B = 0) is an
 error, not an empty result: its mean loss would be 0/0.
 
+Video. A video model follows the same contract one dimension up: `shape = (T, C, H, W)` (T frames of
+C x H x W; `shape_axes = 4`, subclass `VideoARModel`), a flat position d = ((t*C + c)*H + i)*W + j
+(frame-major, so the first k frames are a prefix of x.flatten(1)), and the order frame by frame,
+raster within a frame with each pixel's channels in turn. log_prob_pixels(x) is (B, T, C, H, W),
+loss is still bits per dimension (`nats_per_frame` converts), `sample(n, context=first_frames)`
+continues given frames (the x=/observed= machinery with the first frames observed), and a
+SampleStep's `frames()` says which frame each step fills. A video model whose frame t reads frames
+<= t only sets `frames_so_far = True`: its naive sampler then runs on the frames so far.
+
 Memory: a model whose activations grow fast with the image size overrides
 `activation_bytes(batch)`; a batch (or a `sample(n)`) that would need more memory than the
 device has is then refused before the forward pass, with a message that names the size and a
 smaller batch or image that fits (armini.memory.NotEnoughMemory, a ValueError and a MemoryError).
 
-Legend for shape comments: B batch, C channels, H height, W width, K levels, D dimensions of one
-input (C*H*W for an image), S dimensions filled in one sampling step.
+Legend for shape comments: B batch, T frames, C channels, H height, W width, K levels, D dimensions
+of one input (C*H*W for an image, T*C*H*W for a video), S dimensions filled in one sampling step.
 """
 from __future__ import annotations
 
@@ -80,6 +89,15 @@ from .. import memory, orders
 from ..memory import NotEnoughMemory, require_memory  # noqa: F401  (NotEnoughMemory: part of the contract)
 
 LN2 = math.log(2.0)
+
+
+def nats_per_frame(bits_per_dim, shape) -> float:
+    """Bits per dimension of a video model -> nats per frame (the unit of the video papers):
+    bits/dim * ln 2 * (C*H*W dimensions of one frame). shape: the model's (T, C, H, W)."""
+    T, C, H, W = shape
+    return float(bits_per_dim) * LN2 * C * H * W
+
+
 def smaller_size(side: int) -> Optional[int]:
     """A smaller image side the data can give (a divisor of 28, `--size`), or None below 2."""
     return next((s for s in (28, 14, 7, 4, 2) if s < side), None)
@@ -184,6 +202,12 @@ class SampleStep:
         """The positions filled at this step as coordinates: (S, len(shape)), e.g. (c, i, j) rows."""
         return torch.stack(orders.unravel(self.index, self.x.shape[1:]), dim=1)
 
+    def frames(self) -> torch.Tensor:
+        """For a video (n, T, C, H, W): the frame of each position filled at this step, (S,)."""
+        if self.x.dim() != 5:
+            raise ValueError(f"frames() is for videos (n, T, C, H, W); this step's x has shape {tuple(self.x.shape)}")
+        return self.index // self.x[0, 0].numel()  # (S,) flat position // (C*H*W)
+
 
 class ARModel(nn.Module):
     """Base class of every pixel-space AR model: shape/levels bookkeeping, input checks,
@@ -200,6 +224,9 @@ class ARModel(nn.Module):
     #: feeds only the rows generated so far (rows 0..i for a pixel in row i), not the whole image.
     #: False (the default, and any model that follows any order): the whole image at every step
     rows_so_far: bool = False
+    #: a video model whose frame t reads frames <= t only and that takes a video cut to its first frames,
+    #: (B, t, C, H, W), in `conditionals`: the naive sampler then feeds the frames generated so far
+    frames_so_far: bool = False
     #: generated in stages (a tokenizer then a prior over its tokens; every pixel's coarse value, then the
     #: rest): there is then no conditional p(x_d | x_<d) per dimension, `conditionals` is an error and
     #: log_prob / loss / sample are the model's own (the per-dimension contract tests skip such a model)
@@ -207,8 +234,11 @@ class ARModel(nn.Module):
     #: what loss() and evaluate() measure, and whether that is exact or an upper bound on the NLL
     unit: str = "bits/dim"
     nll_is_bound: bool = False
-    #: how many axes `shape` has: 3 for images (C, H, W); None: any shape (a sequence, a video)
+    #: how many axes `shape` has: 3 for images (C, H, W), 4 for videos (T, C, H, W, see VideoARModel);
+    #: None: any shape (a sequence of tokens)
     shape_axes: Optional[int] = 3
+    #: what one input is called in messages ("image"; "video" for video models)
+    item: str = "image"
     #: True while a call that entered the model through a checked method runs (see checks_inputs)
     _inputs_checked: bool = False
 
@@ -223,7 +253,8 @@ class ARModel(nn.Module):
         super().__init__()
         shape = tuple(int(s) for s in shape)
         if len(shape) == 0 or min(shape) < 1 or (self.shape_axes is not None and len(shape) != self.shape_axes):
-            need = "(C, H, W)" if self.shape_axes == 3 else f"{self.shape_axes or 'one or more'} sizes"
+            need = {3: "(C, H, W)", 4: "(T, C, H, W) (frames, channels, height, width)"}.get(
+                self.shape_axes, f"{self.shape_axes or 'one or more'} sizes")
             raise ValueError(f"{type(self).__name__} needs shape {need} with positive sizes, got {shape!r}")
         if int(levels) < 2:
             raise ValueError(f"levels must be at least 2 (2 = binarised images), got {levels!r}")
@@ -267,6 +298,10 @@ class ARModel(nn.Module):
         finally:
             self.__dict__["_inputs_checked"] = outer
 
+    def batch_shape_text(self) -> str:
+        """The shape of a batch as error messages write it: "(B, 1, 28, 28)"."""
+        return f"(B, {', '.join(map(str, self.shape))})"
+
     def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         """Raise a clear error unless x is an integer tensor (B, *shape), B >= 1, with values in [0, K)."""
         if self._inputs_checked:
@@ -281,13 +316,13 @@ class ARModel(nn.Module):
             )
         if x.dim() != 1 + len(self.shape) or tuple(x.shape[1:]) != self.shape:
             raise ValueError(
-                f"{name} must have shape (B, {', '.join(map(str, self.shape))}) for this model "
+                f"{name} must have shape {self.batch_shape_text()} for this model "
                 f"(shape={self.shape}), got {tuple(x.shape)}"
             )
         if x.shape[0] == 0:
             raise ValueError(
-                f"{name} holds no images (batch of 0): pass at least one image, a tensor of shape "
-                f"(B, {', '.join(map(str, self.shape))}) with B >= 1"
+                f"{name} holds no {self.item}s (batch of 0): pass at least one {self.item}, a tensor of shape "
+                f"{self.batch_shape_text()} with B >= 1"
             )
         lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one wait for the device, not one per number
         if lo < 0 or hi >= self.levels:
@@ -333,10 +368,10 @@ class ARModel(nn.Module):
         size = smaller_size(self.shape[1]) if len(self.shape) == 3 else None
         smaller = f"smaller images (CLI: --size {size})" if size else "a smaller model"
         if fits >= 1:
-            fix = f"Use at most {fits} images at a time (training CLI: --batch-size {fits}) or {smaller}."
+            fix = f"Use at most {fits} {self.item}s at a time (training CLI: --batch-size {fits}) or {smaller}."
         else:
-            fix = f"Not even one image fits: use {smaller}."
-        what = f"{type(self).__name__}'s activations for a batch of {batch} images of shape {self.shape}"
+            fix = f"Not even one {self.item} fits: use {smaller}."
+        what = f"{type(self).__name__}'s activations for a batch of {batch} {self.item}s of shape {self.shape}"
         require_memory(need, self.model_device, what, fix)
 
     # ------------------------------------------------------------------- orders
@@ -488,7 +523,7 @@ class ARModel(nn.Module):
             raise ValueError("x was given without observed: pass observed, a bool mask of the known dimensions")
         x = self.check_input(x).to(dev).clone()
         if x.shape[0] != n:
-            raise ValueError(f"x holds {x.shape[0]} images but n={n}")
+            raise ValueError(f"x holds {x.shape[0]} {self.item}s but n={n}")
         filled = torch.as_tensor(observed, dtype=torch.bool, device=dev).expand(shape).clone()
         return torch.where(filled, x, torch.zeros_like(x)), filled
 
@@ -557,6 +592,7 @@ class ARModel(nn.Module):
 
             iterator = tqdm(steps, desc="sampling", leave=False)
         top_rows = cache is None and self.rows_so_far and order is None and len(self.shape) == 3
+        top_frames = cache is None and self.frames_so_far and order is None and len(self.shape) == 4
         given = observed is not None  # are some dimensions given (kept as they are)?
         try:
             for t, positions in enumerate(iterator):
@@ -570,6 +606,9 @@ class ARModel(nn.Module):
                 if top_rows:  # the naive step of a rows_so_far model: only the rows generated so far
                     top, at = self._top_rows(x, positions)  # (n, C, h, W), (S,)
                     logp = self.conditional_logprobs(top, at.to(x.device), y, None)  # (n, S, K)
+                elif top_frames:  # the naive step of a frames_so_far video model: only the frames so far
+                    t_last = int(positions.max()) // math.prod(self.shape[1:])  # the last frame this step fills
+                    logp = self.conditional_logprobs(x[:, :t_last + 1], index, y, None)  # (n, S, K): same flat positions
                 else:
                     logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
                 logp = logp.double() if temperature == 1 else logp.double() / temperature  # (x / 1 is x)
@@ -591,3 +630,88 @@ class ARModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, levels={self.levels}"
+
+
+class VideoARModel(ARModel):
+    """Base class of video models: the contract one dimension up (see the module docstring).
+
+    shape (T, C, H, W); generation order frame by frame, raster within a frame, each pixel's channels in
+    turn; `sample(n, context=first_frames)` continues given frames; `nats_per_frame` the video papers' unit."""
+
+    shape_axes = 4
+    item = "video"
+
+    @property
+    def frames(self) -> int:
+        """T, the number of frames of one video."""
+        return self.shape[0]
+
+    @property
+    def frame_dims(self) -> int:
+        """C * H * W, the dimensions of one frame."""
+        return math.prod(self.shape[1:])
+
+    def batch_shape_text(self) -> str:
+        T, C, H, W = self.shape
+        return f"(B, T, C, H, W) = (B, {T}, {C}, {H}, {W}) (B videos of {T} frames of {C} x {H} x {W})"
+
+    def generation_order(self) -> torch.Tensor:
+        """Frame by frame; within a frame raster order, each pixel's channels in turn: (D,) flat positions."""
+        T, C, H, W = self.shape
+        frame = orders.dims_order(orders.raster(H, W), C)  # (C*H*W,) within one frame
+        return (torch.arange(T)[:, None] * self.frame_dims + frame[None, :]).flatten()  # (D,)
+
+    def context_mask(self, frames: int) -> torch.Tensor:
+        """(T, C, H, W) bool, True in the first `frames` frames: observed= for log_prob / loss scores
+        the rest given them, -log p(frames >= k | frames < k)."""
+        frames = int(frames)
+        if not 0 <= frames <= self.frames:
+            raise ValueError(f"frames must lie in 0..{self.frames} (the model's T), got {frames}")
+        mask = torch.zeros(self.shape, dtype=torch.bool)
+        mask[:frames] = True
+        return mask
+
+    def check_context(self, context, n: int) -> torch.Tensor:
+        """The first frames to continue, (k, C, H, W) or (n, k, C, H, W) integers with 1 <= k < T -> (n, k, C, H, W)."""
+        T, C, H, W = self.shape
+        if not isinstance(context, torch.Tensor):
+            raise TypeError(f"context must be a torch.Tensor of integer frames, got {type(context).__name__}")
+        if context.dtype.is_floating_point or context.dtype == torch.bool or context.dtype.is_complex:
+            raise TypeError(f"context must hold integer pixel values in [0, {self.levels}) (dtype torch.long), "
+                            f"got dtype {context.dtype}")
+        if context.dim() == 4:
+            context = context.unsqueeze(0).expand(n, *context.shape)  # the same first frames for every video
+        if context.dim() != 5 or tuple(context.shape[2:]) != (C, H, W) or context.shape[0] != n:
+            raise ValueError(
+                f"context must hold the first frames of {n} videos, shape (n, k, C, H, W) = ({n}, k, {C}, {H}, {W}) "
+                f"(or (k, {C}, {H}, {W}) for the same frames in every video), got {tuple(context.shape)}"
+            )
+        if not 1 <= context.shape[1] < T:
+            raise ValueError(f"context holds {context.shape[1]} frames, but this model generates T={T}: "
+                             f"give 1 to {T - 1} frames (the rest are generated)")
+        return context
+
+    @torch.no_grad()
+    def sample(self, n: int, *, context: Optional[torch.Tensor] = None, x=None, observed=None, **kwargs) -> torch.Tensor:
+        """Draw n videos (n, T, C, H, W), frame by frame. context: the first k frames, (n, k, C, H, W) or
+        (k, C, H, W) for all n: they are kept and the later frames generated (the same as x= with the
+        first k frames observed). Every other argument as in ARModel.sample."""
+        if context is not None:
+            if x is not None or observed is not None:
+                raise ValueError("pass either context= (the first frames) or x= and observed=, not both")
+            if int(n) < 1:
+                raise ValueError(f"n must be a positive number of videos, got {n!r}")
+            context = self.check_context(context, int(n))
+            k = context.shape[1]
+            x = torch.zeros((int(n),) + self.shape, dtype=context.dtype, device=context.device)
+            x[:, :k] = context  # the given frames; the rest is generated
+            x = self.check_input(x, "context")  # values in [0, K)
+            observed = self.context_mask(k)
+        return super().sample(n, x=x, observed=observed, **kwargs)
+
+    def nats_per_frame(self, x: torch.Tensor, y=None, *, context: int = 0) -> torch.Tensor:
+        """-log p(x) / T in nats per frame, (B,); with context=k, -log p(frames >= k | frames < k) / (T - k)."""
+        if not 0 <= int(context) < self.frames:
+            raise ValueError(f"context must lie in 0..{self.frames - 1} frames, got {context!r}")
+        observed = self.context_mask(context) if context else None
+        return -self.log_prob(x, y, observed=observed) / (self.frames - int(context))
