@@ -37,17 +37,18 @@ loop, the causality inspector and the scrubber work unchanged. The cached sample
 runs the base model's own cached sampler on x_0 and, at a group step, that group's net alone;
 `cached=False` recomputes the whole model at every step.
 
-Deviations from the paper: no class or text conditioning; each (doubling, group) has its own small
-net of gated residual blocks (armini.nn.gated) on the coarse grid, not the paper's shared ResNet
-with a PixelCNN-style output; colour channels of a pixel are independent within a group (the paper
-models the channels of a group pixel autoregressively); `groups=1` puts the three new pixels of a
-block in one step (for measuring what independence costs); the doublings stop where H or W turns odd.
+Deviations from the paper: unconditional only (the paper also conditions on classes, text and
+actions); each (doubling, group) has its own small net of gated residual blocks (armini.nn.gated) on
+the coarse grid, far smaller than the paper's networks; the colour channels of a pixel are predicted
+in the same step, independent given the earlier groups; `groups=1` puts the three new pixels of a block
+in one step (to measure what more independence costs); the doublings stop where H or W turns odd.
 
 Legend: B batch, C channels, H, W image, h, w the coarse grid of a doubling, K levels, D = C*H*W,
 S offsets in a group, F feature channels.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -89,6 +90,22 @@ def base_image(x: torch.Tensor, doublings: int) -> torch.Tensor:
     """x_0, the base: every 2^L-th row and column of x, (B, C, H / 2^L, W / 2^L)."""
     s = 2 ** doublings
     return x[..., ::s, ::s]
+
+
+def scale_steps(shape, doublings: int, group_offsets, base_order: torch.Tensor) -> list:
+    """PMARD's sampling steps as flat positions into x.flatten(1): a list of (S,) LongTensors.
+
+    First x_0's pixels one per step, in base_order ((C*h0*w0,) flat positions into x_0, the base model's
+    order), each as its position in the full image; then, for each doubling l = 1..L, one step per group
+    (group_offsets: a list of groups, each a list of offsets (a, b)), holding every channel of every
+    block's pixel at those offsets: 7*7 + 2*3 = 55 steps for 28x28."""
+    where = torch.arange(math.prod(shape)).view(shape)  # (C, H, W) the flat position of each dimension
+    base_flat = base_image(where, doublings).flatten()  # (C*h0*w0,) position in x_0 -> position in x
+    steps = list(base_flat[base_order].split(1))  # x_0: one pixel per step
+    for level in range(1, doublings + 1):
+        for offsets in group_offsets:
+            steps.append(torch.cat([block_grid(where, level, doublings, o).flatten() for o in offsets]))  # (S,)
+    return steps
 
 
 # ------------------------------------------------------------------------------ a group's net
@@ -203,12 +220,7 @@ class PMARD(ARModel):
         if order is not None:
             self.resolve_order(order)  # only its own order
         if self._steps is None:
-            where = torch.arange(self.dims).view(self.shape)  # (C, H, W) flat position of each dimension
-            base_flat = base_image(where, self.doublings).flatten()  # (C*h0*w0,) base position -> full position
-            steps = list(base_flat[self.base.generation_order()].split(1))  # one per step, the base model's order
-            for level, offsets in self.group_list():
-                steps.append(torch.cat([block_grid(where, level, self.doublings, o).flatten() for o in offsets]))  # (S,)
-            self._steps = steps
+            self._steps = scale_steps(self.shape, self.doublings, self.group_offsets, self.base.generation_order())
         return list(self._steps)
 
     def generation_order(self) -> torch.Tensor:
