@@ -409,3 +409,19 @@ def test_fit_stages_trains_the_tokenizer_then_the_prior_and_the_model_is_rebuilt
     again = VAR(**kwargs)
     again.load_state_dict(m.state_dict())
     assert torch.equal(again.log_prob(x[:3], y[:3]), m.log_prob(x[:3], y[:3]))
+
+
+def test_fit_stages_with_no_tokenizer_steps_trains_the_prior_only():
+    m = tiny_var()
+    fit_tokenizer_a_little(m)
+    x = torch.randint(4, (32, 1, 8, 8), generator=gen(0))
+    tok_before = [p.detach().clone() for p in m.tokenizer.parameters()]
+    codebook = m.tokenizer.quantizer.codebook.clone()
+    hist = m.fit_stages(x, None, steps=(0, 3), batch_size=16, device="cpu", progress=False)
+    assert hist.stages["tokenizer"].steps == 0 and hist.stages["prior"].steps == 3 and hist.steps == 3
+    assert all(torch.equal(a, b) for a, b in zip(tok_before, m.tokenizer.parameters()))
+    assert torch.equal(codebook, m.tokenizer.quantizer.codebook)  # no EMA update either
+    with pytest.raises(ValueError, match="tokenizer steps >= 0"):
+        m.fit_stages(x, None, steps=(-1, 3), batch_size=16, progress=False)
+    with pytest.raises(ValueError, match="prior steps >= 1"):
+        m.fit_stages(x, None, steps=(2, 0), batch_size=16, progress=False)

@@ -429,7 +429,8 @@ class TwoStage(ARModel):
 
         steps, time_limit: shared by the stages, tokenizer_share to the tokenizer (time the tokenizer leaves
             unused goes to the prior; encoding the data counts too); steps may also be a pair (tokenizer steps,
-            prior steps). The prior sees at most prior steps x
+            prior steps), and (0, prior steps) trains the prior only, on a tokenizer trained already (the whole
+            time_limit then goes to the encoding and the prior). The prior sees at most prior steps x
             batch_size images, so only that many training images (a seeded random subset) are encoded, in at
             most a quarter of the time left after the tokenizer when there is a time_limit.
         Returns a History: train_s, the CPU (clock) seconds of both stages' steps and of the encoding; its
@@ -443,13 +444,21 @@ class TwoStage(ARModel):
         images = self.check_input(images, "train images")
         if isinstance(steps, (tuple, list)):  # (tokenizer steps, prior steps)
             tok_steps, prior_steps = (int(s) for s in steps)
+            if tok_steps < 0 or prior_steps < 1:
+                raise ValueError(f"steps=(tokenizer steps, prior steps) needs tokenizer steps >= 0 (0: the tokenizer is "
+                                 f"trained already) and prior steps >= 1, got {tuple(steps)}")
         else:
             tok_steps = max(1, round(cfg.tokenizer_share * steps))
             prior_steps = max(1, steps - tok_steps)
         tok_limit = None if time_limit is None else cfg.tokenizer_share * time_limit
-        tok_hist = training.fit(self.tokenizer, images, None, steps=tok_steps, time_limit=tok_limit,
-                                batch_size=batch_size, lr=cfg.tokenizer_lr or lr, device=device, seed=seed,
-                                progress=progress, clock=clock)
+        if tok_steps:
+            tok_hist = training.fit(self.tokenizer, images, None, steps=tok_steps, time_limit=tok_limit,
+                                    batch_size=batch_size, lr=cfg.tokenizer_lr or lr, device=device, seed=seed,
+                                    progress=progress, clock=clock)
+        else:  # a tokenizer trained already: the prior's stage only
+            tok_hist = training.History(unit=training.unit_label(self.tokenizer))
+            if device is not None:
+                self.tokenizer.to(device)
         self.to(self.tokenizer_device())
         if self.num_classes is not None:
             labels = training._check_labels(self, labels, len(images), "train")
