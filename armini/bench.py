@@ -64,13 +64,15 @@ and the --json file (its folder must exist; an existing file is replaced only wi
 JSON is rewritten atomically after each model, so a run that stops midway keeps the models done.
 Errors are one line on stderr and exit status 1 (see armini.cli); --debug adds the traceback.
 
-`python -m armini.bench tokenizers [--kinds vq,ema,fsq,rvq,vqgan] [--budget S] [--cpu-time]` trains each
-tokenizer of lessons 11 and 13 for the same budget (a probe sizes the cosine schedule, as above) at about
+`python -m armini.bench tokenizers [--kinds vq,ema,fsq,rvq,vqgan,msvq] [--budget S] [--cpu-time]` trains each
+tokenizer of lessons 11, 13 and 15 (msvq: VAR's multi-scale tokens) for the same budget (a probe sizes the cosine schedule, as above) at about
 the same rate, 490 bits per image on a 7 x 7 grid (TOKENIZER_SETTINGS), and measures with
 armini.tokenizers.reconstruction_quality on the first --test-images test images: params, codebook_size,
 token_shape, rate_bits (tokens x log2 V), steps, train_images_per_s, psnr, ssim, rfid (and rfid_floor,
 as many training images against the same test images), precision, recall, used, perplexity, recon_bpd
-(-log2 p(x|z) per dimension) and bound_bpd (recon_bpd + rate_bits / dims: a uniform prior over tokens).
+(-log2 p(x|z) per dimension) and bound_bpd (recon_bpd + rate_bits / dims: a uniform prior over tokens);
+msvq records add scales, used_per_scale and perplexity_per_scale (codebook_usage of each scale's tokens)
+and latent_mse_per_scale (the cumulative f_hat's error after each scale).
 Records have kind="tokenizer" and tokenizer=<kind>.
 """
 from __future__ import annotations
@@ -520,21 +522,24 @@ def run_speed(args, parser) -> list:
 
 
 # ------------------------------------------------------------------------------------ tokenizer mode
-# `python -m armini.bench tokenizers`: every tokenizer of Parts III (lessons 11 and 13), the same CPU budget,
+# `python -m armini.bench tokenizers`: every tokenizer of Parts III and IV (lessons 11, 13 and 15), the same CPU budget,
 # measured by armini.tokenizers.reconstruction_quality on the same test images.
-TOKENIZER_KINDS = ("vq", "ema", "fsq", "rvq", "vqgan")
+TOKENIZER_KINDS = ("vq", "ema", "fsq", "rvq", "vqgan", "msvq")
 # Each at about 490 bits per image on a 7 x 7 grid, as lesson 11 compares them: 49 tokens x log2 1024 = 490
-# (VQ, EMA and VQGAN's EMA codebook), 49 x log2(8*5*5*5) = 488 (FSQ), 2 x 49 x log2 32 = 490 (residual VQ).
+# (VQ, EMA and VQGAN's EMA codebook), 49 x log2(8*5*5*5) = 488 (FSQ), 2 x 49 x log2 32 = 490 (residual VQ),
+# 104 x log2 26 = 489 (VAR's multi-scale tokens, scales 1, 2, 3, 4, 5, 7: 1 + 4 + 9 + 16 + 25 + 49 = 104 tokens).
 TOKENIZER_SETTINGS = {
     "vq": dict(quantizer="vq", codebook_size=1024),
     "ema": dict(quantizer="ema", codebook_size=1024),
     "fsq": dict(quantizer="fsq", fsq_levels=(8, 5, 5, 5)),
     "rvq": dict(quantizer="rvq", codebook_size=32, depth=2),
     "vqgan": dict(quantizer="ema", codebook_size=1024),
+    "msvq": dict(quantizer="msvq", codebook_size=26),
 }
 # (batch size, learning rate): lesson 11's recipe for the VQ-VAEs; lesson 13's for VQGAN, which also
 # weights the adversarial term by 0.1 and starts it halfway through training (after the warm-up).
-TOKENIZER_RECIPES = {"vq": (32, 2e-3), "ema": (32, 2e-3), "fsq": (32, 2e-3), "rvq": (32, 2e-3), "vqgan": (64, 1e-3)}
+TOKENIZER_RECIPES = {"vq": (32, 2e-3), "ema": (32, 2e-3), "fsq": (32, 2e-3), "rvq": (32, 2e-3), "vqgan": (64, 1e-3),
+                     "msvq": (32, 2e-3)}
 VQGAN_ADVERSARIAL_WEIGHT = 0.1
 
 
@@ -634,12 +639,30 @@ def bench_tokenizer(kind: str, *, budget_s: float, device=None, test_images: int
     record.update({k: quality[k] for k in ("psnr", "ssim", "rfid", "rkid", "precision", "recall", "used",
                                            "perplexity", "recon_bpd", "bound_bpd")})
     record["rfid_floor"] = floor
+    if kind == "msvq":  # VAR's tokens: how each scale uses the shared codebook, how each scale lowers the error
+        record.update(scales_fields(tok, test_set.images))
     if kind == "vqgan":  # the discriminator is only needed for training: not counted in params
         record.update(critic_params=sum(p.numel() for p in tok.critic.parameters()), disc_start=steps // 2,
                       adversarial_weight=VQGAN_ADVERSARIAL_WEIGHT)
     if models is not None:
         models[kind] = tok
     return record
+
+
+@torch.no_grad()
+def scales_fields(tok, images: torch.Tensor, batch_size: int = 500) -> dict:
+    """A multi-scale tokenizer's per-scale figures on integer images (N, C, H, W): scales, used_per_scale and
+    perplexity_per_scale (codebook_usage of each scale's tokens over the whole set) and latent_mse_per_scale
+    (mean squared error of the cumulative f_hat after each scale against the encoder's latent)."""
+    q, dev = tok.quantizer, tok.model_device
+    tokens, errors = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(dev)
+        tokens.append(tok.encode(x).cpu())
+        errors.append(torch.tensor(q.scale_errors(tok.encode_latents(x))) * len(x))  # (K,) summed over images
+    usage = q.usage_per_scale(torch.cat(tokens))
+    return dict(scales=list(q.scales), used_per_scale=[u for u, _ in usage], perplexity_per_scale=[p for _, p in usage],
+                latent_mse_per_scale=(torch.stack(errors).sum(0) / len(images)).tolist())
 
 
 def format_tokenizer_table(records) -> str:
@@ -660,13 +683,20 @@ def format_tokenizer_table(records) -> str:
                  f"s of training per tokenizer; reconstructions of the first {r['test_images']} test images "
                  f"(rFID-FMNIST floor: as many training images); rate bits = tokens x log2 V; "
                  "bound bpd = recon bpd + rate bits / dims (a uniform prior over tokens)")
-    return text_table(title, head, rows, numeric=range(2, len(head)))
+    table = text_table(title, head, rows, numeric=range(2, len(head)))
+    for r in records:
+        if "scales" in r:  # multi-scale tokens: one line per tokenizer with its figures per scale
+            table += (f"\n{r['tokenizer']} per scale {tuple(r['scales'])}: used "
+                      f"{' '.join(f'{u:.0%}' for u in r['used_per_scale'])}; perplexity "
+                      f"{' '.join(f'{p:.1f}' for p in r['perplexity_per_scale'])}; latent MSE of f_hat "
+                      f"{' '.join(f'{e:.3f}' for e in r['latent_mse_per_scale'])}")
+    return table
 
 
 def build_tokenizer_parser():
     p = argparse.ArgumentParser(
         prog="python -m armini.bench tokenizers",
-        description="Train every tokenizer (lessons 11 and 13) for the same budget at about the same rate "
+        description="Train every tokenizer (lessons 11, 13 and 15) for the same budget at about the same rate "
                     "(bits per image) and measure its reconstructions: PSNR, SSIM, rFID, precision and recall, "
                     "codebook usage, and the pixel-space bits/dim bound with a uniform prior.")
     p.add_argument("--kinds", default=",".join(TOKENIZER_KINDS),

@@ -316,3 +316,21 @@ def test_bench_tokenizers_refuses_unknown_kinds_and_bad_numbers(capsys):
         assert message in capsys.readouterr().err, flags
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         bench.bench_tokenizer("vqvae", budget_s=1.0)
+
+
+def test_bench_tokenizers_msvq_row_reports_every_scale(monkeypatch, capsys):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    models = {}
+    r = bench.bench_tokenizer("msvq", budget_s=0.5, device="cpu", test_images=16, size=14, levels=16,
+                              cpu_time=True, models=models)
+    tok = models["msvq"]
+    assert r["token_shape"] == [104] and r["scales"] == [1, 2, 3, 4, 5, 7] and r["codebook_size"] == 26
+    assert r["rate_bits"] == pytest.approx(104 * math.log2(26)) == pytest.approx(489, abs=1)  # the others' ~490
+    assert len(r["used_per_scale"]) == len(r["perplexity_per_scale"]) == len(r["latent_mse_per_scale"]) == 6
+    tokens = tok.encode(bench.tokenizer_data(16, 14, 16, {})[1].images)
+    assert [u for u, _ in tok.quantizer.usage_per_scale(tokens)] == r["used_per_scale"]
+    assert all(0 < u <= 1 for u in r["used_per_scale"]) and all(np.isfinite(r["latent_mse_per_scale"]))
+    assert np.isfinite(r["bound_bpd"]) and np.isfinite(r["rfid"])
+    table = bench.format_tokenizer_table([r])
+    assert any(line.startswith("msvq ") and " 104 " in line and " 489 " in line for line in table.splitlines())
+    assert "msvq per scale (1, 2, 3, 4, 5, 7): used " in table and "latent MSE of f_hat" in table

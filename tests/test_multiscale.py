@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from armini import data, train
+from armini.nn import quantize as Q
 from armini.nn.quantize import (MultiScaleQuantizer, area_down, check_scales, default_scales, phi_index,
                                 scale_slices)
 from armini.tokenizers import VQVAE, check_tokenizer
@@ -213,3 +214,84 @@ def test_usage_per_scale_is_reported(trained):
     assert len(usage) == 4
     assert all(0 < used <= 1 and 1 <= ppl <= 32 for used, ppl in usage)
     assert usage[-1][0] > usage[0][0]  # the 1 x 1 scale has far fewer vectors to spread over the codebook
+
+
+# ------------------------------------------------------------------ lesson 15's exercise: the residual loop
+# The check of /work/issues/l15_tokenizer_cells.json (lesson 15): the learner's multiscale_quantize against
+# armini.nn.quantize.multiscale_quantize on the lesson's cases; the usual wrong loops must be caught.
+
+
+def lesson_cases():
+    """The lesson's check cases: (f, codebook, scales, phi), phi a quantiser's refine (its phi convolutions)."""
+    g = torch.Generator().manual_seed(15)
+    cases = []
+    for scales, d, V in (((1, 2, 3), 4, 8), ((1, 2, 4), 3, 16), ((1, 2, 3, 4, 5, 7), 8, 26)):
+        with torch.random.fork_rng():
+            torch.manual_seed(len(cases))
+            q = MultiScaleQuantizer(V, d, scales, phi="per-scale")
+        h = scales[-1]
+        cases.append((torch.randn(2, d, h, h, generator=g), torch.randn(V, d, generator=g), scales, q.refine))
+    return cases
+
+
+def right_loop(f, codebook, scales, phi):
+    B, d, h, w = f.shape
+    f_rest, f_hat, tokens, cumulative = f, torch.zeros_like(f), [], []
+    for k, s in enumerate(scales):
+        r = F.interpolate(f_rest, size=(s, s), mode="area")  # (B, d, s, s)
+        grid = Q.nearest_code(r.permute(0, 2, 3, 1).reshape(-1, d), codebook).view(B, s, s)
+        e = codebook[grid].permute(0, 3, 1, 2)  # (B, d, s, s)
+        h_k = phi(F.interpolate(e, size=(h, w), mode="bicubic"), k)
+        f_hat = f_hat + h_k
+        f_rest = f_rest - h_k
+        tokens.append(grid.flatten(1))
+        cumulative.append(f_hat)
+    return torch.cat(tokens, 1), cumulative
+
+
+def wrong_loop(f, codebook, scales, phi, *, residual=True, subtract_phi=True, cumulative_out=True, mode="bicubic"):
+    B, d, h, w = f.shape
+    f_rest, f_hat, tokens, out = f, torch.zeros_like(f), [], []
+    for k, s in enumerate(scales):
+        r = F.interpolate(f_rest if residual else f, size=(s, s), mode="area")
+        grid = Q.nearest_code(r.permute(0, 2, 3, 1).reshape(-1, d), codebook).view(B, s, s)
+        up = F.interpolate(codebook[grid].permute(0, 3, 1, 2), size=(h, w), mode=mode)
+        h_k = phi(up, k)
+        f_hat = f_hat + h_k
+        f_rest = f_rest - (h_k if subtract_phi else up)
+        tokens.append(grid.flatten(1))
+        out.append(f_hat if cumulative_out else h_k)
+    return torch.cat(tokens, 1), out
+
+
+WRONG_LOOPS = {
+    "quantises f at every scale, not the residual": lambda *a: wrong_loop(*a, residual=False),
+    "subtracts the code before phi from the residual": lambda *a: wrong_loop(*a, subtract_phi=False),
+    "returns each scale's own code, not the cumulative f_hat": lambda *a: wrong_loop(*a, cumulative_out=False),
+    "upsamples by nearest neighbour": lambda *a: wrong_loop(*a, mode="nearest"),
+}
+
+
+def test_the_lesson_check_passes_the_right_loop(capsys):
+    from armini.course import check
+
+    assert check("multi-scale residual quantiser", right_loop, Q.multiscale_quantize, lesson_cases()) is right_loop
+    assert capsys.readouterr().out == "✅ multi-scale residual quantiser: correct on 3 checks\n"
+
+
+@pytest.mark.parametrize("bug", list(WRONG_LOOPS))
+def test_the_lesson_check_catches_wrong_loops(bug, capsys):
+    from armini.course import check
+
+    assert check("multi-scale residual quantiser", WRONG_LOOPS[bug], Q.multiscale_quantize,
+                 lesson_cases()) is Q.multiscale_quantize
+    out = capsys.readouterr().out
+    assert out.startswith("❌ multi-scale residual quantiser: case") and "armini's reference version" in out, out
+
+
+def test_the_library_quantiser_runs_the_lessons_loop():
+    q, _ = quantizer_with_codes(scales=(1, 2, 3, 5))
+    z_e = torch.randn(4, 4, 5, 5)
+    tokens, cums = right_loop(z_e, q.codebook, q.scales, q.refine)
+    assert torch.equal(q.nearest(z_e), tokens)
+    torch.testing.assert_close(q.cumulative(tokens), cums)

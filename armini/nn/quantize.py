@@ -63,7 +63,7 @@ import torch.nn.functional as F
 __all__ = ["Quantized", "nearest_code", "straight_through", "quantize", "vq_loss", "ema_update",
            "laplace_smoothed", "fsq_bound", "round_ste", "fsq_quantize", "VectorQuantizer", "FSQ",
            "ResidualVQ", "codebook_usage", "scale_slices", "check_scales", "default_scales", "area_down",
-           "bicubic_up", "Phi", "phi_index", "MultiScaleQuantizer"]
+           "bicubic_up", "upsampled_code", "multiscale_quantize", "Phi", "phi_index", "MultiScaleQuantizer"]
 
 
 @dataclass
@@ -467,6 +467,36 @@ def bicubic_up(e: torch.Tensor, size: int) -> torch.Tensor:
     return e if e.shape[-1] == size else F.interpolate(e, size=(size, size), mode="bicubic")
 
 
+def upsampled_code(grid: torch.Tensor, codebook: torch.Tensor, size: int) -> torch.Tensor:
+    """The codes of a token grid, bicubic-upsampled to the latent size: (B, s, s) -> (B, d, size, size)."""
+    e = F.embedding(grid, codebook).permute(0, 3, 1, 2)  # (B, d, s, s)
+    return bicubic_up(e, size)
+
+
+def multiscale_quantize(f: torch.Tensor, codebook: torch.Tensor, scales, phi):
+    """VAR's multi-scale residual quantisation of latents f (B, d, h, w) with one codebook (V, d).
+
+    scales: s_1 < ... < s_K = h.  phi(h, k): scale k's refinement of an upsampled code map (B, d, h, w).
+    Returns (tokens (B, L) long, scale by scale, raster within a scale; the K cumulative f_hat (B, d, h, w)).
+
+        f_rest = f,  f_hat = 0
+        for k:  r_k = area_down(f_rest, s_k);  tokens_k = nearest(r_k)
+                h_k = phi(bicubic_up(e[tokens_k]), k);  f_hat += h_k;  f_rest -= h_k
+    """
+    B, d, h, w = f.shape
+    f_rest, f_hat = f, torch.zeros_like(f)
+    tokens, cumulative = [], []
+    for k, s in enumerate(scales):
+        r = area_down(f_rest, s)  # (B, d, s, s) what is left, at scale s
+        grid = nearest_code(_flat(r), codebook).view(B, s, s)  # (B, s, s)
+        h_k = phi(upsampled_code(grid, codebook, h), k)  # (B, d, h, w) this scale's contribution
+        f_hat = f_hat + h_k
+        f_rest = f_rest - h_k.detach()  # only ever read by the argmin: no gradient needed
+        tokens.append(grid.flatten(1))  # (B, s*s)
+        cumulative.append(f_hat)
+    return torch.cat(tokens, 1), cumulative
+
+
 class Phi(nn.Module):
     """VAR's refinement of an upsampled code map: phi(h) = 0.5 h + 0.5 conv3x3(h), (B, d, h, w) -> same."""
 
@@ -556,10 +586,13 @@ class MultiScaleQuantizer(nn.Module):
         return torch.cat([g.flatten(1) for g in grids], 1)
 
     # ------------------------------------------------------------------ one scale
+    def refine(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """phi_k(h): scale k's phi convolution on an upsampled code map (B, d, h, w)."""
+        return self.phis[self.phi_of_scale[k]](h)
+
     def scale_code(self, grid: torch.Tensor, k: int) -> torch.Tensor:
         """h_k = phi_k(bicubic_up(e[grid])): what scale k adds to f_hat. grid (B, s_k, s_k) -> (B, d, h, w)."""
-        e = self.vq.embed(grid)  # (B, d, s_k, s_k)
-        return self.phis[self.phi_of_scale[k]](bicubic_up(e, self.latent_size))
+        return self.refine(upsampled_code(grid, self.codebook, self.latent_size), k)
 
     def add_scale(self, f_hat: torch.Tensor, grid: torch.Tensor, k: int) -> torch.Tensor:
         """f_hat (B, d, h, w) after scales < k, plus scale k's tokens (B, s_k, s_k): f_hat after scale k
@@ -601,20 +634,12 @@ class MultiScaleQuantizer(nn.Module):
         if d != self.dim or h != self.latent_size or w != self.latent_size:
             raise ValueError(f"expected latents (B, {self.dim}, {self.latent_size}, {self.latent_size}) (the last scale "
                              f"is the latent size), got {tuple(z_e.shape)}")
-        f = z_e.detach()
-        f_rest, f_hat = f, 0
-        grids, cums, seen = [], [], []
-        for k, s in enumerate(self.scales):
-            r = _flat(area_down(f_rest, s))  # (B*s*s, d) the residual at scale s
-            codes = nearest_code(r, self.codebook)  # (B*s*s,)
-            grid = codes.view(B, s, s)
-            h_k = self.scale_code(grid, k)  # (B, d, h, w)
-            f_hat = f_hat + h_k
-            f_rest = f_rest - h_k.detach()
-            grids.append(grid)
-            cums.append(f_hat)
-            seen.append((r, codes))
-        return self.join(grids), cums, seen
+        f = z_e.detach()  # the quantiser's loop reads the latent; its own gradients come from its losses
+        tokens, cums = multiscale_quantize(f, self.codebook, self.scales, self.refine)
+        before = [torch.zeros_like(f)] + [c.detach() for c in cums[:-1]]  # f_hat before each scale
+        seen = [(_flat(area_down(f - b, s)), grid.flatten())  # the residual rows each scale quantised, their codes
+                for b, s, grid in zip(before, self.scales, self.split(tokens))]
+        return tokens, cums, seen
 
     def forward(self, z_e: torch.Tensor) -> Quantized:
         if self.training and not bool(self.vq.initialised):
