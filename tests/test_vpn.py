@@ -157,6 +157,24 @@ def test_the_cached_sampler_gives_the_conditionals_of_the_video_so_far():
         before = after
 
 
+def test_given_frames_cost_no_decoder_steps_and_a_frame_given_in_part_is_caught_up():
+    model = vpn((3, 1, 3, 3), 3)
+    train_a_little(model, steps=2)
+    calls = []
+    strip = model.frame_strip
+    model.frame_strip = lambda cache, frame, conds, i, j0, j1: calls.append(i) or strip(cache, frame, conds, i, j0, j1)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    x = videos(model, 2)
+    out = model.sample(2, context=x[:, :2], generator=g())
+    assert len(calls) == model.frame_dims  # only frame 2's pixels ran the decoder (the sampling loop skipped the rest)
+    assert torch.equal(out, model.sample(2, context=x[:, :2], generator=g(), cached=False))
+    observed = model.context_mask(1)
+    observed[1, :, 0] = True  # frame 0 and the top row of frame 1
+    part = model.sample(2, x=x, observed=observed, generator=g())
+    assert torch.equal(part[:, 1, :, 0], x[:, 1, :, 0]) and torch.equal(part[:, 0], x[:, 0])
+    assert torch.equal(part, model.sample(2, x=x, observed=observed, generator=g(), cached=False))
+
+
 def test_the_cached_sampler_goes_frame_by_frame():
     model = vpn()
     x = torch.zeros((1,) + model.shape, dtype=torch.long)

@@ -44,7 +44,8 @@ estimate); `evaluate`, the training history and the bench report them with every
 Later paradigms extend this contract instead of replacing it: a model that fills
 several dimensions per step (scale-wise, parallel decoding) overrides
 `sampling_steps()` (a list of (S,) flat index groups); a model with a cache for fast
-sampling overrides `conditional_logprobs(x, index, y, cache)` and `init_cache(x, y)`. The `y`
+sampling overrides `conditional_logprobs(x, index, y, cache)` and `init_cache(x, y)` (a cache with
+a `given_step(index)` method is told of steps whose dimensions are all given instead of computing them). The `y`
 keyword carries class labels for class-conditional models (unconditional models refuse them).
 A raster-order model whose row i reads rows <= i only sets `rows_so_far = True`: its naive sampler
 then runs on the rows generated so far instead of the whole image (the same conditionals, less work).
@@ -563,8 +564,9 @@ class ARModel(nn.Module):
         temperature: divides the log-probabilities before sampling (1 = the model itself; a finite
             positive number: below 1 sharper, above 1 flatter).
         callback: called with a SampleStep after every step (lessons animate sampling with it).
-        cached: use the model's fast sampler if it has one (False forces full recomputation;
-            steps whose dimensions are all observed are then skipped, unless a callback watches).
+        cached: use the model's fast sampler if it has one (False forces full recomputation).
+            Steps whose dimensions are all observed are skipped, unless a callback watches or the
+            cache cannot skip (a cache with a `given_step(index)` method is only told of them).
         order: the generation order, (D,) flat positions (models with any_order = True; a
             fixed-order model accepts only its own).
         top_k: draw each value from the k most likely ones only, renormalised (None: from all K;
@@ -598,9 +600,12 @@ class ARModel(nn.Module):
             for t, positions in enumerate(iterator):
                 index = positions.to(x.device)  # (S,) flat positions
                 keep = flat_filled[:, index] if given else None  # (n, S): dimensions already given
-                if given and cache is None and callback is None and bool(keep.all()):
-                    # nothing to draw and no cache to update: skip the network, but use up this step's
-                    # uniforms so that the later steps draw what the cached sampler draws
+                skips = cache is None or callable(getattr(cache, "given_step", None))  # a cache that can be told of given steps
+                if given and skips and callback is None and bool(keep.all()):
+                    # nothing to draw: skip the network, but use up this step's uniforms so that the
+                    # later steps draw what the sampler that computes every step draws
+                    if cache is not None:
+                        cache.given_step(index)  # the cache catches up later if it needs these positions
                     torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
                     continue
                 if top_rows:  # the naive step of a rows_so_far model: only the rows generated so far

@@ -297,35 +297,64 @@ class VPN(VideoARModel):
 class VPNCache:
     """The cached sampler of a VPN: conditional_logprobs(x, index) for the next step of the base loop.
 
-    Frame by frame: when frame t starts, the previous frame (complete by then) is encoded and the
-    ConvLSTM takes one step from its kept state (the naive sampler reruns it over every frame), and the
-    decoder's conditioning terms V * s_t are computed once. Within the frame, a RasterConvSampler runs the
-    decoder pixel by pixel on cached rows; without spatial dependencies the whole frame is one step."""
+    Frame by frame: when frame t starts, the ConvLSTM takes one step from its kept state on the previous
+    frame (complete by then; the naive sampler reruns it over every frame) and the decoder's
+    conditioning terms V * s_t are computed once. Within the frame, a RasterConvSampler runs the decoder
+    pixel by pixel on cached rows; without spatial dependencies the whole frame is one step.
+
+    Given frames (sample(context=...)) cost one encoder pass and one LSTM step each: the loop only tells
+    the cache of their steps (`given_step`), and the decoder catches up on skipped positions only if a later
+    position of the same frame is drawn (a frame given in part)."""
 
     def __init__(self, model: VPN, x: torch.Tensor):
-        self.model, self.frame, self.state, self.pixels, self.logp = model, -1, None, None, None
+        self.model = model
+        self.state, self.lstm_frame = None, -1  # (s_t, c_t) and the frame t it was computed for
+        self.decoded = -1  # the frame whose decoder is set up (pixels or logp)
+        self.pixels, self.logp = None, None
+        self.visited, self.skipped = -1, []  # the frame of the last step, and its given positions not computed
+
+    def _visit(self, index: torch.Tensor) -> int:
+        """The frame of this step; the sampler must go frame by frame (steps of one frame, then the next)."""
+        t = int(index[0]) // self.model.frame_dims
+        if t not in (self.visited, self.visited + 1):
+            raise ValueError(f"the cached sampler goes frame by frame: asked for frame {t} after frame "
+                             f"{self.visited}; sample with cached=False for other orders")
+        if t != self.visited:
+            self.visited, self.skipped = t, []
+        return t
+
+    def given_step(self, index: torch.Tensor):
+        """A step whose dimensions are all given: nothing to compute now (see the class docstring)."""
+        self._visit(index)
+        self.skipped.append(index)
 
     def start_frame(self, x: torch.Tensor, t: int):
+        """s_t (the LSTM catches up over the frames before t) and the decoder of frame t."""
         m = self.model
-        if t != self.frame + 1:
-            raise ValueError(f"the cached sampler goes frame by frame: asked for frame {t} after frame {self.frame}; "
-                             "sample with cached=False for other orders")
-        previous = None if t == 0 else x[:, t - 1]  # (n, C, H, W), complete now
-        self.state = m.lstm_step(previous, self.state, x.shape[0])  # (s_t, c_t)
+        while self.lstm_frame < t:  # one step per frame; frames given whole were skipped, read them now
+            u = self.lstm_frame + 1
+            previous = None if u == 0 else x[:, u - 1]  # (n, C, H, W), complete now
+            self.state = m.lstm_step(previous, self.state, x.shape[0])  # (s_u, c_u)
+            self.lstm_frame = u
         s = self.state[0]  # (n, F_s, H, W)
         if m.config.spatial:
             conds = m.decoder.conditions(s)
             self.pixels = RasterConvSampler(m.decoder, x[:, t], conds, m.frame_strip, m.refresh_frame)
         else:
             self.logp = m.decoder(s).flatten(1, -2)  # (n, C*H*W, K): the whole frame, one step
-        self.frame = t
+        self.decoded = t
 
-    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        D_f = self.model.frame_dims
-        t = int(index[0]) // D_f
-        if t != self.frame:
-            self.start_frame(x, t)
-        local = index - t * D_f  # (S,) positions within frame t
-        if self.pixels is None:
+    def _logprobs(self, x: torch.Tensor, index: torch.Tensor, t: int) -> torch.Tensor:
+        local = index - t * self.model.frame_dims  # (S,) positions within frame t
+        if not self.model.config.spatial:
             return self.logp[:, local]  # (n, S, K)
         return self.pixels.conditional_logprobs(x[:, t], local)  # (n, 1, K)
+
+    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        t = self._visit(index)
+        if t != self.decoded:
+            self.start_frame(x, t)
+            for given in self.skipped:  # positions of this frame given before this step: catch up
+                self._logprobs(x, given, t)
+        self.skipped = []
+        return self._logprobs(x, index, t)
