@@ -38,7 +38,10 @@ def test_scale_slices_and_the_default_schedules():
     assert scale_slices((1, 2, 3)) == [slice(0, 1), slice(1, 5), slice(5, 14)]
     assert default_scales(7) == (1, 2, 3, 4, 5, 7)
     assert default_scales(14) == (1, 2, 3, 4, 5, 7, 10, 14)
-    assert default_scales(4) == (1, 2, 3, 4) and default_scales(1) == (1,)
+    assert default_scales(4) == (1, 2, 3, 4) and default_scales(1) == (1,) and default_scales(2) == (1, 2)
+    assert default_scales(28) == (1, 2, 3, 4, 5, 7, 10, 14, 20, 28)
+    for h in range(1, 40):  # every latent size: strictly increasing, ending at h
+        assert check_scales(default_scales(h), h)
     assert sum(s * s for s in default_scales(7)) == 104
 
 
@@ -295,3 +298,16 @@ def test_the_library_quantiser_runs_the_lessons_loop():
     tokens, cums = right_loop(z_e, q.codebook, q.scales, q.refine)
     assert torch.equal(q.nearest(z_e), tokens)
     torch.testing.assert_close(q.cumulative(tokens), cums)
+
+
+def test_a_checkpointed_config_rebuilds_the_same_tokenizer():
+    from armini.models.token_ar import _config_of
+    from armini.train import _plain
+
+    tok = small_msvq(phi=4)
+    stored = _plain(_config_of(tok))  # what a two-stage model's checkpoint keeps (plain lists, numbers, strings)
+    assert stored["quantizer"] == "msvq" and list(stored["scales"]) == [1, 2, 3, 4, 5, 7] and stored["phi"] == 4
+    again = VQVAE(image_shape=(1, 28, 28), levels=256, **stored)
+    again.load_state_dict(tok.state_dict())
+    x = images(3)
+    assert torch.equal(again.encode(x), tok.encode(x)) and again.token_shape() == (104,)

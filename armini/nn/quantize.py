@@ -71,7 +71,7 @@ class Quantized:
     """What a quantiser returns.
 
     z_q:             (B, d, h, w) the quantised latent, straight-through (its gradient goes to z_e)
-    indices:         (B, h, w) long token grid ((B, D, h, w) for residual VQ)
+    indices:         (B, h, w) long token grid ((B, D, h, w) for residual VQ, (B, L) for multi-scale VQ)
     codebook_loss:   ||sg[z_e] - e||^2 (mean), 0 with an EMA codebook or FSQ
     commitment_loss: ||z_e - sg[e]||^2 (mean), WITHOUT beta
     loss:            codebook_loss + beta * commitment_loss, what the tokenizer adds to its loss
@@ -452,8 +452,8 @@ def default_scales(latent_size: int) -> tuple:
     (1, 2, 3, 4, 5, 6, 8, 10, 13, 16): one token per step at first, then a bounded ratio between steps."""
     h = int(latent_size)
     out = [s for s in (1, 2, 3, 4, 5) if s < h]
-    while out and round(out[-1] * 1.4) < h:
-        out.append(round(out[-1] * 1.4))
+    while out and max(out[-1] + 1, round(out[-1] * 1.4)) < h:
+        out.append(max(out[-1] + 1, round(out[-1] * 1.4)))
     return tuple(out) + (h,)
 
 

@@ -29,14 +29,15 @@ and, optionally,
                                                  a prior may read instead of indices)
 
 Token grids are (D, h, w): D = 1 for one token per position (VQ, FSQ), D = depth for residual VQ
-(a stack of tokens per position). The same protocol fits the tokenizers of later parts: a
-multi-scale residual quantiser (VAR) returns the tokens of each scale (a token_shape per scale),
+(a stack of tokens per position). The same protocol fits the tokenizers of later parts: the
+multi-scale residual quantiser (VAR, lesson 15: VQVAE(quantizer="msvq")) returns one flat sequence
+of all its scales' tokens, token_shape (L,) with L = sum_k s_k^2 (104 for scales 1, 2, 3, 4, 5, 7),
 a video tokenizer a (D, t, h, w) grid. `check_tokenizer` runs the protocol once and says what is
 missing or wrong.
 
 The tokenizers of the course: lesson 07's colour palette (armini.nn.palette.Palette, one token
 per pixel, V colours) and lesson 11's VQ-VAE (armini.tokenizers.vqvae.VQVAE: VQ, EMA VQ, FSQ,
-residual VQ; 7 x 7 or 14 x 14 tokens of a 28 x 28 image).
+residual VQ, and lesson 15's multi-scale VQ; 7 x 7 or 14 x 14 tokens of a 28 x 28 image).
 
 Legend: B batch, C channels, H, W height and width, K pixel levels, V codebook size, D tokens per
 position, e latent channels.

@@ -25,6 +25,7 @@ uniform prior, -log2 p(z) is the rate, tokens x log2 V bits; a learned prior (le
     hist = armini.train.fit(vq, train, test, steps=500)   # loss: reconstruction bits/dim + VQ terms
     tokens = vq.encode(images)                            # (B, 1, 7, 7) in [0, 512)
     images = vq.decode(tokens)                            # (B, 1, 28, 28) integers
+    msvq = VQVAE(quantizer="msvq", codebook_size=26)      # encode -> (B, 104): scales 1, 2, 3, 4, 5, 7
 
 `decode` returns the rounded mean of each pixel's distribution: the estimate with the least squared
 error (so the best PSNR a point estimate can get from the decoder), smooth where the decoder is
@@ -42,7 +43,7 @@ categorical decoder over K values instead of the paper's discretised logistic fo
 as means over elements, and training through armini.train.fit (AdamW, cosine schedule).
 
 Legend: B batch, C image channels, H, W image size, K pixel levels, d latent channels, h, w latent
-grid, D tokens per position (residual depth), V codebook size.
+grid, D tokens per position (residual depth), V codebook size, L tokens of a multi-scale sequence.
 """
 from __future__ import annotations
 
