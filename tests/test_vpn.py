@@ -96,6 +96,19 @@ def test_a_pixel_sees_the_earlier_frames_and_its_own_frames_earlier_pixels():
     assert seen[2, 0].flatten().tolist() == [True] * 4 + [False] * 5  # raster order within its own frame
 
 
+def test_a_colour_sub_pixel_sees_the_earlier_frame_and_its_earlier_channels():
+    """The architecture's context (positive-weight probe on a white video) of G at pixel (0, 1) of frame 1:
+    all of frame 0, every channel of pixel (0, 0), R of its own pixel, nothing later."""
+    model = vpn((2, 3, 2, 2), 3)
+    white = torch.full((1,) + model.shape, 2)
+    report = causality.check_causality(causality.positive_copy(model, 0.3), white, trials=1, rtol=0, atol=0)
+    assert report.ok
+    seen = report.context((1, 1, 0, 1))  # (T, C, H, W)
+    assert seen[0].all()
+    assert seen[1, :, 0, 0].all() and seen[1, :, 0, 1].tolist() == [True, False, False]
+    assert not seen[1, :, 1].any()
+
+
 def test_without_spatial_dependencies_no_pixel_sees_its_own_frame():
     model = vpn((3, 1, 3, 3), 3, spatial=False)
     train_a_little(model, steps=3)
