@@ -89,7 +89,22 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
 
 
-class FMNISTClassifier(nn.Module):
+class Judge(nn.Module):
+    """A classifier whose penultimate features judge samples (FMNISTClassifier here, the video judge in
+    armini.video_metrics). load_checked freezes it: always eval mode, no parameter gradients."""
+
+    frozen = False
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train, except that a frozen judge stays in eval mode, so that a model holding it as a
+        submodule (a perceptual loss) cannot switch its batch norm to batch statistics, or update them."""
+        return super().train(mode and not self.frozen)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class FMNISTClassifier(Judge):
     """A small CNN for 28x28 Fashion-MNIST: three conv blocks (28 -> 14 -> 7 -> 3), a 128-unit layer
     whose ReLU outputs are the judge's features, and a linear layer to the 10 class logits.
     Input: float images (B, 1, 28, 28) in [0, 1] (see to_classifier_input)."""
@@ -105,12 +120,6 @@ class FMNISTClassifier(nn.Module):
             nn.Linear(c3 * 9, num_features), nn.ReLU(),                  # (B, F)
         )
         self.head = nn.Linear(num_features, num_classes)
-        self.frozen = False  # load_classifier freezes the judge: always eval mode, no parameter gradients
-
-    def train(self, mode: bool = True):
-        """As nn.Module.train, except that a frozen judge stays in eval mode, so that a model holding it as a
-        submodule (a perceptual loss) cannot switch its batch norm to batch statistics, or update them."""
-        return super().train(mode and not self.frozen)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) in [0, 1] -> (B, F): the penultimate layer, what FID/KID/precision/recall compare."""
@@ -119,9 +128,6 @@ class FMNISTClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) in [0, 1] -> logits (B, 10)."""
         return self.head(self.features(x))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def to_classifier_input(images, levels: int) -> torch.Tensor:
@@ -139,7 +145,7 @@ def to_classifier_input(images, levels: int) -> torch.Tensor:
     if images.dtype.is_floating_point and not torch.equal(images, images.round()):
         raise ValueError("images must hold whole pixel values in [0, levels) (an integer tensor), got fractions; "
                          "for a model's samples pass model.sample(n) as it comes")
-    if images.numel() and (images.min() < 0 or images.max() >= levels):
+    if images.numel() and (int(images.min()) < 0 or int(images.max()) >= levels):  # int(): uint8 wraps 256
         raise ValueError(f"pixel values must lie in [0, {levels}) for levels={levels}, found "
                          f"[{int(images.min())}, {int(images.max())}]: pass the levels the images were made with")
     x = images.float() / (levels - 1)  # (N, 1, H, W) in [0, 1]
@@ -153,17 +159,17 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _expected_sha256(path: Path) -> str:
+def _expected_sha256(path: Path, fix: str) -> str:
     """The hex digest in `path`.sha256 (the `sha256sum` format: digest, two spaces, file name)."""
     check = path.with_name(path.name + ".sha256")
     try:
         return check.read_text().split()[0].lower()
     except (OSError, IndexError) as e:
         raise ClassifierError(f"{check}: the checksum of the classifier's weights is missing or unreadable ({e}). "
-                              f"Restore data/classifier/ from the repository, or retrain: {RETRAIN}") from e
+                              f"{fix}") from e
 
 
-def save_classifier(model: FMNISTClassifier, path) -> str:
+def save_classifier(model: Judge, path) -> str:
     """Write the weights (with the config that rebuilds the network) and `path`.sha256; returns the digest."""
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -175,7 +181,30 @@ def save_classifier(model: FMNISTClassifier, path) -> str:
     return digest
 
 
-_LOADED: dict = {}  # (path, mtime_ns, size, device) -> classifier: loaded once per process
+_LOADED: dict = {}  # (path, mtime_ns, size, device) -> judge: loaded once per process
+
+
+def load_checked(path: Path, build: type, device=None, *, folder: str, what: str, retrain: str) -> Judge:
+    """A judge saved by save_classifier, rebuilt as build(**config), after checking the SHA-256 of `path`
+    against `path`.sha256; frozen, in eval mode, loaded once per process (and file version, and device).
+    A missing or damaged file raises ClassifierError naming `what`, the `folder` to restore and `retrain`."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    fix = f"Restore {folder} from the repository, or retrain them: {retrain}"
+    if not path.is_file():
+        raise ClassifierError(f"{path}: {what} are missing. {fix}")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
+    if key not in _LOADED:
+        expected, got = _expected_sha256(path, fix), sha256_of(path)
+        if got != expected:
+            raise ClassifierError(f"{path}: SHA-256 {got[:16]}... does not match {expected[:16]}... in "
+                                  f"{path.name}.sha256: the weights are damaged or were changed. {fix}")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = build(**saved["config"])
+        model.load_state_dict(saved["state_dict"])
+        model.frozen = True  # shared by every caller in this process: nobody may change it
+        _LOADED[key] = model.to(device).eval().requires_grad_(False)
+    return _LOADED[key]
 
 
 def load_classifier(path=None, device=None) -> FMNISTClassifier:
@@ -185,24 +214,8 @@ def load_classifier(path=None, device=None) -> FMNISTClassifier:
     frozen: it stays in eval mode and its parameters need no gradients, but gradients do flow through it to
     its input, so `load_classifier().features(x)` (x float (B, 1, 28, 28) in [0, 1]) can be a perceptual loss."""
     path = Path(path) if path is not None else CLASSIFIER_DIR / WEIGHTS_FILE
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if not path.is_file():
-        raise ClassifierError(f"{path}: the classifier's weights (the judge of FID-FMNIST, KID, precision/recall) "
-                              f"are missing. Restore data/classifier/ from the repository, or retrain them: {RETRAIN}")
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(device))
-    if key not in _LOADED:
-        expected, got = _expected_sha256(path), sha256_of(path)
-        if got != expected:
-            raise ClassifierError(f"{path}: SHA-256 {got[:16]}... does not match {expected[:16]}... in "
-                                  f"{path.name}.sha256: the weights are damaged or were changed. Restore "
-                                  f"data/classifier/ from the repository, or retrain them: {RETRAIN}")
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = FMNISTClassifier(**saved["config"])
-        model.load_state_dict(saved["state_dict"])
-        model.frozen = True  # shared by every caller in this process: nobody may change it
-        _LOADED[key] = model.to(device).eval().requires_grad_(False)
-    return _LOADED[key]
+    return load_checked(path, FMNISTClassifier, device, folder="data/classifier/", retrain=RETRAIN,
+                        what="the classifier's weights (the judge of FID-FMNIST, KID, precision/recall)")
 
 
 # ----------------------------------------------------------------------------- features and distances
@@ -407,7 +420,8 @@ def train_classifier(epochs: float = 4.0, batch_size: int = 128, lr: float = 3e-
 
 
 def main(argv=None) -> int:
-    """python -m armini.metrics train-classifier [--out DIR]: retrain the judge and write its files."""
+    """python -m armini.metrics train-classifier [--out DIR]: retrain the image judge and write its files;
+    python -m armini.metrics train-video-classifier [--out DIR]: the same for the video judge (FVD-MM)."""
     from armini import cli
 
     p = argparse.ArgumentParser(prog="python -m armini.metrics",
@@ -421,8 +435,25 @@ def main(argv=None) -> int:
     t.add_argument("--epochs", type=cli.positive_float, default=4.0)
     t.add_argument("--source", choices=["full", "auto", "subset"], default="full",
                    help="Fashion-MNIST files to train on (default full: the official 60000 / 10000)")
+    v = sub.add_parser("train-video-classifier", help="retrain the Moving MNIST video classifier, the judge of "
+                                                      "FVD-MM (armini.video_metrics; seeded, one thread, a few CPU "
+                                                      "minutes) and write its weights, .sha256 and record")
+    v.add_argument("--out", default=None, help="folder for the weights, their .sha256 and training.json "
+                                               "(default: the bundled data/video_classifier)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--steps", type=cli.positive_int, default=None, help="training steps of 32 videos")
     cli.add_debug_flag(p)
     args = p.parse_args(argv)
+
+    if args.command == "train-video-classifier":
+        from armini import video_metrics
+
+        def train_video():
+            out = video_metrics.VIDEO_CLASSIFIER_DIR if args.out is None else Path(args.out)
+            steps = {} if args.steps is None else {"steps": args.steps}
+            video_metrics.train_and_save(out, seed=args.seed, **steps)
+
+        return cli.run(train_video, p.prog, args.debug)
 
     def train_and_save():
         out = Path(args.out)
