@@ -74,6 +74,8 @@ class SamplingRecord:
 
         final = model.sample(n, callback=record, **sample_kwargs).cpu()  # (n, *shape)
         observed = sample_kwargs.get("observed")
+        if sample_kwargs.get("context") is not None:  # a video's given first frames (VideoARModel.sample)
+            observed = model.context_mask(model.check_context(sample_kwargs["context"], n).shape[1])
         if observed is not None:  # observed dimensions were known from the start
             given = torch.as_tensor(observed, dtype=torch.bool).cpu().expand(final.shape).reshape(n, D)
             step_of[given] = -1

@@ -14,7 +14,7 @@ from armini import memory
 from armini.memory import NotEnoughMemory
 from armini.models import MODELS, NADE, ARModel, IndependentPixels, PixelCNN
 
-NAMES = sorted(MODELS)
+NAMES = sorted(n for n in MODELS if MODELS[n].shape_axes != 4)  # image models (video ones: test_contract, test_vpn)
 
 
 def build(name, shape=(1, 4, 4), levels=4):

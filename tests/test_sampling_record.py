@@ -31,3 +31,17 @@ def test_a_dimension_filled_twice_shows_each_value_while_it_held():
         assert torch.equal(rec.partial(t), canvas), t
     assert rec.partial(rec.steps - 1).equal(rec.final)
     assert int((rec.step_of >= 0).sum()) == 2 * 9 and int(rec.step_of.max()) < 9  # first fills: stage 1
+
+
+def test_a_videos_given_frames_are_recorded_as_given_not_sampled():
+    """SamplingRecord.run(..., context=first_frames) (a video model) marks the given frames as observed
+    (step_of -1), as observed= does for an image; the generated frames get the steps that drew them."""
+    from tests.test_contract import PreviousFrame
+
+    model = PreviousFrame((3, 1, 2, 2), levels=3)
+    context = torch.tensor([[[[1, 2], [0, 1]]]])  # (k=1, C, H, W): the first frame of every video
+    record = SamplingRecord.run(model, 2, context=context, generator=torch.Generator().manual_seed(0))
+    given = record.step_of.view(2, 3, 1, 2, 2)[:, 0]  # (n, C, H, W): frame 0
+    assert bool((given == -1).all()), "the given frame must count as observed, not sampled"
+    assert bool((record.step_of.view(2, 3, 4)[:, 1:] >= 0).all())
+    assert torch.equal(record.final[:, 0], context.expand(2, 1, 2, 2))
