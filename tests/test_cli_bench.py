@@ -325,6 +325,7 @@ def test_bench_tokenizers_msvq_row_reports_every_scale(monkeypatch, capsys):
                               cpu_time=True, models=models)
     tok = models["msvq"]
     assert r["token_shape"] == [104] and r["scales"] == [1, 2, 3, 4, 5, 7] and r["codebook_size"] == 26
+    assert r["settings"]["phi"] == 4 and len(tok.quantizer.phis) == 4  # VAR's four phi convolutions
     assert r["rate_bits"] == pytest.approx(104 * math.log2(26)) == pytest.approx(489, abs=1)  # the others' ~490
     assert len(r["used_per_scale"]) == len(r["perplexity_per_scale"]) == len(r["latent_mse_per_scale"]) == 6
     tokens = tok.encode(bench.tokenizer_data(16, 14, 16, {})[1].images)
