@@ -5,9 +5,11 @@
     python -m armini train pixelcnn --out runs/pixelcnn --steps 6000 --resume     # continue that run
     python -m armini train pixelcnn --out runs/pixelcnn --overwrite               # start that run again
     python -m armini train pixelcnn --size 14 --levels 4 -o channels=32 -o n_blocks=3
+    python -m armini train vpn --frames 8 --size 16 --out runs/vpn    # a video model: Moving MNIST
 
 `train` writes three files into --out: model.pt (a checkpoint, see armini.train.load_checkpoint),
-samples.png (a grid of samples, each image enlarged to at least 112 pixels a side) and metrics.json
+samples.png (a grid of samples, each image enlarged to at least 112 pixels a side; a video model
+writes samples.gif, the videos side by side, played frame by frame) and metrics.json
 (test bits/dim, speed, settings). It never replaces a checkpoint unless told to: an existing
 OUT/model.pt needs --resume (continue it) or --overwrite (start again). A run that diverges (test
 bits/dim not finite) stops with an error and writes no samples or metrics.
@@ -62,12 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_debug_flag(sub.add_parser("list", help="list the models"), default=argparse.SUPPRESS)
     t = sub.add_parser("train", help="train a model, report test bits/dim, save checkpoint and samples")
     t.add_argument("model", choices=sorted(MODELS), help="model name (see `python -m armini list`)")
-    t.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "digits"])
+    t.add_argument("--data", default=None, choices=["fashion-mnist", "digits", "moving-mnist"],
+                   help="default: fashion-mnist for an image model, moving-mnist for a video model")
     t.add_argument("--levels", type=cli.positive_int, default=None, help="pixel values K (default: the dataset's)")
-    t.add_argument("--size", type=cli.positive_int, default=None, help="image side after downscaling (must divide 28)")
+    t.add_argument("--size", type=cli.positive_int, default=None,
+                   help="image side after downscaling (must divide 28); moving-mnist: the canvas side (default 16)")
+    t.add_argument("--frames", type=cli.positive_int, default=8, help="moving-mnist: frames per video")
     t.add_argument("--color", action="store_true", help="the RGB variant of the data")
     t.add_argument("--source", default="auto", choices=["auto", "full", "subset"], help="Fashion-MNIST files")
-    t.add_argument("--limit", type=cli.positive_int, default=None, help="use only the first N training images")
+    t.add_argument("--limit", type=cli.positive_int, default=None,
+                   help="use only the first N training images (moving-mnist: N videos, default 2000)")
     t.add_argument("--steps", type=cli.non_negative_int, default=None,
                    help="optimizer steps (default 3000; 30 in quick mode)")
     t.add_argument("--batch-size", type=cli.positive_int, default=64)
@@ -95,11 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def is_video(cls) -> bool:
+    """Does the model generate videos, shape (T, C, H, W) (armini.models.base.VideoARModel)?"""
+    return cls.shape_axes == 4
+
+
 def cmd_list(args) -> None:
     width = max(map(len, MODELS))
     for name, cls in MODELS.items():
         doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:<{width}}  {cls.__name__:<18} {doc[0] if doc else ''}")
+        kind = "video" if is_video(cls) else "image"
+        print(f"{name:<{width}}  {cls.__name__:<18} {kind:<6} {doc[0] if doc else ''}")
 
 
 def output_folder(args) -> Path:
@@ -114,10 +126,26 @@ def output_folder(args) -> Path:
     return out
 
 
+def data_name(args) -> str:
+    """--data, or the model's kind of data when not given; a video model needs videos and an image model images."""
+    video = is_video(MODELS[args.model])
+    name = args.data or ("moving-mnist" if video else "fashion-mnist")
+    if video != (name == "moving-mnist"):
+        kind, fix = ("a video model", "--data moving-mnist") if video else ("an image model", "--data fashion-mnist or digits")
+        raise ValueError(f"{args.model} is {kind} but --data {name} holds {'images' if video else 'videos'}: use {fix}")
+    return name
+
+
 def load_data(args):
     """(train set, test set) as the flags ask."""
     from armini import data
 
+    if args.data == "moving-mnist":  # videos (N, T, 1, size, size); the seeded train and test sets
+        if args.color:
+            raise ValueError("--color: Moving MNIST is grey only; leave --color out")
+        video = dict(frames=args.frames, size=args.size or 16, levels=args.levels)
+        return (data.moving_mnist(args.limit or 2000, split="train", **video),
+                data.moving_mnist(200, split="test", **video))
     load = dict(levels=args.levels, size=args.size, color=args.color)
     if args.data == "fashion-mnist":
         load["source"] = args.source
@@ -125,10 +153,17 @@ def load_data(args):
 
 
 def save_samples(model, args, path) -> None:
-    """args.samples images into one PNG grid; class-conditional models draw every class in turn."""
+    """args.samples images into one PNG grid (videos: one GIF, side by side); class-conditional models draw
+    every class in turn."""
     y = armini.class_labels(model, args.samples)  # every class in turn (None: unconditional)
     gen = torch.Generator().manual_seed(args.seed)
-    save_grid(model.sample(args.samples, y=y, generator=gen, progress=not args.no_progress), model.levels, path)
+    samples = model.sample(args.samples, y=y, generator=gen, progress=not args.no_progress)
+    if is_video(type(model)):
+        from armini.viz import save_video
+
+        save_video(samples, path, levels=model.levels)
+    else:
+        save_grid(samples, model.levels, path)
 
 
 def cmd_train(args) -> dict:
@@ -138,6 +173,8 @@ def cmd_train(args) -> dict:
     dev = armini.device(args.device)
     steps = args.steps if args.steps is not None else armini.budget(3000, 30)
     eval_images = args.eval_images if args.eval_images is not None else armini.budget(None, 500)
+    args.data = data_name(args)
+    samples_file = out / ("samples.gif" if is_video(MODELS[args.model]) else "samples.png")
     train_set, test_set = load_data(args)
     print(f"data: {train_set}")
     test_images = len(test_set) if eval_images is None else min(eval_images, len(test_set))  # what fit evaluates on
@@ -169,11 +206,11 @@ def cmd_train(args) -> dict:
         elapsed_s=hist.elapsed_s, stopped_early=hist.stopped_early, checkpoint=str(out / "model.pt"),
     )
     if args.samples > 0:
-        save_samples(model, args, out / "samples.png")
-        metrics["samples"] = str(out / "samples.png")
+        save_samples(model, args, samples_file)
+        metrics["samples"] = str(samples_file)
     with atomic_write(out / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=2, allow_nan=False)  # allow_nan=False: always valid JSON
-    print(f"saved {out / 'model.pt'}, {out / 'metrics.json'}" + (f", {out / 'samples.png'}" if args.samples else ""))
+    print(f"saved {out / 'model.pt'}, {out / 'metrics.json'}" + (f", {samples_file}" if args.samples else ""))
     return metrics
 
 

@@ -176,6 +176,32 @@ def test_samples_are_large_and_files_are_written_atomically(tmp_path, monkeypatc
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
+
+def test_a_video_model_trains_on_moving_mnist_and_writes_a_gif(tmp_path):
+    """`train vpn` takes Moving MNIST by default (frames x size x size) and writes samples.gif, not a PNG."""
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", "vpn", "--out", str(run), "--frames", "2", "--size", "4", "--limit", "8",
+                 "--levels", "4", "--steps", "1", "--samples", "2", "--eval-images", "4", "--no-progress",
+                 "--device", "cpu", "-o", "channels=4", "-o", "n_layers=2", "-o", "encoder_channels=4",
+                 "-o", "lstm_channels=4", "-o", "head_channels=4"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data"] == "moving-mnist" and metrics["shape"] == [2, 1, 4, 4]
+    assert metrics["samples"].endswith("samples.gif") and not (run / "samples.png").exists()
+    with Image.open(run / "samples.gif") as gif:
+        assert gif.n_frames == 2  # one frame of the GIF per video frame
+
+
+@pytest.mark.parametrize("model, data, says", [
+    ("pixelcnn", "moving-mnist", "pixelcnn is an image model but --data moving-mnist holds videos"),
+    ("vpn", "digits", "vpn is a video model but --data digits holds images: use --data moving-mnist"),
+])
+def test_images_and_videos_are_not_mixed_up(tmp_path, no_data, capsys, model, data, says):
+    assert main(["train", model, "--out", str(tmp_path / "run"), "--data", data, "--steps", "1"]) == 1
+    assert says in error_line(capsys.readouterr().err)
+
+
 # ------------------------------------------------------------------------------ bench
 
 

@@ -11,8 +11,11 @@ from .pixelcnn import PixelCNN
 from .pixelcnnpp import PixelCNNpp
 from .pixelrnn import DiagonalBiLSTM, RowLSTM
 from .pixelsnail import PixelSNAIL
+from .pmard import PMARD
 from .token_ar import TwoStage
 from .transformer import PixelTransformer
+from .var import VAR
+from .vpn import VPN
 
 MODELS = {
     "independent": IndependentPixels,  # lesson 01
@@ -29,6 +32,9 @@ MODELS = {
     "ardm": ARDM,  # lesson 10
     "upscale-ardm": UpscaleARDM,  # lesson 10
     "vq-transformer": TwoStage,  # lesson 12: a VQ-VAE and a transformer prior over its tokens
+    "var": VAR,  # lesson 15: a multi-scale residual tokenizer and a next-scale prior (one step per scale)
+    "vpn": VPN,  # lesson 16: Video Pixel Network (video: shape (T, C, H, W))
+    "pmard": PMARD,  # lesson 14: a base raster model, then groups of pixels per doubling
 }
 
 __all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
