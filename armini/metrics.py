@@ -441,7 +441,8 @@ def main(argv=None) -> int:
     v.add_argument("--out", default=None, help="folder for the weights, their .sha256 and training.json "
                                                "(default: the bundled data/video_classifier)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--steps", type=cli.positive_int, default=None, help="training steps of 32 videos")
+    v.add_argument("--steps", type=cli.positive_int, default=1200, help="training steps of 32 videos")
+    v.add_argument("--test-videos", type=cli.positive_int, default=1000, help="test videos for the accuracy")
     cli.add_debug_flag(p)
     args = p.parse_args(argv)
 
@@ -450,8 +451,7 @@ def main(argv=None) -> int:
 
         def train_video():
             out = video_metrics.VIDEO_CLASSIFIER_DIR if args.out is None else Path(args.out)
-            steps = {} if args.steps is None else {"steps": args.steps}
-            video_metrics.train_and_save(out, seed=args.seed, **steps)
+            video_metrics.train_and_save(out, steps=args.steps, seed=args.seed, test_videos=args.test_videos)
 
         return cli.run(train_video, p.prog, args.debug)
 

@@ -22,6 +22,12 @@ are sets, so the order of the digits does not matter.
 FVD-MM = ||mu_r - mu_f||^2 + tr(S_r + S_f - 2 (S_r^1/2 S_f S_r^1/2)^1/2) on the judge's features, computed
 by the very code FID-FMNIST uses (`metrics.fid_from_features`), as are KID and precision/recall.
 
+Measured with the shipped judge (real training videos vs real test videos, seed 0, same counts): the floor
+is 66 at 64 videos a set, 18 at 256, 7.0 at 1000 (biased upwards for small sets, as FID). At 256 videos,
+damaged copies of the training videos against the test videos: frames shuffled 396, frozen (first frame
+repeated) 245, 1% / 5% / 20% of pixels replaced by noise 68 / 377 / 819, one video repeated 1081. Played
+backwards: 19, the floor, rightly: a Moving MNIST video reversed is another Moving MNIST video.
+
 FVD-MM is comparable only with itself: the same judge (data/video_classifier/, checked by SHA-256), the
 same number of videos (the distance is biased upwards for small sets), the same frame count and levels.
 It is NOT comparable with published FVDs (I3D features). Always print the real-vs-real floor (training
@@ -305,12 +311,12 @@ def train_video_classifier(steps: int = 1200, batch_size: int = 32, lr: float = 
     return model, record
 
 
-def train_and_save(out, steps: int = 1200, seed: int = 0) -> dict:
+def train_and_save(out, steps: int = 1200, seed: int = 0, test_videos: int = 1000) -> dict:
     """Train the judge and write `out`/moving-mnist-classifier.pt, its .sha256 and training.json."""
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"--out {out}: no such folder (create it first)")
-    model, record = train_video_classifier(steps=steps, seed=seed)
+    model, record = train_video_classifier(steps=steps, seed=seed, test_videos=test_videos)
     record["sha256"] = metrics.save_classifier(model, out / VIDEO_WEIGHTS_FILE)
     with atomic_write(out / RECORD_FILE, "w") as f:
         json.dump(record, f, indent=2)
