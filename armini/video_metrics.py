@@ -26,7 +26,9 @@ Measured with the shipped judge (real training videos vs real test videos, seed 
 is 66 at 64 videos a set, 18 at 256, 7.0 at 1000 (biased upwards for small sets, as FID). At 256 videos,
 damaged copies of the training videos against the test videos: frames shuffled 396, frozen (first frame
 repeated) 245, 1% / 5% / 20% of pixels replaced by noise 68 / 377 / 819, one video repeated 1081. Played
-backwards: 19, the floor, rightly: a Moving MNIST video reversed is another Moving MNIST video.
+backwards: 19, the floor, rightly: a Moving MNIST video reversed is another Moving MNIST video. Fewer
+levels (real and damaged videos alike): floor / shuffled / frozen 24 / 406 / 494 at K = 2, 22 / 399 / 314
+at K = 4; the official setting (20 frames, 64x64): 18 / 494 / 292.
 
 FVD-MM is comparable only with itself: the same judge (data/video_classifier/, checked by SHA-256), the
 same number of videos (the distance is biased upwards for small sets), the same frame count and levels.

@@ -140,7 +140,8 @@ def test_missing_or_damaged_weights_name_the_retrain_command(tmp_path):
     copy.write_bytes(bytes(raw))
     with pytest.raises(metrics.ClassifierError, match="does not match.*train-video-classifier"):
         video_metrics.load_video_classifier(copy)
-    with pytest.raises(metrics.ClassifierError, match="FVD-MM.*missing.*data/video_classifier/.*train-video-classifier"):
+    with pytest.raises(metrics.ClassifierError,
+                       match="FVD-MM.*missing.*data/video_classifier/.*train-video-classifier"):
         video_metrics.load_video_classifier(tmp_path / "nothing-here.pt")
     (tmp_path / (copy.name + ".sha256")).unlink()
     with pytest.raises(metrics.ClassifierError, match="checksum.*train-video-classifier"):
