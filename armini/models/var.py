@@ -39,8 +39,8 @@ base.sample's top_k).
 
 Deviations from the paper: tiny sizes; the class enters as the start token only (the paper also feeds
 it to adaptive layer norm in every block); no guidance ramp over the scales (the reference grows the
-scale with the scale index); a plain learned position embedding per position (the reference: per
-position and per scale, as here, plus an initialisation tied to the scale).
+guidance scale with the scale index); the scale and position embeddings are learned vectors initialised
+as GPT-2 initialises its weights.
 
 Legend: B batch, K scales, s_k the side of scale k, L = sum_k s_k^2 tokens, V codebook size, d the
 tokenizer's latent channels, E the transformer's width, n images drawn.
