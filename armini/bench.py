@@ -407,9 +407,24 @@ def speed_record(name: str, *, label: str, batch_size: int, threads, device, see
     return record
 
 
+#: the models this bench races, on Fashion-MNIST images: every MODELS entry but the video models (shape (T, C, H, W))
+IMAGE_MODELS = [name for name, cls in MODELS.items() if cls.shape_axes != 4]
+
+
 def cached_model_names() -> list:
-    """The models with a cached sampler (an init_cache of their own), in MODELS order."""
-    return [name for name, cls in MODELS.items() if cls.init_cache is not ARModel.init_cache]
+    """The image models with a cached sampler (an init_cache of their own), in MODELS order."""
+    return [name for name in IMAGE_MODELS if MODELS[name].init_cache is not ARModel.init_cache]
+
+
+def check_model_names(names, parser) -> None:
+    """Every name an image model of MODELS, or a parser error that says what to pick."""
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(IMAGE_MODELS)}")
+    videos = [m for m in names if m not in IMAGE_MODELS]
+    if videos:
+        parser.error(f"{', '.join(videos)}: a video model; this bench races image models on Fashion-MNIST "
+                     f"(train a video model with `python -m armini train {videos[0]}`); choose from {', '.join(IMAGE_MODELS)}")
 
 
 def speed_configs(names, peers: bool, model_kwargs: dict) -> list:
@@ -498,9 +513,7 @@ def positive_ints(text: str) -> list:
 def run_speed(args, parser) -> list:
     """The speed mode the parsed flags ask for; returns the records."""
     names = [m.strip() for m in (args.models or ",".join(cached_model_names())).split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODELS]
-    if unknown or not names:
-        parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
+    check_model_names(names, parser)
     if args.json:
         cli.check_new_file(args.json, args.overwrite, "--json")
     model_kwargs = dict(args.set)
@@ -800,7 +813,8 @@ def format_table(records, budget_s, test_images) -> str:
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m armini.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated names (default all: {','.join(MODELS)})")
+    p.add_argument("--models", default=",".join(IMAGE_MODELS),
+                   help=f"comma-separated names (default all: {','.join(IMAGE_MODELS)})")
     p.add_argument("--budget-s", type=cli.positive_float, default=None,
                    help="training seconds per model (default 60; 3 in quick mode)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
@@ -848,9 +862,7 @@ def save_records(records, path):
 def run(args, parser) -> list:
     """The benchmark the parsed flags ask for; returns the records."""
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODELS]
-    if unknown or not names:
-        parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODELS)}")
+    check_model_names(names, parser)
     budget_s = args.budget_s if args.budget_s is not None else armini.budget(60.0, 3.0)
     test_images = args.test_images if args.test_images is not None else armini.budget(1000, 200)
     sample_n = args.sample_n if args.sample_n is not None else armini.budget(2, 1)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import armini.data
+import armini.models
 import armini.train
 from armini import bench
 from armini.__main__ import main
@@ -234,6 +235,15 @@ def test_bench_impossible_settings_fail_at_once(no_bench, capsys, flags):
     with pytest.raises(SystemExit) as e:
         bench.main(BENCH + flags)
     assert e.value.code == 2 and "argument" in capsys.readouterr().err
+
+
+def test_bench_races_image_models_and_names_a_video_model(no_bench, capsys):
+    """The default list leaves video models out; asking for one is a one-line error that says what it is."""
+    assert "vpn" in armini.models.MODELS and "vpn" not in bench.IMAGE_MODELS and "pmard" in bench.IMAGE_MODELS
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--models", "vpn", "--budget-s", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "vpn: a video model" in err and "python -m armini train vpn" in err
 
 
 def test_bench_model_refuses_sample_n_0_before_training(no_data):

@@ -38,4 +38,5 @@ MODELS = {
 }
 
 __all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
-           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM", "UpscaleARDM", "TwoStage"]
+           "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM", "UpscaleARDM", "TwoStage",
+           "PMARD", "VAR", "VPN"]
