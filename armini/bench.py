@@ -407,24 +407,26 @@ def speed_record(name: str, *, label: str, batch_size: int, threads, device, see
     return record
 
 
-#: the models this bench races, on Fashion-MNIST images: every MODELS entry but the video models (shape (T, C, H, W))
-IMAGE_MODELS = [name for name, cls in MODELS.items() if cls.shape_axes != 4]
+def image_models() -> list:
+    """The models this bench races, on Fashion-MNIST images: every MODELS entry but the video models
+    (shape (T, C, H, W)), in MODELS order."""
+    return [name for name, cls in MODELS.items() if cls.shape_axes != 4]
 
 
 def cached_model_names() -> list:
     """The image models with a cached sampler (an init_cache of their own), in MODELS order."""
-    return [name for name in IMAGE_MODELS if MODELS[name].init_cache is not ARModel.init_cache]
+    return [name for name in image_models() if MODELS[name].init_cache is not ARModel.init_cache]
 
 
 def check_model_names(names, parser) -> None:
     """Every name an image model of MODELS, or a parser error that says what to pick."""
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:
-        parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(IMAGE_MODELS)}")
-    videos = [m for m in names if m not in IMAGE_MODELS]
+        parser.error(f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(image_models())}")
+    videos = [m for m in names if MODELS[m].shape_axes == 4]
     if videos:
         parser.error(f"{', '.join(videos)}: a video model; this bench races image models on Fashion-MNIST "
-                     f"(train a video model with `python -m armini train {videos[0]}`); choose from {', '.join(IMAGE_MODELS)}")
+                     f"(train a video model with `python -m armini train {videos[0]}`); choose from {', '.join(image_models())}")
 
 
 def speed_configs(names, peers: bool, model_kwargs: dict) -> list:
@@ -813,8 +815,8 @@ def format_table(records, budget_s, test_images) -> str:
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m armini.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(IMAGE_MODELS),
-                   help=f"comma-separated names (default all: {','.join(IMAGE_MODELS)})")
+    p.add_argument("--models", default=",".join(image_models()),
+                   help=f"comma-separated names (default all: {','.join(image_models())})")
     p.add_argument("--budget-s", type=cli.positive_float, default=None,
                    help="training seconds per model (default 60; 3 in quick mode)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")

@@ -239,7 +239,7 @@ def test_bench_impossible_settings_fail_at_once(no_bench, capsys, flags):
 
 def test_bench_races_image_models_and_names_a_video_model(no_bench, capsys):
     """The default list leaves video models out; asking for one is a one-line error that says what it is."""
-    assert "vpn" in armini.models.MODELS and "vpn" not in bench.IMAGE_MODELS and "pmard" in bench.IMAGE_MODELS
+    assert "vpn" in armini.models.MODELS and "vpn" not in bench.image_models() and "pmard" in bench.image_models()
     with pytest.raises(SystemExit) as e:
         bench.main(["--models", "vpn", "--budget-s", "1"])
     err = capsys.readouterr().err
