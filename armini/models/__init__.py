@@ -5,6 +5,7 @@
 from .ardm import ARDM, UpscaleARDM
 from .base import ARModel, SampleStep
 from .baselines import FVSBN, NADE, IndependentPixels
+from .frame_predictor import FramePredictor
 from .gated_pixelcnn import GatedPixelCNN
 from .lmconv import LMConv
 from .pixelcnn import PixelCNN
@@ -32,11 +33,12 @@ MODELS = {
     "ardm": ARDM,  # lesson 10
     "upscale-ardm": UpscaleARDM,  # lesson 10
     "vq-transformer": TwoStage,  # lesson 12: a VQ-VAE and a transformer prior over its tokens
+    "pmard": PMARD,  # lesson 14: a base raster model, then groups of pixels per doubling
     "var": VAR,  # lesson 15: a multi-scale residual tokenizer and a next-scale prior (one step per scale)
     "vpn": VPN,  # lesson 16: Video Pixel Network (video: shape (T, C, H, W))
-    "pmard": PMARD,  # lesson 14: a base raster model, then groups of pixels per doubling
+    "frame-predictor": FramePredictor,  # lesson 17: next frame from the past, complementary mask (video)
 }
 
 __all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
            "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM", "UpscaleARDM", "TwoStage",
-           "PMARD", "VAR", "VPN"]
+           "PMARD", "VAR", "VPN", "FramePredictor"]
