@@ -240,3 +240,35 @@ def test_trains_on_moving_mnist_and_continues_its_frames():
     x = test.videos[:2].long()
     out = model.sample(2, context=x[:, :2], generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[:, :2], x[:, :2]) and out.shape == (2, 3, 1, 8, 8)
+
+
+def test_context_maps_run_the_lstm_over_the_shifted_encodings():
+    """VPN.context_maps (which skips encoding the last frame) = the ConvLSTM over context_inputs(enc of all frames)."""
+    from armini.models.vpn import context_inputs
+    model = vpn(shape=(4, 1, 5, 5), levels=4)
+    x = videos(model, n=2)  # (2, 4, 1, 5, 5)
+    B, T = x.shape[:2]
+    with torch.no_grad():
+        enc = model.encoder(model.scale(x.flatten(0, 1))).view(B, T, -1, 5, 5)  # every frame
+        u = context_inputs(enc)  # (B, T, F_e, H, W)
+        assert torch.equal(u[:, 0], torch.zeros_like(u[:, 0])) and torch.equal(u[:, 1:], enc[:, :-1])
+        state, maps = None, []
+        for t in range(T):
+            state = model.lstm(u[:, t], state)
+            maps.append(state[0])
+        torch.testing.assert_close(model.context_maps(x), torch.stack(maps, 1))
+
+
+def test_conv_lstm_step_is_the_cells_step_with_and_without_peepholes():
+    from armini.nn.convlstm import conv_lstm_step
+    for peephole in (True, False):
+        torch.manual_seed(0)
+        cell = ConvLSTMCell(2, 3, 3, peephole=peephole)
+        if peephole:
+            for w in (cell.w_ci, cell.w_cf, cell.w_co):
+                torch.nn.init.normal_(w)
+        x, h, c = torch.randn(2, 2, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+        peeps = (cell.w_ci, cell.w_cf, cell.w_co) if peephole else ()
+        got = conv_lstm_step(x, h, c, cell.conv, *peeps)
+        want = cell(x, (h, c))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -162,6 +162,14 @@ class IndependentDecoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------ the model
+def context_inputs(enc: torch.Tensor) -> torch.Tensor:
+    """The ConvLSTM's inputs over time from the encodings of every frame, enc (B, T, F_e, H, W):
+    [0, enc(x_0), ..., enc(x_{T-2})], (B, T, F_e, H, W). The step of frame t reads frame t-1, so s_t
+    depends on frames < t only: the one-frame shift (the video analogue of a transformer's right shift).
+    VPN.context_maps computes the same without encoding the last frame (no frame reads it)."""
+    return torch.cat([torch.zeros_like(enc[:, :1]), enc[:, :-1]], dim=1)  # (B, T, F_e, H, W)
+
+
 @dataclass
 class VPNConfig:
     shape: tuple = (10, 1, 32, 32)  # (T, C, H, W)

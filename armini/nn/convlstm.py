@@ -29,6 +29,41 @@ import torch
 import torch.nn as nn
 
 
+def conv_lstm_step(x, h, c, conv, w_ci=None, w_cf=None, w_co=None):
+    """Eq. 3 of Shi et al. for one step: X_t (B, F_in, H, W), H_{t-1} and C_{t-1} (B, F, H, W) -> (H_t, C_t).
+
+    conv: the convolution of [X_t, H_{t-1}] (channels stacked) to 4F channels, the pre-activations of the
+    gates i, f, g (the candidate cell), o in that order; w_ci, w_cf, w_co: the peephole weights (F, 1, 1),
+    or None for a cell without peepholes."""
+    i, f, g, o = conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)  # W_x. * X_t + W_h. * H_{t-1} + b, (B, F, H, W) each
+    if w_ci is not None:
+        i = i + w_ci * c  # + W_ci o C_{t-1}
+        f = f + w_cf * c  # + W_cf o C_{t-1}
+    i, f = torch.sigmoid(i), torch.sigmoid(f)  # i_t, f_t
+    c = f * c + i * torch.tanh(g)  # C_t = f_t o C_{t-1} + i_t o tanh(W_xc * X_t + W_hc * H_{t-1} + b_c)
+    if w_co is not None:
+        o = o + w_co * c  # + W_co o C_t (the new cell)
+    h = torch.sigmoid(o) * torch.tanh(c)  # H_t = o_t o tanh(C_t)
+    return h, c
+
+
+def compare_step(got, expected, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+    """For lesson 16's check of a learner's step: raise AssertionError naming which of (H_t, C_t) is wrong
+    and the slips that make it so (C_t first: a wrong cell makes H_t wrong too)."""
+    if not (isinstance(got, (tuple, list)) and len(got) == 2):
+        raise AssertionError(f"expected a pair (H_t, C_t), got {type(got).__name__}")
+    for name, a, b in (("C_t", got[1], expected[1]), ("H_t", got[0], expected[0])):
+        if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+            raise AssertionError(f"{name} should be a tensor of shape {tuple(b.shape)}, got "
+                                 f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")
+    if not torch.allclose(got[1], expected[1], atol=atol, rtol=rtol):
+        raise AssertionError("C_t differs: check i_t and f_t (sigmoids, their peepholes read the old cell "
+                             "C_{t-1}), tanh on the candidate g, and C_t = f_t o C_{t-1} + i_t o tanh(g)")
+    if not torch.allclose(got[0], expected[0], atol=atol, rtol=rtol):
+        raise AssertionError("C_t is right but H_t differs: check the output gate (its peephole reads the "
+                             "new cell C_t) and H_t = o_t o tanh(C_t)")
+
+
 class ConvLSTMCell(nn.Module):
     """One step of a ConvLSTM: (X_t (B, F_in, H, W), (H_{t-1}, C_{t-1}) each (B, F, H, W)) -> (H_t, C_t).
 
@@ -61,16 +96,9 @@ class ConvLSTMCell(nn.Module):
     def forward(self, x: torch.Tensor, state: Optional[tuple] = None):
         """x: X_t (B, F_in, H, W); state: (H_{t-1}, C_{t-1}) or None (zeros) -> (H_t, C_t), each (B, F, H, W)."""
         h, c = self.initial_state(x) if state is None else state
-        i, f, g, o = self.conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)  # W_x. * X_t + W_h. * H_{t-1} + b, (B, F, H, W) each
-        if self.peephole:
-            i = i + self.w_ci * c  # + W_ci o C_{t-1}
-            f = f + self.w_cf * c  # + W_cf o C_{t-1}
-        i, f = torch.sigmoid(i), torch.sigmoid(f)  # i_t, f_t
-        c = f * c + i * torch.tanh(g)  # C_t = f_t o C_{t-1} + i_t o tanh(W_xc * X_t + W_hc * H_{t-1} + b_c)
-        if self.peephole:
-            o = o + self.w_co * c  # + W_co o C_t (the new cell)
-        h = torch.sigmoid(o) * torch.tanh(c)  # H_t = o_t o tanh(C_t)
-        return h, c
+        if not self.peephole:
+            return conv_lstm_step(x, h, c, self.conv)
+        return conv_lstm_step(x, h, c, self.conv, self.w_ci, self.w_cf, self.w_co)
 
     def extra_repr(self) -> str:
         return f"peephole={self.peephole}"

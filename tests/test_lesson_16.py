@@ -1,0 +1,105 @@
+"""Lesson 16's build-it exercises (solutions/16_vpn.ipynb): one step of the convolutional LSTM (Shi et al.
+2015, eq. 3) and the one-frame shift of the ConvLSTM's inputs (what frame t may see). Each check passes the
+right answer and rejects the usual wrong ones with a verdict that says where the result differs.
+
+The cases below are the lesson's own: what each check compares."""
+import torch
+
+from armini.course import check
+from armini.models.vpn import context_inputs
+from armini.nn.convlstm import ConvLSTMCell, compare_step, conv_lstm_step
+
+# ---------------------------------------------------------------------------------------------
+# the ConvLSTM step
+
+
+def lstm_cases():
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for F_in, F_, size in ((2, 3, 5), (4, 2, 6)):
+        torch.manual_seed(F_in)
+        cell = ConvLSTMCell(F_in, F_, kernel=3)
+        with torch.no_grad():
+            for w in (cell.w_ci, cell.w_cf, cell.w_co):
+                w.normal_(generator=gen)
+        maps = [torch.randn(2, n, size, size, generator=gen) for n in (F_in, F_, F_)]
+        cases.append((*maps, cell.conv, cell.w_ci, cell.w_cf, cell.w_co))
+    return cases
+
+
+def make_step(g_act=torch.tanh, o_reads_new_cell=True, forget_reads_old_cell=True):
+    def step(x, h, c, conv, w_ci, w_cf, w_co):
+        i, f, g, o = conv(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+        c_old = c
+        i = torch.sigmoid(i + w_ci * c_old)
+        f = torch.sigmoid(f + w_cf * c_old) if forget_reads_old_cell else None
+        if f is None:  # the slip: the forget gate's peephole reads the input gate's result, not C_{t-1}
+            f = torch.sigmoid(torch.zeros_like(c_old) + w_cf * i)
+        c = f * c_old + i * g_act(g)
+        o = torch.sigmoid(o + w_co * (c if o_reads_new_cell else c_old))
+        return o * torch.tanh(c), c
+    return step
+
+
+def test_lstm_step_right(capsys):
+    right = make_step()
+    with torch.no_grad():
+        assert check("ConvLSTM step", right, conv_lstm_step, lstm_cases(), compare=compare_step) is right
+    assert capsys.readouterr().out == "✅ ConvLSTM step: correct on 2 checks\n"
+
+
+def test_lstm_step_wrong_versions_are_caught(capsys):  # the verdict names which of H_t, C_t is wrong
+    wrongs = {"output peephole on C_{t-1}": (make_step(o_reads_new_cell=False), "C_t is right but H_t differs"),
+              "sigmoid on g": (make_step(g_act=torch.sigmoid), "C_t differs"),
+              "forget gate off C_{t-1}": (make_step(forget_reads_old_cell=False), "C_t differs")}
+    for name, (wrong, where) in wrongs.items():
+        with torch.no_grad():
+            got = check("ConvLSTM step", wrong, conv_lstm_step, lstm_cases(), compare=compare_step)
+        assert got is conv_lstm_step, name
+        out = capsys.readouterr().out
+        assert out.startswith("❌ ConvLSTM step: case 1 of 2") and where in out, (name, out)
+        assert "armini's reference version" in out, out
+
+
+# ---------------------------------------------------------------------------------------------
+# the one-frame shift
+
+
+def shift_cases():
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(2, 4, 3, 5, 5, generator=gen),), (torch.randn(1, 2, 2, 3, 3, generator=gen),),
+            (torch.randn(3, 6, 1, 4, 4, generator=gen),)]
+
+
+def right_shift(enc):
+    return torch.cat([torch.zeros_like(enc[:, :1]), enc[:, :-1]], dim=1)
+
+
+def no_shift(enc):  # frame t reads itself: the leak the lesson shows
+    return enc
+
+
+def rolled(enc):  # frame 0 reads the last frame instead of zeros
+    return torch.roll(enc, 1, dims=1)
+
+
+def shifted_the_wrong_way(enc):  # frame t reads frame t+1
+    return torch.cat([enc[:, 1:], torch.zeros_like(enc[:, :1])], dim=1)
+
+
+def dropped_a_frame(enc):  # T-1 inputs: the last frame gets no LSTM step
+    return enc[:, :-1]
+
+
+def test_shift_right(capsys):
+    assert check("one-frame shift", right_shift, context_inputs, shift_cases()) is right_shift
+    assert capsys.readouterr().out == "✅ one-frame shift: correct on 3 checks\n"
+
+
+def test_shift_wrong_versions_are_caught(capsys):
+    for wrong, problem in ((no_shift, "values differ"), (rolled, "values differ"),
+                           (shifted_the_wrong_way, "values differ"), (dropped_a_frame, "expected shape (2, 4, 3, 5, 5)")):
+        got = check("one-frame shift", wrong, context_inputs, shift_cases())
+        assert got is context_inputs, wrong.__name__
+        out = capsys.readouterr().out
+        assert out.startswith("❌ one-frame shift: case 1 of 3") and problem in out, (wrong.__name__, out)
