@@ -10,9 +10,21 @@ exercises. To run your own notebooks too: ARMINI_TEST_MY_NOTEBOOKS=1 pytest note
 import os
 from pathlib import Path
 
-import pytest
+# Settings for the whole test session, here at the root so that `pytest notebooks/` or one lesson alone
+# runs as the full command does (nbval's notebook kernels, started later, inherit the environment).
+os.environ.setdefault("ARMINI_QUICK", "1")  # small training budgets in lessons and tests
+os.environ.setdefault("MPLBACKEND", "Agg")  # no windows, no inline images (reference outputs hold no figures)
+# Lessons and tests train on the bundled subset, so results do not depend on whether the full set is installed.
+os.environ.setdefault("ARMINI_DATA_SUBSET", "1")
+# Notebook kernels run on one thread too: on a 2-core machine with anything else running, torch's
+# spinning thread pool slows the many small operations of quick mode by 10x or more (a NADE cell
+# of lesson 01 ran past nbval's 300 s limit with two threads under load). Set OMP_NUM_THREADS to
+# override. Reference outputs (python -m armini.course record) are recorded on one thread as well.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from armini import course
+import pytest  # noqa: E402
+
+from armini import course  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
