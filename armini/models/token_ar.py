@@ -172,17 +172,23 @@ def observed_tokens(observed: torch.Tensor, image_shape, token_shape) -> torch.T
     observed = torch.as_tensor(observed, dtype=torch.bool)
     if observed.dim() == len(token_shape) + 1 and tuple(observed.shape[1:]) == tuple(token_shape):
         return observed
+    D, h, w = token_shape
+    missing = missing_pixels(observed, image_shape, f"(B, {D}, {h}, {w})")  # (B, 1, H, W)
+    missing = F.adaptive_max_pool2d(missing, (h, w))  # (B, 1, h, w): some pixel of the patch is missing
+    return (missing == 0).expand(-1, D, h, w)  # (B, D, h, w)
+
+
+def missing_pixels(observed: torch.Tensor, image_shape, tokens: str) -> torch.Tensor:
+    """A bool mask of observed pixels, broadcastable to (B, C, H, W) -> (B, 1, H, W) float, 1 where a pixel of
+    some channel is missing (token masks pool it over each token's patch). `tokens` names the token mask's
+    shape for the error message."""
     C, H, W = image_shape
     try:
         observed = observed.expand(observed.shape[:-3] + (C, H, W) if observed.dim() >= 3 else (1, C, H, W))
     except RuntimeError:
         raise ValueError(f"observed must be a bool mask broadcastable to (B, {C}, {H}, {W}) (pixels) or of shape "
-                         f"(B, {', '.join(map(str, token_shape))}) (tokens), got {tuple(observed.shape)}") from None
-    observed = observed.reshape(-1, C, H, W)
-    D, h, w = token_shape
-    missing = (~observed).any(1, keepdim=True).float()  # (B, 1, H, W): a pixel of some channel is missing
-    missing = F.adaptive_max_pool2d(missing, (h, w))  # (B, 1, h, w): some pixel of the patch is missing
-    return (missing == 0).expand(-1, D, h, w)  # (B, D, h, w)
+                         f"{tokens} (tokens), got {tuple(observed.shape)}") from None
+    return (~observed.reshape(-1, C, H, W)).any(1, keepdim=True).float()  # (B, 1, H, W)
 
 
 # ----------------------------------------------------------------------------- the two-stage model

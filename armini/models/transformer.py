@@ -74,6 +74,14 @@ class MLP(nn.Module):
         return self.proj(self.act(self.fc(h)))  # W_2 GELU(W_1 h)
 
 
+def gpt2_init(module: nn.Module) -> None:
+    """GPT-2's initialisation, for model.apply: weights of linear layers and embeddings N(0, 0.02^2), biases 0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: h + Attention(LN(h)), then h + MLP(LN(h))."""
 
@@ -139,14 +147,7 @@ class PixelTransformer(ARModel):
         self.head = nn.Linear(E, K)
         if cfg.num_classes is not None:
             self.class_start = nn.Embedding(cfg.num_classes, E)  # the start token of each class
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)  # GPT-2's initialisation
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(gpt2_init)
 
     def order_or_default(self, order=None) -> torch.Tensor:
         """The order to read the dimensions in: `order`, or generation_order(), on the model's device. (D,)"""

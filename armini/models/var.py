@@ -56,8 +56,8 @@ import torch.nn.functional as F
 
 from ..nn.attention import CausalSelfAttention, KVCache, block_causal_mask
 from .base import ARModel
-from .token_ar import TwoStage
-from .transformer import Block
+from .token_ar import TwoStage, missing_pixels
+from .transformer import Block, gpt2_init
 
 __all__ = ["NextScalePrior", "NextScalePriorConfig", "VAR", "scale_sizes", "scale_of_position",
            "next_scale_sample"]
@@ -154,14 +154,7 @@ class NextScalePrior(ARModel):
         self.blocks = nn.ModuleList([ScaleBlock(E, cfg.n_heads, cfg.mlp_ratio, scales) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(E)
         self.head = nn.Linear(E, self.levels)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)  # GPT-2's initialisation
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(gpt2_init)
 
     # ------------------------------------------------------------------ inputs
     def sampling_steps(self, order=None) -> list:
@@ -288,13 +281,7 @@ def scale_observed(observed, image_shape, scales) -> torch.Tensor:
     L = sum(scale_sizes(scales))
     if observed.dim() == 2 and observed.shape[1] == L:
         return observed
-    C, H, W = image_shape
-    try:
-        observed = observed.expand(observed.shape[:-3] + (C, H, W) if observed.dim() >= 3 else (1, C, H, W))
-    except RuntimeError:
-        raise ValueError(f"observed must be a bool mask broadcastable to (B, {C}, {H}, {W}) (pixels) or of shape "
-                         f"(B, {L}) (tokens), got {tuple(observed.shape)}") from None
-    missing = (~observed.reshape(-1, C, H, W)).any(1, keepdim=True).float()  # (B, 1, H, W)
+    missing = missing_pixels(observed, image_shape, f"(B, {L})")  # (B, 1, H, W)
     kept = [F.adaptive_max_pool2d(missing, s).flatten(1) == 0 for s in scales]  # (B, s_k^2) each
     return torch.cat(kept, dim=1)  # (B, L)
 
