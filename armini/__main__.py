@@ -6,6 +6,9 @@
     python -m armini train pixelcnn --out runs/pixelcnn --overwrite               # start that run again
     python -m armini train pixelcnn --size 14 --levels 4 -o channels=32 -o n_blocks=3
     python -m armini train vpn --frames 8 --size 16 --out runs/vpn    # a video model: Moving MNIST
+    python -m armini pretrained list                # the course's checkpoints (armini.pretrained)
+    python -m armini pretrained --verify            # check their SHA-256 sums and that they load
+    python -m armini pretrained train pixelcnn      # retrain one from its recipe (--all: every one)
 
 `train` writes three files into --out: model.pt (a checkpoint, see armini.train.load_checkpoint),
 samples.png (a grid of samples, each image enlarged to at least 112 pixels a side; a video model
@@ -98,7 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model constructor option, e.g. -o channels=32 (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_flag(t, default=argparse.SUPPRESS)
+    add_pretrained_parser(sub)
     return p
+
+
+def add_pretrained_parser(sub) -> None:
+    """`pretrained list`, `pretrained --verify`, `pretrained train NAME... | --all` (see armini.pretrained)."""
+    from armini import pretrained
+
+    q = sub.add_parser("pretrained", help="the course's pretrained checkpoints: list, --verify, train NAME")
+    q.add_argument("action", nargs="?", default="list", choices=["list", "train"], help="list (default) or train")
+    q.add_argument("names", nargs="*", metavar="NAME", help=f"train: checkpoints to retrain ({', '.join(pretrained.RECIPES)})")
+    q.add_argument("--all", action="store_true", help="train: every checkpoint, in turn")
+    q.add_argument("--verify", action="store_true", help="check every shipped checkpoint; exit 1 on any problem")
+    q.add_argument("--no-progress", action="store_true", help="train: no progress bar")
+    cli.add_debug_flag(q, default=argparse.SUPPRESS)
 
 
 def is_video(cls) -> bool:
@@ -214,12 +231,22 @@ def cmd_train(args) -> dict:
     return metrics
 
 
+def cmd_pretrained(args) -> int:
+    from armini import pretrained
+
+    if args.names and args.action != "train":
+        raise ValueError(f"pretrained {args.action}: takes no names (got {' '.join(args.names)}); "
+                         "to retrain use `python -m armini pretrained train NAME`")
+    args.exit_status = pretrained.main(args)  # --verify: 1 when it found problems (printed one a line)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (errors: one line on stderr, see armini.cli)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"list": cmd_list, "train": cmd_train}[args.command]
-    return cli.run(lambda: command(args), parser.prog, args.debug)
+    command = {"list": cmd_list, "train": cmd_train, "pretrained": cmd_pretrained}[args.command]
+    status = cli.run(lambda: command(args), parser.prog, args.debug)
+    return status or getattr(args, "exit_status", 0)
 
 
 if __name__ == "__main__":

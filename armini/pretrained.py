@@ -1,0 +1,447 @@
+"""Pretrained checkpoints: each lesson's main model, trained once at the lesson's default budget, to sample in seconds.
+
+    from armini import pretrained
+    pretrained.names()                       # ["pixelcnn", "gated-pixelcnn", ...]: the recipes this checkout can build
+    pretrained.available("pixelcnn")         # its files are here and their checksums match
+    model = pretrained.load("pixelcnn")      # the trained model, in eval mode
+    pretrained.record("pixelcnn")            # how it was trained and what it measured (NAME.json)
+    pretrained.verify()                      # problems with the shipped files ([] when all good)
+
+    python -m armini pretrained list         # name, lesson, size, measured figures, present / missing
+    python -m armini pretrained --verify     # exit 1 with one line per problem, else "N checkpoints OK"
+    python -m armini pretrained train NAME   # retrain NAME from its recipe (or --all)
+
+A checkpoint is three things in data/pretrained/: NAME.pt (the weights and the settings that rebuild the model,
+written by armini.train.save_checkpoint), NAME.json (the training record: lesson, command, model settings, data,
+steps, batch size, learning rate, seed, CPU seconds, test bits/dim, FID) and a line of SHA256SUMS (the format of
+`sha256sum -c`) for each of the two files. `load` checks the checksum before it reads a byte of the weights.
+
+A recipe is the lesson's own training cell at its default budget (not quick mode): the same data, model settings,
+batch size, learning rate and seed, for a FIXED number of steps. Where the lesson trains for a CPU-time budget,
+the recipe fixes the steps that budget gave on the machine that trained the course's checkpoints (recorded beside
+the recipe), so `train` gives the same checkpoint on any machine, one thread, seeded. Loading the checkpoint gives
+what "train it yourself" gives in the lesson, not bit for bit (the lesson draws its own random numbers before
+training) but from the same recipe.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import armini
+from armini.files import atomic_write
+
+__all__ = ["PretrainedError", "Recipe", "RECIPES", "names", "available", "load", "record", "verify", "train",
+           "folder", "COMMAND"]
+
+COMMAND = "python -m armini pretrained train {name}"
+SUMS = "SHA256SUMS"
+
+
+def folder() -> Path:
+    """data/pretrained in the repository (tests point it elsewhere with monkeypatch)."""
+    return Path(__file__).resolve().parent.parent / "data" / "pretrained"
+
+
+class PretrainedError(ValueError):
+    """A checkpoint that is missing, damaged or does not fit the current code; the message names the fix."""
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one checkpoint is trained: the lesson's training cell at its default budget."""
+
+    lesson: str  # the notebook, e.g. "02_pixelcnn"
+    model: str  # the name in armini.models.MODELS
+    kwargs: dict  # constructor settings beyond shape and levels
+    data: dict  # dataset settings: dataset, size, levels, limit (images) or videos, frames, test (test images used)
+    steps: int | tuple  # optimizer steps, fixed; (tokenizer steps, prior steps) for a two-stage model
+    batch_size: int
+    lr: float
+    seed: int = 0
+    fit: dict = field(default_factory=dict)  # other armini.train.fit settings (lr_schedule, stop_after)
+    budget: str = ""  # where `steps` comes from
+    fid_samples: int = 0  # samples for FID-FMNIST (0: not measured, sampling too slow on a CPU)
+
+
+PRIOR = dict(dim=64, n_layers=4, n_heads=4)  # lessons 12 and 15: lesson 07's transformer over tokens
+FMNIST = dict(dataset="fashion-mnist", size=28, levels=256, test=1000)
+FMNIST14 = dict(FMNIST, size=14)
+
+RECIPES: dict[str, Recipe] = {
+    "pixelcnn": Recipe("02_pixelcnn", "pixelcnn", {}, FMNIST, steps=900, batch_size=32, lr=2e-3,
+                       budget="lesson 02: steps = armini.budget(900, ...)", fid_samples=500),
+    "gated-pixelcnn": Recipe("04_gated_pixelcnn", "gated-pixelcnn", {}, FMNIST, steps=500, batch_size=32, lr=2e-3,
+                             budget="lesson 04: steps = armini.budget(500, ...)", fid_samples=500),
+    "pixelcnn++": Recipe("05_pixelcnnpp", "pixelcnn++", {}, FMNIST, steps=1000, batch_size=16, lr=4e-3,
+                         budget="lesson 05: steps = armini.budget(1000, 6), bench.LR and bench.BATCH"),
+    "pixelsnail": Recipe("06_pixelsnail", "pixelsnail", {}, FMNIST, steps=400, batch_size=32, lr=2e-3,
+                         budget="lesson 06: steps = armini.budget(400, 6)"),
+    "pixel-transformer": Recipe("07_pixel_transformer", "pixel-transformer", {}, FMNIST14, steps=1000, batch_size=32,
+                                lr=2e-3, budget="lesson 07: steps = armini.budget(1000, 20)"),
+    "lmconv": Recipe("09_lmconv", "lmconv", {}, FMNIST14, steps=400, batch_size=32, lr=2e-3,
+                     budget="lesson 09: steps = armini.budget(400, 6)"),
+    "ardm": Recipe("10_ardm", "ardm", dict(channels=32), dict(FMNIST14, test=500), steps=2000, batch_size=32, lr=3e-3,
+                   budget="lesson 10: steps = armini.budget(2000, 40)"),
+    "vq-transformer": Recipe(
+        "12_token_priors", "vq-transformer",
+        dict(tokenizer=dict(quantizer="ema", codebook_size=128, dim=16, channels=32), prior="pixel-transformer",
+             prior_kwargs=PRIOR, num_classes=10, tokenizer_share=0.5),
+        FMNIST, steps=(1070, 1400), batch_size=32, lr=2e-3, fid_samples=500,
+        budget="lesson 12: 220 CPU s, half to each stage; 0.103 and 0.075 CPU s a step here: (1070, 1400) steps, "
+               "each stage's cosine spanning its steps"),
+    "pmard": Recipe("14_pmard", "pmard", {}, FMNIST, steps=420, batch_size=32, lr=2e-3, fid_samples=500,
+                    fit=dict(stop_after=350),  # the lesson plans 20% more steps than fit; its time limit ends at 350
+                    budget="lesson 14: 150 CPU s at 0.428 CPU s a step here: 350 steps of a 420-step schedule"),
+    "var": Recipe(
+        "15_var", "var",
+        dict(tokenizer=dict(quantizer="msvq", codebook_size=26, scales=[1, 2, 3, 4, 5, 7]), prior_kwargs=PRIOR,
+             num_classes=10),
+        FMNIST, steps=(730, 510), batch_size=32, lr=2e-3, fid_samples=500,
+        budget="lesson 15: tokenizer 90 CPU s, prior the other 90 of 180; 0.123 and 0.175 CPU s a step here"),
+    "vpn": Recipe("16_vpn", "vpn", dict(spatial=True), dict(dataset="moving-mnist", videos=2000, frames=8, size=16,
+                                                            levels=16, test=100),
+                  steps=254, batch_size=16, lr=2e-3, fit=dict(lr_schedule="constant"),
+                  budget="lesson 16: 200 CPU s (constant lr) at 0.787 CPU s a step here: 254 steps"),
+    "frame-predictor": Recipe("17_scheduled_sampling", "frame-predictor", dict(channels=16, lstm_channels=32),
+                              dict(dataset="moving-mnist", videos=2000, frames=12, size=32, levels=16, test=100),
+                              steps=350, batch_size=16, lr=3e-3,
+                              budget="lesson 17: STEPS = armini.budget(350, 20), teacher forcing"),
+    "diagonal-bilstm": Recipe("03_pixelrnn", "diagonal-bilstm", {}, FMNIST, steps=700, batch_size=32, lr=2e-3,
+                              budget="lesson 03: steps = armini.budget(700, 10)"),
+    "nade": Recipe("01_factorisation", "nade", dict(hidden=64), dict(FMNIST, levels=2), steps=1500, batch_size=64,
+                   lr=3e-3, budget="lesson 01: steps = armini.budget(1500, 60)", fid_samples=500),
+}
+
+
+def names() -> list[str]:
+    """The recipes whose model this checkout has (armini.models.MODELS), in the course's order of priority.
+    Whether a checkpoint is trained and shipped: `available(name)`."""
+    from armini.models import MODELS
+
+    return [name for name, r in RECIPES.items() if r.model in MODELS]
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise PretrainedError(f"no pretrained checkpoint called {name!r}; the names are: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sums(where: Optional[Path] = None) -> dict[str, str]:
+    """SHA256SUMS as {file name: hex digest} ({} when there is none)."""
+    path = (where or folder()) / SUMS
+    if not path.is_file():
+        return {}
+    sums = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            digest, _, file = line.partition("  ")
+            sums[file.strip().lstrip("*")] = digest.strip().lower()
+    return sums
+
+
+def write_sums(sums: dict[str, str], where: Optional[Path] = None) -> None:
+    with atomic_write((where or folder()) / SUMS, "w") as f:
+        f.write("".join(f"{digest}  {file}\n" for file, digest in sorted(sums.items())))
+
+
+def _fix_missing(name: str) -> str:
+    return (f"restore it with `git checkout -- data/pretrained/{name}.pt data/pretrained/{name}.json` "
+            f"or retrain it with `{COMMAND.format(name=name)}`")
+
+
+def _problem(name: str, where: Path) -> Optional[str]:
+    """What is wrong with NAME's files before reading them (None: present, checksums match)."""
+    sums = read_sums(where)
+    for file in (f"{name}.pt", f"{name}.json"):
+        path = where / file
+        if not path.is_file():
+            return f"pretrained checkpoint {name!r}: {path} is missing; {_fix_missing(name)}"
+        if file not in sums:
+            return (f"pretrained checkpoint {name!r}: {file} has no line in {where / SUMS}; "
+                    f"retrain it with `{COMMAND.format(name=name)}` (which writes the checksum)")
+        if sha256_file(path) != sums[file]:
+            return (f"pretrained checkpoint {name!r}: {path} is damaged (its SHA-256 does not match {SUMS}); "
+                    f"{_fix_missing(name)}")
+    return None
+
+
+def available(name: str) -> bool:
+    """True when NAME's checkpoint and record are here and their checksums match."""
+    return name in RECIPES and _problem(name, folder()) is None
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def record(name: str) -> dict:
+    """The training record of NAME (data/pretrained/NAME.json), checked against its checksum."""
+    return _record(name, folder())
+
+
+def _record(name: str, where: Path) -> dict:
+    recipe(name)
+    problem = _problem(name, where)
+    if problem:
+        raise PretrainedError(problem)
+    return json.loads((where / f"{name}.json").read_text())
+
+
+def _mismatch(name: str, why: str) -> PretrainedError:
+    return PretrainedError(f"pretrained checkpoint {name!r} does not fit this version of armini ({why}); "
+                           f"retrain it with `{COMMAND.format(name=name)}`")
+
+
+def load(name: str, device=None):
+    """NAME's trained model, in eval mode on `device` (default armini.device()).
+
+    The SHA-256 of NAME.pt is checked before torch.load (weights_only) reads it; PretrainedError (a ValueError)
+    names the fix when the file is missing, damaged or was saved by code that no longer builds the same model."""
+    return _load(name, folder(), device)
+
+
+def _load(name: str, where: Path, device=None):
+    from armini import train
+
+    rec = _record(name, where)
+    path = where / f"{name}.pt"
+    ckpt = train._read_checkpoint(path)  # torch.load(weights_only=True), after the checksum above
+    want = rec.get("model_kwargs")
+    as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731 (tuples become lists, as in the record)
+    if ckpt.get("model_name") != rec.get("model") or as_json(ckpt.get("model_kwargs")) != want:
+        raise _mismatch(name, f"{path.name} holds {ckpt.get('model_name')} {ckpt.get('model_kwargs')}, "
+                              f"its record says {rec.get('model')} {want}")
+    try:
+        model, _ = train.load_checkpoint(path, device=device)
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:  # kwargs the code no longer takes, other weights
+        raise _mismatch(name, f"{type(e).__name__}: {e}") from e
+    return model
+
+
+def mismatches(name: str, model) -> list[str]:
+    """How NAME's shipped checkpoint differs from `model`, built as its lesson builds it: model name, shape,
+    levels and every constructor setting, one line each ([] when they agree). For the lessons' tests."""
+    from armini import train
+
+    rec = record(name)
+    want = json.loads(json.dumps(train.model_kwargs(model)))
+    found = [f"model: the checkpoint holds {rec['model']}, the lesson builds {train.model_name(model)}"] \
+        if rec["model"] != train.model_name(model) else []
+    for key in sorted(set(want) | set(rec["model_kwargs"])):
+        if want.get(key) != rec["model_kwargs"].get(key):
+            found.append(f"{key}: the checkpoint has {rec['model_kwargs'].get(key)!r}, the lesson {want.get(key)!r}")
+    return found
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def verify(where: Optional[Path] = None, load_models: bool = True) -> list[str]:
+    """Problems with the shipped checkpoints, one line each ([] when all good): every checkpoint SHA256SUMS
+    lists must be present with a matching checksum and must load; every NAME.pt / NAME.json needs a line."""
+    where = where or folder()
+    sums = read_sums(where)
+    shipped = {Path(f).stem for f in sums} | {p.stem for p in where.glob("*.pt")} | {p.stem for p in where.glob("*.json")}
+    problems = []
+    for name in sorted(shipped):
+        if name not in RECIPES:
+            problems.append(f"{where / name}.*: no recipe called {name!r} in armini.pretrained.RECIPES "
+                            f"(the names are: {', '.join(RECIPES)}); delete the file or its line in {SUMS}")
+            continue
+        problem = _problem(name, where)
+        if problem is None and load_models:
+            try:
+                _load(name, where, device="cpu")
+            except (PretrainedError, ValueError) as e:
+                problem = str(e)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def datasets(r: Recipe):
+    """(train, test) as the lesson loads them."""
+    from armini import data
+
+    d = r.data
+    if d["dataset"] == "moving-mnist":
+        video = dict(frames=d["frames"], size=d["size"], levels=d["levels"])
+        return data.moving_mnist(d["videos"], split="train", **video), data.moving_mnist(d["test"], split="test", **video)
+    load = dict(size=d["size"], levels=d["levels"])
+    return data.load(d["dataset"], "train", **load), data.load(d["dataset"], "test", **load)
+
+
+def build(name: str, shape=None, levels=None):
+    """NAME's model, untrained, with the lesson's settings (shape and levels default to the recipe's data)."""
+    from armini.models import MODELS
+
+    r = recipe(name)
+    d = r.data
+    if shape is None:
+        shape = (d["frames"], 1, d["size"], d["size"]) if d["dataset"] == "moving-mnist" else (1, d["size"], d["size"])
+    return MODELS[r.model](shape=tuple(shape), levels=levels or d["levels"], **r.kwargs)
+
+
+def _fid(model, r: Recipe, test, seed: int) -> Optional[float]:
+    if not r.fid_samples:
+        return None
+    from armini import metrics
+
+    n = r.fid_samples
+    y = armini.class_labels(model, n)
+    fake = model.sample(n, y=y, generator=torch.Generator().manual_seed(seed), progress=False)
+    return metrics.fid(test.images[:n], fake.cpu(), model.levels)
+
+
+def train(name: str, where: Optional[Path] = None, progress: bool = False) -> dict:
+    """Train NAME from its recipe (one thread, seeded, on the CPU), write NAME.pt, NAME.json and its SHA256SUMS
+    lines; returns the record."""
+    from armini import train as training
+
+    r = recipe(name)
+    where = Path(where or folder())
+    torch.set_num_threads(1)
+    train_set, test_set = datasets(r)
+    armini.seed_everything(r.seed)
+    model = build(name, train_set.shape, train_set.levels)
+    armini.seed_everything(r.seed)
+    settings = dict(batch_size=r.batch_size, lr=r.lr, seed=r.seed, progress=progress, clock=time.process_time,
+                    device="cpu")
+    start = time.process_time()
+    if isinstance(r.steps, tuple):
+        hist = model.fit_stages(train_set, None, steps=r.steps, **settings)
+    else:
+        hist = training.fit(model, train_set, None, steps=r.steps, **settings, **r.fit)
+    train_cpu_s = time.process_time() - start
+    model.eval()
+    start = time.process_time()
+    test_bpd = training.evaluate(model, test_set, device="cpu", limit=r.data["test"])
+    fid = _fid(model, r, test_set, r.seed)
+    measure_cpu_s = time.process_time() - start
+
+    if not math.isfinite(test_bpd):
+        raise FloatingPointError(f"{name}: test bits/dim is {test_bpd} after training; nothing written")
+    rec = dict(
+        name=name, lesson=r.lesson, command=COMMAND.format(name=name), model=r.model,
+        data=dict(r.data, train_source=str(getattr(train_set, "source", ""))),
+        steps=list(r.steps) if isinstance(r.steps, tuple) else r.steps, steps_done=hist.steps, budget=r.budget,
+        batch_size=r.batch_size, lr=r.lr, seed=r.seed, fit=dict(r.fit), threads=1, train_cpu_s=round(train_cpu_s, 1),
+        test_bpd=round(test_bpd, 4), unit=model.unit, is_bound=bool(getattr(model, "nll_is_bound", False)),
+        test_images=min(r.data["test"], len(test_set)),
+        fid=None if fid is None else round(fid, 2), fid_samples=r.fid_samples if fid is not None else 0,
+        measure_cpu_s=round(measure_cpu_s, 1),
+    )
+    return write(name, model, rec, where)
+
+
+def write(name: str, model, rec: dict, where: Optional[Path] = None) -> dict:
+    """Write NAME.pt (armini.train.save_checkpoint: weights + the settings that rebuild the model), NAME.json
+    (`rec` plus model, kwargs, parameters, file size, torch version) and their SHA256SUMS lines, each file
+    through armini.files.atomic_write. Returns the full record."""
+    from armini import train as training
+
+    where = Path(where or folder())
+    where.mkdir(parents=True, exist_ok=True)
+    kwargs = training.model_kwargs(model)
+    pt = where / f"{name}.pt"
+    training.save_checkpoint(pt, dict(
+        model_name=training.model_name(model), model_class=type(model).__name__, model_kwargs=kwargs,
+        model=model.state_dict(), step=rec.get("steps_done"), fit_args={}, metrics=dict(test_bpd=rec.get("test_bpd")),
+        history={"steps": rec.get("steps_done") or 0, "unit": training.unit_label(model)},
+    ))
+    rec = dict(rec, model=training.model_name(model), model_class=type(model).__name__,
+               model_kwargs=json.loads(json.dumps(kwargs)), params=model.num_params(), file_bytes=pt.stat().st_size,
+               torch=torch.__version__, armini=getattr(armini, "__version__", None))
+    with atomic_write(where / f"{name}.json", "w") as f:
+        json.dump(rec, f, indent=2, allow_nan=False)
+        f.write("\n")
+    sums = read_sums(where)
+    sums.update({pt.name: sha256_file(pt), f"{name}.json": sha256_file(where / f"{name}.json")})
+    write_sums(sums, where)
+    return rec
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def summary_rows(where: Optional[Path] = None) -> list[dict]:
+    """One row per recipe for `pretrained list`: name, lesson, MB, measured figures, status."""
+    where = where or folder()
+    rows = []
+    for name, r in RECIPES.items():
+        problem = _problem(name, where)
+        row = dict(name=name, lesson=r.lesson, status="present" if problem is None else "missing", mb=None,
+                   steps=None, train_cpu_s=None, test_bpd=None, unit="", fid=None)
+        if (where / f"{name}.pt").is_file() and problem and "is missing" not in problem:
+            row["status"] = "damaged"
+        if problem is None:
+            rec = json.loads((where / f"{name}.json").read_text())
+            steps = rec["steps"] if isinstance(rec["steps"], list) else rec.get("steps_done", rec["steps"])
+            row.update(mb=(where / f"{name}.pt").stat().st_size / 1e6, steps=steps,
+                       train_cpu_s=rec["train_cpu_s"], test_bpd=rec["test_bpd"],
+                       unit=rec["unit"] + (" (bound)" if rec["is_bound"] else ""), fid=rec["fid"])
+        rows.append(row)
+    return rows
+
+
+def main(args) -> int:
+    """`python -m armini pretrained ...` (armini.__main__ parses the flags): list, --verify, train NAME / --all."""
+    if args.verify:
+        problems = verify()
+        for p in problems:
+            print(p)
+        if problems:
+            return 1
+        print(f"{len(read_sums()) // 2} checkpoints OK")
+        return 0
+    if args.action == "train":
+        todo = list(RECIPES) if args.all else args.names
+        if not todo:
+            raise ValueError("pretrained train: name a checkpoint (one of " + ", ".join(RECIPES) + ") or give --all")
+        for name in todo:
+            recipe(name)
+        for name in todo:
+            rec = train(name, progress=not args.no_progress)
+            fid = "" if rec["fid"] is None else f", FID-FMNIST {rec['fid']:.1f} ({rec['fid_samples']} samples)"
+            print(f"{name}: {rec['steps']} steps in {rec['train_cpu_s']:.0f} CPU s, test {rec['unit']} "
+                  f"{rec['test_bpd']:.3f}{fid}, {rec['file_bytes'] / 1e6:.1f} MB")
+        return 0
+    rows = summary_rows()
+    print(f"{'name':<18} {'lesson':<22} {'MB':>5} {'steps':>11} {'CPU s':>6} {'test':>7} {'unit':<17} {'FID':>6}  status")
+    for row in rows:
+        def show(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        steps = "-" if row["steps"] is None else "+".join(map(str, row["steps"])) if isinstance(row["steps"], list) \
+            else str(row["steps"])
+        print(f"{row['name']:<18} {row['lesson']:<22} {show(row['mb'], '.1f'):>5} {steps:>11} "
+              f"{show(row['train_cpu_s'], '.0f'):>6} {show(row['test_bpd'], '.3f'):>7} {row['unit']:<17} "
+              f"{show(row['fid'], '.1f'):>6}  {row['status']}")
+    present = [r for r in rows if r["status"] == "present"]
+    print(f"{len(present)} of {len(rows)} present, {sum(r['mb'] for r in present):.1f} MB in all")
+    return 0
