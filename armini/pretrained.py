@@ -29,7 +29,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -38,7 +38,7 @@ import torch
 import armini
 from armini.files import atomic_write
 
-__all__ = ["PretrainedError", "Recipe", "RECIPES", "names", "available", "load", "record", "verify", "train",
+__all__ = ["PretrainedError", "Recipe", "RECIPES", "names", "available", "load", "record", "history", "verify", "train",
            "folder", "COMMAND"]
 
 COMMAND = "python -m armini pretrained train {name}"
@@ -82,7 +82,7 @@ RECIPES: dict[str, Recipe] = {
     "pixelcnn": Recipe("02_pixelcnn", "pixelcnn", {}, FMNIST, steps=900, batch_size=32, lr=2e-3,
                        budget="lesson 02: steps = armini.budget(900, ...)", fid_samples=500),
     "gated-pixelcnn": Recipe("04_gated_pixelcnn", "gated-pixelcnn", {}, FMNIST, steps=500, batch_size=32, lr=2e-3,
-                             budget="lesson 04: steps = armini.budget(500, ...)", fid_samples=500),
+                             budget="lesson 04: steps = armini.budget(500, ...)"),
     "pixelcnn++": Recipe("05_pixelcnnpp", "pixelcnn++", {}, FMNIST, steps=1000, batch_size=16, lr=4e-3,
                          budget="lesson 05: steps = armini.budget(1000, 6), bench.LR and bench.BATCH"),
     "pixelsnail": Recipe("06_pixelsnail", "pixelsnail", {}, FMNIST, steps=400, batch_size=32, lr=2e-3,
@@ -240,6 +240,21 @@ def _load(name: str, where: Path, device=None):
     return model
 
 
+def history(name: str):
+    """NAME's training History (armini.train.History), read from its checkpoint: steps, train_s (the CPU
+    seconds of training), the training loss of every step (`train`) and the test bits/dim at the end (`test`,
+    `final_test_bpd`); a two-stage model's also has `stages` (the tokenizer's and the prior's Histories).
+    What a lesson's cells read from `fit`'s History works on it; there is no test curve during training."""
+    from armini import train
+
+    record(name)  # the checksums first
+    ckpt = train._read_checkpoint(folder() / f"{name}.pt")
+    hist = train.History(**ckpt["history"])
+    if ckpt.get("stages"):
+        hist.stages = {k: train.History(**h) for k, h in ckpt["stages"].items()}
+    return hist
+
+
 def mismatches(name: str, model) -> list[str]:
     """How NAME's shipped checkpoint differs from `model`, built as its lesson builds it: model name, shape,
     levels and every constructor setting, one line each ([] when they agree). For the lessons' tests."""
@@ -356,11 +371,17 @@ def train(name: str, where: Optional[Path] = None, progress: bool = False) -> di
         fid=None if fid is None else round(fid, 2), fid_samples=r.fid_samples if fid is not None else 0,
         measure_cpu_s=round(measure_cpu_s, 1),
     )
-    return write(name, model, rec, where)
+    hist.test = [(hist.steps, test_bpd)]  # evaluated once, at the end
+    hist.final_test_bpd = test_bpd
+    stages = getattr(hist, "stages", None)  # a two-stage model: the tokenizer's and the prior's runs
+    if stages:
+        rec["stages"] = {k: dict(steps=h.steps, train_cpu_s=round(h.train_s, 1), unit=h.unit) for k, h in stages.items()}
+    return write(name, model, rec, where, hist)
 
 
-def write(name: str, model, rec: dict, where: Optional[Path] = None) -> dict:
-    """Write NAME.pt (armini.train.save_checkpoint: weights + the settings that rebuild the model), NAME.json
+def write(name: str, model, rec: dict, where: Optional[Path] = None, hist=None) -> dict:
+    """Write NAME.pt (armini.train.save_checkpoint: weights, the settings that rebuild the model and the
+    training History `hist`, with a two-stage model's `stages`), NAME.json
     (`rec` plus model, kwargs, parameters, file size, torch version) and their SHA256SUMS lines, each file
     through armini.files.atomic_write. Returns the full record."""
     from armini import train as training
@@ -369,10 +390,13 @@ def write(name: str, model, rec: dict, where: Optional[Path] = None) -> dict:
     where.mkdir(parents=True, exist_ok=True)
     kwargs = training.model_kwargs(model)
     pt = where / f"{name}.pt"
+    if hist is None:
+        hist = training.History(steps=rec.get("steps_done") or 0, unit=training.unit_label(model))
+    stages = {k: asdict(h) for k, h in (getattr(hist, "stages", None) or {}).items()}
     training.save_checkpoint(pt, dict(
         model_name=training.model_name(model), model_class=type(model).__name__, model_kwargs=kwargs,
         model=model.state_dict(), step=rec.get("steps_done"), fit_args={}, metrics=dict(test_bpd=rec.get("test_bpd")),
-        history={"steps": rec.get("steps_done") or 0, "unit": training.unit_label(model)},
+        history=asdict(hist), stages=stages,
     ))
     rec = dict(rec, model=training.model_name(model), model_class=type(model).__name__,
                model_kwargs=json.loads(json.dumps(kwargs)), params=model.num_params(), file_bytes=pt.stat().st_size,
