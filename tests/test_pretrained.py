@@ -86,7 +86,8 @@ def test_train_writes_what_load_reads(where, monkeypatch):
     assert model.shape == (1, 7, 7) and model.levels == 4 and model.config.channels == 8
     assert pretrained.verify() == []
     hist = pretrained.history("pixelcnn")  # what a lesson reads from fit's History, from the checkpoint
-    assert hist.steps == 2 and [s for s, _ in hist.train] == [1, 2] and hist.train_s == pytest.approx(rec["train_cpu_s"], abs=0.06)
+    assert hist.steps == 2 and [s for s, _ in hist.train] == [1, 2]
+    assert 0 < hist.train_s <= rec["train_cpu_s"] + 0.05  # the steps; the record counts all of fit
     assert hist.test == [(2, pytest.approx(rec["test_bpd"], abs=1e-4))] and hist.final_test_bpd == hist.test[0][1]
 
 
