@@ -6,7 +6,7 @@ import torch
 
 from armini.nn import attention
 from armini.nn.attention import (CausalSelfAttention, KVCache, attention_bytes, attention_mask, block_causal_mask,
-                                 local_2d_mask)
+                                 block_local_mask, local_2d_mask)
 
 B, T, DIM = 2, 9, 8
 
@@ -244,3 +244,51 @@ def test_causal_false_needs_a_mask():
         CausalSelfAttention(8, 2, causal=False)
     with pytest.raises(ValueError, match="causal=False needs a mask"):
         CausalSelfAttention(8, 2, causal=False, mask=block_causal_mask([2, 2]), window=2)
+
+
+# ----------------------------------------------------------------- block-local 3D attention (Video Transformer)
+def test_block_local_mask_definition():
+    grid, block = (2, 3, 4), (1, 2, 2)  # blocks cut short at the last row: 2 x 2 x 2 = 8 blocks
+    m = block_local_mask(grid, block)
+    assert m.shape == (24, 24) and m.dtype == torch.bool
+    t, i, j = torch.meshgrid(torch.arange(2), torch.arange(3), torch.arange(4), indexing="ij")
+    where = torch.stack([t.flatten(), i.flatten(), j.flatten()], 1)  # (24, 3): raster order (t, i, j)
+    for p in range(24):
+        for q in range(24):
+            same = all(int(where[p, a]) // block[a] == int(where[q, a]) // block[a] for a in range(3))
+            assert bool(m[p, q]) == same
+    assert m.equal(m.T) and m.diagonal().all()
+    assert block_local_mask(grid, grid).all() and block_local_mask(grid, (9, 9, 9)).all()  # the whole grid
+    assert torch.equal(block_local_mask(grid, (1, 1, 1)), torch.eye(24, dtype=torch.bool))
+    for bad in [(1, 2), (0, 2, 2), (1.5, 2, 2), (True, 2, 2)]:
+        with pytest.raises(ValueError, match="block must be 3 positive whole sizes"):
+            block_local_mask(grid, bad)
+    with pytest.raises(ValueError, match=r"grid must be the \(T, H, W\)"):
+        block_local_mask((4, 4), (1, 2, 2))
+
+
+def test_block_local_attention_is_causal_and_reads_only_its_block():
+    torch.manual_seed(0)
+    grid = (2, 2, 4)  # 16 positions
+    mask = block_local_mask(grid, (2, 2, 2))
+    layer = CausalSelfAttention(DIM, 2, mask=mask)
+    x = torch.randn(B, 16, DIM)
+    allowed = mask & attention_mask(16, 16)  # its block, up to itself
+    y, w = layer(x, return_weights=True)
+    assert (w[..., ~allowed] == 0).all() and (w[..., allowed] > 0).all()
+    torch.testing.assert_close(layer(x), naive_attention(layer, x, allowed=allowed), atol=1e-5, rtol=1e-5)
+    for q in range(16):  # a position moves only the later-or-equal rows of its block
+        assert _moved_rows(layer, x, None, q, "x") == [p for p in range(16) if allowed[p, q]]
+    cache, outs = KVCache(capacity=16), []
+    for p in range(16):  # the cached sampler's one position per call
+        outs.append(layer(x[:, p:p + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(outs, 1), layer(x), atol=1e-6, rtol=1e-5)
+
+
+def test_block_local_attention_with_the_whole_grid_as_its_block_is_full_attention():
+    torch.manual_seed(0)
+    full = CausalSelfAttention(DIM, 2)
+    whole = CausalSelfAttention(DIM, 2, mask=block_local_mask((2, 2, 4), (2, 2, 4)))
+    whole.load_state_dict(full.state_dict())
+    x = torch.randn(B, 16, DIM)
+    torch.testing.assert_close(whole(x), full(x), atol=1e-6, rtol=1e-5)

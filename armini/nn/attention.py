@@ -28,6 +28,18 @@ layer is built with `causal=False` and `mask=block_causal_mask(sizes)`:
                        2      x x .            (each letter a block: x = may read, . = hidden)
                        3      x x x
 
+Block-local attention over a 3D grid (Video Transformer, Weissenborn et al., 2020): the sequence is
+a video's T x H x W grid in raster order (t, i, j) and the grid is cut into blocks of bt x bh x bw
+positions; a position reads only positions of its own block, and the causal rule on top of that
+(`mask=block_local_mask(grid, block)`, causal=True). A grid (2, 2, 4) in blocks (1, 2, 2), raster order:
+
+    block:  t=0: 0 0 1 1    t=1: 2 2 3 3        position 5 (t=0, i=1, j=1) reads positions 0, 1, 4, 5
+                 0 0 1 1         2 2 3 3        (its block 0, up to itself); never 2, 3 (block 1)
+
+Here the layer masks the full (T, S) score matrix, so it costs what full attention costs; the paper
+computes each block's attention apart (O(L * block) instead of O(L^2)). Several layers with different
+block shapes let information travel between blocks (the paper alternates them, as armini's VideoGPT can).
+
 KV cache for incremental decoding: pass `cache=KVCache(capacity=T)` and feed the sequence a few
 positions at a time; the layer keeps the keys and values of every position it has seen, so each
 call only computes the new positions and gives the same result as one call on the whole sequence.
@@ -78,6 +90,23 @@ def block_causal_mask(sizes, device=None) -> torch.Tensor:
     block = torch.repeat_interleave(torch.arange(len(sizes), device=device),
                                     torch.tensor(sizes, device=device))  # (L,) the block of every position
     return block[None, :] <= block[:, None]  # (L, L): j's block is i's or an earlier one
+
+
+def block_local_mask(grid, block, device=None) -> torch.Tensor:
+    """allowed[p, q] = positions p and q of a 3D grid (T, H, W), listed in raster order (t, i, j), lie in the
+    same block of `block` = (bt, bh, bw) positions: (L, L) bool with L = T*H*W. Block k along an axis covers
+    k*b .. k*b + b - 1 (the last block of an axis is cut short when b does not divide it); a block as large as
+    the grid is the whole grid (full attention). Use it with causal=True: the layer adds j <= i on top."""
+    grid, block = tuple(int(s) for s in grid), tuple(block)
+    if len(grid) != 3 or min(grid) < 1:
+        raise ValueError(f"grid must be the (T, H, W) sizes of a 3D grid, positive, got {grid!r}")
+    if len(block) != 3 or any(isinstance(b, bool) or int(b) != b or b < 1 for b in block):
+        raise ValueError(f"block must be 3 positive whole sizes (frames, rows, columns), e.g. (2, 2, 2), got {block!r}")
+    t, i, j = torch.meshgrid(*(torch.arange(n, device=device) for n in grid), indexing="ij")  # (T, H, W) each
+    nb = [-(-n // int(b)) for n, b in zip(grid, block)]  # blocks along each axis
+    block_id = ((t // int(block[0])) * nb[1] + i // int(block[1])) * nb[2] + j // int(block[2])  # (T, H, W)
+    block_id = block_id.flatten()  # (L,) the block of every position, raster order
+    return block_id[:, None] == block_id[None, :]  # (L, L): same block
 
 
 def local_2d_mask(H: int, W: int, rows: int, cols: int, C: int = 1) -> torch.Tensor:

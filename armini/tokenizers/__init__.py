@@ -49,7 +49,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Tokenizer", "check_tokenizer", "rate_bits", "reconstruction_quality", "VQVAE", "UsageLog"]
+__all__ = ["Tokenizer", "check_tokenizer", "rate_bits", "reconstruction_quality", "VQVAE", "UsageLog", "VQVAE3D"]
 
 
 @runtime_checkable
@@ -144,3 +144,4 @@ def reconstruction_quality(tok, images: torch.Tensor, batch_size: int = 500, cla
 
 
 from .vqvae import VQVAE, UsageLog  # noqa: E402  (after the protocol they implement)
+from .video import VQVAE3D  # noqa: E402  (lesson 18: the protocol one dimension up, token grid (T', h, w))
