@@ -5,6 +5,8 @@
     python -m armini.bench --models pixelcnn,pixelsnail --budget-s 600 --cpu-time --threads 1   # equal CPU time
     python -m armini.bench speed --cpu-time --json speed.json    # speed only: training s/step, forward-equivalents
     python -m armini.bench tokenizers --budget 60 --cpu-time     # every tokenizer: PSNR, rFID, usage, bits/dim bound
+    python -m armini.bench course --threads 1 --json course.json # every generator of Parts I-IV, pretrained (lesson 19)
+    python -m armini.bench video ...                             # the video models (armini.video_bench, lesson 18)
 
 For each model: build it for Fashion-MNIST 28x28 (or the --size 14 or 7 view) with 256 levels (a model that cannot take
 that, like FVSBN with its D*D*K weights, falls back to its own default levels and says so
@@ -74,6 +76,17 @@ as many training images against the same test images), precision, recall, used, 
 msvq records add scales, used_per_scale and perplexity_per_scale (codebook_usage of each scale's tokens)
 and latent_mse_per_scale (the cumulative f_hat's error after each scale).
 Records have kind="tokenizer" and tokenizer=<kind>.
+
+`python -m armini.bench course [--models ...] [--train-missing]` lines up every generator of Parts I-IV
+(COURSE_MODELS: pixels, order-agnostic, tokens, scales) in one run, each loaded from the course's pretrained
+checkpoint (armini.pretrained; nothing is trained): test bits/dim at the model's own size (is_bound: an upper
+bound), FID-FMNIST, KID, precision and recall of --quality-samples samples (quality_fields; 14x14 models are
+judged at 28x28 after the same nearest-neighbour enlargement of their samples and of the real images, each row
+with its own floor), sampling steps, seconds per image in batches of 100 and one at a time (CPU seconds unless
+--wall-clock), parameters and training CPU minutes from the checkpoint's record. A generator without a checkpoint
+is skipped with a note, or with --train-missing trained here the bench way (source "trained here"). Quick mode
+uses few images and leaves out QUICK_SKIP. Records have kind="course"; pareto_front gives the models no other
+beats on both FID and seconds per image. `python -m armini.bench video ...` runs armini.video_bench.main.
 """
 from __future__ import annotations
 
@@ -196,9 +209,10 @@ def sample_in_batches(model, n: int, seed: int, batch: int = 100) -> torch.Tenso
     return torch.cat(out)
 
 
-def quality_fields(model, n: int, seed: int, size: int, datasets: dict, clock=time.perf_counter) -> dict:
+def quality_fields(model, n: int, seed: int, size: int, datasets: dict, clock=time.perf_counter, keep=None) -> dict:
     """Sample quality of `model` (armini.metrics.sample_quality): n samples against the first n test images at
-    the model's levels and size, with fid_floor (the first n training images against the same test images)."""
+    the model's levels and size, with fid_floor (the first n training images against the same test images).
+    keep: a dict that receives the samples (n, *shape) under "samples"."""
     from armini import data, metrics
 
     key = ("quality", model.levels, size, n)  # real images and the floor, shared between models
@@ -213,7 +227,28 @@ def quality_fields(model, n: int, seed: int, size: int, datasets: dict, clock=ti
     _sync(model.model_device)
     elapsed = clock() - t0
     quality = metrics.sample_quality(real, fake, model.levels)
+    if keep is not None:
+        keep["samples"] = fake
     return dict(quality, fid_floor=floor, quality_samples=len(real), quality_sample_s=elapsed)
+
+
+def train_on_budget(model, train_set, test_set, *, budget_s: float, batch_size: int, lr: float, device, seed: int,
+                    clock):
+    """(History, planned steps): train `model` in place for `budget_s` seconds of `clock`, the bench way.
+
+    The learning rate follows a cosine schedule over the number of steps that fits the budget,
+    estimated from a short probe run on a copy; time_limit stops the real run at the budget anyway.
+    A model with `fit_stages` is trained by it (see trainer)."""
+    from armini import train
+
+    fit = trainer(model)  # armini.train.fit, or the model's own fit_stages
+    probe_settings = {} if fit is not train.fit else {"lr_schedule": "constant"}
+    probe = fit(copy.deepcopy(model), train_set, None, steps=10**9, time_limit=min(10.0, budget_s / 10),
+                batch_size=batch_size, lr=lr, device=device, seed=seed, progress=False, clock=clock, **probe_settings)
+    steps = max(1, int(budget_s * probe.steps / max(probe.train_s, 1e-9)))
+    hist = fit(model, train_set, test_set, steps=steps, time_limit=budget_s, batch_size=batch_size, lr=lr,
+               device=device, seed=seed, progress=False, clock=clock)
+    return hist, steps
 
 
 def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None, test_images=1000, sample_n=2,
@@ -228,7 +263,7 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
     set_sampling_budget); the record's `sampling_steps` says how many steps sampling took;
     quality_samples: images drawn for fid, kid, precision, recall (default 1000, 64 in quick mode; 0: none).
     A model with `fit_stages` is trained by it instead of armini.train.fit (see trainer)."""
-    from armini import data, train
+    from armini import data
 
     quality_samples = armini.budget(1000, 64) if quality_samples is None else quality_samples
     check_settings(budget_s=budget_s, test_images=test_images, sample_n=sample_n, quality_samples=quality_samples)
@@ -245,15 +280,8 @@ def bench_model(name: str, *, budget_s: float, device, batch_size=None, lr=None,
 
     lr = lr if lr is not None else LR.get(name, 1e-3)
     batch_size = batch_size if batch_size is not None else BATCH.get(name, 32)
-    # The learning rate follows a cosine schedule over the number of steps that fits the budget,
-    # estimated from a short probe run on a copy; time_limit stops the real run at the budget anyway.
-    fit = trainer(model)  # armini.train.fit, or the model's own fit_stages
-    probe_settings = {} if fit is not train.fit else {"lr_schedule": "constant"}
-    probe = fit(copy.deepcopy(model), train_set, None, steps=10**9, time_limit=min(10.0, budget_s / 10),
-                batch_size=batch_size, lr=lr, device=dev, seed=seed, progress=False, clock=clock, **probe_settings)
-    steps = max(1, int(budget_s * probe.steps / max(probe.train_s, 1e-9)))
-    hist = fit(model, train_set, test_set, steps=steps, time_limit=budget_s, batch_size=batch_size, lr=lr,
-               device=dev, seed=seed, progress=False, clock=clock)
+    hist, steps = train_on_budget(model, train_set, test_set, budget_s=budget_s, batch_size=batch_size, lr=lr,
+                                  device=dev, seed=seed, clock=clock)
     record = dict(
         model=name, device=str(dev), params=model.num_params(), levels=model.levels, shape=list(model.shape),
         batch_size=batch_size, lr=lr, budget_s=budget_s, clock="cpu" if cpu_time else "wall",
@@ -898,6 +926,262 @@ def run(args, parser) -> list:
     return records
 
 
+# ------------------------------------------------------------------------------------ course mode
+# `python -m armini.bench course`: every generator of Parts I-IV side by side (lesson 19), loaded from the course's
+# pretrained checkpoints (armini.pretrained) where they exist, measured in one run on the same test images by the
+# same judge. The video models of Part V have their own table: `python -m armini.bench video` (armini.video_bench).
+COURSE_MODELS = (  # (name, part): each lesson's main model, in the syllabus's order (lesson 03: the Diagonal BiLSTM)
+    ("pixelcnn", "pixels"), ("diagonal-bilstm", "pixels"), ("gated-pixelcnn", "pixels"),
+    ("pixelcnn++", "pixels"), ("pixelsnail", "pixels"), ("pixel-transformer", "pixels"),
+    ("lmconv", "order-agnostic"), ("ardm", "order-agnostic"),
+    ("vq-transformer", "tokens"),
+    ("pmard", "scales"), ("var", "scales"),
+)
+COURSE_SIZE = {"pixel-transformer": 14, "lmconv": 14, "ardm": 14}  # --train-missing: the lesson's image side (else 28)
+# Quick mode leaves out the generators whose sampler has no cache (every one of its steps a full forward pass):
+# a minute would not draw their samples.
+QUICK_SKIP = ("lmconv",)
+JUDGE_SIZE = 28  # the FID judge reads 28x28 images: smaller ones, real and generated alike, are enlarged first
+
+
+def course_parts() -> dict:
+    """name -> part ("pixels", "order-agnostic", "tokens", "scales") of every course generator in MODELS."""
+    return {name: part for name, part in COURSE_MODELS if name in MODELS}
+
+
+def pretrained_module():
+    """armini.pretrained, or None in a checkout without it (then every checkpoint counts as missing)."""
+    try:
+        from armini import pretrained
+    except ModuleNotFoundError as e:
+        if e.name != "armini.pretrained":
+            raise
+        return None
+    return pretrained
+
+
+def course_model(name: str, *, train_missing: bool, train_budget_s: float, size=None, device=None, seed: int = 0,
+                 clock=time.process_time, model_kwargs=None):
+    """(model in eval mode, source, training CPU seconds, note) for one generator, or None when it has no
+    checkpoint and train_missing is off.
+
+    source "pretrained": the course's checkpoint (armini.pretrained.load), its training CPU seconds from
+    its record (`train_cpu_s`); source "trained here": no checkpoint, so it is trained now the bench way
+    (train_on_budget: bench.LR / bench.BATCH, a cosine schedule over the steps that fit) for train_budget_s
+    seconds of `clock` at `size` (default: its lesson's side, COURSE_SIZE, else 28) with 256 levels."""
+    from armini import data
+
+    pre = pretrained_module()
+    dev = armini.device(device)
+    if pre is not None and pre.available(name):
+        model = pre.load(name, device=dev)
+        record = pre.record(name)
+        return model.eval(), "pretrained", record.get("train_cpu_s"), ""
+    if not train_missing:
+        return None
+    side = size or COURSE_SIZE.get(name, 28)
+    armini.seed_everything(seed)
+    model, note = build(name, side, **(model_kwargs or {}))
+    train_set = data.load("fashion-mnist", "train", levels=model.levels, size=side)
+    hist, _ = train_on_budget(model, train_set, None, budget_s=train_budget_s, batch_size=BATCH.get(name, 32),
+                              lr=LR.get(name, 1e-3), device=dev, seed=seed, clock=clock)
+    seconds = hist.train_s if clock is time.process_time else None  # CPU seconds only when that was the clock
+    return model.eval(), "trained here", seconds, note
+
+
+def course_record(name: str, model, *, part: str, source: str, train_cpu_s, test_images: int, quality_samples: int,
+                  single_n: int, seed: int = 0, datasets=None, clock=time.process_time, keep=None, note="") -> dict:
+    """Measure one trained generator; returns one JSON record (kind="course").
+
+    test_bpd     bits/dim on the first `test_images` test images at the model's size and levels (armini.train
+                 .evaluate); is_bound: an upper bound (two-stage models, ARDM's estimate), else exact
+    fid, kid, precision, recall, fid_floor   quality_fields: `quality_samples` samples in batches of 100 against
+                 as many test images, judged at 28x28 (a 14x14 model's samples and its real images alike enlarged)
+    sampling_steps               network calls of the sampling loop per image
+    sample_s_per_image_batch     seconds (of `clock`) per image while drawing those samples in batches of 100
+    sample_s_per_image_single    seconds per image drawing `single_n` images one at a time
+    train_cpu_s                  training CPU seconds: the checkpoint's record, or this run's training"""
+    from armini import data, train
+
+    datasets = {} if datasets is None else datasets
+    size = int(model.shape[-1])
+    key = ("course-test", model.levels, size, test_images)
+    if key not in datasets:
+        datasets[key] = data.load("fashion-mnist", "test", levels=model.levels, size=size, limit=test_images)
+    test_set = datasets[key]
+    armini.seed_everything(seed)  # ARDM's bound draws random orders
+    record = dict(
+        kind="course", model=name, part=part, source=source, device=str(model.model_device), params=model.num_params(),
+        levels=model.levels, shape=list(model.shape), size=size, train_cpu_s=train_cpu_s,
+        test_bpd=train.evaluate(model, test_set), unit=train.unit_label(model),
+        is_bound=bool(getattr(model, "nll_is_bound", False)), test_images=len(test_set),
+        sampling_steps=len(model.sampling_steps()), clock="cpu" if clock is time.process_time else "wall",
+        threads=torch.get_num_threads(), judged_at=JUDGE_SIZE,
+    )
+    record.update(quality_fields(model, quality_samples, seed, size, datasets, clock=clock, keep=keep))
+    record["sample_s_per_image_batch"] = record["quality_sample_s"] / record["quality_samples"]
+    cached = has_fast_sampler(model)
+    single = [time_sampling(model, 1, seed + 1 + i, cached=cached, clock=clock)[0] for i in range(single_n)]
+    record.update(sample_s_per_image_single=sum(single) / len(single), single_n=single_n, cached_sampler=cached)
+    record["note"] = note
+    return record
+
+
+def pareto_front(records, x: str = "sample_s_per_image_batch", y: str = "fid") -> list:
+    """The models no other model beats on both x and y (lower is better on both), in the records' order:
+    record a is on the front unless some record b has b[x] <= a[x] and b[y] <= a[y] with one of them <."""
+    front = []
+    for a in records:
+        beaten = any(b[x] <= a[x] and b[y] <= a[y] and (b[x] < a[x] or b[y] < a[y]) for b in records)
+        if not beaten:
+            front.append(a["model"])
+    return front
+
+
+def run_course_bench(names=None, *, test_images=None, quality_samples=None, single_n=None, train_missing=False,
+                     train_budget_s=None, size=None, device=None, seed=0, cpu_time=True, json_path=None,
+                     overwrite=False, samples=None, model_kwargs=None, log=print) -> list:
+    """Every course generator (names: default course_parts(), less QUICK_SKIP in quick mode) from its
+    checkpoint, or trained here with train_missing; measured by course_record; returns the records.
+    samples: a dict that receives each model's quality samples by name. The --json file is rewritten
+    atomically after each model."""
+    parts = course_parts()
+    chosen = list(parts) if names is None else list(names)
+    unknown = [n for n in chosen if n not in MODELS or MODELS[n].shape_axes == 4]
+    if unknown or not chosen:
+        raise ValueError(f"unknown or video model(s) {', '.join(unknown) or '(none given)'} for the course table; "
+                         f"choose from {', '.join(parts)} (video: python -m armini.bench video)")
+    test_images = test_images if test_images is not None else armini.budget(500, 50)
+    quality_samples = quality_samples if quality_samples is not None else armini.budget(100, 20)
+    single_n = single_n if single_n is not None else armini.budget(2, 1)
+    train_budget_s = train_budget_s if train_budget_s is not None else armini.budget(60.0, 5.0)
+    check_settings(budget_s=train_budget_s, test_images=test_images, sample_n=single_n,
+                   quality_samples=quality_samples)
+    if not quality_samples:
+        raise ValueError(f"quality_samples must be at least {MIN_QUALITY_SAMPLES}: the course table's FID needs samples")
+    from armini import metrics
+
+    metrics.load_classifier()  # a missing or damaged judge fails now
+    if json_path:
+        cli.check_new_file(json_path, overwrite, "--json")
+    clock = time.process_time if cpu_time else time.perf_counter
+    records, datasets = [], {}
+    for name in chosen:
+        if names is None and armini.quick() and name in QUICK_SKIP:
+            log(f"{name}: skipped in quick mode (its sampler has no cache: every step is a full forward pass)")
+            continue
+        got = course_model(name, train_missing=train_missing, train_budget_s=train_budget_s, size=size, device=device,
+                           seed=seed, clock=clock, model_kwargs=model_kwargs)
+        if got is None:
+            log(f"{name}: no pretrained checkpoint (python -m armini pretrained train {name}); skipped "
+                f"(--train-missing trains it here for --train-budget s)")
+            continue
+        model, source, train_s, note = got
+        log(f"measuring {name} ({source}) ...")
+        keep = {} if samples is not None else None
+        records.append(course_record(name, model, part=parts.get(name, "other"), source=source, train_cpu_s=train_s,
+                                     test_images=test_images, quality_samples=quality_samples, single_n=single_n,
+                                     seed=seed, datasets=datasets, clock=clock, keep=keep, note=note))
+        if samples is not None:
+            samples[name] = keep["samples"]
+        if json_path:
+            save_records(records, json_path)  # after every model: a run that stops midway keeps what it measured
+    return records
+
+
+def format_course_table(records) -> str:
+    """The course records as a text table, one row per generator, in the syllabus's order."""
+    head = ["part", "model", "source", "image", "params", "train CPU min", "test bpd", "steps", "s/img batch",
+            "s/img alone", "FID (floor)", "prec", "recall"]
+    rows = []
+    for r in records:
+        minutes = f"{r['train_cpu_s'] / 60:.1f}" if r.get("train_cpu_s") is not None else "-"
+        rows.append([r["part"], r["model"], r["source"], f"{r['size']}x{r['size']}", f"{r['params']:,}", minutes,
+                     f"{r['test_bpd']:.3f}" + (" bound" if r["is_bound"] else ""), str(r["sampling_steps"]),
+                     f"{r['sample_s_per_image_batch']:.4f}", f"{r['sample_s_per_image_single']:.3f}",
+                     f"{r['fid']:.1f} ({r['fid_floor']:.1f})", f"{r['precision']:.2f}", f"{r['recall']:.2f}"])
+    title = "the course's generators side by side"
+    if records:
+        r = records[0]
+        clock = "CPU" if r["clock"] == "cpu" else "wall-clock"
+        title = (f"Fashion-MNIST, 256 levels. test bpd: bits/dim on the first {r['test_images']} test images at the "
+                 f"model's own size (exact, or an upper bound where marked); FID-FMNIST, precision, recall of "
+                 f"{r['quality_samples']} samples against as many test images, judged at {r['judged_at']}x"
+                 f"{r['judged_at']} (14x14 models: real and generated images enlarged alike; floor: as many "
+                 f"training images at that size); {clock} s per image in batches of 100 and one at a time "
+                 f"(alone), {r['threads']} thread(s)")
+    return text_table(title, head, rows, numeric=range(4, len(head)))
+
+
+def build_course_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m armini.bench course",
+        description="Every generator of Parts I-IV from its pretrained checkpoint, side by side in one run: "
+                    "test bits/dim, FID-FMNIST with precision/recall, sampling steps and seconds per image "
+                    "(batches and one at a time), parameters, training CPU minutes.")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated names (default: {','.join(course_parts())}; quick mode leaves out "
+                        f"{','.join(QUICK_SKIP)})")
+    p.add_argument("--test-images", type=cli.positive_int, default=None,
+                   help="test images for bits/dim (default 500; 50 in quick mode)")
+    p.add_argument("--quality-samples", type=cli.positive_int, default=None,
+                   help=f"samples per model for FID, precision, recall (default 100; 20 in quick mode; at least "
+                        f"{MIN_QUALITY_SAMPLES})")
+    p.add_argument("--single-n", type=cli.positive_int, default=None,
+                   help="images drawn one at a time for the latency column (default 2; 1 in quick mode)")
+    p.add_argument("--train-missing", action="store_true",
+                   help="train a generator without a checkpoint here, the bench way, for --train-budget s "
+                        "(default: skip it with a note)")
+    p.add_argument("--train-budget", type=cli.positive_float, default=None,
+                   help="training seconds per missing model with --train-missing (default 60; 5 in quick mode)")
+    p.add_argument("--size", type=int, default=None, choices=[28, 14, 7],
+                   help="image side for models trained here (default: each lesson's, 28 or 14)")
+    p.add_argument("--set", action="append", default=[], type=cli.key_value, metavar="KEY=VALUE",
+                   help="a keyword argument for models trained here (repeatable)")
+    p.add_argument("--wall-clock", action="store_true", help="time in wall-clock seconds (default: CPU seconds)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
+    cli.add_debug_flag(p)
+    return p
+
+
+def run_course(args, parser) -> list:
+    """The course table the parsed flags ask for; returns the records."""
+    names = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+    if names is not None:
+        check_model_names(names, parser)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = run_course_bench(names, test_images=args.test_images, quality_samples=args.quality_samples,
+                               single_n=args.single_n, train_missing=args.train_missing,
+                               train_budget_s=args.train_budget, size=args.size, device=args.device, seed=args.seed,
+                               cpu_time=not args.wall_clock, json_path=args.json, overwrite=args.overwrite,
+                               model_kwargs=dict(args.set), log=lambda m: print(m, flush=True))
+    print()
+    print(format_course_table(records))
+    if records:
+        print("Pareto front (FID vs s/img in batches): " + ", ".join(pareto_front(records)))
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return records
+
+
+def run_video(argv) -> int:
+    """`python -m armini.bench video ...`: the video bench of lesson 18 (armini.video_bench.main)."""
+    try:
+        from armini import video_bench
+    except ModuleNotFoundError as e:
+        if e.name != "armini.video_bench":
+            raise
+        print("python -m armini.bench video: armini/video_bench.py (lesson 18's video bench) is not in this "
+              "checkout yet; update it (git pull)", file=sys.stderr)
+        return 1
+    return video_bench.main(list(argv))
+
+
 def main(argv=None) -> int:
     """Run the benchmark from the command line; returns the exit status (errors: one line, see armini.cli)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -905,6 +1189,12 @@ def main(argv=None) -> int:
         parser = build_speed_parser()
         args = parser.parse_args(argv[1:])
         return cli.run(lambda: run_speed(args, parser), parser.prog, args.debug)
+    if argv[:1] == ["course"]:
+        parser = build_course_parser()
+        args = parser.parse_args(argv[1:])
+        return cli.run(lambda: run_course(args, parser), parser.prog, args.debug)
+    if argv[:1] == ["video"]:
+        return run_video(argv[1:])
     if argv[:1] == ["tokenizers"]:
         parser = build_tokenizer_parser()
         args = parser.parse_args(argv[1:])

@@ -335,3 +335,118 @@ def test_bench_tokenizers_msvq_row_reports_every_scale(monkeypatch, capsys):
     table = bench.format_tokenizer_table([r])
     assert any(line.startswith("msvq ") and " 104 " in line and " 489 " in line for line in table.splitlines())
     assert "msvq per scale (1, 2, 3, 4, 5, 7): used " in table and "latent MSE of f_hat" in table
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m armini.bench course (lesson 19) and the video dispatch
+
+
+class FakePretrained:
+    """A stand-in for armini.pretrained holding one tiny 'checkpoint' (an untrained IndependentPixels at 7x7)."""
+
+    def __init__(self, name, train_cpu_s=120.0):
+        self.name, self.train_cpu_s, self.loaded = name, train_cpu_s, []
+
+    def available(self, name):
+        return name == self.name
+
+    def load(self, name, device=None):
+        if name != self.name:
+            raise ValueError(f"no checkpoint for {name}")
+        self.loaded.append(name)
+        torch.manual_seed(0)
+        return IndependentPixels(shape=(1, 7, 7), levels=256).to(device or "cpu")
+
+    def record(self, name):
+        return {"train_cpu_s": self.train_cpu_s, "model": name}
+
+
+def test_bench_course_trains_missing_models_here_and_measures_each_in_one_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    monkeypatch.setitem(MODELS, "cached-toy", CachedIndependent)
+    monkeypatch.setattr(bench, "pretrained_module", lambda: None)  # no checkpoints at all
+    path = tmp_path / "course.json"
+    assert bench.main(["course", "--models", "independent,cached-toy", "--train-missing", "--train-budget", "0.3",
+                       "--size", "7", "--quality-samples", "10", "--test-images", "20", "--single-n", "2",
+                       "--device", "cpu", "--json", str(path)]) == 0
+    records = json.loads(path.read_text())
+    assert [r["model"] for r in records] == ["independent", "cached-toy"]
+    for r in records:
+        assert r["kind"] == "course" and r["source"] == "trained here" and r["size"] == 7 and r["shape"] == [1, 7, 7]
+        assert r["train_cpu_s"] > 0 and r["test_images"] == 20 and r["quality_samples"] == 10 and r["clock"] == "cpu"
+        assert r["sampling_steps"] == 49 and r["is_bound"] is False and r["unit"] == "bits/dim"
+        assert r["judged_at"] == 28 and r["single_n"] == 2
+        assert r["sample_s_per_image_batch"] == pytest.approx(r["quality_sample_s"] / 10)
+        assert r["sample_s_per_image_single"] > 0 and 0 < r["test_bpd"] < 9
+        for key in ("fid", "fid_floor", "precision", "recall", "kid"):
+            assert np.isfinite(r[key]), key
+    assert records[1]["cached_sampler"] and not records[0]["cached_sampler"]
+    out = capsys.readouterr().out
+    assert "trained here" in out and "7x7" in out and "Pareto front" in out and "FID (floor)" in out
+    before = path.read_text()  # the file exists: replaced only with --overwrite, refused before any model loads
+    assert bench.main(["course", "--models", "independent", "--json", str(path)]) == 1
+    assert "add --overwrite" in capsys.readouterr().err and path.read_text() == before
+
+
+def test_bench_course_loads_checkpoints_and_skips_missing_ones_with_a_note(monkeypatch, capsys):
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    fake = FakePretrained("independent", train_cpu_s=120.0)
+    monkeypatch.setattr(bench, "pretrained_module", lambda: fake)
+    samples = {}
+    records = bench.run_course_bench(["independent", "pixelcnn"], test_images=20, quality_samples=10, single_n=1,
+                                     device="cpu", samples=samples)
+    assert fake.loaded == ["independent"]  # pixelcnn has no checkpoint and --train-missing is off: not trained
+    (r,) = records
+    assert r["source"] == "pretrained" and r["train_cpu_s"] == 120.0 and r["part"] == "other"
+    assert samples["independent"].shape == (10, 1, 7, 7)
+    out = capsys.readouterr().out
+    assert "pixelcnn: no pretrained checkpoint (python -m armini pretrained train pixelcnn); skipped" in out
+    table = bench.format_course_table(records)
+    assert "pretrained" in table and "  2.0  " in table  # 120 CPU s of training: 2.0 minutes
+
+
+def test_bench_course_table_labels_bounds_and_unknown_training_time():
+    base = dict(part="tokens", source="trained here", size=28, params=1000, test_images=10, quality_samples=10,
+                judged_at=28, clock="cpu", threads=1, sampling_steps=49, sample_s_per_image_batch=0.01,
+                sample_s_per_image_single=0.1, fid=50.0, fid_floor=5.0, precision=0.5, recall=0.4)
+    table = bench.format_course_table([dict(base, model="two-stage", test_bpd=1.25, is_bound=True, train_cpu_s=None),
+                                       dict(base, model="exact", test_bpd=1.5, is_bound=False, train_cpu_s=90)])
+    two, exact = [line for line in table.splitlines() if line.startswith("tokens")]
+    assert "1.250 bound" in two and " - " in two  # no training time known
+    assert "1.500" in exact and "bound" not in exact and exact.split()[6] == "1.5"  # 90 CPU s
+
+
+def test_pareto_front_keeps_the_models_nothing_beats_on_both_axes():
+    records = [dict(model="slow-good", s=10.0, fid=5.0), dict(model="fast-bad", s=0.1, fid=50.0),
+               dict(model="dominated", s=10.0, fid=60.0), dict(model="middle", s=1.0, fid=20.0),
+               dict(model="tie-worse", s=1.0, fid=21.0), dict(model="twin", s=1.0, fid=20.0)]
+    assert bench.pareto_front(records, x="s", y="fid") == ["slow-good", "fast-bad", "middle", "twin"]
+    assert bench.pareto_front([dict(model="only", s=1.0, fid=1.0)], x="s", y="fid") == ["only"]
+
+
+def test_bench_course_refuses_video_and_unknown_models(capsys):
+    for names in ("vpn", "no-such-model"):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["course", "--models", names])
+        assert e.value.code == 2
+        assert "choose from" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown or video"):
+        bench.run_course_bench(["vpn"])
+
+
+def test_bench_video_dispatches_to_video_bench_and_says_when_it_is_missing(monkeypatch, capsys):
+    import types
+
+    import armini
+
+    calls = []
+    stub = types.ModuleType("armini.video_bench")
+    stub.main = lambda argv: calls.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "armini.video_bench", stub)
+    monkeypatch.setattr(armini, "video_bench", stub, raising=False)
+    assert bench.main(["video", "--routes", "vpn"]) == 7 and calls == [["--routes", "vpn"]]
+
+    monkeypatch.setitem(sys.modules, "armini.video_bench", None)  # a checkout without the file
+    monkeypatch.delattr(armini, "video_bench", raising=False)
+    assert bench.main(["video"]) == 1
+    assert "armini/video_bench.py" in capsys.readouterr().err
