@@ -333,6 +333,20 @@ def _fid(model, r: Recipe, test, seed: int) -> Optional[float]:
     return metrics.fid(test.images[:n], fake.cpu(), model.levels)
 
 
+def _stage_tests(model, test, n: int) -> tuple[float, float]:
+    """A two-stage model's stages on the first n test images: the tokenizer's bits/dim of p(x|z) and the
+    prior's bits per token (labels as given: no dropout), what fit_stages reports with a test set."""
+    from armini import train as training
+
+    images, labels = training.as_images_labels(test)
+    images, labels = images[:n], None if labels is None else labels[:n]
+    with torch.no_grad():
+        tokens = torch.cat([model.encode(part) for part in images.split(500)])  # (n, D, h, w)
+    prior_test = tokens if labels is None or model.num_classes is None else (tokens, labels)
+    return (training.evaluate(model.tokenizer, images, device="cpu"),
+            training.evaluate(model.prior, prior_test, device="cpu"))
+
+
 def train(name: str, where: Optional[Path] = None, progress: bool = False) -> dict:
     """Train NAME from its recipe (one thread, seeded, on the CPU), write NAME.pt, NAME.json and its SHA256SUMS
     lines; returns the record."""
@@ -375,7 +389,9 @@ def train(name: str, where: Optional[Path] = None, progress: bool = False) -> di
     hist.final_test_bpd = test_bpd
     stages = getattr(hist, "stages", None)  # a two-stage model: the tokenizer's and the prior's runs
     if stages:
-        rec["stages"] = {k: dict(steps=h.steps, train_cpu_s=round(h.train_s, 1), unit=h.unit) for k, h in stages.items()}
+        stages["tokenizer"].final_test_bpd, stages["prior"].final_test_bpd = _stage_tests(model, test_set, r.data["test"])
+        rec["stages"] = {k: dict(steps=h.steps, train_cpu_s=round(h.train_s, 1), test=round(h.final_test_bpd, 4),
+                                 unit=h.unit) for k, h in stages.items()}
     return write(name, model, rec, where, hist)
 
 
