@@ -44,6 +44,7 @@ Two halves, both small:
        python -m armini.course check    # exit 1 if anything is out of sync
        python -m armini.course clean    # strip outputs from solutions/ in place
        python -m armini.course record solutions/02_pixelcnn.ipynb  # store check-cell outputs
+       python -m armini.course nbgrader --out lab --lessons 02,04  # an nbgrader course folder (armini.grading)
 
 2. **Exercise checks.** In a notebook, a learner's function is compared with
    armini's reference on a few inputs; whatever happens, the notebook goes on::
@@ -51,7 +52,8 @@ Two halves, both small:
        mask_fn = check("mask A", mask_a, armini.nn.masked.causal_mask, cases=[(3,), (5,)])
 
    prints ``✅ mask A: correct on 2 checks`` and returns ``mask_a`` -- or says what
-   went wrong and returns the reference, so later cells still work.
+   went wrong and returns the reference, so later cells still work. The verdict is kept in
+   ``VERDICTS``; ``require("mask A")`` raises unless it was ✅ (nbgrader's hidden test: a check never raises).
 """
 from __future__ import annotations
 
@@ -76,8 +78,8 @@ from .files import atomic_write
 __all__ = [
     "SolutionError", "NotebookError", "LearnerWorkError", "student_notebook", "strip_outputs", "to_json",
     "build", "build_notebook", "clean", "record", "problems", "sync_problem", "changed_by_learner", "giveaways",
-    "main",
-    "check", "check_value", "note", "reference_bits_per_dim", "reference_dimensions",
+    "main", "exercise_name", "code_stub",
+    "check", "check_value", "require", "note", "reference_bits_per_dim", "reference_dimensions",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root (parent of the armini package)
@@ -153,17 +155,30 @@ def _outside_functions(code: str, lines: list[int]) -> list[int]:
     return [line for line in lines if line not in inside]
 
 
+def exercise_name(source: str) -> str:
+    """The name of the exercise in a cell: its ``# Exercise: <name>`` comment, or "fill this in"."""
+    found = EXERCISE_NAME.search(source)
+    return found.group(1) if found else "fill this in"
+
+
+def code_stub(source: str) -> str:
+    """What each exercise region of code cell `source` becomes (before indenting): two lines,
+    ``# YOUR CODE HERE`` and ``raise NotImplementedError("Exercise: <name>")``. The nbgrader
+    preprocessor in armini.grading writes the same stub, so both ways of building agree."""
+    message = "Exercise: " + exercise_name(source)
+    message = '"' + message.replace("\\", "\\\\").replace('"', '\\"') + '"'  # a Python string literal
+    return f"# YOUR CODE HERE\nraise NotImplementedError({message})"
+
+
 def _student_code(source: str, where: str) -> str:
     """The learner's version of one code cell."""
-    found = EXERCISE_NAME.search(source)
-    message = "Exercise: " + (found.group(1) if found else "fill this in")
-    message = '"' + message.replace("\\", "\\\\").replace('"', '\\"') + '"'  # a Python string literal
+    stub = code_stub(source).split("\n")
 
     def replacement(indent):
         if not indent:
             raise SolutionError(f"{where}: a solution region is at top level; put it inside a function "
                                 "body so the learner's notebook still runs to the end")
-        return [indent + "# YOUR CODE HERE", indent + f"raise NotImplementedError({message})"]
+        return [indent + line for line in stub]
 
     code, replaced = _blank_regions(source, replacement, where)
     bad = _outside_functions(code, [new for _, new in replaced])
@@ -540,21 +555,37 @@ def problems(root: Path | None = None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    """``python -m armini.course {build,check,clean,record} [NOTEBOOK ...] [--force] [--root DIR]``;
+    """``python -m armini.course {build,check,clean,record,nbgrader} [NOTEBOOK ...] [--force] [--root DIR]``;
     returns the exit status. Bad input is one line on stderr and exit status 1, never a traceback."""
     parser = argparse.ArgumentParser(prog="python -m armini.course", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["build", "check", "clean", "record"])
+    parser.add_argument("command", choices=["build", "check", "clean", "record", "nbgrader"])
     parser.add_argument("notebooks", nargs="*", type=Path,
                         help="record: the solutions notebooks to run (default: every one)")
     parser.add_argument("--force", action="store_true",
-                        help=f"build: rebuild notebooks you changed too, after copying them to notebooks/{BACKUP}/")
+                        help=f"build: rebuild notebooks you changed too, after copying them to notebooks/{BACKUP}/; "
+                             "nbgrader: write into an existing course folder, after copying each file it replaces "
+                             "to COURSE_DIR/armini-backup/")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: %(default)s)")
+    grading = parser.add_argument_group("nbgrader (an nbgrader course folder from solutions/)")
+    grading.add_argument("--out", type=Path, metavar="COURSE_DIR", help="the course folder to write (required)")
+    grading.add_argument("--lessons", help="comma-separated lessons, e.g. 02,04 (default: every lesson with exercises)")
+    grading.add_argument("--assignment", help="one assignment holding every lesson (default: one per lesson)")
+    grading.add_argument("--points", type=float, default=1, help="points per exercise (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.notebooks and args.command != "record":
         parser.error(f"{args.command} takes no notebook names (only record does)")
-    if args.force and args.command != "build":
-        parser.error("only build takes --force")
+    if args.force and args.command not in ("build", "nbgrader"):
+        parser.error("only build and nbgrader take --force")
+    given = [option for option in ("out", "lessons", "assignment") if getattr(args, option) is not None]
+    if args.command != "nbgrader" and (given or args.points != 1):
+        parser.error("--out, --lessons, --assignment and --points are options of nbgrader only")
+    if args.command == "nbgrader" and args.out is None:
+        parser.error("nbgrader needs --out COURSE_DIR, the folder to write the course into (e.g. --out lab)")
+    if args.points <= 0 or not math.isfinite(args.points):
+        parser.error(f"--points must be a positive number, got {args.points}")
     try:
+        if args.command == "nbgrader":
+            return _nbgrader(args)
         if args.command == "record":
             paths = args.notebooks or _sources(args.root)
             for path in paths:  # every notebook readable and balanced before the first (long) run
@@ -597,6 +628,34 @@ def main(argv=None) -> int:
     except OSError as error:  # a full disk, a read-only folder: atomic_write left every file as it was
         print(f"error: {error}; files already written are complete, the rest are unchanged", file=sys.stderr)
         return 1
+    return 0
+
+
+def _nbgrader(args) -> int:
+    """``python -m armini.course nbgrader --out COURSE_DIR``: see armini.grading."""
+    try:
+        from . import grading
+    except ImportError as error:
+        print(f"error: nbgrader is not installed ({error}); pip install nbgrader, or pip install -e '.[dev]'",
+              file=sys.stderr)
+        return 1
+    lessons = [token for token in (args.lessons or "").split(",") if token.strip()] or None
+    try:
+        result = grading.prepare(args.out, lessons, root=args.root, assignment=args.assignment,
+                                 points=args.points, force=args.force)
+    except grading.CourseFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path, backup in result.backups.items():
+        print(f"your version of {path} is saved as {backup}")
+    for path in result.written:
+        print(f"wrote {path}")
+    for stem in result.skipped:
+        print(f"skipped {stem}: no exercises")
+    if result.kept_config:
+        print(f"kept your {args.out / 'nbgrader_config.py'}; armini's settings are in armini.grading.CONFIG")
+    print(f"now, in {args.out}: nbgrader generate_assignment ASSIGNMENT, then nbgrader autograde ASSIGNMENT "
+          "(the README's instructor guide has the steps)")
     return 0
 
 
@@ -721,6 +780,9 @@ def _describe_case(case) -> str:
     return ", ".join(_show(value, 30) for value in case)
 
 
+# the latest verdict of each check by name, True when correct (this kernel's run so far)
+VERDICTS: dict[str, bool] = {}
+
 _FALLBACK = "   The rest of the notebook uses armini's reference version; fix yours and re-run this cell."
 
 
@@ -742,6 +804,7 @@ def check(name: str, candidate, reference, cases, *, compare=None, atol: float =
     cases = [case if isinstance(case, (tuple, dict)) else (case,) for case in cases]
     if not cases:
         raise ValueError("check() needs at least one case")
+    VERDICTS[name] = False  # until every case is right (what require, nbgrader's hidden test, reads)
     if not callable(candidate):
         print(f"❌ {name}: expected a function, got {type(candidate).__name__} {_show(candidate)}\n{_FALLBACK}")
         return reference
@@ -761,6 +824,7 @@ def check(name: str, candidate, reference, cases, *, compare=None, atol: float =
             print(f"❌ {name}: case {k} of {len(cases)} ({_describe_case(case)}): {problem}\n{_FALLBACK}")
             return reference
     print(f"✅ {name}: correct on {len(cases)} check{'s' if len(cases) != 1 else ''}")
+    VERDICTS[name] = True
     return candidate
 
 
@@ -771,6 +835,7 @@ def check_value(name: str, value, expected, *, compare=None, atol: float = 1e-5,
     `value` may be a function of no arguments (how an exercise region produces a value: the learner fills
     in its body); it is called, and NotImplementedError means "not done yet".
     """
+    VERDICTS[name] = False
     if callable(value) and not callable(expected):
         try:
             value = value()
@@ -785,7 +850,19 @@ def check_value(name: str, value, expected, *, compare=None, atol: float = 1e-5,
         print(f"❌ {name}: {problem}\n{_FALLBACK.replace('version', 'value')}")
         return expected
     print(f"✅ {name}: correct")
+    VERDICTS[name] = True
     return value
+
+
+def require(*names: str) -> None:
+    """Raise AssertionError unless the latest check of each name passed: the hidden test that nbgrader
+    runs after an exercise's check (see armini.grading), since `check` itself never raises."""
+    for name in names:
+        if name not in VERDICTS:
+            raise AssertionError(f"the check {name!r} did not run: restore the cell that calls it")
+        if not VERDICTS[name]:
+            raise AssertionError(f"{name}: not correct yet (the check's message above says why)")
+    print(f"graded: {', '.join(names)} correct")
 
 
 def note(msg: str) -> None:

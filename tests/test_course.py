@@ -528,3 +528,54 @@ def test_check_value(capsys):
     assert "⏭ answer: not done yet" in capsys.readouterr().out
     course.note("quick mode")
     assert "quick mode" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# require: the hidden test nbgrader runs after a check (check itself never raises)
+
+
+@pytest.mark.parametrize("candidate, verdict", [
+    (lambda k: torch.ones(k, k, dtype=torch.bool).tril(), True),
+    (lambda k: torch.ones(k, k, dtype=torch.bool), False),  # wrong
+    (lambda k: torch.ones(k)[k + 1], False),  # raises
+    (lambda k: (_ for _ in ()).throw(NotImplementedError("Exercise: mask A")), False),  # not done
+])
+def test_require_passes_only_after_a_correct_check(capsys, candidate, verdict):
+    course.check("mask A (require)", candidate, reference_mask, cases=[(3,)])
+    assert course.VERDICTS["mask A (require)"] is verdict
+    if verdict:
+        course.require("mask A (require)")
+        assert capsys.readouterr().out.endswith("graded: mask A (require) correct\n")
+    else:
+        with pytest.raises(AssertionError, match=r"mask A \(require\): not correct yet"):
+            course.require("mask A (require)")
+
+
+def test_require_names_a_check_that_did_not_run_and_follows_the_latest_run(capsys):
+    with pytest.raises(AssertionError, match="the check 'never run' did not run: restore the cell"):
+        course.require("never run")
+    course.check_value("answer (require)", 0.6, 0.5)
+    with pytest.raises(AssertionError):
+        course.require("answer (require)")
+    course.check_value("answer (require)", 0.5, 0.5)  # fixed and re-run: the latest verdict counts
+    course.require("answer (require)")
+    course.check_value("answer (require)", 0.6, 0.5)
+    with pytest.raises(AssertionError):
+        course.require("answer (require)")
+
+
+def test_code_stub_is_what_build_writes():
+    assert course.code_stub('# Exercise: say "hi"\n') == '# YOUR CODE HERE\nraise NotImplementedError("Exercise: say \\"hi\\"")'
+    assert course.code_stub("x = 1") == '# YOUR CODE HERE\nraise NotImplementedError("Exercise: fill this in")'
+    assert course.exercise_name("# exercise:  mask A \n") == "mask A"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "--out", "lab"], "--out, --lessons, --assignment and --points are options of nbgrader only"),
+    (["check", "--points", "2"], "options of nbgrader only"),
+    (["clean", "--force"], "only build and nbgrader take --force"),
+])
+def test_nbgrader_options_belong_to_nbgrader(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit):
+        course.main([*argv, "--root", str(tmp_path)])
+    assert message in capsys.readouterr().err
