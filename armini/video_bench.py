@@ -16,9 +16,12 @@ Part V's three routes (lessons 16-18), each a `VideoARModel` (armini.models.base
 
 on lesson 16's Moving MNIST (SETTING: 8 frames of 16x16, 16 grey levels, two digits; --frames, --size, --levels
 change it). Each route is trained for the same budget of seconds (--budget; with --cpu-time CPU seconds of this
-process, fair on a busy machine) by armini.train.fit at a constant learning rate, or by the model's own
-`fit_stages` (VideoGPT: the tokenizer, then the prior, both inside the budget), with its lesson's recipe
-(RECIPES: batch size, learning rate) and size (ROUTE_KWARGS). Then, on the first --test-videos test videos:
+process, fair on a busy machine) by armini.train.fit at a constant learning rate after fit's 100-step warm-up
+(lesson 16's recipe), or by the model's own `fit_stages` (VideoGPT: the tokenizer, then the prior, 40% and 60% of
+the budget, the encoding of the training videos counted), with its lesson's batch size and learning rate (RECIPES)
+and size (ROUTE_KWARGS); the time limit, not a step count, ends each run. Lesson 18 runs the same race with its own
+VideoGPT (trained for fixed steps) and gives the others its CPU seconds (train_route, route_record). Then, on the
+--test-videos test videos:
 
     test_bpd, unit, is_bound   bits per dimension (exact, or an upper bound on -log2 p(x) for videogpt)
     nats_per_frame             the video papers' unit: -ln p(x) / T (bits/dim x ln 2 x C*H*W; a bound where is_bound)
@@ -187,19 +190,27 @@ def measure_route(name: str, model, test_set, *, samples: int, floor=None, train
     return record
 
 
-def bench_route(name: str, train_set, test_set, *, budget_s: float, samples: int, floor=None, cpu_time: bool = True,
-                device=None, seed: int = 0, models=None) -> dict:
-    """Train route `name` for `budget_s` seconds and measure it: one JSON record (kind="video").
-    models: a dict that receives the trained model under `name`."""
-    model, fields = train_route(name, train_set, budget_s=budget_s, cpu_time=cpu_time, device=device, seed=seed)
+def route_record(name: str, model, fields: dict, train_set, test_set, *, budget_s: float, samples: int, floor=None,
+                 cpu_time: bool = True, seed: int = 0) -> dict:
+    """One JSON record (kind="video") for route `name`: its trained `model`, the training `fields` train_route
+    returned (or the same keys for a model trained elsewhere, e.g. a lesson's), and measure_route's figures."""
     record = dict(kind="video", budget_s=budget_s, clock="cpu" if cpu_time else "wall",
                   threads=torch.get_num_threads(), device=str(model.model_device), data_source=train_set.source,
                   train_videos=len(train_set), **fields)
     record.update(measure_route(name, model, test_set, samples=samples, floor=floor, train_set=train_set, seed=seed,
                                 cpu_time=cpu_time))
+    return record
+
+
+def bench_route(name: str, train_set, test_set, *, budget_s: float, samples: int, floor=None, cpu_time: bool = True,
+                device=None, seed: int = 0, models=None) -> dict:
+    """Train route `name` for `budget_s` seconds and measure it: one JSON record (kind="video").
+    models: a dict that receives the trained model under `name`."""
+    model, fields = train_route(name, train_set, budget_s=budget_s, cpu_time=cpu_time, device=device, seed=seed)
     if models is not None:
         models[name] = model
-    return record
+    return route_record(name, model, fields, train_set, test_set, budget_s=budget_s, samples=samples, floor=floor,
+                        cpu_time=cpu_time, seed=seed)
 
 
 def format_table(records) -> str:
@@ -221,7 +232,7 @@ def format_table(records) -> str:
         r = records[0]
         T, C, H, W = r["shape"]
         clock = "CPU" if r["clock"] == "cpu" else "wall-clock"
-        title = (f"Moving MNIST, {T} frames of {H}x{W} at {r['levels']} levels; {r['budget_s']:g} {clock} s of training "
+        title = (f"Moving MNIST, {T} frames of {H}x{W} at {r['levels']} levels; {r['budget_s']:.3g} {clock} s of training "
                  f"per route; nats/frame and bits/dim on {r['test_videos']} test videos ((bound): an upper bound on "
                  f"-log p(x)); s/frame = {clock} seconds per generated frame")
         n = next((q["samples"] for q in records if "samples" in q), None)
