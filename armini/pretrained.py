@@ -80,13 +80,13 @@ FMNIST14 = dict(FMNIST, size=14)
 
 RECIPES: dict[str, Recipe] = {
     "pixelcnn": Recipe("02_pixelcnn", "pixelcnn", {}, FMNIST, steps=900, batch_size=32, lr=2e-3,
-                       budget="lesson 02: steps = armini.budget(900, ...)", fid_samples=500),
+                       budget="lesson 02: steps = armini.budget(900, 30)", fid_samples=500),
     "gated-pixelcnn": Recipe("04_gated_pixelcnn", "gated-pixelcnn", {}, FMNIST, steps=500, batch_size=32, lr=2e-3,
-                             budget="lesson 04: steps = armini.budget(500, ...)"),
+                             budget="lesson 04: steps = armini.budget(500, 15)"),
     "pixelcnn++": Recipe("05_pixelcnnpp", "pixelcnn++", {}, FMNIST, steps=1000, batch_size=16, lr=4e-3,
                          budget="lesson 05: steps = armini.budget(1000, 6), bench.LR and bench.BATCH"),
-    "pixelsnail": Recipe("06_pixelsnail", "pixelsnail", {}, FMNIST, steps=400, batch_size=32, lr=2e-3,
-                         budget="lesson 06: steps = armini.budget(400, 6)"),
+    "pixelsnail": Recipe("06_pixelsnail", "pixelsnail", {}, FMNIST, steps=300, batch_size=32, lr=2e-3,
+                         budget="lesson 06: steps = armini.budget(300, 6) (/work/issues/BUDGETS.md)"),
     "pixel-transformer": Recipe("07_pixel_transformer", "pixel-transformer", {}, FMNIST14, steps=1000, batch_size=32,
                                 lr=2e-3, budget="lesson 07: steps = armini.budget(1000, 20)"),
     "lmconv": Recipe("09_lmconv", "lmconv", {}, FMNIST14, steps=400, batch_size=32, lr=2e-3,
@@ -255,19 +255,41 @@ def history(name: str):
     return hist
 
 
+def settings(model) -> dict:
+    """Everything that decides what `model` is, as JSON values: its constructor settings (shape, levels, config)
+    with a tokenizer's full config in place of the settings it was given."""
+    from armini import train
+    from armini.models.token_ar import _config_of
+
+    found = train.model_kwargs(model)
+    if getattr(model, "tokenizer", None) is not None:
+        found["tokenizer"] = _config_of(model.tokenizer)
+    return json.loads(json.dumps(found))
+
+
 def mismatches(name: str, model) -> list[str]:
     """How NAME's shipped checkpoint differs from `model`, built as its lesson builds it: model name, shape,
-    levels and every constructor setting, one line each ([] when they agree). For the lessons' tests."""
+    levels and every constructor setting (a tokenizer's too), one line each ([] when they agree)."""
     from armini import train
 
-    rec = record(name)
-    want = json.loads(json.dumps(train.model_kwargs(model)))
-    found = [f"model: the checkpoint holds {rec['model']}, the lesson builds {train.model_name(model)}"] \
-        if rec["model"] != train.model_name(model) else []
-    for key in sorted(set(want) | set(rec["model_kwargs"])):
-        if want.get(key) != rec["model_kwargs"].get(key):
-            found.append(f"{key}: the checkpoint has {rec['model_kwargs'].get(key)!r}, the lesson {want.get(key)!r}")
+    shipped = load(name, device="cpu")
+    found = [] if type(shipped) is type(model) else \
+        [f"model: the checkpoint holds a {type(shipped).__name__}, the lesson builds a {type(model).__name__}"]
+    have, want = settings(shipped), settings(model)
+    for key in sorted(set(have) | set(want)):
+        if have.get(key) != want.get(key):
+            found.append(f"{key}: the checkpoint has {have.get(key)!r}, the lesson {want.get(key)!r}")
     return found
+
+
+def lesson_cell(name: str) -> str:
+    """The source of the solution notebook's cell that loads NAME (its training cell, with the switch)."""
+    path = Path(__file__).resolve().parent.parent / "solutions" / f"{recipe(name).lesson}.ipynb"
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    found = [c for c in cells if f'pretrained.load("{name}"' in c]
+    if len(found) != 1:
+        raise ValueError(f"{path.name}: {len(found)} cells call pretrained.load({name!r}), expected one")
+    return found[0]
 
 
 # ----------------------------------------------------------------------------- verify

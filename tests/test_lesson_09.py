@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from armini import orders
+from armini import pretrained
 from armini.course import check
 from armini.models.lmconv import ensemble_log_likelihood
 from armini.nn.locally_masked import local_mask
@@ -102,3 +103,20 @@ def test_wrong_ensembles_are_caught(mistake, capsys):
     assert check("the order ensemble", wrong, ensemble_log_likelihood, cases=ensemble_cases()) is ensemble_log_likelihood
     out = capsys.readouterr().out
     assert "❌" in out, out
+
+
+# ----------------------------------------------------------------------------- the pretrained checkpoint
+
+
+@pytest.mark.skipif(not pretrained.available("lmconv"),
+                    reason="data/pretrained/lmconv.pt is not here: python -m armini pretrained train lmconv")
+def test_pretrained_checkpoint_is_the_lessons_model():
+    """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
+    (the default budget's), and the cell's budget is the recipe's."""
+    from armini.models.lmconv import LMConv
+
+    lesson_model = LMConv(shape=(1, 14, 14), levels=256)  # the cell's model on the lesson's 14x14 data
+    assert pretrained.mismatches("lmconv", lesson_model) == []
+    cell = pretrained.lesson_cell("lmconv")
+    for setting in ['armini.budget(400, 6)', 'batch_size=32, lr=2e-3']:
+        assert setting in cell, setting

@@ -4,8 +4,10 @@ step-budget dynamic program. Each check passes the right answer and rejects the 
 The cases below are the lesson's own: what each check compares."""
 import math
 
+import pytest
 import torch
 
+from armini import pretrained
 from armini.course import check
 from armini.models.ardm import ardm_nll, plan_steps, random_ranks
 from helpers import ardm_scores_given_dims, ardm_weight_missing, ardm_weight_off_by_one
@@ -113,3 +115,20 @@ def test_plan_wrong_versions_are_caught(capsys):
         assert check("step-budget DP", wrong, plan_steps, PLAN_CASES) is plan_steps, wrong.__name__
         out = capsys.readouterr().out
         assert out.startswith("❌ step-budget DP: case") and "armini's reference version" in out, (wrong.__name__, out)
+
+
+# ----------------------------------------------------------------------------- the pretrained checkpoint
+
+
+@pytest.mark.skipif(not pretrained.available("ardm"),
+                    reason="data/pretrained/ardm.pt is not here: python -m armini pretrained train ardm")
+def test_pretrained_checkpoint_is_the_lessons_model():
+    """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
+    (the default budget's), and the cell's budget is the recipe's."""
+    from armini.models.ardm import ARDM
+
+    lesson_model = ARDM(shape=(1, 14, 14), levels=256, channels=32)  # the default budget's width
+    assert pretrained.mismatches("ardm", lesson_model) == []
+    cell = pretrained.lesson_cell("ardm")
+    for setting in ['armini.budget(2000, 40)', 'batch_size=32, lr=3e-3', 'channels=armini.budget(32, 16)']:
+        assert setting in cell, setting

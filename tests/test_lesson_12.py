@@ -1,7 +1,9 @@
 """Lesson 12's build-it exercises (solutions/12_token_priors.ipynb): the guidance mix and the two-stage
 sampler. Each check passes the right answer and rejects the usual wrong ones."""
+import pytest
 import torch
 
+from armini import pretrained
 from armini.course import check
 from armini.models.token_ar import TwoStage, guided_logprobs, two_stage_sample
 from test_token_ar import SMALL, ToyTokenizer, train_steps
@@ -111,3 +113,20 @@ def test_two_stage_sampler_wrong_versions_are_caught(capsys):
         assert check("two-stage sampler", wrong, two_stage_sample, cases) is two_stage_sample, wrong.__name__
         out = capsys.readouterr().out
         assert out.startswith(f"❌ two-stage sampler: case {case} of 2") and "reference version" in out, (wrong.__name__, out)
+
+
+# ----------------------------------------------------------------------------- the pretrained checkpoint
+
+
+@pytest.mark.skipif(not pretrained.available("vq-transformer"),
+                    reason="data/pretrained/vq-transformer.pt is not here: python -m armini pretrained train vq-transformer")
+def test_pretrained_checkpoint_is_the_lessons_model():
+    """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
+    (the default budget's), and the cell's budget is the recipe's."""
+    lesson_model = TwoStage(shape=(1, 28, 28), levels=256, tokenizer=dict(quantizer="ema", codebook_size=128, dim=16,
+                            channels=32), prior="pixel-transformer", prior_kwargs=dict(dim=64, n_layers=4, n_heads=4),
+                            num_classes=10, tokenizer_share=0.5)  # TOKENIZER and PRIOR as the lesson sets them
+    assert pretrained.mismatches("vq-transformer", lesson_model) == []
+    cell = pretrained.lesson_cell("vq-transformer")
+    for setting in ['armini.budget(220, 20)', 'batch = 32', 'lr=2e-3']:
+        assert setting in cell, setting

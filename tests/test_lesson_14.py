@@ -2,8 +2,10 @@
 list of sampling steps (scale_steps). Each check passes the right answer and rejects the usual wrong ones."""
 import math
 
+import pytest
 import torch
 
+from armini import pretrained
 from armini.course import check
 from armini.models.pmard import GROUPS, base_image, block_grid, scale_steps
 
@@ -106,3 +108,20 @@ def test_scale_steps_wrong_versions_are_caught(capsys):
         out = capsys.readouterr().out
         assert out.startswith("❌ sampling steps: case 1 of 4") and problem in out, (wrong.__name__, out)
         assert "armini's reference version" in out
+
+
+# ----------------------------------------------------------------------------- the pretrained checkpoint
+
+
+@pytest.mark.skipif(not pretrained.available("pmard"),
+                    reason="data/pretrained/pmard.pt is not here: python -m armini pretrained train pmard")
+def test_pretrained_checkpoint_is_the_lessons_model():
+    """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
+    (the default budget's), and the cell's budget is the recipe's."""
+    from armini.models import MODELS
+
+    lesson_model = MODELS["pmard"](shape=(1, 28, 28), levels=256)
+    assert pretrained.mismatches("pmard", lesson_model) == []
+    cell = pretrained.lesson_cell("pmard")
+    for setting in ['armini.budget(150, 12)', 'BATCH, LR = 32, 2e-3', 'train_for(model, BUDGET)']:
+        assert setting in cell, setting

@@ -1,9 +1,11 @@
 """Lesson 15's build-it exercises (solutions/15_var.ipynb): the block-causal mask, the teacher-forcing input
 from the cumulative f_hat and the scale-by-scale sampler. Each check passes the right answer and rejects the
 usual wrong ones."""
+import pytest
 import torch
 import torch.nn.functional as F
 
+from armini import pretrained
 from armini.course import check
 from armini.models.var import VAR, next_scale_sample
 from armini.nn.attention import block_causal_mask
@@ -164,3 +166,23 @@ def test_scale_sampler_wrong_versions_are_caught(capsys):
             wrong.__name__
         out = capsys.readouterr().out
         assert out.startswith("❌ scale-by-scale sampler: case 1 of 2") and "armini's reference version" in out, out
+
+
+# ----------------------------------------------------------------------------- the pretrained checkpoint
+
+
+@pytest.mark.skipif(not pretrained.available("var"),
+                    reason="data/pretrained/var.pt is not here: python -m armini pretrained train var")
+def test_pretrained_checkpoint_is_the_lessons_model():
+    """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
+    (the default budget's), and the cell's budget is the recipe's."""
+    from armini.nn.quantize import default_scales
+    from armini.tokenizers.vqvae import VQVAE
+
+    msvq = VQVAE(image_shape=(1, 28, 28), levels=256, quantizer="msvq", codebook_size=26, scales=default_scales(7))
+    lesson_model = VAR(shape=(1, 28, 28), levels=256, tokenizer=msvq, prior_kwargs=dict(dim=64, n_layers=4, n_heads=4),
+                       num_classes=10)
+    assert pretrained.mismatches("var", lesson_model) == []
+    cell = pretrained.lesson_cell("var")
+    for setting in ['armini.budget(90, 6)', 'batch_size=32, lr=2e-3']:
+        assert setting in cell, setting

@@ -3,8 +3,10 @@
 right answer and rejects the usual wrong ones with a verdict that says where the result differs.
 
 The cases below are the lesson's own: what each check compares."""
+import pytest
 import torch
 
+from armini import pretrained
 from armini.course import check
 from armini.models.vpn import context_inputs
 from armini.nn.convlstm import ConvLSTMCell, compare_step, conv_lstm_step
@@ -103,3 +105,20 @@ def test_shift_wrong_versions_are_caught(capsys):
         assert got is context_inputs, wrong.__name__
         out = capsys.readouterr().out
         assert out.startswith("❌ one-frame shift: case 1 of 3") and problem in out, (wrong.__name__, out)
+
+
+# ----------------------------------------------------------------------------- the pretrained checkpoint
+
+
+@pytest.mark.skipif(not pretrained.available("vpn"),
+                    reason="data/pretrained/vpn.pt is not here: python -m armini pretrained train vpn")
+def test_pretrained_checkpoint_is_the_lessons_model():
+    """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
+    (the default budget's), and the cell's budget is the recipe's."""
+    from armini.models.vpn import VPN
+
+    lesson_model = VPN(shape=(8, 1, 16, 16), levels=16, spatial=True)  # T, SIZE, K = 8, 16, 16
+    assert pretrained.mismatches("vpn", lesson_model) == []
+    cell = pretrained.lesson_cell("vpn")
+    for setting in ['armini.budget(200, 8)', 'lr=2e-3', 'lr_schedule="constant"']:
+        assert setting in cell, setting

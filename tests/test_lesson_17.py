@@ -5,10 +5,11 @@ check passes the right answer and rejects the usual wrong ones.
 The cases below are the lesson's own: what each check compares."""
 import math
 
+import pytest
 import torch
 
 import armini
-from armini import data
+from armini import data, pretrained
 from armini.course import check
 from armini.models.frame_predictor import FramePredictor, predict, scheduled_pass, teacher_forcing_prob
 
@@ -113,3 +114,18 @@ def test_pass_wrong_versions_are_caught(capsys):
         assert got is scheduled_pass, wrong.__name__
         out = capsys.readouterr().out
         assert out.startswith("❌ scheduled-sampling pass: case") and "armini's reference version" in out, out
+
+
+# ----------------------------------------------------------------------------- the pretrained checkpoint
+
+
+@pytest.mark.skipif(not pretrained.available("frame-predictor"),
+                    reason="data/pretrained/frame-predictor.pt is not here: python -m armini pretrained train frame-predictor")
+def test_pretrained_checkpoint_is_the_lessons_model():
+    """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
+    (the default budget's), and the cell's budget is the recipe's."""
+    lesson_model = FramePredictor(shape=(12, 1, 32, 32), levels=16, channels=16, lstm_channels=32)  # T_TRAIN, K
+    assert pretrained.mismatches("frame-predictor", lesson_model) == []
+    cell = pretrained.lesson_cell("frame-predictor")
+    for setting in ['armini.budget(350, 20)', 'armini.budget(16, 8)', 'lr=3e-3']:
+        assert setting in cell, setting
