@@ -211,13 +211,14 @@ def test_clear_exercises_writes_armini_stub():
 
 
 def test_config_uses_armini_stub():
+    from nbgrader.converters import GenerateAssignment
     from nbgrader.preprocessors import ClearSolutions
     from traitlets.config import Config
 
     config = Config()
     exec(grading.CONFIG, {"get_config": lambda: config})  # as nbgrader reads nbgrader_config.py
-    steps = config.GenerateAssignment.preprocessors
-    assert grading.ClearExercises in steps and ClearSolutions not in steps and len(steps) == 12
+    steps, default = config.GenerateAssignment.preprocessors, GenerateAssignment.class_traits()["preprocessors"].default()
+    assert [grading.ClearExercises if step is ClearSolutions else step for step in default] == steps
 
 
 # ----------------------------------------------------------------------------------------------
