@@ -579,3 +579,13 @@ def test_nbgrader_options_belong_to_nbgrader(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit):
         course.main([*argv, "--root", str(tmp_path)])
     assert message in capsys.readouterr().err
+
+
+def test_nbgrader_command_without_nbgrader_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import armini
+
+    monkeypatch.setitem(sys.modules, "armini.grading", None)  # as if nbgrader (which armini.grading needs) were missing
+    monkeypatch.delattr(armini, "grading", raising=False)
+    assert course.main(["nbgrader", "--out", str(tmp_path / "lab")]) == 1
+    assert "nbgrader is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "lab").exists()
