@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,8 +47,9 @@ SUMS = "SHA256SUMS"
 
 
 def folder() -> Path:
-    """data/pretrained in the repository (tests point it elsewhere with monkeypatch)."""
-    return Path(__file__).resolve().parent.parent / "data" / "pretrained"
+    """data/pretrained in the repository, or $ARMINI_PRETRAINED_DIR when set (checkpoints kept elsewhere)."""
+    other = os.environ.get("ARMINI_PRETRAINED_DIR", "").strip()
+    return Path(other).expanduser() if other else Path(__file__).resolve().parent.parent / "data" / "pretrained"
 
 
 class PretrainedError(ValueError):

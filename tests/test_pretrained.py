@@ -69,6 +69,13 @@ def test_round_trip_gives_the_same_model_in_eval_mode(shipped):
     assert pretrained.verify() == []
 
 
+def test_the_folder_can_be_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARMINI_PRETRAINED_DIR", str(tmp_path))
+    assert pretrained.folder() == tmp_path
+    monkeypatch.delenv("ARMINI_PRETRAINED_DIR")
+    assert pretrained.folder() == SHIPPED
+
+
 def test_sums_file_is_in_sha256sum_format(shipped):
     lines = (shipped / "SHA256SUMS").read_text().splitlines()
     assert sorted(line.split("  ")[1] for line in lines) == ["pixelcnn.json", "pixelcnn.pt"]
