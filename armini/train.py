@@ -50,6 +50,7 @@ import torch
 import torch.nn as nn
 
 import armini
+from armini import distributed
 from armini.files import atomic_write, remove_stale_temporaries
 
 __all__ = ["fit", "evaluate", "bits_per_dim", "optimizer_step", "group_steps", "History", "load_checkpoint",
@@ -235,27 +236,33 @@ def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size: int = 256, device=None, limit: Optional[int] = None) -> float:
+def evaluate(model, data, batch_size: int = 256, device=None, limit: Optional[int] = None,
+             world: Optional[distributed.World] = None) -> float:
     """Test bits per dimension: -sum over images and dimensions of log2 p, divided by N * D.
 
     In the model's unit (`model.unit`: bits/dim for pixels, bits/token for a prior over codebook
     indices), from `model.nll_bits`; an upper bound rather than the exact value when
     `model.nll_is_bound` (a two-stage model, a stochastic estimate).
     data: like `fit`'s; limit: use only the first `limit` images; device: default the model's.
+    world: several processes share the work (fit under torchrun; every one of them must call it):
+    process r scores batches r, r+N, r+2N, ... (the very batches one process scores) and their
+    bits are added up over the processes (armini.distributed.total).
     Runs in eval mode without gradients and restores the model's previous mode.
     """
     images, labels = _check_data(model, data, "test", limit)
     dev = torch.device(device) if device is not None else model.model_device
+    world = world or distributed.World()
     was_training = model.training
     model.eval()
     total_bits = 0.0
     try:
-        for start in range(0, len(images), batch_size):
+        for start in range(0, len(images), batch_size)[world.rank :: world.size]:  # this process's batches
             x = images[start : start + batch_size].to(dev).long()  # (B, *shape)
             y = labels[start : start + batch_size].to(dev) if labels is not None else None
             total_bits += model.nll_bits(x, y).double().sum().item()  # -log2 p(x) per image, summed
     finally:
         model.train(was_training)
+    total_bits = distributed.total(total_bits, world)  # every process's share
     return total_bits / (len(images) * model.dims)
 
 
@@ -676,16 +683,22 @@ class _Run:
     three things it does with them: one training step, an evaluation, a checkpoint.
 
     Parameters are trained in named groups, each with its own AdamW and schedule (the same settings):
-    one group, "model", holding every parameter, unless fit was given param_groups."""
+    one group, "model", holding every parameter, unless fit was given param_groups.
+
+    Under torchrun (world.size > 1) every process runs the same _Run on its slice of each batch
+    (armini.distributed): `objective` goes through DistributedDataParallel, which averages the
+    gradients; `model` itself is never wrapped. Only rank 0 writes the checkpoint."""
 
     def __init__(self, model, images, labels, test, settings: _Settings, *, dev, amp, path, loss_fn, param_groups,
-                 clock, t_start):
+                 clock, t_start, world: distributed.World = distributed.World()):
         self.model, self.test, self.settings, self.dev, self.path = model, test, settings, dev, path
         self.images = images.to(torch.uint8) if images.max() < 256 else images  # 8x less memory; long on the device
         self.labels = labels
         self.loss_fn = bits_per_dim if loss_fn is None else loss_fn
         self.clock, self.t_start, self.elapsed_before = clock, t_start, 0.0
+        self.world = world
         model.to(dev).train()
+        self.objective = distributed.wrap(model, self.loss_fn, world)  # (x, y) -> loss_fn(model, x, y)
         self.single = param_groups is None  # one loss and one optimizer (every model of lessons 00-08)
         self.groups = _param_groups(model, param_groups)  # name -> parameters
         self.optimizers = {name: torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -756,10 +769,11 @@ class _Run:
             f"gradient clipping (clip=), and check that the data are integers in [0, {self.model.levels}); {kept}."
         )
 
-    def losses(self, x, y) -> dict:
-        """loss_fn on a batch as name -> scalar tensor, one per group, or a clear error naming what was expected."""
+    def losses(self, x, y, objective=None) -> dict:
+        """loss_fn on a batch as name -> scalar tensor, one per group, or a clear error naming what was expected.
+        objective: default self.objective (through DDP under torchrun)."""
         with self.autocast():
-            out = self.loss_fn(self.model, x, y)  # default: mean bits per dimension of the batch
+            out = (self.objective if objective is None else objective)(x, y)  # default: mean bits/dim of the batch
         if self.single:
             if isinstance(out, dict):
                 raise TypeError(f"loss_fn returned a dict (keys {list(out)}); with one optimizer it must return a "
@@ -777,18 +791,20 @@ class _Run:
     def train_step(self) -> dict:
         """One optimizer step of every group on the next batch; returns the batch's losses (before the update)."""
         t0 = self.clock()
-        idx = self.order.next()
-        x = _to_device(self.images[idx], self.dev).long()  # (B, C, H, W)
-        y = _to_device(self.labels[idx], self.dev) if self.labels is not None else None
-        losses = self.losses(x, y)  # name -> scalar tensor
-        values = {name: loss.item() for name, loss in losses.items()}
+        idx = self.order.next()  # the global batch, the same in every process
+        mine = distributed.shard(idx, self.world)  # this process's slice (all of idx in one process)
+        x = _to_device(self.images[mine], self.dev).long()  # (B, C, H, W)
+        y = _to_device(self.labels[mine], self.dev) if self.labels is not None else None
+        with distributed.own_random_stream(self.world):  # several processes: each draws its own random numbers
+            losses = self.losses(x, y)  # name -> scalar tensor
+        values = distributed.mean({name: loss.item() for name, loss in losses.items()}, self.world)  # whole batch's
         self.check_values(values, "the training loss is", self.hist.steps + 1, self.lr())
         self.lr_used = self.lr()
         group_steps(losses, self.groups, self.optimizers, self.scaler, self.settings.clip)
         for scheduler in self.schedulers.values():
             scheduler.step()  # the learning rate of the next step
         self.last_batch = (x, y)
-        self.record(values, len(idx), self.clock() - t0)
+        self.record(values, len(idx), self.clock() - t0)  # the whole batch: images/s of all processes
         return {"loss": values["model"]} if self.single else values
 
     def check_values(self, values: dict, what: str, step: int, lr: float):
@@ -810,7 +826,8 @@ class _Run:
 
     def evaluate(self) -> float:
         """Test bits/dim now (on the first eval_images test images), recorded in the history."""
-        bpd = evaluate(self.model, self.test, device=self.dev, limit=self.settings.eval_images)
+        distributed.same_buffers(self.model, self.world)  # under torchrun: every process scores rank 0's model
+        bpd = evaluate(self.model, self.test, device=self.dev, limit=self.settings.eval_images, world=self.world)
         if not math.isfinite(bpd):
             raise self.diverged(f"test bits/dim is {bpd}", self.hist.steps, self.lr_used)
         self.hist.test.append((self.hist.steps, bpd))
@@ -821,7 +838,10 @@ class _Run:
         """Refuse to save diverged weights: every weight finite, and a finite loss on the latest batch.
 
         Weights can be finite yet useless (values of 1e5 whose logits overflow), hence the loss. It is
-        computed in eval mode with the random state put back, so checking changes nothing in the run."""
+        computed in eval mode with the random state put back, so checking changes nothing in the run
+        (on the model itself, not through DDP; under torchrun the loss is averaged over the processes'
+        slices, so all of them decide alike)."""
+        distributed.same_buffers(self.model, self.world)
         bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
         if bad:
             raise self.diverged(f"the weights hold NaN or inf ({', '.join(bad[:3])})", self.hist.steps, self.lr_used)
@@ -830,26 +850,33 @@ class _Run:
         rng = _rng_state(self.dev)
         self.model.eval()
         try:
-            values = {name: loss.item() for name, loss in self.losses(*self.last_batch).items()}
+            losses = self.losses(*self.last_batch, objective=partial(self.loss_fn, self.model))
+            values = distributed.mean({name: loss.item() for name, loss in losses.items()}, self.world)
         finally:
             self.model.train()
             _set_rng_state(rng, self.dev)
         self.check_values(values, "the updated weights give a loss of", self.hist.steps, self.lr_used)
 
     def save(self):
-        """Write a checkpoint with everything needed to resume exactly (never a diverged model)."""
+        """Write a checkpoint with everything needed to resume exactly (never a diverged model).
+
+        Under torchrun every process checks, rank 0 alone writes: the processes hold the same weights,
+        optimizer states, batch order and random state, so any of them could."""
         self.check_finite()
         hist, model = self.hist, self.model
         hist.elapsed_s = self.elapsed_before + self.clock() - self.t_start
         metrics = dict(steps=hist.steps, train_bpd=hist.final_train_bpd, test_bpd=hist.final_test_bpd,
                        images_per_s=hist.images_per_s, elapsed_s=hist.elapsed_s, device=str(self.dev),
                        params=sum(p.numel() for p in model.parameters()))
-        _write_checkpoint(self.path, dict(
+        state = dict(
             model_name=model_name(model), model_class=type(model).__name__, model_kwargs=model_kwargs(model),
             model=model.state_dict(), optimizer=self.states(self.optimizers), scheduler=self.states(self.schedulers),
             scaler=self.scaler.state_dict(), step=hist.steps, data_order=self.order.state_dict(),
             rng=_rng_state(self.dev), history=asdict(hist), metrics=metrics, fit_args=self.fit_args,
-        ))
+        )
+        if self.world.main:  # one process writes (rank 0; the only one without torchrun)
+            _write_checkpoint(self.path, state)
+        distributed.barrier(self.world)  # the others go on once the file is there (a resume reads it next)
         self.saved_step = hist.steps
 
     def evaluate_and_save_if_due(self) -> Optional[float]:
@@ -961,14 +988,18 @@ def fit(
     dev = armini.device(device)
     images, labels = _check_data(model, train, "train")
     test = _check_data(model, test, "test") if test is not None else None
+    _check_processes(distributed.from_env(), min(settings.batch_size, len(images)), param_groups)
     path = Path(checkpoint) if checkpoint is not None else None
     ckpt = _open_checkpoint(path, resume, overwrite) if path is not None else None  # fail now, not after an hour
     if settings.warmup is None:
         saved = (ckpt or {}).get("fit_args", {}).get("warmup")
         settings.warmup = saved if saved is not None else min(100, settings.steps // 10)
 
-    run = _Run(model, images, labels, test, settings, dev=dev, amp=amp, path=path, loss_fn=loss_fn,
-               param_groups=param_groups, clock=clock, t_start=t_start)
+    world = distributed.start(dev)  # under torchrun: join the other processes, this one's GPU; else nothing
+    distributed.same_random_state(world)  # they draw their random numbers in step (own_random_stream)
+    progress = progress and world.main  # one progress bar, rank 0's
+    run = _Run(model, images, labels, test, settings, dev=world.device, amp=amp, path=path, loss_fn=loss_fn,
+               param_groups=param_groups, clock=clock, t_start=t_start, world=world)
     if ckpt is not None:
         differ = _resume_mismatches(ckpt, model, run.fit_args)
         if differ:
@@ -984,6 +1015,18 @@ def fit(
     return _train(run, progress)
 
 
+def _check_processes(world: distributed.World, batch_size: int, param_groups):
+    """Under torchrun: what cannot be split among the processes is refused before any of them waits for another."""
+    if world.size == 1:
+        return
+    distributed.check_batch(batch_size, world)
+    if param_groups is not None:
+        raise ValueError("param_groups (one optimizer per group) "
+                         f"cannot train under torchrun ({world.size} processes): DistributedDataParallel averages "
+                         "the gradients of one backward pass per step, and each group takes a backward pass of its "
+                         "own (group_steps). Train this model in one process (without torchrun)")
+
+
 def _train(run: _Run, progress: bool) -> History:
     """The loop: a step, a look at the clock, an evaluation and a checkpoint when due; then the last ones."""
     from tqdm.auto import tqdm
@@ -996,7 +1039,8 @@ def _train(run: _Run, progress: bool) -> History:
             shown = {name: f"{value:.3f}" for name, value in losses.items()}
             bar.update(1)
             bar.set_postfix(shown, refresh=False)
-            out_of_time = s.time_limit is not None and run.clock() - run.t_start > s.time_limit
+            out_of_time = s.time_limit is not None and distributed.any_process(  # all stop if one clock says so
+                run.clock() - run.t_start > s.time_limit, run.world)
             if hist.steps == s.end or out_of_time:
                 hist.stopped_early = hist.steps < s.end
                 break
