@@ -9,7 +9,7 @@ import torch
 
 from armini import causality, data, train
 from armini.models.base import LN2, VideoARModel
-from armini.models.videogpt import VideoGPT, VideoTokenPrior, default_blocks, layer_blocks
+from armini.models.videogpt import VideoGPT, VideoTokenPrior, default_blocks, layer_blocks, video_observed_tokens
 from armini.nn.attention import block_local_mask
 from armini.tokenizers.video import VQVAE3D
 from helpers import train_a_little
@@ -170,6 +170,21 @@ def test_sampling_continues_the_given_frames():
     # x= and observed= with the first 2 frames observed keeps them too
     kept = m.sample(2, x=x, observed=m.context_mask(2), generator=torch.Generator().manual_seed(0))
     assert torch.equal(kept[:, :2], x[:, :2])
+
+
+def test_a_token_is_kept_when_its_whole_patch_is_observed():
+    first_two = torch.zeros(SHAPE, dtype=torch.bool)
+    first_two[:2] = True  # frames 0 and 1: token slice 0
+    kept = video_observed_tokens(first_two, SHAPE, (2, 4, 4))
+    assert kept.shape == (1, 2, 4, 4) and kept[:, 0].all() and not kept[:, 1].any()
+    one_hole = torch.ones((3,) + SHAPE, dtype=torch.bool)
+    one_hole[1, 3, 0, 5, 2] = False  # video 1, frame 3, pixel (5, 2): token (1, 2, 1) of video 1
+    kept = video_observed_tokens(one_hole, SHAPE, (2, 4, 4))
+    assert kept.shape == (3, 2, 4, 4) and (~kept).nonzero().tolist() == [[1, 1, 2, 1]]
+    tokens = torch.zeros(3, 2, 4, 4, dtype=torch.bool)
+    assert video_observed_tokens(tokens, SHAPE, (2, 4, 4)) is tokens  # a token mask as it is
+    with pytest.raises(ValueError, match=r"broadcastable to \(B, 4, 1, 8, 8\)"):
+        video_observed_tokens(torch.ones(3, 3, 1, 8, 8, dtype=torch.bool), SHAPE, (2, 4, 4))
 
 
 def test_context_errors_are_clear():
