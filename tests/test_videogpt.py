@@ -137,7 +137,8 @@ def test_cached_sampling_draws_what_naive_sampling_draws(attention):
     assert a.shape == (3,) + SHAPE and a.dtype == torch.long and 0 <= int(a.min()) and int(a.max()) < LEVELS
     assert torch.equal(a, m.sample(3, generator=g(), cached=False))
     first = videos(3, seed=1)[:, :2]
-    assert torch.equal(m.sample(3, context=first, generator=g()), m.sample(3, context=first, generator=g(), cached=False))
+    cached = m.sample(3, context=first, generator=g())
+    assert torch.equal(cached, m.sample(3, context=first, generator=g(), cached=False))
 
 
 def test_each_token_step_draws_from_the_priors_conditionals():

@@ -146,7 +146,8 @@ class VideoTokenPrior(ARModel):
         self.row_emb = nn.Embedding(h, E)  # row i,
         self.col_emb = nn.Embedding(w, E)  # column j
         where = torch.arange(self.dims)
-        self.register_buffer("pos", torch.stack([where // (h * w), where // w % h, where % w]), persistent=False)  # (3, L)
+        pos = torch.stack([where // (h * w), where // w % h, where % w])  # (3, L): (t, i, j) of every position
+        self.register_buffer("pos", pos, persistent=False)
         if cfg.attention == "full":
             self.blocks = nn.ModuleList(Block(E, cfg.n_heads, cfg.mlp_ratio, window=None) for _ in range(cfg.n_layers))
         else:
@@ -214,8 +215,9 @@ def video_observed_tokens(observed, video_shape, token_shape) -> torch.Tensor:
     try:
         observed = observed.expand(observed.shape[:-4] + (T, C, H, W) if observed.dim() >= 4 else (1, T, C, H, W))
     except RuntimeError:
+        grid = ", ".join(map(str, token_shape))
         raise ValueError(f"observed must be a bool mask broadcastable to (B, {T}, {C}, {H}, {W}) (pixels) or of "
-                         f"shape (B, {', '.join(map(str, token_shape))}) (tokens), got {tuple(observed.shape)}") from None
+                         f"shape (B, {grid}) (tokens), got {tuple(observed.shape)}") from None
     missing = missing_pixels(observed.reshape(-1, C, H, W), (C, H, W), "(B, T', h, w)")  # (B*T, 1, H, W)
     missing = missing.view(-1, 1, T, H, W)  # (B, 1, T, H, W): 1 where some channel is missing
     return F.adaptive_max_pool3d(missing, tuple(token_shape))[:, 0] == 0  # (B, T', h, w)
@@ -272,7 +274,7 @@ class VideoGPT(TwoStage, VideoARModel):
         return video_observed_tokens(observed, self.shape, self.token_shape)
 
     def context_tokens(self, context: torch.Tensor) -> torch.Tensor:
-        """The token slices of the first k frames (n, k, C, H, W), k a multiple of time_down: (n, k / time_down, h, w)."""
+        """Tokens of the first k frames (n, k, C, H, W), k a multiple of time_down: (n, k / time_down, h, w)."""
         k = context.shape[1]
         if k % self.time_down:
             fewer, more = k - k % self.time_down, k - k % self.time_down + self.time_down
