@@ -149,7 +149,8 @@ def wrap(model: nn.Module, loss_fn, world: World):
         return lambda x, y: loss_fn(model, x, y)
     ids = [world.device.index] if world.device.type == "cuda" else None
     # find_unused_parameters: some parameters get no gradient from the loss (the frozen tokenizer of a
-    # two-stage model); DDP then walks the graph each step to find them, instead of waiting for them forever
+    # two-stage model); DDP then walks the graph each step to find them, instead of waiting for them forever.
+    # With none unused, DDP prints once that the flag was not needed: a note about speed, not an error
     return nn.parallel.DistributedDataParallel(Objective(model, loss_fn), device_ids=ids, find_unused_parameters=True)
 
 

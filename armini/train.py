@@ -20,6 +20,11 @@ What `fit` does, step by step (the same on CPU, CUDA and Apple MPS):
     4. every `eval_every` steps measure test bits/dim; every `checkpoint_every` steps and
        at the end save everything needed to resume exactly (never weights that diverged).
 
+Under torchrun (`torchrun --nproc_per_node=N -m armini train ...`, or any script calling fit) the
+same loop runs in N processes, one per GPU: batch_size stays the global batch, each process takes
+its slice of it and DistributedDataParallel averages the gradients, so N processes train like one
+with the same batch; only rank 0 prints and writes (armini.distributed tells how).
+
 The pieces, each readable alone: `_Settings` checks every setting before the first step,
 `_open_checkpoint` decides what an existing checkpoint means (resume, overwrite or refuse),
 `_Run` holds what a run updates and does one step (`train_step`), one evaluation and one
@@ -974,6 +979,12 @@ def fit(
 
     Every setting is checked before the first step, and a run that diverges (a non-finite loss,
     weights or test bits/dim) raises FloatingPointError without saving: the last good checkpoint stays.
+
+    Under torchrun (RANK, WORLD_SIZE set; see armini.distributed) every process calls fit alike: each
+    trains on its slice of every global batch of `batch_size` (a multiple of the number of processes)
+    on its own GPU (device "cuda" becomes cuda:LOCAL_RANK; "cpu" uses gloo), the test set is shared
+    out, only rank 0 shows progress and writes the checkpoint, and each returns the same History and
+    the same (plain, unwrapped) model. param_groups are refused there.
     """
     t_start = clock()
     settings = _Settings(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip=clip,
