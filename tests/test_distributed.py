@@ -81,6 +81,9 @@ def worker(out: Path):
         "ardm": summary(*run_in_one_go("ardm", out / "ardm")),  # a loss drawing random numbers
         "ardm resumed": summary(*run_with_resume("ardm", out / "ardm-resumed")),
     }
+    model = new_model("pixelcnn")  # resume what one process trained (the test ran it before the launch)
+    hist = train.fit(model, *tiny_data(), checkpoint=out / "one-then-two" / "model.pt", resume=True, **FIT)
+    results["one then two"] = summary(model, hist)
     calls = []  # rank 0's clock passes the time limit after two steps, rank 1's never: both must stop there
     clock = (lambda: 100.0 * len(calls)) if rank == 0 else (lambda: 1.0 * len(calls))
     hist = train.fit(new_model("pixelcnn"), tiny_data()[0], steps=4, batch_size=16, device="cpu", progress=False,
@@ -98,6 +101,7 @@ def worker(out: Path):
 def two_processes(tmp_path_factory):
     """Launch the two workers once: (the folder they wrote, rank 0's results, rank 1's results)."""
     out = tmp_path_factory.mktemp("two")
+    train.fit(new_model("pixelcnn"), *tiny_data(), checkpoint=out / "one-then-two" / "model.pt", stop_after=2, **FIT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "worker",
            str(out)]
@@ -145,11 +149,20 @@ def test_resume_under_two_processes_continues_exactly(two_processes, name):
     assert resumed["train"] == at_once["train"] and resumed["test"] == at_once["test"]
 
 
+def test_a_checkpoint_of_one_process_resumes_under_two(two_processes, tmp_path):
+    _, rank0, rank1, _ = two_processes
+    model, hist = run_in_one_go("pixelcnn", tmp_path)  # the whole run in one process
+    for name, w in model.state_dict().items():
+        torch.testing.assert_close(rank0["one then two"]["weights"][name], w, rtol=0, atol=1e-5, msg=name)
+    torch.testing.assert_close(rank0["one then two"]["test"], hist.test, rtol=0, atol=1e-5)
+    assert rank1["one then two"]["test"] == rank0["one then two"]["test"]
+
+
 def test_only_rank_0_writes_checkpoints_and_prints(two_processes):
     out, rank0, rank1, stdout = two_processes
     assert rank1["writes"] == []
     written = Counter(Path(p).parent.name for p in rank0["writes"])  # checkpoint_every=1000: at the end of each fit
-    assert written == {"pixelcnn": 1, "pixelcnn-resumed": 2, "ardm": 1, "ardm-resumed": 2, "cli": 1}
+    assert written == {"pixelcnn": 1, "pixelcnn-resumed": 2, "ardm": 1, "ardm-resumed": 2, "one-then-two": 1, "cli": 1}
     assert stdout.count("resuming from") == 2  # pixelcnn and ardm, rank 0 only
     assert sorted(p.name for p in (out / "pixelcnn").iterdir()) == ["model.pt"]  # no temporaries left over
     model, info = train.load_checkpoint(out / "pixelcnn" / "model.pt", device="cpu")
