@@ -17,10 +17,11 @@ Distributed: Experiences on Accelerating Data Parallel Training"):
        the gradient of the mean loss of the whole batch, the one a single process computes;
     4. every process takes the same optimizer step from the same gradient: the copies stay equal.
 
-So N processes with batch_size B train like one process with batch_size B (to float rounding), and
-N GPUs do it about N times faster. The test set is split the same way (every N-th test batch) and the
-sums added up (`total`). Only rank 0 prints and writes files (`is_main`); every process restores the
-same checkpoint, so a resume is exact, with any number of processes.
+So N processes with batch_size B train like one process with batch_size B (to float rounding), each
+GPU doing 1/N of every step's work (plus the all-reduce). The test set is split the same way (every N-th test batch) and the
+sums added up (`total`). Only rank 0 prints and writes files (`is_main`). A checkpoint holds the one
+state all processes share, so every process restores the same: a resume continues exactly (with
+another number of processes: to float rounding, as above).
 
 What is not the same as one process (stated, not hidden):
 - random numbers a loss draws (ARDM's random order and step, dropout, label dropout): each process
