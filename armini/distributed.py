@@ -68,7 +68,7 @@ def _env_int(name: str, default: int) -> int:
         return int(value) if value else default
     except ValueError:
         raise ValueError(f"environment variable {name}={value!r} must be a whole number (torchrun sets it); "
-                         f"unset it to train in one process") from None
+                         "unset it to train in one process") from None
 
 
 def from_env() -> World:
