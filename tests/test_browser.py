@@ -14,6 +14,7 @@ Needs the browser and Playwright; without them the tests skip and say so:
     sudo apt-get install -y chromium     # Debian/Ubuntu (no `playwright install`: no browser download)
     pip install -e ".[dev]"              # includes playwright
 
+ARMINI_REQUIRE_BROWSER=1 turns those skips into failures (CI sets it where it installed the browser).
 Marked `browser`: `pytest -m browser` runs only these, `pytest -m "not browser"` leaves them out.
 A screenshot of the page is saved in the test's tmp_path when a step fails (the message gives the path),
 and one of each widget after it was driven, to look at.
@@ -47,11 +48,10 @@ WIDGET_S = 120
 
 
 def chromium_path():
-    """The Chromium to drive: $ARMINI_CHROMIUM, else `chromium` or `chromium-browser` on PATH (None: none)."""
-    for name in (os.environ.get("ARMINI_CHROMIUM"), "chromium", "chromium-browser"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    """The Chromium to drive: $ARMINI_CHROMIUM when set, else `chromium` or `chromium-browser` on PATH (None: none)."""
+    names = [os.environ["ARMINI_CHROMIUM"]] if os.environ.get("ARMINI_CHROMIUM") else ["chromium", "chromium-browser"]
+    found = [shutil.which(name) for name in names if shutil.which(name)]
+    return found[0] if found else None
 
 
 def free_port() -> int:
@@ -147,14 +147,27 @@ class Lab:
                     self.process.wait()
 
 
+def missing(reason: str):
+    """Skip, saying what to install; fail instead under ARMINI_REQUIRE_BROWSER=1 (CI, where it was installed)."""
+    if os.environ.get("ARMINI_REQUIRE_BROWSER", "").strip().lower() in {"1", "true", "yes", "on"}:
+        pytest.fail(f"ARMINI_REQUIRE_BROWSER is set, but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: "
-                                   "pip install playwright (in the [dev] extra); no `playwright install` needed")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing("playwright is not installed: pip install playwright (in the [dev] extra); "
+                "no `playwright install` needed")
     path = chromium_path()
+    if path is None and os.environ.get("ARMINI_CHROMIUM"):
+        missing(f"ARMINI_CHROMIUM={os.environ['ARMINI_CHROMIUM']} is not an executable: point it at a Chromium "
+                "or Chrome binary")
     if path is None:
-        pytest.skip("no Chromium on PATH: `apt-get install -y chromium` (Debian/Ubuntu), or set ARMINI_CHROMIUM "
-                    "to a Chromium or Chrome binary")
+        missing("no Chromium on PATH: `apt-get install -y chromium` (Debian/Ubuntu), or set ARMINI_CHROMIUM "
+                "to a Chromium or Chrome binary")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu",
                                                                          "--disable-dev-shm-usage"])
