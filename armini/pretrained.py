@@ -25,6 +25,7 @@ training) but from the same recipe.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -167,6 +168,23 @@ def read_sums(where: Optional[Path] = None) -> dict[str, str]:
 def write_sums(sums: dict[str, str], where: Optional[Path] = None) -> None:
     with atomic_write((where or folder()) / SUMS, "w") as f:
         f.write("".join(f"{digest}  {file}\n" for file, digest in sorted(sums.items())))
+
+
+@contextlib.contextmanager
+def _folder_lock(where: Path):
+    """An exclusive lock on the folder (flock on its descriptor; nothing where fcntl is missing) while
+    SHA256SUMS is read, changed and written back."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one training at a time
+        yield
+        return
+    fd = os.open(where, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _fix_missing(name: str) -> str:
@@ -444,9 +462,10 @@ def write(name: str, model, rec: dict, where: Optional[Path] = None, hist=None) 
     with atomic_write(where / f"{name}.json", "w") as f:
         json.dump(rec, f, indent=2, allow_nan=False)
         f.write("\n")
-    sums = read_sums(where)
-    sums.update({pt.name: sha256_file(pt), f"{name}.json": sha256_file(where / f"{name}.json")})
-    write_sums(sums, where)
+    with _folder_lock(where):  # two trainings finishing at once must not drop each other's lines
+        sums = read_sums(where)
+        sums.update({pt.name: sha256_file(pt), f"{name}.json": sha256_file(where / f"{name}.json")})
+        write_sums(sums, where)
     return rec
 
 
