@@ -77,15 +77,45 @@ def test_latent_round_trip_tokens_to_codes_to_tokens():
     assert torch.equal(vq.encode(x), vq.quantize(vq.encode_latents(x)).indices)  # encode = the quantiser's choice
 
 
-def test_a_clip_of_the_first_frames_is_encoded_alone():
+def test_a_clip_of_the_first_frames_is_encoded_as_the_start_of_the_whole_video():
     vq = small()
+    train_a_little(vq)
     x = videos(2)
     clip = vq.encode(x[:, :2])  # 2 frames = one token slice
     assert clip.shape == (2, 1, 4, 4)
+    with torch.no_grad():
+        whole = vq.encode_latents(x)  # (B, d, 2, 4, 4)
+        torch.testing.assert_close(vq.encode_latents(x[:, :2]), whole[:, :, :1], atol=1e-5, rtol=1e-5)
+    assert torch.equal(clip, vq.encode(x)[:, :1])
     with pytest.raises(ValueError, match="multiple of time_down=2"):
         vq.encode(x[:, :3])
     with pytest.raises(ValueError, match=r"\(B, T, C, H, W\) = \(B, 4, 1, 8, 8\)"):
         vq.loss(x[:, :2])  # training reads whole videos only
+
+
+def test_the_encoder_is_causal_in_time():
+    """Token slice t' (frames 2t', 2t'+1) reads frames < 2(t'+1) only: the gradient of its latent with respect to
+    every later frame is exactly zero, and non-zero for its own frames and the ones before."""
+    vq = small(video_shape=(6, 1, 8, 8))
+    train_a_little(vq)
+    x = videos(2, shape=(6, 1, 8, 8)).float().requires_grad_()
+    v = (x * (2.0 / 15) - 1).transpose(1, 2)  # what encode_latents feeds the encoder: (B, C, T, H, W) in [-1, 1]
+    z_e = vq.encoder(v)  # (B, d, 3, 4, 4)
+    for t in range(3):
+        grad, = torch.autograd.grad(z_e[:, :, t].square().sum(), x, retain_graph=True)
+        reads = grad.abs().flatten(2).sum(2).sum(0) > 0  # (T,) frames that move slice t
+        assert reads.tolist() == [f < 2 * (t + 1) for f in range(6)], (t, reads)
+
+
+def train_a_little(vq, steps=3):
+    """A few Adam steps on random videos (so zero gradients are not an artefact of initialisation)."""
+    opt = torch.optim.Adam(vq.parameters(), lr=1e-2)
+    for s in range(steps):
+        opt.zero_grad()
+        vq.loss(videos(4, seed=10 + s, shape=vq.shape)).backward()
+        opt.step()
+    vq.eval()
+    return vq
 
 
 def test_the_ema_codebook_follows_the_running_means_in_training_only():

@@ -27,11 +27,18 @@ is a bound in pixel-space bits/dim (VideoGPT, armini.models.videogpt, adds a GPT
     tokens = vq.encode(videos[:4])                         # (4, 4, 4, 4) in [0, 256)
     clips = vq.decode(tokens)                              # (4, 8, 1, 16, 16) integers
 
-A clip shorter than video_shape's T (a multiple of time_down) is encoded too: tokens (B, k / time_down,
-h, w), what a video model's context frames become (the encoder is fully convolutional; the last token
-frame of a short clip sees the clip's end, zero padding, where a whole video would show the next frames).
+The encoder is causal in time: its convolutions pad time on the past side only (kernel 4, stride 2,
+two frames of padding in front: token slice t' reads frames 2t'-2 .. 2t'+1) and its normalisation
+(GroupNorm) runs on each time slice apart, so the tokens of slice t' depend on frames < (t'+1) * time_down
+only. A clip of the first k frames (k a multiple of time_down) is then encoded exactly as the start of
+any video that begins with it: encode(x[:, :k]) == encode(x)[:, :k // time_down], tokens (B, k / time_down,
+h, w), what a video model's context frames become. (Measured before this was so: with VideoGPT's
+two-sided convolutions and one GroupNorm over the whole clip, 10-13% of a 2-, 4- or 6-frame context's tokens
+matched the whole video's after 120 training steps: a continuation would have started from tokens the
+prior never saw.) The decoder reads every token: it need not be causal.
 
-Deviations from VideoGPT: no axial-attention residual blocks (plain 3D residual blocks), data scaled to
+Deviations from VideoGPT: a time-causal encoder (above; VideoGPT's convolutions are two-sided), no
+axial-attention residual blocks (plain 3D residual blocks), data scaled to
 [-1, 1] (the paper: [-0.5, 0.5]), a categorical decoder over K values (the paper: a mean squared error),
 so a likelihood bound exists; much smaller (32 channels, one residual block per side).
 
@@ -52,7 +59,7 @@ from ..nn.inputs import to_unit_range
 from ..nn.quantize import Quantized, VectorQuantizer
 from .vqvae import LN2, VQVAE
 
-__all__ = ["VQVAE3D", "VQVAE3DConfig", "VIDEO_QUANTIZERS", "ResBlock3D"]
+__all__ = ["VQVAE3D", "VQVAE3DConfig", "VIDEO_QUANTIZERS", "ResBlock3D", "CausalConv3d", "SliceNorm"]
 
 VIDEO_QUANTIZERS = ("vq", "ema")
 
@@ -78,22 +85,54 @@ def halvings(factor, name: str) -> int:
     return int(factor).bit_length() - 1
 
 
-class ResBlock3D(nn.Module):
-    """x + conv1x1x1(relu(conv3x3x3(relu(x)))): VQVAE's residual block in 3D."""
+class CausalConv3d(nn.Conv3d):
+    """A 3D convolution whose output at time t reads inputs at times <= t * stride + stride - 1 only: time is padded
+    on the past side (kernel - stride frames), height and width on both sides (`padding` each).
+
+    kernel 3, stride 1: frames t-2..t.   kernel 4, stride 2: frames 2t-2..2t+1 (slice t's own two and the two before).
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel, stride=1, padding: int = 1):
+        super().__init__(c_in, c_out, kernel, stride=stride, padding=0)
+        kt, st = self.kernel_size[0], self.stride[0]
+        self.pads = (padding, padding, padding, padding, kt - st, 0)  # F.pad order: (W, W, H, H, T front, T back)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.pads))  # (B, C_in, T, H, W) -> (B, C_out, T / stride, ...)
+
+
+class SliceNorm(nn.GroupNorm):
+    """GroupNorm(1, c) on each time slice apart: (B, c, T, h, w) normalised over (c, h, w) for every t, so the
+    statistics of one slice never mix in later frames (a GroupNorm over the whole clip would)."""
 
     def __init__(self, c: int):
+        super().__init__(1, c)
+
+    def forward(self, x):
+        B, c, T, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(B * T, c, h, w)  # (B*T, c, h, w): one sample per slice
+        return super().forward(frames).view(B, T, c, h, w).transpose(1, 2)  # (B, c, T, h, w)
+
+
+class ResBlock3D(nn.Module):
+    """x + conv1x1x1(relu(conv3x3x3(relu(x)))): VQVAE's residual block in 3D; causal=True pads time on the past
+    side only (CausalConv3d), for the encoder."""
+
+    def __init__(self, c: int, causal: bool = False):
         super().__init__()
-        self.conv1, self.conv2 = nn.Conv3d(c, c, 3, padding=1), nn.Conv3d(c, c, 1)
+        self.conv1 = CausalConv3d(c, c, 3) if causal else nn.Conv3d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv3d(c, c, 1)
 
     def forward(self, x):
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
 
 
 def down_stage(c: int, halve_time: bool) -> nn.Conv3d:
-    """A stride-2 convolution that halves H and W (and T when halve_time): kernel 4, padding 1 on those axes."""
+    """A stride-2 causal convolution that halves H and W (and T when halve_time): kernel 4, padding 1 in space,
+    the past side only in time."""
     if halve_time:
-        return nn.Conv3d(c, c, 4, stride=2, padding=1)
-    return nn.Conv3d(c, c, (3, 4, 4), stride=(1, 2, 2), padding=(1, 1, 1))  # T kept
+        return CausalConv3d(c, c, 4, stride=2)
+    return CausalConv3d(c, c, (3, 4, 4), stride=(1, 2, 2))  # T kept
 
 
 def up_stage(c: int, double_time: bool) -> nn.ConvTranspose3d:
@@ -132,12 +171,12 @@ class VQVAE3D(VQVAE):
                                     int(codebook_size), int(dim), float(beta), int(channels), int(res_blocks))
         self.shape, self.levels = (T, C, H, W), int(levels)
         c, K = int(channels), int(levels)
-        # encoder: (B, C, T, H, W) in [-1, 1] -> (B, d, T', h, w)
-        enc = [nn.Conv3d(C, c, 3, padding=1)]
+        # encoder, causal in time: (B, C, T, H, W) in [-1, 1] -> (B, d, T', h, w), slice t' from frames < (t'+1) T/T'
+        enc = [CausalConv3d(C, c, 3)]
         for stage in range(n_s):
             enc += [nn.ReLU(), down_stage(c, halve_time=stage < n_t)]  # halves H, W (and T in the first n_t)
-        enc += [ResBlock3D(c) for _ in range(res_blocks)]
-        enc += [nn.GroupNorm(1, c), nn.ReLU(), nn.Conv3d(c, dim, 1)]  # normalised features -> d channels
+        enc += [ResBlock3D(c, causal=True) for _ in range(res_blocks)]
+        enc += [SliceNorm(c), nn.ReLU(), nn.Conv3d(c, dim, 1)]  # normalised features (per slice) -> d channels
         self.encoder = nn.Sequential(*enc)
         ema = quantizer == "ema"
         self.quantizer = VectorQuantizer(codebook_size, dim, beta=beta, ema=ema, restart_dead=ema, data_init=ema)
