@@ -36,8 +36,8 @@ in pixel-space bits/dim; `loss` is the prior's bits per token on the tokens of t
 
 Continuing a video, `sample(n, context=first_frames)`: the first k frames (k a multiple of the tokenizer's
 time_down, 2 by default) are encoded as a clip, their k / time_down token slices are kept and the prior
-draws the rest; the decoded video keeps the given frames exactly. (The encoder is 3D-convolutional: the
-last token slice of the context sees the clip's end, where a whole video would show the next frames.)
+draws the rest; the decoded video keeps the given frames exactly. The tokenizer's encoder is causal in time,
+so the context's tokens are exactly those of any training video that starts with these frames.
 
 Class conditioning (num_classes, as TwoStage): the start token is a learned vector per class, with a null
 class and label dropout for classifier-free guidance (sample(y=..., guidance=w)). Moving MNIST's labels
@@ -50,8 +50,8 @@ are the classes of two digits per video (VideoData.labels, (N, 2)): pick one lab
 Deviations from VideoGPT: tiny sizes; the prior embeds token indices with a table of its own (the paper
 reads the codebook vectors through a linear layer), its position tables are summed (the paper concatenates
 three of a third of the width each), its output layer is initialised as GPT-2's (the paper: zeros), no
-dropout; the tokenizer has no axial attention (armini.tokenizers.video); 2x time, 4x space downsampling
-(the paper's Moving MNIST setting downsamples 4x in both).
+dropout; the tokenizer's encoder is causal in time and has no axial attention (armini.tokenizers.video);
+2x time, 4x space downsampling (the paper's Moving MNIST setting downsamples 4x in both).
 
 Legend: B batch, T frames, C channels, H, W frame size, K pixel levels, T', h, w the token grid,
 L = T' * h * w tokens, V codebook size, E the transformer's width, n videos drawn.
