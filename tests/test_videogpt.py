@@ -164,7 +164,8 @@ def test_sampling_continues_the_given_frames():
     out = m.sample(2, context=x[:, :2], generator=torch.Generator().manual_seed(0), callback=lambda s: steps.append(s))
     assert torch.equal(out[:, :2], x[:, :2])  # the given frames, exactly
     z = steps[-1].x  # the token grid drawn
-    assert torch.equal(z[:, 0], m.tokenizer.encode(x[:, :2])[:, 0])  # the context's token slice kept
+    assert torch.equal(z[:, 0], m.tokenizer.encode(x[:, :2])[:, 0])  # the context's token slice kept,
+    assert torch.equal(z[:, 0], m.encode(x)[:, 0])  # the same as the whole video's (the encoder is causal in time)
     assert torch.equal(out[:, 2:], m.decode(z)[:, 2:])  # the later frames: the decoder's
     same = m.sample(2, context=x[0, :2], generator=torch.Generator().manual_seed(0))  # (k, C, H, W): for all videos
     assert torch.equal(same[:, :2], x[:1, :2].expand(2, -1, -1, -1, -1))
