@@ -38,9 +38,9 @@ matched the whole video's after 120 training steps: a continuation would have st
 prior never saw.) The decoder reads every token: it need not be causal.
 
 Deviations from VideoGPT: a time-causal encoder (above; VideoGPT's convolutions are two-sided), no
-axial-attention residual blocks (plain 3D residual blocks), data scaled to
-[-1, 1] (the paper: [-0.5, 0.5]), a categorical decoder over K values (the paper: a mean squared error),
-so a likelihood bound exists; much smaller (32 channels, one residual block per side).
+axial-attention residual blocks (plain 3D residual blocks), data scaled to [-1, 1] (the paper: [-0.5, 0.5]),
+a categorical decoder over K values (the paper: a mean squared error), so a likelihood bound exists; much
+smaller (32 channels, one residual block per side).
 
 Legend: B batch, T frames, C channels, H, W frame size, K pixel levels, d latent channels, T', h, w the
 token grid (T' = T / time_down, h = H / space_down, w = W / space_down), V codebook size.
