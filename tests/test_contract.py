@@ -181,7 +181,8 @@ def video_model(name, shape=VIDEO_SHAPE, levels=2):
     return MODELS[name](shape=shape, levels=levels)
 
 
-VIDEO_MODELS = ["previous-frame"] + sorted(n for n in MODELS if MODELS[n].shape_axes == 4)
+# per-pixel video models (a two-stage model such as VideoGPT gives a bound and needs token-sized shapes: tests/test_videogpt.py)
+VIDEO_MODELS = ["previous-frame"] + sorted(n for n in MODELS if MODELS[n].shape_axes == 4 and not MODELS[n].two_stage)
 
 
 @pytest.mark.parametrize("name", VIDEO_MODELS)

@@ -16,6 +16,7 @@ from .pmard import PMARD
 from .token_ar import TwoStage
 from .transformer import PixelTransformer
 from .var import VAR
+from .videogpt import VideoGPT
 from .vpn import VPN
 
 MODELS = {
@@ -37,8 +38,9 @@ MODELS = {
     "var": VAR,  # lesson 15: a multi-scale residual tokenizer and a next-scale prior (one step per scale)
     "vpn": VPN,  # lesson 16: Video Pixel Network (video: shape (T, C, H, W))
     "frame-predictor": FramePredictor,  # lesson 17: next frame from the past, complementary mask (video)
+    "videogpt": VideoGPT,  # lesson 18: a 3D VQ-VAE and a GPT over its (T', h, w) tokens (video)
 }
 
 __all__ = ["ARModel", "SampleStep", "MODELS", "IndependentPixels", "FVSBN", "NADE", "PixelCNN", "GatedPixelCNN", "RowLSTM",
            "DiagonalBiLSTM", "PixelCNNpp", "PixelSNAIL", "PixelTransformer", "LMConv", "ARDM", "UpscaleARDM", "TwoStage",
-           "PMARD", "VAR", "VPN", "FramePredictor"]
+           "PMARD", "VAR", "VPN", "FramePredictor", "VideoGPT"]

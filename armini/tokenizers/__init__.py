@@ -32,7 +32,7 @@ Token grids are (D, h, w): D = 1 for one token per position (VQ, FSQ), D = depth
 (a stack of tokens per position). The same protocol fits the tokenizers of later parts: the
 multi-scale residual quantiser (VAR, lesson 15: VQVAE(quantizer="msvq")) returns one flat sequence
 of all its scales' tokens, token_shape (L,) with L = sum_k s_k^2 (104 for scales 1, 2, 3, 4, 5, 7),
-a video tokenizer a (D, t, h, w) grid. `check_tokenizer` runs the protocol once and says what is
+a video tokenizer (VQVAE3D) a (T', h, w) grid. `check_tokenizer` runs the protocol once and says what is
 missing or wrong.
 
 The tokenizers of the course: lesson 07's colour palette (armini.nn.palette.Palette, one token
