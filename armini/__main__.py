@@ -111,7 +111,8 @@ def add_pretrained_parser(sub) -> None:
 
     q = sub.add_parser("pretrained", help="the course's pretrained checkpoints: list, --verify, train NAME")
     q.add_argument("action", nargs="?", default="list", choices=["list", "train"], help="list (default) or train")
-    q.add_argument("names", nargs="*", metavar="NAME", help=f"train: checkpoints to retrain ({', '.join(pretrained.RECIPES)})")
+    q.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"train: checkpoints to retrain ({', '.join(pretrained.RECIPES)})")
     q.add_argument("--all", action="store_true", help="train: every checkpoint, in turn")
     q.add_argument("--verify", action="store_true", help="check every shipped checkpoint; exit 1 on any problem")
     q.add_argument("--no-progress", action="store_true", help="train: no progress bar")

@@ -258,6 +258,11 @@ def _load(name: str, where: Path, device=None):
     if ckpt.get("model_name") != rec.get("model") or as_json(ckpt.get("model_kwargs")) != want:
         raise _mismatch(name, f"{path.name} holds {ckpt.get('model_name')} {ckpt.get('model_kwargs')}, "
                               f"its record says {rec.get('model')} {want}")
+    from armini.models import MODELS
+
+    if rec.get("model") not in MODELS:
+        raise PretrainedError(f"pretrained checkpoint {name!r} holds a {rec.get('model')!r}, which this checkout's "
+                              f"armini.models.MODELS does not have: update armini (git pull) to use it")
     try:
         model, _ = train.load_checkpoint(path, device=device)
     except (TypeError, ValueError, KeyError, RuntimeError) as e:  # kwargs the code no longer takes, other weights
@@ -295,8 +300,6 @@ def settings(model) -> dict:
 def mismatches(name: str, model) -> list[str]:
     """How NAME's shipped checkpoint differs from `model`, built as its lesson builds it: model name, shape,
     levels and every constructor setting (a tokenizer's too), one line each ([] when they agree)."""
-    from armini import train
-
     shipped = load(name, device="cpu")
     found = [] if type(shipped) is type(model) else \
         [f"model: the checkpoint holds a {type(shipped).__name__}, the lesson builds a {type(model).__name__}"]
@@ -325,7 +328,8 @@ def verify(where: Optional[Path] = None, load_models: bool = True) -> list[str]:
     lists must be present with a matching checksum and must load; every NAME.pt / NAME.json needs a line."""
     where = where or folder()
     sums = read_sums(where)
-    shipped = {Path(f).stem for f in sums} | {p.stem for p in where.glob("*.pt")} | {p.stem for p in where.glob("*.json")}
+    files = [*sums, *(p.name for p in where.glob("*.pt")), *(p.name for p in where.glob("*.json"))]
+    shipped = {Path(f).stem for f in files}
     problems = []
     for name in sorted(shipped):
         if name not in RECIPES:
@@ -353,7 +357,8 @@ def datasets(r: Recipe):
     d = r.data
     if d["dataset"] == "moving-mnist":
         video = dict(frames=d["frames"], size=d["size"], levels=d["levels"])
-        return data.moving_mnist(d["videos"], split="train", **video), data.moving_mnist(d["test"], split="test", **video)
+        return (data.moving_mnist(d["videos"], split="train", **video),
+                data.moving_mnist(d["test"], split="test", **video))
     load = dict(size=d["size"], levels=d["levels"])
     return data.load(d["dataset"], "train", **load), data.load(d["dataset"], "test", **load)
 
@@ -436,7 +441,8 @@ def train(name: str, where: Optional[Path] = None, progress: bool = False) -> di
     hist.final_test_bpd = test_bpd
     stages = getattr(hist, "stages", None)  # a two-stage model: the tokenizer's and the prior's runs
     if stages:
-        stages["tokenizer"].final_test_bpd, stages["prior"].final_test_bpd = _stage_tests(model, test_set, r.data["test"])
+        tok_test, prior_test = _stage_tests(model, test_set, r.data["test"])
+        stages["tokenizer"].final_test_bpd, stages["prior"].final_test_bpd = tok_test, prior_test
         rec["stages"] = {k: dict(steps=h.steps, train_cpu_s=round(h.train_s, 1), test=round(h.final_test_bpd, 4),
                                  unit=h.unit) for k, h in stages.items()}
     return write(name, model, rec, where, hist)
@@ -520,7 +526,8 @@ def main(args) -> int:
                   f"{rec['test_bpd']:.3f}{fid}, {rec['file_bytes'] / 1e6:.1f} MB")
         return 0
     rows = summary_rows()
-    print(f"{'name':<18} {'lesson':<22} {'MB':>5} {'steps':>11} {'CPU s':>6} {'test':>7} {'unit':<17} {'FID':>6}  status")
+    print(f"{'name':<18} {'lesson':<22} {'MB':>5} {'steps':>11} {'CPU s':>6} {'test':>7} {'unit':<17} "
+          f"{'FID':>6}  status")
     for row in rows:
         def show(v, fmt):
             return "-" if v is None else format(v, fmt)

@@ -118,8 +118,8 @@ def test_two_stage_sampler_wrong_versions_are_caught(capsys):
 # ----------------------------------------------------------------------------- the pretrained checkpoint
 
 
-@pytest.mark.skipif(not pretrained.available("vq-transformer"),
-                    reason="data/pretrained/vq-transformer.pt is not here: python -m armini pretrained train vq-transformer")
+@pytest.mark.skipif(not pretrained.available("vq-transformer"), reason="data/pretrained/vq-transformer.pt is not "
+                    "here: python -m armini pretrained train vq-transformer")
 def test_pretrained_checkpoint_is_the_lessons_model():
     """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
     (the default budget's), and the cell's budget is the recipe's."""

@@ -119,8 +119,8 @@ def test_pass_wrong_versions_are_caught(capsys):
 # ----------------------------------------------------------------------------- the pretrained checkpoint
 
 
-@pytest.mark.skipif(not pretrained.available("frame-predictor"),
-                    reason="data/pretrained/frame-predictor.pt is not here: python -m armini pretrained train frame-predictor")
+@pytest.mark.skipif(not pretrained.available("frame-predictor"), reason="data/pretrained/frame-predictor.pt is not "
+                    "here: python -m armini pretrained train frame-predictor")
 def test_pretrained_checkpoint_is_the_lessons_model():
     """ARMINI_PRETRAINED=1 loads what the training cell trains: the same model, shape, levels and settings
     (the default budget's), and the cell's budget is the recipe's."""

@@ -102,7 +102,8 @@ def test_train_writes_what_load_reads(where, monkeypatch):
 
 
 def test_unknown_name_lists_the_names(where):
-    with pytest.raises(pretrained.PretrainedError, match="no pretrained checkpoint called 'pixelcnnn'.*pixelcnn, gated"):
+    with pytest.raises(pretrained.PretrainedError,
+                       match="no pretrained checkpoint called 'pixelcnnn'.*pixelcnn, gated"):
         pretrained.load("pixelcnnn")
 
 
@@ -173,7 +174,8 @@ def test_the_lesson_check_names_each_difference(shipped):
 
 def test_verify_finds_each_problem(shipped):
     pretrained.write("pixelsnail", MODELS["pixelsnail"](shape=(1, 7, 7), levels=4, channels=8, n_blocks=1,
-                                                         n_res=1, key_dim=8, value_dim=8), dict(tiny_record(), name="pixelsnail"), shipped)
+                                                         n_res=1, key_dim=8, value_dim=8),
+                     dict(tiny_record(), name="pixelsnail"), shipped)
     pretrained.write("nade", MODELS["nade"](shape=(1, 7, 7), levels=2, hidden=4), dict(tiny_record(), name="nade"),
                      shipped)
     assert pretrained.verify() == []
