@@ -184,8 +184,29 @@ def save_samples(model, args, path) -> None:
         save_grid(samples, model.levels, path)
 
 
-def cmd_train(args) -> dict:
+def train_tokenizer_first(model, args, train_set, test_set, *, steps: int, dev, out, say) -> None:
+    """A two-stage model (a tokenizer, then a prior over its tokens; lessons 12, 15, 18): train the tokenizer
+    for `steps` first, into OUT/tokenizer.pt (resumable like model.pt); the prior's run then reads its tokens.
+    Without this, the prior would learn the tokens of an untrained tokenizer."""
     from armini import train
+
+    say(f"stage 1 of 2: the tokenizer ({type(model.tokenizer).__name__}), {steps} steps")
+    hist = train.fit(
+        model.tokenizer, train_set, test_set, steps=steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
+        eval_images=args.eval_images, device=dev, checkpoint=out / "tokenizer.pt", resume=args.resume,
+        overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress, time_limit=args.time_limit,
+    )
+    if not math.isfinite(hist.final_test_bpd):
+        raise FloatingPointError(f"the tokenizer's test bits/dim is {hist.final_test_bpd} after {hist.steps} steps: "
+                                 f"training diverged; try a lower --lr (this run: {args.lr:g}). Nothing else written.")
+    say(f"tokenizer: test bits/dim of p(x|z) {hist.final_test_bpd:.4f}; stage 2 of 2: the prior, {steps} steps")
+
+
+def cmd_train(args) -> dict:
+    from armini import distributed, train
+
+    say = print if distributed.is_main() else lambda *_, **__: None  # under torchrun: rank 0 speaks
 
     out = output_folder(args)
     dev = armini.device(args.device)
@@ -194,15 +215,17 @@ def cmd_train(args) -> dict:
     args.data = data_name(args)
     samples_file = out / ("samples.gif" if is_video(MODELS[args.model]) else "samples.png")
     train_set, test_set = load_data(args)
-    print(f"data: {train_set}")
+    say(f"data: {train_set}")
     test_images = len(test_set) if eval_images is None else min(eval_images, len(test_set))  # what fit evaluates on
 
     armini.seed_everything(args.seed)
     options = dict(args.option)
     model = cli.build_model(args.model, options, shape=train_set.shape, levels=train_set.levels)  # and tried once
-    print(f"model: {args.model}, {model.num_params():,} parameters, device {dev}")
+    say(f"model: {args.model}, {model.num_params():,} parameters, device {dev}")
 
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(getattr(model, "tokenizer", None), torch.nn.Module):  # tokens, then a prior over them
+        train_tokenizer_first(model, args, train_set, test_set, steps=steps, dev=dev, out=out, say=say)
     hist = train.fit(
         model, train_set, test_set, steps=steps, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
@@ -212,6 +235,8 @@ def cmd_train(args) -> dict:
     if not math.isfinite(hist.final_test_bpd):  # a diverged run: no samples or metrics that look like results
         raise FloatingPointError(f"test bits/dim is {hist.final_test_bpd} after {hist.steps} steps: training "
                                  f"diverged; try a lower --lr (this run: {args.lr:g}). No samples or metrics written.")
+    if not distributed.is_main():  # under torchrun: the other processes trained with rank 0, which writes the files
+        return {}
     used = "all" if test_images == len(test_set) else "first"
     print(f"test {hist.unit}: {hist.final_test_bpd:.4f} ({used} {test_images} test images), after {hist.steps} steps, "
           f"{hist.images_per_s:.0f} train images/s")

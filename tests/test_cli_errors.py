@@ -272,3 +272,22 @@ def test_bench_keeps_the_models_done_when_a_later_one_fails(tmp_path, monkeypatc
 def test_bench_debug_flag(tmp_path, no_bench, capsys):
     assert bench.main(BENCH + ["--json", str(tmp_path), "--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_two_stage_model_trains_its_tokenizer_first(tmp_path, capsys):
+    """`train vq-transformer` trains the tokenizer (OUT/tokenizer.pt), then the prior on its tokens: the prior
+    must not learn the codes of an untrained tokenizer (it did, before the tokenizer stage existed)."""
+    run = tmp_path / "run"
+    assert main(["train", "vq-transformer", "--out", str(run), "--data", "digits", "--steps", "3", "--samples", "0",
+                 "--no-progress", "--device", "cpu", "--eval-images", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1 of 2: the tokenizer" in out and "stage 2 of 2: the prior" in out
+    tok = armini.train._read_checkpoint(run / "tokenizer.pt")
+    whole = armini.train._read_checkpoint(run / "model.pt")
+    assert tok["step"] == 3
+    armini.seed_everything(0)  # as the command does (--seed 0) before it builds the model
+    fresh = armini.models.MODELS["vq-transformer"](**whole["model_kwargs"]).tokenizer.state_dict()
+    trained = {k[len("tokenizer."):]: v for k, v in whole["model"].items() if k.startswith("tokenizer.")}
+    assert any(not torch.equal(trained[k], fresh[k]) for k in fresh if fresh[k].is_floating_point())
+    for k, v in tok["model"].items():  # model.pt keeps the trained tokenizer: the prior's stage left it as it was
+        assert torch.equal(trained[k], v), k
