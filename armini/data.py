@@ -70,7 +70,7 @@ __all__ = [
     "fashion_mnist_arrays", "digits_arrays", "search_dirs", "cache_dir",
     "FASHION_CLASSES", "DIGIT_CLASSES", "FILES", "SHA256", "DEFAULT_URL", "BUNDLED_DIR",
     "mnist_arrays", "MNIST_DIR", "MNIST_FILES", "MNIST_SHA256",
-    "VideoData", "moving_mnist", "bounce", "trajectories", "render_videos", "digit_side",
+    "VideoData", "moving_mnist", "bounce", "compare_bounce", "trajectories", "render_videos", "digit_side",
     "MOVING_MNIST_OFFICIAL", "STEP_LENGTH", "load_mnist_test_seq", "find_mnist_test_seq",
     "download_mnist_test_seq", "video_cache_dir", "mnist_test_seq_dirs",
     "MNIST_TEST_SEQ", "MNIST_TEST_SEQ_URL", "MNIST_TEST_SEQ_SHA256",
@@ -699,6 +699,24 @@ def bounce(position: np.ndarray, velocity: np.ndarray, high: float) -> tuple[np.
     position = position + velocity                          # x_{t+1} = x_t + v_t
     hit = (position < 0) | (position > high)                # (..., 2): crossed a wall this frame
     return np.clip(position, 0, high), np.where(hit, -velocity, velocity)
+
+
+def compare_bounce(got, expected) -> None:
+    """For lesson 16's check of a learner's `bounce`: raise AssertionError naming what differs (the new
+    positions or the new velocities) and the rule that makes it right."""
+    if not (isinstance(got, (tuple, list)) and len(got) == 2):
+        raise AssertionError(f"expected a pair (position, velocity), got {type(got).__name__}")
+    for name, a, b in (("position", got[0], expected[0]), ("velocity", got[1], expected[1])):
+        a = np.asarray(a)
+        if a.shape != b.shape:
+            raise AssertionError(f"the new {name} should have shape {b.shape}, got {a.shape}")
+    if not np.allclose(got[0], expected[0]):
+        raise AssertionError("the new positions differ: move by the velocity, then put a coordinate that went "
+                             "past a wall (below 0 or above high) back on that wall")
+    if not np.allclose(got[1], expected[1]):
+        raise AssertionError("the positions are right but the velocities differ: flip the sign of only the "
+                             "component that crossed a wall this frame (a coordinate landing exactly on a wall "
+                             "has not crossed it)")
 
 
 def trajectories(start: np.ndarray, velocity: np.ndarray, frames: int,

@@ -122,3 +122,61 @@ def test_pretrained_checkpoint_is_the_lessons_model():
     cell = pretrained.lesson_cell("vpn")
     for setting in ['armini.budget(200, 8)', 'lr=2e-3', 'lr_schedule="constant"']:
         assert setting in cell, setting
+
+
+# ---------------------------------------------------------------------------------------------
+# the bounce (Moving MNIST's motion)
+
+
+def bounce_cases():
+    import numpy as np
+
+    return [
+        (np.array([[2.0, 3.0], [0.5, 8.0], [9.0, 1.0]]), np.array([[1.0, -1.0], [-1.0, 1.5], [1.0, -2.0]]), 9.0),
+        (np.array([[0.0, 9.0], [4.0, 4.0]]), np.array([[0.0, 0.0], [5.0, -4.0]]), 9.0),
+        (np.random.default_rng(0).uniform(0, 12, (5, 2)), np.random.default_rng(1).uniform(-4, 4, (5, 2)), 12.0),
+    ]
+
+
+def test_bounce_right(capsys):
+    import numpy as np
+
+    from armini import data
+
+    def right(position, velocity, high):
+        position = position + velocity
+        hit = (position < 0) | (position > high)
+        return np.clip(position, 0, high), np.where(hit, -velocity, velocity)
+
+    assert check("bounce", right, data.bounce, bounce_cases(), compare=data.compare_bounce) is right
+    assert capsys.readouterr().out == "✅ bounce: correct on 3 checks\n"
+
+
+def test_bounce_wrong_versions_are_caught(capsys):
+    import numpy as np
+
+    from armini import data
+
+    def no_clip(p, v, high):  # the digit leaves the canvas for a frame
+        p = p + v
+        return p, np.where((p < 0) | (p > high), -v, v)
+
+    def flips_both(p, v, high):  # a wall flips the whole velocity, not the component that hit it
+        p = p + v
+        hit = ((p < 0) | (p > high)).any(-1, keepdims=True)
+        return np.clip(p, 0, high), np.where(hit, -v, v)
+
+    def wraps(p, v, high):  # a torus, not walls
+        return (p + v) % high, v
+
+    def touching_flips(p, v, high):  # landing exactly on a wall counts as crossing it
+        p = p + v
+        hit = (p <= 0) | (p >= high)
+        return np.clip(p, 0, high), np.where(hit, -v, v)
+
+    wrongs = {"no clip": (no_clip, "positions differ"), "flips both": (flips_both, "velocities differ"),
+              "wraps": (wraps, "positions differ"), "touching flips": (touching_flips, "velocities differ")}
+    for name, (wrong, where) in wrongs.items():
+        assert check("bounce", wrong, data.bounce, bounce_cases(), compare=data.compare_bounce) is data.bounce, name
+        out = capsys.readouterr().out
+        assert out.startswith("❌ bounce: case") and where in out and "armini's reference version" in out, (name, out)
