@@ -506,6 +506,17 @@ def format_speed_table(records) -> str:
     return text_table(title, head, rows, numeric=range(2, len(head)))
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every bench subcommand that writes records shares: --json, --overwrite, --device, --seed,
+    --threads and --debug (the tokenizer, course and video benches)."""
+    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
+    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
+    cli.add_debug_flag(p)
+
+
 def build_speed_parser():
     p = argparse.ArgumentParser(
         prog="python -m armini.bench speed",
@@ -756,12 +767,7 @@ def build_tokenizer_parser():
     p.add_argument("--latent-size", type=cli.positive_int, default=7,
                    help="side of the token grid: the image side / 2, 4, ... (default 7)")
     p.add_argument("--size", type=int, default=28, choices=[28, 14], help="image side: 28, or the 14x14 view")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
-    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
-    cli.add_debug_flag(p)
+    add_run_flags(p)
     return p
 
 
@@ -1139,12 +1145,7 @@ def build_course_parser():
     p.add_argument("--set", action="append", default=[], type=cli.key_value, metavar="KEY=VALUE",
                    help="a keyword argument for models trained here (repeatable)")
     p.add_argument("--wall-clock", action="store_true", help="time in wall-clock seconds (default: CPU seconds)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
-    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
-    cli.add_debug_flag(p)
+    add_run_flags(p)
     return p
 
 

@@ -280,6 +280,8 @@ def race(routes=ROUTES, *, budget_s: float, frames: int = SETTING["frames"], siz
 
 
 def build_parser():
+    from armini.bench import add_run_flags
+
     p = argparse.ArgumentParser(
         prog="python -m armini.bench video",
         description="The video race: VPN (pixels), the frame predictor (frames) and VideoGPT (latent tokens) trained "
@@ -300,12 +302,7 @@ def build_parser():
     p.add_argument("--samples", type=cli.non_negative_int, default=None,
                    help=f"videos sampled per route for FVD-MM and KID (default: --test-videos; 0 skips them; "
                         f"otherwise at least {MIN_SAMPLES})")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the records to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
-    p.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch threads (default: torch's choice)")
-    cli.add_debug_flag(p)
+    add_run_flags(p)
     return p
 
 
