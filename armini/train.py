@@ -824,7 +824,8 @@ class _Run:
         hist.steps += 1
         hist.images_seen += images
         hist.train_s += seconds
-        hist.images_per_s = hist.images_seen / hist.train_s
+        # a clock that has not moved (a coarse or frozen one) leaves the rate unmeasured (0.0), not a ZeroDivisionError
+        hist.images_per_s = hist.images_seen / hist.train_s if hist.train_s > 0 else 0.0
         hist.train.append((hist.steps, values["model"] if self.single else sum(values.values())))
         if not self.single:
             hist.train_losses.append((hist.steps, values))

@@ -78,6 +78,12 @@ def test_time_limit_follows_the_given_clock():
     assert hist.stopped_early and 4 <= hist.steps <= 8
 
 
+def test_a_clock_that_does_not_move_leaves_the_rate_unmeasured():
+    # fit(clock=lambda: 0.0) used to raise ZeroDivisionError in images_per_s (train_s stays 0)
+    hist = train.fit(small_pixelcnn(), stripes(), steps=3, batch_size=16, clock=lambda: 0.0, **FAST)
+    assert hist.steps == 3 and hist.train_s == 0.0 and hist.images_per_s == 0.0
+
+
 def test_lr_schedule():
     f = [train.lr_factor(s, steps=100, warmup=10) for s in range(100)]
     assert f[0] == pytest.approx(1 / 11) and f[9] == pytest.approx(10 / 11) and f[10] == pytest.approx(1.0)
