@@ -4,13 +4,14 @@ The check's comparison (`same_fvsbn`) and the model solution are read from the l
 test drives exactly the check a learner meets."""
 import ast
 import json
+import re
 
 import pytest
 import torch
 
-from armini import course
+from armini import course, pretrained
 from armini.causality import check_causality
-from armini.models import FVSBN, ARModel
+from armini.models import FVSBN, NADE, ARModel
 from armini.nn import MaskedLinear, sequence_mask
 
 LESSON = course.ROOT / "solutions" / "01_factorisation.ipynb"
@@ -98,3 +99,69 @@ def test_a_model_armini_cannot_give_its_weights_is_told_what_to_name_the_layer(c
     assert result is FVSBN, out
     assert ("❌ FVSBN: case 1 of 2" in out and "make self.linear a MaskedLinear(D, D * K, mask)" in out
             and 'Missing key(s) in state_dict: "masked.weight"' in out), out
+
+
+# ----------------------------------------------------------------------------- the pretrained switch (NADE)
+
+
+def nade_cell(folder: str) -> str:
+    """The code cell of `folder`/01_factorisation.ipynb that loads the NADE checkpoint (the training cell)."""
+    cells = json.loads((course.ROOT / folder / LESSON.name).read_text())["cells"]
+    found = ["".join(c["source"]) for c in cells
+             if c["cell_type"] == "code" and 'pretrained.load("nade"' in "".join(c["source"])]
+    assert len(found) == 1, f"{folder}/{LESSON.name}: {len(found)} cells load the checkpoint 'nade', not 1"
+    return found[0]
+
+
+def lesson_nade_settings(cell: str) -> dict:
+    """What the training cell gives NADE: default steps, batch size, learning rate, hidden units."""
+    found = dict(steps=re.search(r"steps = armini\.budget\(([\d_]+),", cell),
+                 fit=re.search(r"fit\(models\[name\].*?batch_size=(\d+), lr=([\d.e-]+)", cell, re.S),
+                 hidden=re.search(r'"NADE": NADE\(shape=binary_train\.shape, levels=2, hidden=(\d+)\)', cell))
+    missing = [key for key, match in found.items() if match is None]
+    assert not missing, f"lesson 01's training cell no longer shows {missing} where this test reads them"
+    return dict(steps=int(found["steps"].group(1)), batch_size=int(found["fit"].group(1)),
+                lr=float(found["fit"].group(2)), hidden=int(found["hidden"].group(1)))
+
+
+@pytest.mark.parametrize("folder", ["solutions", "notebooks"])
+def test_training_cell_has_the_pretrained_switch(folder):
+    cell = nade_cell(folder)
+    assert 'PRETRAINED = armini.env_flag("ARMINI_PRETRAINED")' in cell
+    assert re.search(r'^if PRETRAINED:\n    models\["NADE"\] = pretrained\.load\("nade"', cell, re.M), \
+        "the load must sit under `if PRETRAINED:` and replace the lesson's NADE"
+
+
+def test_nade_recipe_is_the_lessons_default_budget():
+    lesson = lesson_nade_settings(nade_cell("solutions"))
+    recipe = pretrained.RECIPES["nade"]
+    assert recipe.lesson == "01_factorisation"
+    assert (recipe.steps, recipe.batch_size, recipe.lr, recipe.kwargs, recipe.data["levels"]) == (
+        lesson["steps"], lesson["batch_size"], lesson["lr"], dict(hidden=lesson["hidden"]), 2), (
+        f"the nade recipe ({recipe.steps} steps, batch {recipe.batch_size}, lr {recipe.lr}, {recipe.kwargs}) "
+        f"is not lesson 01's {lesson}")
+
+
+def test_shipped_nade_checkpoint_holds_the_lessons_model():
+    if not pretrained.available("nade"):
+        pytest.skip("no checkpoint nade here (python -m armini pretrained train nade)")
+    lesson = lesson_nade_settings(nade_cell("solutions"))
+    assert pretrained.mismatches("nade", NADE(shape=(1, 28, 28), levels=2, hidden=lesson["hidden"])) == []
+    record = pretrained.record("nade")
+    assert (record["steps"], record["batch_size"], record["lr"]) == (lesson["steps"], lesson["batch_size"], lesson["lr"])
+
+
+def test_a_nade_the_lesson_does_not_build_is_told_apart():
+    """The comparison above can fail: other hidden units or other levels are named."""
+    if not pretrained.available("nade"):
+        pytest.skip("no checkpoint nade here (python -m armini pretrained train nade)")
+    assert any("hidden" in line for line in pretrained.mismatches("nade", NADE(shape=(1, 28, 28), levels=2, hidden=32)))
+    assert any("levels" in line for line in pretrained.mismatches("nade", NADE(shape=(1, 28, 28), levels=4, hidden=64)))
+
+
+def test_lesson_settings_are_read_from_the_cell():
+    cell = ('"NADE": NADE(shape=binary_train.shape, levels=2, hidden=64),\nsteps = armini.budget(1500, 60)\n'
+            "histories[name] = fit(models[name], binary_train, binary_test, steps=steps, batch_size=64, lr=3e-3,\n")
+    assert lesson_nade_settings(cell) == dict(steps=1500, batch_size=64, lr=3e-3, hidden=64)
+    with pytest.raises(AssertionError, match="steps"):
+        lesson_nade_settings(cell.replace("armini.budget(1500, 60)", "1500"))
