@@ -219,19 +219,21 @@ def strip_conditionals(model, cache: ConvCache, x: torch.Tensor, y, i: int, j0: 
         return model.conditionals(x[:, :, i:i + 1, j0:j1], y)  # (n, C, 1, P, K)
 
 
-@contextmanager
-def one_thread_on_cpu(device: torch.device):
-    """Run the block on one CPU thread. The operations of one cached step are tiny: on a CPU,
-    splitting them over threads only costs synchronisation (several times slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+class one_thread_on_cpu:
+    """`with one_thread_on_cpu(device):` runs the block on one CPU thread. The operations of one cached
+    step are tiny: on a CPU, splitting them over threads only costs synchronisation (several times
+    slower on a busy machine). A class, not a generator: entered at every step, it must cost little."""
+
+    def __init__(self, device: torch.device):
+        self.threads = torch.get_num_threads() if torch.device(device).type == "cpu" else 1  # 1: nothing to do
+
+    def __enter__(self):
+        if self.threads != 1:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.threads != 1:
+            torch.set_num_threads(self.threads)
 
 
 def _writes(x: torch.Tensor):

@@ -27,9 +27,11 @@ CASES = {
     "gated-gray": lambda: GatedPixelCNN(shape=(1, 6, 5), levels=4, **SMALL),
     "gated-colour": lambda: GatedPixelCNN(shape=(3, 4, 4), levels=4, **SMALL),
     "gated-classes": lambda: GatedPixelCNN(shape=(1, 5, 5), levels=4, num_classes=3, **SMALL),
+    "gated-embedding": lambda: GatedPixelCNN(shape=(2, 4, 4), levels=5, input="embedding", embed_dim=3, **SMALL),
     "pixelcnn-gray": lambda: CachedPixelCNN(shape=(1, 6, 5), **PCNN),
     "pixelcnn-colour": lambda: CachedPixelCNN(shape=(3, 4, 4), **PCNN),
     "pixelcnn-classes": lambda: CachedPixelCNN(shape=(1, 5, 4), num_classes=3, **PCNN),
+    "pixelcnn-embedding": lambda: CachedPixelCNN(shape=(2, 4, 4), input="embedding", embed_dim=3, **PCNN),
     "generic-gray": lambda: GenericPixelCNN(shape=(1, 6, 5), **PCNN),
     "generic-colour": lambda: GenericPixelCNN(shape=(3, 4, 4), **PCNN),
 }

@@ -11,11 +11,16 @@ Gated PixelCNN's two stacks need different care (armini.models.gated_pixelcnn):
 
       window  = the layer's input at (i, j-r..j)                       (n, (r+1) F_in), a view
       pre     = link_l(i, j) + window @ W_h                            (n, 2F)  one addmm
-      g       = tanh(pre[:, :F]) * sigmoid(pre[:, F:])                 (n, F)   the gate (eq. 2)
-      [out | skip] = b_o + g @ W_o                                     (n, 2F)  one addmm
-      next input at (i, j) = h + out (no residual in the first layer);  skip sum += skip
+      g_l     = tanh(pre[:, :F]) * sigmoid(pre[:, F:])                 (n, F)   the gate (eq. 2)
+      next input at (i, j) = h + [g_l, 1] @ [W_out; b_out]             (n, F)   one addmm (no h in
+                                                                                the first layer)
+  then, once for all layers, the summed skip connections as one product of every layer's gate:
 
-  then relu -> 1x1 -> relu -> the K logits of the one channel being drawn -> log-softmax.
+      skip = sum_l (g_l @ W_skip_l + b_skip_l) = [g_1, 1, g_2, 1, ...] @ [W_skip_1; b_skip_1; ...]
+
+  and relu -> 1x1 -> relu -> the K logits of the one channel being drawn -> log-softmax.
+  (A column of ones beside an input carries the bias inside the matrix product: one operation
+  instead of two, and a step is bound by the number of operations, not by arithmetic.)
 
 How it differs from the generic cache (armini.sampling_cache.CachedConvSampling), which runs the
 model's own forward code on a strip: the same arithmetic, without the per-step Python around it
@@ -27,11 +32,14 @@ model's own forward code on a strip: the same arithmetic, without the per-step P
 - the gate's halves are made contiguous by reordering the output channels of W_h, the links and
   W_o once (with C colour groups, `halves` interleaves them: [f_0 g_0 | f_1 g_1 | ...]);
 - the h convolution's bias is added to the row's links once per row;
+- the gates of all layers live side by side in one buffer [g_1, 1, g_2, 1, ...], written in place;
+- the input at a pixel is a row of a table of each level's input features (looked up, not recomputed);
 - only the logits of the channel being drawn are computed (rows c K .. c K + K-1 of the last layer).
 
 Only the raw image is ever stale: the previous pixel's last channel was drawn after that pixel was
-computed, so its input column is rewritten from x at the next step (every later layer's feature at a
-pixel ignores that pixel's last value, mask A). A step runs on one CPU thread in inference mode.
+computed, so its input column is written from x when the sampler moves past it (every later layer's
+feature at a pixel ignores that pixel's last value, mask A); with several channels the current pixel's
+input is written at every step too (its channels < c are read). A step runs on one CPU thread in inference mode.
 
 Legend: n images sampled, C image channels, F feature channels, r = k//2 of a horizontal kernel,
 W width, K levels.
@@ -39,8 +47,10 @@ W width, K levels.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..sampling_cache import ConvCache, RasterCursor, conv_weight, one_thread_on_cpu
+from .pixelcnn_cache import level_table
 
 
 def gate_order(channels2: int, groups: int) -> torch.Tensor:
@@ -51,19 +61,25 @@ def gate_order(channels2: int, groups: int) -> torch.Tensor:
     return torch.cat([first.flatten(), (first + per).flatten()])  # (2F,)
 
 
+def with_bias_row(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[W; b]: (F_in + 1, out), for [x, 1] @ [W; b] = x @ W + b in one product."""
+    return torch.cat([W, b[None]]).contiguous()
+
+
 class _Layer:
     """One gated layer's horizontal-stack weights, reordered once for per-pixel matrix products."""
 
     def __init__(self, layer, order: torch.Tensor):
         w = conv_weight(layer.h_conv).detach()[order]  # (2F, F_in, 1, r+1), masked, gate halves contiguous
-        self.r = w.shape[-1] - 1
+        self.r, self.F = w.shape[-1] - 1, w.shape[0] // 2
         self.W_h = w[:, :, 0].permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous()  # ((r+1) F_in, 2F), tap-major
         self.b_h = layer.h_conv.bias.detach()[order]  # (2F,)
         self.order = order
-        self.W_o = conv_weight(layer.h_out).detach()[order, :, 0, 0].t().contiguous()  # (F, 2F): [out | skip]
-        self.b_o = layer.h_out.bias.detach()[order]  # (2F,)
+        W_o = conv_weight(layer.h_out).detach()[order, :, 0, 0].t()  # (F, 2F): [out | skip]
+        b_o = layer.h_out.bias.detach()[order]
+        self.W_out1 = with_bias_row(W_o[:, :self.F], b_o[:self.F])  # (F + 1, F): [W_out; b_out]
+        self.W_skip1 = with_bias_row(W_o[:, self.F:], b_o[self.F:])  # (F + 1, F): [W_skip; b_skip]
         self.first = layer.first
-        self.F = w.shape[0] // 2
 
 
 class GatedPixelCNNCache:
@@ -80,20 +96,27 @@ class GatedPixelCNNCache:
         n, dev, dtype = x.shape[0], x.device, model.head[-1].weight.dtype
         new = lambda *size: torch.zeros(n, *size, dtype=dtype, device=dev)  # noqa: E731
         with torch.inference_mode():
+            self.table = level_table(model, dtype)  # (C*K, d): every level's input features
+            self.offsets = (torch.arange(C, device=dev) * model.levels)[None]  # (1, C): channel c's rows
             self.layers = [_Layer(layer, gate_order(2 * layer.h_out.in_channels, C)) for layer in model.layers]
             widths = [model.inputs.out_channels] + [L.F for L in self.layers[:-1]]  # each layer's input channels
             # every buffer is made once; a step only writes into them (views worked out here too)
             self.inputs = [new(L.r + W, f) for L, f in zip(self.layers, widths)]  # (n, r + W, F_in), zero padded
             self.links = [new(W, 2 * L.F) for L in self.layers]  # (n, W, 2F): the current row's links
+            self.gates = torch.ones(n, sum(L.F + 1 for L in self.layers), dtype=dtype, device=dev)  # [g_1, 1, g_2, 1, ...]
+            start = 0
             for L, inp, link in zip(self.layers, self.inputs, self.links):
                 L.windows = [inp[:, j:j + L.r + 1].reshape(n, -1) for j in range(W)]  # (n, (r+1) F_in) views
                 L.here = [inp[:, L.r + j] for j in range(W)]  # (n, F_in): the input at (i, j)
                 L.link = [link[:, j] for j in range(W)]  # (n, 2F)
-                L.pre, L.g, L.s, L.out = new(2 * L.F), new(L.F), new(L.F), new(2 * L.F)
+                L.pre, L.s = new(2 * L.F), new(L.F)
                 L.pre_f, L.pre_g = L.pre[:, :L.F], L.pre[:, L.F:]  # the gate's halves
-                L.out_h, L.out_skip = L.out[:, :L.F], L.out[:, L.F:]  # [out | skip]
+                L.g1 = self.gates[:, start:start + L.F + 1]  # (n, F + 1): [g_l, 1]
+                L.g = L.g1[:, :L.F]
+                start += L.F + 1
             for L, nxt in zip(self.layers, self.layers[1:]):
                 L.next = nxt.here  # where this layer's output goes: the next layer's input at (i, j)
+            self.W_skip = torch.cat([L.W_skip1 for L in self.layers])  # (sum (F+1), F)
             self.skip = new(self.layers[0].F)  # (n, F): the summed skip connections
             hidden, last = model.head[1], model.head[3]  # relu, 1x1, relu, 1x1 to C*K
             self.W_1 = conv_weight(hidden).detach()[:, :, 0, 0].t().contiguous()  # (F, hidden)
@@ -103,6 +126,7 @@ class GatedPixelCNNCache:
             w_2 = conv_weight(last).detach()[:, :, 0, 0]  # (C*K, hidden), block c: channel c's logits
             self.W_2 = [w_2[c * K:(c + 1) * K].t().contiguous() for c in range(C)]  # (hidden, K) per channel
             self.b_2 = [last.bias.detach()[c * K:(c + 1) * K] for c in range(C)]
+            self.logits = new(1, K)  # (n, 1, K)
 
     def start_row(self, x: torch.Tensor, i: int):
         """The vertical stack over the whole row i (it reads rows < i, all drawn), kept as each
@@ -117,31 +141,37 @@ class GatedPixelCNNCache:
                 keep.copy_((link[:, L.order, 0, :] + L.b_h[:, None]).transpose(1, 2))  # (n, W, 2F), halves contiguous
         self.row = i
 
+    def write_input(self, x: torch.Tensor, i: int, j: int):
+        """The first layer's input at (i, j): each channel's value looked up in the level table."""
+        here = self.layers[0].here[j]  # (n, C_in) = (n, C * d)
+        if self.C == 1:
+            torch.index_select(self.table, 0, x[:, 0, i, j], out=here)  # (n, d)
+        else:  # channel c's value v is row c*K + v
+            here.view(len(here), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))
+
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         with one_thread_on_cpu(x.device), torch.inference_mode():
-            c, i, j, _ = self.cursor.advance(x, index)
+            last = self.cursor.last  # the previous pixel: its last channel was drawn after it was computed
+            c, i, j, moved = self.cursor.advance(x, index)
+            if moved and last >= 0:
+                self.write_input(x, *divmod(last, self.W))
             if i != self.row:
                 self.start_row(x, i)
-            return self._pixel(x, c, i, j).unsqueeze(1)  # (n, 1, K)
+            if self.C > 1:  # the channels < c of this pixel are read (mask A)
+                self.write_input(x, i, j)
+            return self._pixel(c, j)  # (n, 1, K)
 
-    def _pixel(self, x: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
-        """log p(x_c | everything before) at (i, j): (n, K)."""
-        j0 = max(j - 1, 0)  # the previous pixel too: its last channel was drawn after it was computed
-        first = self.layers[0]
-        self.inputs[0][:, first.r + j0:first.r + j + 1] = self.model.scale(x[:, :, i, j0:j + 1, None])[..., 0].transpose(1, 2)
-        skip = self.skip
+    def _pixel(self, c: int, j: int) -> torch.Tensor:
+        """log p(x_c | everything before) at (i, j) of the current row, its inputs written: (n, 1, K)."""
         for L in self.layers:
             torch.addmm(L.link[j], L.windows[j], L.W_h, out=L.pre)  # (n, 2F): link + window @ W_h
-            torch.tanh(L.pre_f, out=L.g).mul_(torch.sigmoid(L.pre_g, out=L.s))  # (n, F), eq. 2
-            torch.addmm(L.b_o, L.g, L.W_o, out=L.out)  # (n, 2F): [out | skip]
-            if L.first:
-                skip.copy_(L.out_skip)
-            else:
-                skip.add_(L.out_skip)
-            if L is not self.layers[-1]:  # the next layer's input at (i, j)
+            torch.tanh(L.pre_f, out=L.g).mul_(torch.sigmoid(L.pre_g, out=L.s))  # g_l (n, F), eq. 2
+            if L is not self.layers[-1]:  # the next layer's input at (i, j): [g, 1] @ [W_out; b_out] (+ h)
                 if L.first:
-                    L.next[j].copy_(L.out_h)
+                    torch.mm(L.g1, L.W_out1, out=L.next[j])
                 else:
-                    torch.add(L.here[j], L.out_h, out=L.next[j])  # residual
-        torch.addmm(self.b_1, skip.relu_(), self.W_1, out=self.hidden).relu_()  # (n, hidden)
-        return torch.log_softmax(torch.addmm(self.b_2[c], self.hidden, self.W_2[c]), dim=-1)  # (n, K)
+                    torch.addmm(L.here[j], L.g1, L.W_out1, out=L.next[j])  # residual
+        torch.mm(self.gates, self.W_skip, out=self.skip).relu_()  # (n, F): every layer's skip, summed
+        torch.addmm(self.b_1, self.skip, self.W_1, out=self.hidden).relu_()  # (n, hidden)
+        torch.addmm(self.b_2[c], self.hidden, self.W_2[c], out=self.logits[:, 0])  # (n, K)
+        return torch.log_softmax(self.logits, dim=-1)  # (n, 1, K)

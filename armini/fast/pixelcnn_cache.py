@@ -2,46 +2,55 @@
 Autoregressive Models"), spelled out layer by layer so that a step is a few matrix products.
 
 PixelCNN (armini.models.pixelcnn) is a k0 x k0 mask-A convolution, residual blocks
-(relu, 1x1, relu, 3x3, relu, 1x1, all mask B) and a 1x1 head. At pixel (i, j) each masked k x k
-convolution reads rows i-p..i (p = k//2) of its input, every column j-p..j+p of the rows above and
-columns <= j of row i (the masked taps are zero). All of that is final when (i, j) is computed:
-earlier pixels were computed at their own steps. So each spatial convolution keeps its whole input
-map, position-major and zero-padded,
+(relu, 1x1, relu, 3x3, relu, 1x1, all mask B) and a 1x1 head. At pixel (i, j) a masked k x k
+convolution (p = k//2) reads rows i-p..i of its input: all of columns j-p..j+p in the rows above,
+columns j-p..j in row i (the taps right of j are masked). Split it in two:
 
-    map  (n, p + H, p + W + p, F_in)        the input at (i, j) is map[:, p + i, p + j]
-    window of (i, j) = map[:, i:i+p+1, j:j+k]  -> (n, (p+1) k F_in) @ W   (W: the kernel's top p+1 rows)
+    conv(i, j) = above(i, j)          rows i-p..i-1: all drawn when row i starts, so computed for
+                                      the whole row at once (one F.conv2d per layer per row)
+               + row_window(i, j) @ W_row     row i, columns j-p..j: the new part, per pixel
 
-and a step computes the one new position through every layer:
+Each spatial layer keeps its current row as a buffer (n, p + W, F_in) (position-major, p zero
+columns on the left), so the window of (i, j) is a fixed *view* buf[:, j:j+p+1] flattened, made
+once; layer outputs are written straight into the next buffer (`out=`), never copied. A step:
 
-    h = b_0 [+ class vector] + window_0 @ W_0                        (n, F)   the mask-A layer
-    for each block:  t = relu(relu(h) @ W_a + b_a)                    (n, F/2)
-                     write t into the 3x3's map; u = relu(window @ W_b + b_b)
-                     h = h + u @ W_c + b_c                            (n, F)   residual
+    h = above_0(i, j) + window_0 @ W_0                               (n, F)   the mask-A layer
+    for each block:  t = relu(relu(h) @ W_a + b_a)   (into the 3x3's row buffer at j)   (n, F/2)
+                     u = relu(above(i, j) + window @ W_row)                              (n, F/2)
+                     h = h + [u, 1] @ [W_c; b_c]      (a column of ones carries the bias) (n, F)
     logits of the channel being drawn = relu(relu(h) @ W_1 + b_1) @ W_2[c] + b_2[c]
 
-The same arithmetic as the model's forward on the whole image (masked weights, same order of
-layers), without the per-step Python of the generic cache (armini.sampling_cache), which runs the
-model's own modules on a strip. Only the raw image is ever stale: the previous pixel's last channel
-was drawn after that pixel was computed, so its input is rewritten from x at the next step (every
-later feature at a pixel ignores the value drawn last there, mask A). A subclass with its own
-forward (`logits`) keeps the generic cache, which runs that forward. A step runs on one CPU thread
-in inference mode.
+Every value a window reads is final: earlier pixels were computed at their own steps, once all they
+depend on was drawn. The raw image is the one exception: a pixel's last channel is drawn after the
+pixel was computed, so each pixel's input is (re)written from x when the sampler moves past it (and,
+with several channels, at every step: the channels < c of the current pixel are read under mask A).
+The input at a pixel is a row of a table of each level's input features (armini.nn.inputs:
+ordinal values scaled to [-1, 1], or embeddings), looked up, not recomputed.
 
-Legend: n images sampled, C image channels, F feature channels, H, W height and width, K levels.
+The same arithmetic as the model's forward on the whole image, grouped differently (sums of the same
+products, so equal to rounding). A subclass with its own forward (`logits`) keeps the generic cache
+(armini.sampling_cache), which runs that forward. A step runs on one CPU thread in inference mode.
+
+Legend: n images sampled, C image channels, C_in input features per pixel, F feature channels,
+H, W height and width, K levels.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..sampling_cache import RasterCursor, conv_weight, one_thread_on_cpu
 
 
-def window_matrix(conv) -> tuple:
-    """A masked k x k convolution as a matrix over its causal window: ((p+1) k F_in, out) laid out
-    (row, column, channel) to match map[:, i:i+p+1, j:j+k] flattened, and p = k//2."""
+def split_kernel(conv) -> tuple:
+    """A masked k x k convolution split into its rows above the centre and its centre row:
+    (W_above (out, F_in, p, k) for F.conv2d, W_row ((p+1) F_in, out), p): W_row is the centre row's
+    taps j-p..j laid out (column, channel) to match buf[:, j:j+p+1] flattened (the taps right of j
+    are masked, and the rows below too)."""
     w = conv_weight(conv).detach()  # (out, F_in, k, k), masked
     p = w.shape[-1] // 2
-    return w[:, :, :p + 1].permute(2, 3, 1, 0).reshape(-1, w.shape[0]).contiguous(), p  # rows below: all zero
+    W_row = w[:, :, p, :p + 1].permute(2, 1, 0).reshape(-1, w.shape[0])  # ((p+1) F_in, out), column-major
+    return w[:, :, :p].contiguous(), W_row.contiguous(), p
 
 
 def pointwise(conv) -> torch.Tensor:
@@ -49,67 +58,118 @@ def pointwise(conv) -> torch.Tensor:
     return conv_weight(conv).detach()[:, :, 0, 0].t().contiguous()
 
 
-class PixelCNNCache:
-    """What PixelCNN.init_cache returns: every spatial convolution's input map and the weights as matrices.
+def level_table(model, dtype) -> torch.Tensor:
+    """Every level's input features, (C*K, d): row c*K + v holds what the first layer reads for value v
+    in image channel c (d = C_in / C features per channel; the model's own `inputs`, evaluated once)."""
+    C, K = model.shape[0], model.levels
+    values = torch.arange(K).repeat(C, 1)[None, :, :, None]  # (1, C, K, 1): every level in every channel
+    feats = model.inputs(values, dtype)  # (1, C_in, K, 1), channel-major groups of d
+    return feats[0, :, :, 0].reshape(C, -1, K).transpose(1, 2).reshape(C * K, -1).contiguous()  # (C*K, d)
 
-    conditional_logprobs(x, index) -> (n, 1, K) for the next dimension (index: its flat position, (1,))."""
+
+class RowLayer:
+    """One masked k x k convolution evaluated pixel by pixel along a row: its input's current row
+    `buf` (n, p + W, F_in), the fixed window views into it, and the row's `above` part (n, W, out)."""
+
+    def __init__(self, conv, n: int, W: int, F_in: int, like: torch.Tensor):
+        self.W_above, self.W_row, self.p = split_kernel(conv)
+        self.bias = conv.bias.detach()  # (out,)
+        p, out = self.p, self.W_row.shape[1]
+        self.buf = like.new_zeros(n, p + W, F_in)  # the current row; p zero columns on the left
+        self.windows = [self.buf[:, j:j + p + 1].reshape(n, -1) for j in range(W)]  # (n, (p+1) F_in) views
+        self.here = [self.buf[:, p + j] for j in range(W)]  # (n, F_in): the input at (i, j)
+        self.rows = like.new_zeros(n, F_in, p, p + W + p)  # the p rows above, zero-padded left and right
+        self.above = like.new_zeros(n, W, out)
+        self.above_at = [self.above[:, j] for j in range(W)]  # (n, out) views
+
+    def start_row(self, extra=None):
+        """Row i starts: the row just finished (in `buf`) joins the rows above, and the part of every
+        output of row i that reads them is computed at once (+ the bias, + `extra`: a class vector)."""
+        p = self.p
+        if p:
+            self.rows[:, :, :-1] = self.rows[:, :, 1:].clone()  # every row up one ...
+            self.rows[:, :, -1, p:-p] = self.buf[:, p:].transpose(1, 2)  # ... and the finished row last
+            above = F.conv2d(self.rows, self.W_above)[:, :, 0]  # (n, out, W): the taps on rows i-p..i-1
+            self.above.copy_(above.transpose(1, 2))
+        else:  # a 1 x 1 kernel: nothing above
+            self.above.zero_()
+        self.above += self.bias if extra is None else self.bias + extra[:, None]  # (n, W, out)
+
+
+class PixelCNNCache:
+    """What PixelCNN.init_cache returns: the row buffers of every spatial convolution and the weights
+    as matrices. conditional_logprobs(x, index) -> (n, 1, K) for the next dimension (index: its flat
+    position, (1,))."""
 
     def __init__(self, model, x: torch.Tensor, y=None):
         C, H, W = model.shape
-        self.model, self.C = model, C
+        self.model, self.C, self.K = model, C, model.levels
         self.cursor = RasterCursor(x, W)
-        n, dev, dtype = x.shape[0], x.device, model.input_conv.weight.dtype
+        self.row = -1
+        n, dtype = x.shape[0], model.input_conv.weight.dtype
+        like = model.input_conv.weight.new_zeros(0, dtype=dtype)
         with torch.inference_mode():
-            self.W_0, self.p_0 = window_matrix(model.input_conv)
-            b_0 = model.input_conv.bias.detach().expand(n, -1)  # (n, F)
-            if y is not None:
-                b_0 = b_0 + model.class_emb(y)  # the class vector, at every position
-            self.b_0 = b_0.contiguous()
-            self.map_0 = self.new_map(n, H, W, self.p_0, model.inputs.out_channels, dtype, dev)
+            self.table = level_table(model, dtype)  # (C*K, d)
+            self.offsets = (torch.arange(C, device=x.device) * self.K)[None]  # (1, C): channel c's rows
+            self.first = RowLayer(model.input_conv, n, W, model.inputs.out_channels, like)
+            self.class_vector = None if y is None else model.class_emb(y).detach()  # (n, F)
+            F_ = model.input_conv.out_channels
+            self.h, self.relu_h = like.new_zeros(n, F_), like.new_zeros(n, F_)
             self.blocks = []
             for block in model.blocks:
                 a, b, c = block.net[1], block.net[3], block.net[5]  # 1x1, 3x3, 1x1
-                W_b, p = window_matrix(b)
-                self.blocks.append((pointwise(a), a.bias.detach(), W_b, b.bias.detach(), p,
-                                    self.new_map(n, H, W, p, b.in_channels, dtype, dev), pointwise(c), c.bias.detach()))
+                L = RowLayer(b, n, W, b.in_channels, like)
+                L.W_a, L.b_a = pointwise(a), a.bias.detach()
+                L.u1 = like.new_ones(n, b.out_channels + 1)  # [u, 1]: the ones column carries c's bias
+                L.u = L.u1[:, :-1]
+                L.W_c1 = torch.cat([pointwise(c), c.bias.detach()[None]])  # (F/2 + 1, F): [W_c; b_c]
+                self.blocks.append(L)
             hidden, last = model.head[1], model.head[3]  # relu, 1x1, relu, 1x1 to C*K
             self.W_1, self.b_1 = pointwise(hidden), hidden.bias.detach()
-            K = model.levels
+            self.hidden = like.new_zeros(n, self.W_1.shape[1])
+            K = self.K
             w_2 = pointwise(last)  # (hidden, C*K), block c: channel c's logits
             self.W_2 = [w_2[:, c * K:(c + 1) * K].contiguous() for c in range(C)]  # (hidden, K) per channel
             self.b_2 = [last.bias.detach()[c * K:(c + 1) * K] for c in range(C)]
-
-    @staticmethod
-    def new_map(n, H, W, p, channels, dtype, dev) -> torch.Tensor:
-        """A convolution's input map, zero-padded p rows on top and p columns each side: (n, p + H, p + W + p, F_in)."""
-        return torch.zeros(n, p + H, 2 * p + W, channels, dtype=dtype, device=dev)
+            self.logits = like.new_zeros(n, 1, K)
 
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         with one_thread_on_cpu(x.device), torch.inference_mode():
             last = self.cursor.last  # the previous pixel: its last channel was drawn after it was computed
-            c, i, j, _ = self.cursor.advance(x, index)
-            qi, qj = divmod(last, self.cursor.W)
-            if last >= 0 and qi != i:  # the end of the row above (the 7x7 layer reads it)
-                self.write_pixels(x, qi, qj, qj + 1)
-            self.write_pixels(x, i, qj if qi == i else j, j + 1)  # this pixel (and the one before it)
-            return self._pixel(x, c, i, j).unsqueeze(1)  # (n, 1, K)
+            c, i, j, moved = self.cursor.advance(x, index)
+            if moved and last >= 0:
+                self.write_input(x, *divmod(last, self.cursor.W))
+            if i != self.row:
+                self.start_row(i)
+            if self.C > 1:  # the channels < c of this pixel are read (mask A)
+                self.write_input(x, i, j)
+            return self._pixel(c, j)  # (n, 1, K)
 
-    def write_pixels(self, x: torch.Tensor, i: int, j0: int, j1: int):
-        """The first layer's input at (i, j0..j1-1) from the image as it is now."""
-        p = self.p_0
-        pixels = self.model.inputs(x[:, :, i, j0:j1, None], self.map_0.dtype)[..., 0]  # (n, C_in, P)
-        self.map_0[:, p + i, p + j0:p + j1] = pixels.transpose(1, 2)
+    def write_input(self, x: torch.Tensor, i: int, j: int):
+        """The first layer's input at (i, j): each channel's value looked up in the level table."""
+        here = self.first.here[j]  # (n, C_in) = (n, C * d)
+        if self.C == 1:
+            torch.index_select(self.table, 0, x[:, 0, i, j], out=here)  # (n, d)
+        else:  # channel c's value v is row c*K + v
+            here.view(len(here), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))
 
-    def _pixel(self, x: torch.Tensor, c: int, i: int, j: int) -> torch.Tensor:
-        """log p(x_c | everything before) at (i, j), its input written: (n, K)."""
-        n, p = x.shape[0], self.p_0
-        window = self.map_0[:, i:i + p + 1, j:j + 2 * p + 1].reshape(n, -1)  # (n, (p+1) k C_in)
-        h = torch.addmm(self.b_0, window, self.W_0)  # (n, F)
-        for W_a, b_a, W_b, b_b, q, conv_map, W_c, b_c in self.blocks:
-            t = torch.addmm(b_a, torch.relu(h), W_a).relu_()  # (n, F/2)
-            conv_map[:, q + i, q + j] = t  # the 3x3's input at (i, j)
-            window = conv_map[:, i:i + q + 1, j:j + 2 * q + 1].reshape(n, -1)  # (n, (q+1) 3 F/2)
-            u = torch.addmm(b_b, window, W_b).relu_()  # (n, F/2)
-            h = torch.addmm(b_c, u, W_c).add_(h)  # (n, F): h + net(h)
-        hidden = torch.addmm(self.b_1, h.relu_(), self.W_1).relu_()  # (n, hidden)
-        return torch.log_softmax(torch.addmm(self.b_2[c], hidden, self.W_2[c]), dim=-1)  # (n, K)
+    def start_row(self, i: int):
+        """Row i starts (every pixel above it drawn): each layer's part that reads the rows above."""
+        self.first.start_row(self.class_vector)
+        for L in self.blocks:
+            L.start_row()
+        self.row = i
+
+    def _pixel(self, c: int, j: int) -> torch.Tensor:
+        """log p(x_c | everything before) at (i, j) of the current row, its input written: (n, 1, K)."""
+        h, relu_h = self.h, self.relu_h
+        torch.addmm(self.first.above_at[j], self.first.windows[j], self.first.W_row, out=h)  # (n, F)
+        for L in self.blocks:
+            torch.clamp_min(h, 0, out=relu_h)
+            torch.addmm(L.b_a, relu_h, L.W_a, out=L.here[j]).relu_()  # t: the 3x3's input at (i, j), (n, F/2)
+            torch.addmm(L.above_at[j], L.windows[j], L.W_row, out=L.u).relu_()  # u, (n, F/2)
+            torch.addmm(h, L.u1, L.W_c1, out=h)  # h + net(h), (n, F)
+        torch.clamp_min(h, 0, out=relu_h)
+        torch.addmm(self.b_1, relu_h, self.W_1, out=self.hidden).relu_()  # (n, hidden)
+        torch.addmm(self.b_2[c], self.hidden, self.W_2[c], out=self.logits[:, 0])  # (n, K)
+        return torch.log_softmax(self.logits, dim=-1)  # (n, 1, K)
