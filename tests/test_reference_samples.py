@@ -17,6 +17,8 @@ REFERENCE = ROOT / "data" / "reference"
 # what a lesson's reference cell prints, and how the run was made (README.md in data/reference/ says more)
 REQUIRED = {"lesson", "budget", "image", "command", "steps", "batch_size", "test_bits_per_dim", "test_images",
             "cpu_seconds", "load", "threads", "data", "made"}
+# a picture of several checkpoints (lesson 08) keeps each one's training figures in `models`, one per row
+RUN_FIGURES = {"steps", "batch_size", "test_bits_per_dim", "test_images", "cpu_seconds"}
 LESSONS = sorted(p.name for p in (ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -26,15 +28,24 @@ def record_problems(png: Path) -> list:
     if not record_path.exists():
         return [f"{png.name} has no record {record_path.name}"]
     record = json.loads(record_path.read_text())
-    problems = [f"{record_path.name} lacks {key!r}" for key in sorted(REQUIRED - record.keys())]
+    runs = record.get("models", [record])  # one run, or one per row of a several-checkpoint picture
+    required = REQUIRED - RUN_FIGURES if "models" in record else REQUIRED
+    problems = [f"{record_path.name} lacks {key!r}" for key in sorted(required - record.keys())]
+    if "models" in record:
+        if not runs or len(runs) != len(record.get("rows", [])):
+            problems.append(f"{record_path.name}: {len(runs)} models for {len(record.get('rows', []))} rows")
+        problems += [f"{record_path.name}: models[{k}] lacks {key!r}" for k, run in enumerate(runs)
+                     for key in sorted((RUN_FIGURES | {"model"}) - run.keys())]
     if problems:
         return problems
     if record["image"] != png.name:
         problems.append(f"{record_path.name} names image {record['image']!r}, not {png.name!r}")
-    if not (record["steps"] > 0 and record["cpu_seconds"] > 0 and record["test_images"] > 0):
-        problems.append(f"{record_path.name}: steps, cpu_seconds and test_images must be positive")
-    if not 0 < record["test_bits_per_dim"] < 8:  # 8 bits/dim is a uniform guess over 256 values
-        problems.append(f"{record_path.name}: test bits/dim {record['test_bits_per_dim']} is not in (0, 8)")
+    for run in runs:
+        name = f"{record_path.name}" + (f" ({run['model']})" if "models" in record else "")
+        if not (run["steps"] > 0 and run["cpu_seconds"] > 0 and run["test_images"] > 0):
+            problems.append(f"{name}: steps, cpu_seconds and test_images must be positive")
+        if not 0 < run["test_bits_per_dim"] < 8:  # 8 bits/dim is a uniform guess over 256 values
+            problems.append(f"{name}: test bits/dim {run['test_bits_per_dim']} is not in (0, 8)")
     image = matplotlib.image.imread(png)  # (H, W) or (H, W, channels)
     if not (56 <= image.shape[0] <= 4000 and 56 <= image.shape[1] <= 4000):
         problems.append(f"{png.name} is {image.shape[1]}x{image.shape[0]} pixels: not a readable sample grid")
@@ -62,6 +73,11 @@ def test_a_broken_record_is_found(tmp_path):
     assert record_problems(png) == ["lesson.png has no record lesson.json"]
     (tmp_path / "lesson.json").write_text(json.dumps({"lesson": "x", "image": "lesson.png"}))
     assert "lesson.json lacks 'cpu_seconds'" in record_problems(png)
+    several = {key: "x" for key in REQUIRED - RUN_FIGURES} | {"image": "lesson.png", "rows": ["a", "b"],
+                                                            "models": [{"model": "a", "steps": 1}]}
+    (tmp_path / "lesson.json").write_text(json.dumps(several))
+    assert record_problems(png) == ["lesson.json: 1 models for 2 rows"] + [
+        f"lesson.json: models[0] lacks {key!r}" for key in sorted(RUN_FIGURES - {"steps"})]
 
 
 def referenced_files(notebook: Path) -> list:
@@ -117,3 +133,67 @@ def test_make_writes_a_complete_record_from_a_checkpoint(tmp_path, monkeypatch):
     grid = viz.make_grid(same.float() / 3, nrow=8).repeat(4, axis=0).repeat(4, axis=1)  # (76, 292): 2 rows of 8
     saved = matplotlib.image.imread(png)[..., 0]  # the gray image's red channel
     assert saved.shape == grid.shape and np.abs(saved - grid).max() < 0.01, "the image is not the lesson's samples"
+
+
+def tiny_record(name, lesson, levels=256, size=8):
+    return {"command": f"python -m armini pretrained train {name}", "lesson": lesson, "steps": 100, "batch_size": 32,
+            "lr": 2e-3, "test_bpd": 3.5, "test_images": 1000, "train_cpu_s": 60.0, "threads": 1,
+            "data": {"dataset": "fashion-mnist", "size": size, "levels": levels, "train_source": "full"}}
+
+
+def test_make_draws_lesson_01s_binary_nade_samples(tmp_path, monkeypatch):
+    from armini.models import NADE
+
+    make = load_make()
+    torch.manual_seed(0)
+    tiny = NADE(shape=(1, 6, 6), levels=2, hidden=4).eval()
+    monkeypatch.setattr(make.pretrained, "record", lambda name: tiny_record(name, "01_factorisation", levels=2))
+    monkeypatch.setattr(make.pretrained, "load", lambda name, device=None: tiny)
+    written = make.make("nade", folder=tmp_path)
+    assert written["lesson"] == "solutions/01_factorisation.ipynb" and written["samples"] == 16
+    saved = matplotlib.image.imread(tmp_path / "01_factorisation_default.png")[..., 0]
+    same = tiny.sample(16, generator=torch.Generator().manual_seed(1)).float()  # lesson 01's call, values 0 or 1
+    grid = viz.make_grid(same, nrow=8).repeat(4, axis=0).repeat(4, axis=1)
+    assert saved.shape == grid.shape and np.abs(saved - grid).max() < 0.01
+
+
+def test_make_leaderboard_puts_one_checkpoint_per_row_with_its_figures(tmp_path, monkeypatch):
+    """Lesson 08's picture: a row per checkpoint here, the same seed in every row, a 14x14 model enlarged to 28x28."""
+    from armini.models import PixelCNN
+
+    make = load_make()
+    torch.manual_seed(0)
+    models = {"pixelcnn": PixelCNN(shape=(1, 28, 28), levels=4, channels=6, n_blocks=1, head_channels=6).eval(),
+              "pixel-transformer": PixelCNN(shape=(1, 14, 14), levels=4, channels=6, n_blocks=1, head_channels=6).eval()}
+    monkeypatch.setattr(make.pretrained, "available", lambda name: name in models)
+    monkeypatch.setattr(make.pretrained, "record", lambda name: tiny_record(name, "02_pixelcnn", levels=4))
+    monkeypatch.setattr(make.pretrained, "load", lambda name, device=None: models[name])
+    written = make.make("leaderboard", folder=tmp_path)
+    png = tmp_path / "08_leaderboard_default.png"
+    assert record_problems(png) == []
+    assert written["rows"] == ["pixelcnn", "pixel-transformer"] and written["samples"] == 16
+    assert [m["shown"] for m in written["models"]] == ["as drawn", "enlarged 2x"]
+    saved = matplotlib.image.imread(png)[..., 0]  # (2 rows of 29 px + 1) x 4
+    assert saved.shape == ((2 * 29 + 1) * 4, (8 * 29 + 1) * 4)
+    small = models["pixel-transformer"].sample(8, generator=torch.Generator().manual_seed(0)).float() / 3
+    row = viz.make_grid(small.repeat_interleave(2, -2).repeat_interleave(2, -1), nrow=8)[1:30]  # (29, W) row 2's tiles
+    assert np.abs(saved[::4, ::4][30:59] - row).max() < 0.01, "row 2 is not the enlarged 14x14 samples"
+
+
+def test_lmconv_reference_keeps_the_observed_pixels_and_shows_the_originals():
+    """Lesson 09's completions: rows input / completion / original for the left half, then for the centre."""
+    from armini import data
+    from armini.models import LMConv
+
+    make = load_make()
+    torch.manual_seed(0)
+    tiny = LMConv(shape=(1, 14, 14), levels=256, nr_filters=4, nr_resnet=1, n_stages=1, nr_mix=1).eval()
+    with torch.no_grad():
+        rows = make.LESSONS["lmconv"].draw(tiny).view(6, 4, 1, 14, 14)
+    x = data.load("fashion-mnist", "test", size=14).images[10:14]
+    assert torch.equal(rows[2], x) and torch.equal(rows[5], x)
+    assert torch.equal(rows[1][..., :7], x[..., :7]), "the left half's completion changed observed pixels"
+    border = torch.ones(14, 14, dtype=torch.bool)
+    border[4:11, 4:11] = False
+    assert torch.equal(rows[4][..., border], x[..., border]), "the centre's completion changed observed pixels"
+    assert (rows[3][..., ~border] == 128).all() and (rows[0][..., 7:] == 128).all(), "missing pixels are not grey"
