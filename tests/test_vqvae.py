@@ -136,3 +136,35 @@ def test_usage_log_measures_a_held_out_set_every_few_training_steps():
     vq.eval()
     log.measure(vq)
     assert (log.used[-1], log.perplexity[-1]) == codebook_usage(vq.encode(held_out), vq.codebook_size)
+
+
+def test_decode_reads_logits_the_mean_and_mode_of_the_same_distribution():
+    """decode works on the decoder's logits (no log-softmax): the rounded mean and the mode of the same
+    categorical as decode_logprobs; a pixel may differ by one level only where its mean sits at .5 within
+    float rounding."""
+    vq = small("ema")
+    tokens = vq.encode(images(6))
+    logp = vq.decode_logprobs(tokens).double()  # (6, 1, 28, 28, K)
+    mean = logp.exp() @ torch.arange(256.0, dtype=torch.float64)  # (6, 1, 28, 28)
+    fast = vq.decode(tokens)
+    off = fast != mean.round().long()
+    assert (fast - mean.round().long()).abs().max() <= 1
+    assert ((mean[off] - mean[off].floor() - 0.5).abs() < 1e-3).all()  # only float ties at .5 may round the other way
+    assert torch.equal(vq.decode(tokens, point="mode"), vq.latent_logits(vq.embed(tokens)).argmax(-1))
+    assert torch.equal(vq.point_estimate(logp.float()), vq.point_estimate(logp.float() + 3.0))  # a softmax: shifts cancel
+
+
+def test_a_subclass_with_its_own_pixel_layout_decodes_in_that_layout():
+    """A subclass that lays pixels out its own way in latent_logprobs (as VQVAE3D does) and has no latent_logits
+    is decoded from its latent_logprobs, not from VQVAE's (B, C, H, W, K) view of the logits."""
+
+    class Transposed(VQVAE):
+        def latent_logprobs(self, z_q):
+            return super().latent_logprobs(z_q).transpose(2, 3)  # (B, C, W, H, K)
+
+    torch.manual_seed(0)
+    vq = Transposed(quantizer="ema", channels=8, codebook_size=32)
+    tokens = vq.encode(images(2))
+    plain = vq.latent_logits(vq.embed(tokens)).argmax(-1)  # (2, 1, 28, 28): VQVAE's layout
+    assert torch.equal(vq.decode(tokens, point="mode"), vq.decode_logprobs(tokens).argmax(-1))
+    assert torch.equal(vq.decode(tokens, point="mode"), plain.transpose(2, 3))

@@ -299,26 +299,44 @@ class VQVAE(nn.Module):
         """log p(pixel value | latent), in nats: (B, d, h, w) -> (B, C, H, W, K)."""
         return F.log_softmax(self.decode_logits(z_q), 2).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
 
+    def latent_logits(self, z_q: torch.Tensor) -> torch.Tensor:
+        """The decoder's unnormalised scores in latent_logprobs' layout, (B, d, h, w) -> (B, C, H, W, K): a view
+        of decode_logits, no softmax. A point estimate needs no log-probabilities: softmax(logits) is the
+        distribution itself, and argmax(logits) its mode."""
+        return self.decode_logits(z_q).permute(0, 1, 3, 4, 2)  # (B, C, H, W, K)
+
+    def latent_scores(self, z_q: torch.Tensor) -> torch.Tensor:
+        """What decode reads, (B, C, H, W, K): latent_logits, or latent_logprobs for a subclass that lays its
+        pixels out in its own way (its latent_logprobs) without saying how its logits go (no latent_logits)."""
+        cls = type(self)
+        if cls.latent_logprobs is not VQVAE.latent_logprobs and cls.latent_logits is VQVAE.latent_logits:
+            return self.latent_logprobs(z_q)
+        return self.latent_logits(z_q)
+
     @torch.no_grad()
     def decode_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         """log p(pixel value | tokens), in nats: (B, C, H, W, K)."""
         return self.latent_logprobs(self.embed(tokens))
 
-    def point_estimate(self, logp: torch.Tensor, point: str = "mean") -> torch.Tensor:
-        """Integer images (B, C, H, W) of per-pixel log-probabilities (B, C, H, W, K): the rounded mean of each
-        pixel's categorical (point="mean", least squared error), or its most likely value (point="mode")."""
+    def point_estimate(self, scores: torch.Tensor, point: str = "mean") -> torch.Tensor:
+        """Integer images (B, C, H, W) of per-pixel scores (B, C, H, W, K), log-probabilities or unnormalised
+        logits (the same softmax): the rounded mean of each pixel's categorical (point="mean", least squared
+        error), or its most likely value (point="mode")."""
         if point == "mode":
-            return logp.argmax(-1)
+            return scores.argmax(-1)
         if point != "mean":
             raise ValueError(f"point must be 'mean' or 'mode', got {point!r}")
-        values = torch.arange(self.levels, device=logp.device, dtype=logp.dtype)
-        return (logp.exp() @ values).round().long().clamp(0, self.levels - 1)
+        # the scores are usually a view with K strided (the decoder writes K before H, W): a softmax over a
+        # contiguous last axis is several times faster than over a strided one, and the copy costs less
+        p = torch.softmax(scores.contiguous(), dim=-1)  # (B, C, H, W, K) p(value | z)
+        values = torch.arange(self.levels, device=p.device, dtype=p.dtype)
+        return (p @ values).round().long().clamp(0, self.levels - 1)  # E[value], rounded: (B, C, H, W)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, point: str = "mean") -> torch.Tensor:
         """Integer images (B, C, H, W) of tokens (B, D, h, w) ((B, L) for msvq): point_estimate of the decoder's
         distribution, its rounded mean (point="mean", least squared error) or its mode (point="mode")."""
-        return self.point_estimate(self.decode_logprobs(tokens), point)
+        return self.point_estimate(self.latent_scores(self.embed(tokens)), point)
 
     @torch.no_grad()
     def decode_scales(self, tokens: torch.Tensor, point: str = "mean") -> list:
@@ -327,7 +345,7 @@ class VQVAE(nn.Module):
         if not self.multiscale:
             raise ValueError(f"decode_scales needs quantizer='msvq' (multi-scale tokens), this VQVAE has "
                              f"{self.config.quantizer!r}")
-        return [self.point_estimate(self.latent_logprobs(f_hat), point)
+        return [self.point_estimate(self.latent_scores(f_hat), point)
                 for f_hat in self.quantizer.cumulative(tokens.long())]
 
     @torch.no_grad()
