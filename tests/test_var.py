@@ -285,6 +285,29 @@ def test_guided_cached_sampling_equals_the_naive_guided_sampler():
     assert torch.equal(a, b) and a.shape == (3, 1, 4, 4)
 
 
+def test_guidance_grows_over_the_scales():
+    """VAR's guidance ramp: the 1x1 scale is drawn from p(r_1 | y) unguided, the finest with the full w; each
+    step's distribution is the guided mix with w_k = w k / (K - 1) (the reference sampler's). A constant w
+    (guidance_ramp = False, the old behaviour) guides the first scale too and fails the first check."""
+    from armini.models.token_ar import guided_logprobs
+
+    m = var(scales=(1, 2, 3), num_classes=2)
+    train_a_little(m.prior, y=torch.arange(16) % 3)
+    y, w = torch.tensor([0, 1, 1]), 2.0
+    seen = []
+    m.sample(3, y=y, guidance=w, generator=gen(2), callback=lambda step: seen.append(step.probs.double()))
+    tokens = m.sample_tokens(3, y=y, guidance=w, generator=gen(2))
+    with torch.no_grad():
+        cond = m.prior.conditionals(tokens, y).double()  # (3, L, V): teacher forced on the drawn tokens
+        uncond = m.prior.conditionals(tokens, torch.full_like(y, m.null)).double()
+    for k, index in enumerate(m.prior.sampling_steps()):
+        expected = guided_logprobs(cond[:, index], uncond[:, index], w * k / 2).exp()  # w_k = w k / (K - 1)
+        torch.testing.assert_close(seen[k], expected, atol=1e-5, rtol=1e-4)
+    assert m.sampler(w).scale == w and m.sampler(0.0) is m.prior
+    a = m.sample(3, y=y, guidance=w, generator=gen(5), cached=True)
+    assert torch.equal(a, m.sample(3, y=y, guidance=w, generator=gen(5), cached=False))
+
+
 def test_var_log_prob_is_the_pixel_space_bound():
     m = var()
     x = torch.randint(4, (5, 1, 4, 4), generator=gen(1))

@@ -31,15 +31,15 @@ scale k depend on r_<k only: the model is autoregressive over scales, which the 
 Sampling (the shared loop of armini.models.base, one step per scale) with a KV cache: each step feeds
 only the new scale's s_k^2 positions through the blocks, which read the keys and values the coarser
 scales left in the cache, and adds only the scale just drawn to the cached f_hat (the quantiser's
-add_scale); `sample(cached=False)` recomputes everything and draws the same tokens. Classifier-free guidance and top-k come from the shared machinery (token_ar.Guided,
-base.sample's top_k).
+add_scale); `sample(cached=False)` recomputes everything and draws the same tokens. Top-k and temperature
+come from the shared machinery (base.sample); classifier-free guidance too (token_ar.Guided), with the
+reference sampler's ramp over the scales (RampGuided: w_k = w k / (K - 1), the 1x1 scale unguided).
 
 `VAR` is a TwoStage model (armini.models.token_ar) with this prior: log_prob is the pixel-space bound
 -log p(x) <= -log p(r(x)) - log p(x | r(x)), fit_stages trains the tokenizer, then the prior.
 
 Deviations from the paper: tiny sizes; the class enters as the start token only (the paper also feeds
-it to adaptive layer norm in every block); no guidance ramp over the scales (the reference grows the
-guidance scale with the scale index); the scale and position embeddings are learned vectors initialised
+it to adaptive layer norm in every block); the scale and position embeddings are learned vectors initialised
 as GPT-2 initialises its weights.
 
 Legend: B batch, K scales, s_k the side of scale k, L = sum_k s_k^2 tokens, V codebook size, d the
@@ -56,10 +56,10 @@ import torch.nn.functional as F
 
 from ..nn.attention import CausalSelfAttention, KVCache, block_causal_mask
 from .base import ARModel
-from .token_ar import TwoStage, missing_pixels
+from .token_ar import Guided, TwoStage, missing_pixels
 from .transformer import Block, gpt2_init
 
-__all__ = ["NextScalePrior", "NextScalePriorConfig", "VAR", "scale_sizes", "scale_of_position",
+__all__ = ["NextScalePrior", "NextScalePriorConfig", "VAR", "RampGuided", "scale_sizes", "scale_of_position",
            "next_scale_sample"]
 
 
@@ -237,6 +237,28 @@ def next_scale_sample(prior: NextScalePrior, n: int, y=None) -> torch.Tensor:
     return tokens
 
 
+# ----------------------------------------------------------------------------- guidance over the scales
+
+
+class RampGuided(Guided):
+    """Classifier-free guidance that grows with the scale, as VAR samples (Tian et al. 2024; the reference
+    sampler's t = cfg * k / (K - 1)): scale k (0-based) of K is guided with
+
+        w_k = w * k / (K - 1)        no guidance on the 1x1 scale, the full w on the finest
+
+    so the coarse scales (the layout) keep their diversity and the fine ones (the details) are sharpened
+    towards the class. One step is one whole scale, so its positions name the scale."""
+
+    def __init__(self, prior: NextScalePrior, scale: float, null: int):
+        super().__init__(prior, scale, null)
+        self.final_scale = self.scale  # w, the finest scale's
+
+    def conditional_logprobs(self, x, index, y=None, cache=None, **order_kwargs):
+        k = int(self.prior.scale_id[int(index[0])])  # the scale this step draws, 0-based
+        self.scale = self.final_scale * k / max(1, len(self.prior.scales) - 1)  # w_k
+        return super().conditional_logprobs(x, index, y, cache, **order_kwargs)
+
+
 # ----------------------------------------------------------------------------- the two-stage model
 
 
@@ -246,8 +268,10 @@ class VAR(TwoStage):
 
         model = VAR(shape=(1, 28, 28), levels=256)                  # scales (1, 2, 3, 4, 5, 7) on 7x7
         hist = model.fit_stages(train, test, steps=2000, time_limit=300, clock=time.process_time)
-        images = model.sample(16, y=torch.arange(16) % 10, guidance=2.0, top_k=50)
+        images = model.sample(16, y=torch.arange(16) % 10, guidance=3.0, top_k=5)  # lesson 15's guided sampler
     """
+
+    guidance_ramp = True  # sample(guidance=w): w_k = w k / (K - 1) over the scales (RampGuided); False: w everywhere
 
     def __init__(self, shape=(1, 28, 28), levels=256, tokenizer=None, **kwargs):
         kwargs.setdefault("prior", "next-scale")
@@ -258,6 +282,13 @@ class VAR(TwoStage):
         if tokenizer is None or isinstance(tokenizer, dict):
             tokenizer = {**default_tokenizer(), **(tokenizer or {})}
         super().__init__(shape, levels, tokenizer=tokenizer, **kwargs)
+
+    def sampler(self, guidance: float = 0.0):
+        """The prior, or the prior with classifier-free guidance growing over the scales (RampGuided)."""
+        plain = super().sampler(guidance)
+        if not guidance or not self.guidance_ramp:
+            return plain
+        return RampGuided(self.prior, guidance, self.null)
 
     def build_prior(self, num_classes):
         tok = self.tokenizer
