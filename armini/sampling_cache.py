@@ -36,6 +36,10 @@ Pieces:
     RasterCursor       which pixel a raster-order cached sampler is at, with O(1) guards that
                        x changes only as the sampling loop changes it (shared by every cached
                        sampler, e.g. PixelCNN++'s in armini.fast.pixelcnnpp_cache)
+    LevelTable         every level's input features, looked up per pixel (not recomputed)
+    RowConv            one causal convolution, pixel by pixel along a row: the rows above once per
+                       row (one conv2d), row i's taps per pixel (one addmm of a fixed window view);
+                       the pieces of the model-specific caches in armini.fast
     RasterConvSampler  the state a model's init_cache returns: which pixel comes next,
                        what is stale, and the call that computes a strip of positions
     CachedConvSampling mixin giving any ARModel whose spatial layers are all causal
@@ -234,6 +238,97 @@ class one_thread_on_cpu:
     def __exit__(self, *exc):
         if self.threads != 1:
             torch.set_num_threads(self.threads)
+
+
+class LevelTable:
+    """Every level's input features, looked up per pixel instead of recomputed: row c*K + v of `table`
+    (C*K, d) holds what a model's first layer reads for value v in image channel c (armini.nn.inputs:
+    ordinal values scaled to [-1, 1], or embeddings; d = C_in / C features per channel), made once by
+    the model's own `inputs` module. write(x, i, j, out) puts pixel (i, j)'s features into out (n, C_in)."""
+
+    def __init__(self, inputs, channels: int, levels: int, dtype, device):
+        C, K = channels, levels
+        values = torch.arange(K, device=device).repeat(C, 1)[None, :, :, None]  # (1, C, K, 1): every level, every channel
+        feats = inputs(values, dtype)  # (1, C_in, K, 1), channel-major groups of d
+        self.table = feats[0, :, :, 0].reshape(C, -1, K).transpose(1, 2).reshape(C * K, -1).contiguous()  # (C*K, d)
+        self.offsets = (torch.arange(C, device=device) * K)[None]  # (1, C): channel c's first row
+        self.C = C
+
+    def write(self, x: torch.Tensor, i: int, j: int, out: torch.Tensor) -> torch.Tensor:
+        """out (n, C_in) = the input features of pixel (i, j) of x (n, C, H, W)."""
+        if self.C == 1:
+            return torch.index_select(self.table, 0, x[:, 0, i, j], out=out)  # (n, d)
+        return out.view(len(out), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))
+
+
+class RowConv:
+    """A causal convolution evaluated pixel by pixel along the rows, for the model-specific caches
+    (armini.fast): out(i, j) = bias + sum over taps (r, s) of w[:, :, r, s] . in(i - top + r, j - left + s),
+    zero outside the image, where every tap reads a row above i, or row i at a column <= j.
+
+    The taps on the rows above are final when row i starts: `start_row(i)` computes their part of the
+    whole row with one F.conv2d (the "rows above" of every output of the row, + the bias); a step then
+    adds the taps on row i, `at(j, out)`: one addmm of the row's window, a fixed view of the row buffer.
+
+        buf     (n, left + W, F_in)  the input's current row, position-major, `left` zero columns first;
+                                     here[j] is the input at (i, j), written by the caller at its step
+        window  buf[:, j : j + k_row] flattened: row i's taps, columns j-left .. j-left+k_row-1 (<= j)
+        rows    (n, F_in, top, ...)  the input's `top` rows above, zero-padded: what start_row convolves
+
+    buf: another RowConv's row buffer, when two convolutions read the same input (written once).
+    shift (dy, dx): the output is moved down / right after the convolution (PixelCNN++'s and PixelSNAIL's
+    down_shift / right_shift): rows i < dy and columns j < dx are exactly zero (no bias there).
+    Give top and left including the shift. Legend: n images, W width, F_in input channels."""
+
+    def __init__(self, weight: torch.Tensor, bias, top: int, left: int, n: int, W: int, shift=(0, 0), buf=None):
+        out, F_in, kh, kw = weight.shape
+        current = kh - 1 == top  # does the kernel's last row read row i?
+        if kh - 1 > top or (current and bool((weight[:, :, -1, left + 1:] != 0).any())):
+            raise ValueError(f"RowConv: a {kh} x {kw} kernel with top={top}, left={left} reads a later position "
+                             "(a row below, or a column right of the pixel in its row): it is not causal")
+        self.top, self.left, self.W, self.shift = top, left, W, shift
+        self.k_row = min(kw, left + 1) if current else 0  # taps on row i
+        above = kh - 1 if current else kh  # kernel rows on the rows above
+        self.W_above = weight[:, :, :above].detach().contiguous()  # (out, F_in, above, kw)
+        w_row = weight[:, :, -1, :self.k_row].detach()  # (out, F_in, k_row)
+        self.W_row = w_row.permute(2, 1, 0).reshape(-1, out).contiguous()  # (k_row F_in, out), column-major
+        self.bias = None if bias is None else bias.detach()
+        like = weight.detach()
+        self.buf = like.new_zeros(n, left + W, F_in) if buf is None else buf
+        if self.buf.shape != (n, left + W, F_in):
+            raise ValueError(f"RowConv: a shared row buffer must be {(n, left + W, F_in)}, got {tuple(self.buf.shape)}")
+        self.here = [self.buf[:, left + j] for j in range(W)]  # (n, F_in) views
+        self.windows = [self.buf[:, j:j + self.k_row].reshape(n, -1) for j in range(W)]  # (n, k_row F_in) views
+        self.rows = like.new_zeros(n, F_in, top, left + W + max(0, kw - 1 - left))
+        self.above = like.new_zeros(n, W, out)
+        self.above_at = [self.above[:, j] for j in range(W)]  # (n, out) views
+
+    def start_row(self, i: int, extra=None):
+        """Row i starts: the row just finished (in buf) joins the rows above, and the part of every output
+        of row i that reads them is computed at once, + the bias (+ extra (n, out), e.g. a class vector)."""
+        if i > 0 and self.top:
+            self.rows[:, :, :-1] = self.rows[:, :, 1:].clone()  # every row up one ...
+            self.rows[:, :, -1, :self.buf.shape[1]] = self.buf.transpose(1, 2)  # ... and the finished row last
+        if self.W_above.shape[2]:
+            above = F.conv2d(self.rows[:, :, :self.W_above.shape[2]], self.W_above)  # (n, out, 1, >= W)
+            self.above.copy_(above[:, :, 0, :self.W].transpose(1, 2))
+        else:
+            self.above.zero_()
+        if self.bias is not None:
+            self.above += self.bias
+        if extra is not None:
+            self.above += extra[:, None]
+        dy, dx = self.shift
+        if i < dy:
+            self.above.zero_()  # shifted-in zeros
+        elif dx:
+            self.above[:, :dx] = 0
+
+    def at(self, j: int, out: torch.Tensor) -> torch.Tensor:
+        """out (n, out) = the output at (i, j) of the current row; the input at (i, j) must be written if read."""
+        if self.k_row:
+            return torch.addmm(self.above_at[j], self.windows[j], self.W_row, out=out)
+        return out.copy_(self.above_at[j])
 
 
 def _writes(x: torch.Tensor):

@@ -47,10 +47,8 @@ W width, K levels.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..sampling_cache import ConvCache, RasterCursor, conv_weight, one_thread_on_cpu
-from .pixelcnn_cache import level_table
+from ..sampling_cache import ConvCache, LevelTable, RasterCursor, conv_weight, one_thread_on_cpu
 
 
 def gate_order(channels2: int, groups: int) -> torch.Tensor:
@@ -96,8 +94,7 @@ class GatedPixelCNNCache:
         n, dev, dtype = x.shape[0], x.device, model.head[-1].weight.dtype
         new = lambda *size: torch.zeros(n, *size, dtype=dtype, device=dev)  # noqa: E731
         with torch.inference_mode():
-            self.table = level_table(model, dtype)  # (C*K, d): every level's input features
-            self.offsets = (torch.arange(C, device=dev) * model.levels)[None]  # (1, C): channel c's rows
+            self.level_table = LevelTable(model.inputs, C, model.levels, dtype, dev)  # every level's input features
             self.layers = [_Layer(layer, gate_order(2 * layer.h_out.in_channels, C)) for layer in model.layers]
             widths = [model.inputs.out_channels] + [L.F for L in self.layers[:-1]]  # each layer's input channels
             # every buffer is made once; a step only writes into them (views worked out here too)
@@ -143,11 +140,7 @@ class GatedPixelCNNCache:
 
     def write_input(self, x: torch.Tensor, i: int, j: int):
         """The first layer's input at (i, j): each channel's value looked up in the level table."""
-        here = self.layers[0].here[j]  # (n, C_in) = (n, C * d)
-        if self.C == 1:
-            torch.index_select(self.table, 0, x[:, 0, i, j], out=here)  # (n, d)
-        else:  # channel c's value v is row c*K + v
-            here.view(len(here), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))
+        self.level_table.write(x, i, j, out=self.layers[0].here[j])  # (n, C_in)
 
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         with one_thread_on_cpu(x.device), torch.inference_mode():

@@ -37,63 +37,23 @@ H, W height and width, K levels.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..sampling_cache import RasterCursor, conv_weight, one_thread_on_cpu
+from ..sampling_cache import LevelTable, RasterCursor, RowConv, conv_weight, one_thread_on_cpu
 
 
-def split_kernel(conv) -> tuple:
-    """A masked k x k convolution split into its rows above the centre and its centre row:
-    (W_above (out, F_in, p, k) for F.conv2d, W_row ((p+1) F_in, out), p): W_row is the centre row's
-    taps j-p..j laid out (column, channel) to match buf[:, j:j+p+1] flattened (the taps right of j
-    are masked, and the rows below too)."""
+def row_conv(conv, n: int, W: int) -> RowConv:
+    """A masked k x k convolution as a RowConv: rows i-p..i, columns j-p..j+p (p = k//2), the taps
+    below row i and right of j in row i masked (zero)."""
     w = conv_weight(conv).detach()  # (out, F_in, k, k), masked
     p = w.shape[-1] // 2
-    W_row = w[:, :, p, :p + 1].permute(2, 1, 0).reshape(-1, w.shape[0])  # ((p+1) F_in, out), column-major
-    return w[:, :, :p].contiguous(), W_row.contiguous(), p
+    if (w[:, :, p + 1:] != 0).any():
+        raise ValueError(f"{conv} reads a row below the pixel: the cache needs a causal (masked) convolution")
+    return RowConv(w[:, :, :p + 1], conv.bias, top=p, left=p, n=n, W=W)
 
 
 def pointwise(conv) -> torch.Tensor:
     """A masked 1x1 convolution's weight as (F_in, out) for x @ W."""
     return conv_weight(conv).detach()[:, :, 0, 0].t().contiguous()
-
-
-def level_table(model, dtype) -> torch.Tensor:
-    """Every level's input features, (C*K, d): row c*K + v holds what the first layer reads for value v
-    in image channel c (d = C_in / C features per channel; the model's own `inputs`, evaluated once)."""
-    C, K = model.shape[0], model.levels
-    values = torch.arange(K).repeat(C, 1)[None, :, :, None]  # (1, C, K, 1): every level in every channel
-    feats = model.inputs(values, dtype)  # (1, C_in, K, 1), channel-major groups of d
-    return feats[0, :, :, 0].reshape(C, -1, K).transpose(1, 2).reshape(C * K, -1).contiguous()  # (C*K, d)
-
-
-class RowLayer:
-    """One masked k x k convolution evaluated pixel by pixel along a row: its input's current row
-    `buf` (n, p + W, F_in), the fixed window views into it, and the row's `above` part (n, W, out)."""
-
-    def __init__(self, conv, n: int, W: int, F_in: int, like: torch.Tensor):
-        self.W_above, self.W_row, self.p = split_kernel(conv)
-        self.bias = conv.bias.detach()  # (out,)
-        p, out = self.p, self.W_row.shape[1]
-        self.buf = like.new_zeros(n, p + W, F_in)  # the current row; p zero columns on the left
-        self.windows = [self.buf[:, j:j + p + 1].reshape(n, -1) for j in range(W)]  # (n, (p+1) F_in) views
-        self.here = [self.buf[:, p + j] for j in range(W)]  # (n, F_in): the input at (i, j)
-        self.rows = like.new_zeros(n, F_in, p, p + W + p)  # the p rows above, zero-padded left and right
-        self.above = like.new_zeros(n, W, out)
-        self.above_at = [self.above[:, j] for j in range(W)]  # (n, out) views
-
-    def start_row(self, extra=None):
-        """Row i starts: the row just finished (in `buf`) joins the rows above, and the part of every
-        output of row i that reads them is computed at once (+ the bias, + `extra`: a class vector)."""
-        p = self.p
-        if p:
-            self.rows[:, :, :-1] = self.rows[:, :, 1:].clone()  # every row up one ...
-            self.rows[:, :, -1, p:-p] = self.buf[:, p:].transpose(1, 2)  # ... and the finished row last
-            above = F.conv2d(self.rows, self.W_above)[:, :, 0]  # (n, out, W): the taps on rows i-p..i-1
-            self.above.copy_(above.transpose(1, 2))
-        else:  # a 1 x 1 kernel: nothing above
-            self.above.zero_()
-        self.above += self.bias if extra is None else self.bias + extra[:, None]  # (n, W, out)
 
 
 class PixelCNNCache:
@@ -109,16 +69,15 @@ class PixelCNNCache:
         n, dtype = x.shape[0], model.input_conv.weight.dtype
         like = model.input_conv.weight.new_zeros(0, dtype=dtype)
         with torch.inference_mode():
-            self.table = level_table(model, dtype)  # (C*K, d)
-            self.offsets = (torch.arange(C, device=x.device) * self.K)[None]  # (1, C): channel c's rows
-            self.first = RowLayer(model.input_conv, n, W, model.inputs.out_channels, like)
+            self.level_table = LevelTable(model.inputs, C, model.levels, dtype, x.device)  # every level's input features
+            self.first = row_conv(model.input_conv, n, W)
             self.class_vector = None if y is None else model.class_emb(y).detach()  # (n, F)
             F_ = model.input_conv.out_channels
             self.h, self.relu_h = like.new_zeros(n, F_), like.new_zeros(n, F_)
             self.blocks = []
             for block in model.blocks:
                 a, b, c = block.net[1], block.net[3], block.net[5]  # 1x1, 3x3, 1x1
-                L = RowLayer(b, n, W, b.in_channels, like)
+                L = row_conv(b, n, W)
                 L.W_a, L.b_a = pointwise(a), a.bias.detach()
                 L.u1 = like.new_ones(n, b.out_channels + 1)  # [u, 1]: the ones column carries c's bias
                 L.u = L.u1[:, :-1]
@@ -147,27 +106,23 @@ class PixelCNNCache:
 
     def write_input(self, x: torch.Tensor, i: int, j: int):
         """The first layer's input at (i, j): each channel's value looked up in the level table."""
-        here = self.first.here[j]  # (n, C_in) = (n, C * d)
-        if self.C == 1:
-            torch.index_select(self.table, 0, x[:, 0, i, j], out=here)  # (n, d)
-        else:  # channel c's value v is row c*K + v
-            here.view(len(here), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))
+        self.level_table.write(x, i, j, out=self.first.here[j])  # (n, C_in)
 
     def start_row(self, i: int):
         """Row i starts (every pixel above it drawn): each layer's part that reads the rows above."""
-        self.first.start_row(self.class_vector)
+        self.first.start_row(i, self.class_vector)
         for L in self.blocks:
-            L.start_row()
+            L.start_row(i)
         self.row = i
 
     def _pixel(self, c: int, j: int) -> torch.Tensor:
         """log p(x_c | everything before) at (i, j) of the current row, its input written: (n, 1, K)."""
         h, relu_h = self.h, self.relu_h
-        torch.addmm(self.first.above_at[j], self.first.windows[j], self.first.W_row, out=h)  # (n, F)
+        self.first.at(j, out=h)  # (n, F): the mask-A layer
         for L in self.blocks:
             torch.clamp_min(h, 0, out=relu_h)
             torch.addmm(L.b_a, relu_h, L.W_a, out=L.here[j]).relu_()  # t: the 3x3's input at (i, j), (n, F/2)
-            torch.addmm(L.above_at[j], L.windows[j], L.W_row, out=L.u).relu_()  # u, (n, F/2)
+            L.at(j, out=L.u).relu_()  # u: the 3x3, (n, F/2)
             torch.addmm(h, L.u1, L.W_c1, out=h)  # h + net(h), (n, F)
         torch.clamp_min(h, 0, out=relu_h)
         torch.addmm(self.b_1, relu_h, self.W_1, out=self.hidden).relu_()  # (n, hidden)
