@@ -65,9 +65,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn.gated import concat_elu
 from ..nn.shifted import DownRightShiftedConvTranspose2d, DownShiftedConvTranspose2d
-from ..sampling_cache import RasterCursor, conv_padding, conv_weight, one_thread_on_cpu
+from ..sampling_cache import LevelTable, RasterCursor, conv_padding, conv_weight, one_thread_on_cpu
 
 
 NEVER = 2**62  # a step after every step: a position nothing needs
@@ -117,8 +116,8 @@ class FeatureMap:
         """Keep v (n, F, P) (or (n, F) for one position), the values at row a, columns j0..j1-1."""
         if self.raw is not None:
             self.at("raw", a, j0, j1).copy_(v)
-        if self.ce is not None:
-            self.at("ce", a, j0, j1).copy_(concat_elu(v))  # (n, 2F, P) or (n, 2F)
+        if self.ce is not None:  # concat_elu(v) = elu([v, -v]), written in place: (n, 2F, P) or (n, 2F)
+            F.elu(torch.cat([v, -v], dim=1, out=self.at("ce", a, j0, j1)), inplace=True)
 
 
 class ConvTerm:
@@ -321,6 +320,7 @@ class PixelCNNppCache:
             for m in [self.image] + [L.out for L in self.layers]:
                 m.allocate(n, dtype, dev)
             self.image.window("raw", 0, H, 0, W)[:, self.C_in] = 1.0  # the channel of ones (zero in the padding)
+            self.level_table = LevelTable(model.inputs, C, model.levels, dtype, dev)  # every level's input features
         # when each position is computed, from the output (read at pixel t at step t) back to the input
         self.top.need[:H, :W] = torch.arange(H * W).view(H, W)
         for L in reversed(self.layers):
@@ -409,8 +409,8 @@ class PixelCNNppCache:
         """Step t: the pixel t-1 just drawn enters the input, then every position planned for t is computed."""
         if t > 0:
             i, j = divmod(t - 1, self.W)
-            v = self.model.inputs(x[:, :, i: i + 1, j: j + 1], self.image.raw.dtype)  # (n, C_in, 1, 1)
-            self.image.window("raw", i, 1, j, 1)[:, : self.C_in] = v  # scaled to [-1, 1], or embedded
+            pixel = self.image.at("raw", i, j, j + 1)[:, :self.C_in]  # (n, C_in): scaled to [-1, 1], or embedded
+            self.level_table.write(x, i, j, out=pixel)
         for layer, a, j0, j1 in self.plan[t]:
             layer.compute(a, j0, j1)
 
