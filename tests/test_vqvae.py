@@ -139,8 +139,8 @@ def test_usage_log_measures_a_held_out_set_every_few_training_steps():
 
 
 def test_decode_reads_logits_the_mean_and_mode_of_the_same_distribution():
-    """decode works on the decoder's logits (no log-softmax): the rounded mean and the mode of the same
-    categorical as decode_logprobs; a pixel may differ by one level only where its mean sits at .5 within
+    """decode works on the decoder's logits (no log-softmax, the last 1x1 convolution on chunks of pixels): the
+    rounded mean and the mode of the same categorical as decode_logprobs; a pixel may differ by one level only where its mean sits at .5 within
     float rounding."""
     vq = small("ema")
     tokens = vq.encode(images(6))
@@ -150,13 +150,13 @@ def test_decode_reads_logits_the_mean_and_mode_of_the_same_distribution():
     off = fast != mean.round().long()
     assert (fast - mean.round().long()).abs().max() <= 1
     assert ((mean[off] - mean[off].floor() - 0.5).abs() < 1e-3).all()  # only float ties at .5 may round the other way
-    assert torch.equal(vq.decode(tokens, point="mode"), vq.latent_logits(vq.embed(tokens)).argmax(-1))
+    assert torch.equal(vq.decode(tokens, point="mode"), vq.decode_logits(vq.embed(tokens)).argmax(2))
     assert torch.equal(vq.point_estimate(logp.float()), vq.point_estimate(logp.float() + 3.0))  # a softmax: shifts cancel
 
 
 def test_a_subclass_with_its_own_pixel_layout_decodes_in_that_layout():
-    """A subclass that lays pixels out its own way in latent_logprobs (as VQVAE3D does) and has no latent_logits
-    is decoded from its latent_logprobs, not from VQVAE's (B, C, H, W, K) view of the logits."""
+    """A subclass that lays pixels out its own way in latent_logprobs (as VQVAE3D does) is decoded from its
+    latent_logprobs, not from VQVAE's layout of the logits."""
 
     class Transposed(VQVAE):
         def latent_logprobs(self, z_q):
@@ -165,6 +165,21 @@ def test_a_subclass_with_its_own_pixel_layout_decodes_in_that_layout():
     torch.manual_seed(0)
     vq = Transposed(quantizer="ema", channels=8, codebook_size=32)
     tokens = vq.encode(images(2))
-    plain = vq.latent_logits(vq.embed(tokens)).argmax(-1)  # (2, 1, 28, 28): VQVAE's layout
+    plain = vq.decode_logits(vq.embed(tokens)).argmax(2)  # (2, 1, 28, 28): VQVAE's layout
     assert torch.equal(vq.decode(tokens, point="mode"), vq.decode_logprobs(tokens).argmax(-1))
     assert torch.equal(vq.decode(tokens, point="mode"), plain.transpose(2, 3))
+
+
+@pytest.mark.parametrize("rows", [1, 37, 100_000])
+def test_decoding_in_chunks_of_pixels_keeps_every_pixel_and_channel_in_place(rows):
+    """latent_point runs the decoder's last layer on `rows` pixels at a time: any chunk size (one pixel, a size
+    that does not divide B*H*W, all at once) gives the images of the whole logits tensor, RGB channels included."""
+    torch.manual_seed(0)
+    vq = VQVAE(image_shape=(3, 8, 8), levels=16, latent_size=2, channels=8, codebook_size=16)
+    x = torch.randint(16, (5, 3, 8, 8), generator=torch.Generator().manual_seed(1))
+    z_q = vq.embed(vq.encode(x))
+    with torch.no_grad():
+        logp = vq.latent_logprobs(z_q)  # (5, 3, 8, 8, 16)
+        assert torch.equal(vq.latent_point(z_q, "mode", rows=rows), logp.argmax(-1))
+        mean = logp.double().exp() @ torch.arange(16.0, dtype=torch.float64)  # (5, 3, 8, 8)
+        assert torch.equal(vq.latent_point(z_q, "mean", rows=rows), mean.round().long())
