@@ -258,7 +258,8 @@ class LevelTable:
         """out (n, C_in) = the input features of pixel (i, j) of x (n, C, H, W)."""
         if self.C == 1:
             return torch.index_select(self.table, 0, x[:, 0, i, j], out=out)  # (n, d)
-        return out.view(len(out), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))
+        out.view(len(out), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))  # (n, C, d)
+        return out
 
 
 class RowConv:
@@ -375,7 +376,7 @@ class RasterCursor:
                 "cache is stale (start a new init_cache, or sample with cached=False)"
             )
         self.writes = writes
-        c, p = divmod(int(index[0]), self.HW)  # flat position -> channel c, pixel p = i*W + j
+        c, p = divmod(index.item(), self.HW)  # flat position -> channel c, pixel p = i*W + j
         i, j = divmod(p, self.W)
         if p not in (self.last, self.last + 1):
             raise ValueError(

@@ -213,3 +213,63 @@ def test_naive_sampler_feeds_only_the_rows_so_far_and_draws_the_same_images(case
     torch.testing.assert_close(p_rows, p_whole, rtol=1e-5, atol=1e-6)
     del model.conditional_logprobs, model.rows_so_far
     assert torch.equal(run_sampler(model, cached=True, y=y)[0], rows)  # and the cached sampler's images
+
+
+@pytest.mark.parametrize("kind", ["masked-3x3-B", "down-right-2x2", "down-1x3-then-down-shift", "right-2x1-then-right-shift"])
+def test_row_conv_matches_the_full_convolution(kind):
+    """RowConv (the rows above once per row, row i's taps per pixel) fed in raster order reproduces
+    the full (shifted) convolution at every position, zeros of the shift included."""
+    from armini.nn.masked import MaskedConv2d
+    from armini.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
+    from armini.sampling_cache import RowConv, conv_padding, conv_weight
+
+    torch.manual_seed(0)
+    n, F_in, H, W = 2, 3, 4, 5
+    conv, shift, move = {
+        "masked-3x3-B": (MaskedConv2d(F_in, 4, 3, "B"), (0, 0), None),
+        "down-right-2x2": (DownRightShiftedConv2d(F_in, 4, (2, 2)), (0, 0), None),
+        "down-1x3-then-down-shift": (DownShiftedConv2d(F_in, 4, (1, 3)), (1, 0), down_shift),
+        "right-2x1-then-right-shift": (DownRightShiftedConv2d(F_in, 4, (2, 1)), (0, 1), right_shift),
+    }[kind]
+    h = torch.randn(n, F_in, H, W)
+    with torch.no_grad():
+        full = conv(h) if move is None else move(conv(h))  # (n, 4, H, W)
+        left, _, top, _ = conv_padding(conv)
+        w = conv_weight(conv)
+        if kind == "masked-3x3-B":
+            w = w[:, :, :2]  # the rows below the centre are masked (zero)
+        rc = RowConv(w, conv.bias, top=top + shift[0], left=left + shift[1], n=n, W=W, shift=shift)
+        out = torch.empty(n, 4)
+        for i in range(H):
+            rc.start_row(i)
+            for j in range(W):
+                rc.here[j].copy_(h[:, :, i, j])  # the input at (i, j), written at its step
+                torch.testing.assert_close(rc.at(j, out=out), full[:, :, i, j], rtol=1e-5, atol=1e-6)
+
+
+def test_row_conv_refuses_a_kernel_that_reads_the_future():
+    from armini.sampling_cache import RowConv
+
+    with pytest.raises(ValueError, match="not causal"):
+        RowConv(torch.randn(4, 3, 2, 3), None, top=1, left=1, n=1, W=5)  # row i, column j+1: a later pixel
+    with pytest.raises(ValueError, match="not causal"):
+        RowConv(torch.randn(4, 3, 3, 3), None, top=1, left=1, n=1, W=5)  # row i+1
+
+
+@pytest.mark.parametrize("kind", ["ordinal", "embedding"])
+def test_level_table_gives_the_model_inputs(kind):
+    """A pixel's input features looked up in the level table equal the model's own inputs module."""
+    from armini.nn.inputs import ValueInput
+    from armini.sampling_cache import LevelTable
+
+    torch.manual_seed(0)
+    C, K = 3, 6
+    inputs = ValueInput(K, C, kind, dim=2)
+    x = torch.randint(K, (4, C, 2, 3))
+    table = LevelTable(inputs, C, K, torch.float32, x.device)
+    out = torch.empty(4, 2 * C + 1)[:, :inputs.out_channels]  # a strided view, as in the caches' buffers
+    with torch.no_grad():
+        full = inputs(x)  # (4, C_in, 2, 3)
+        for i in range(2):
+            for j in range(3):
+                assert torch.equal(table.write(x, i, j, out=out), full[:, :, i, j])
