@@ -82,8 +82,9 @@ Records have kind="tokenizer" and tokenizer=<kind>.
 checkpoint (armini.pretrained; nothing is trained): test bits/dim at the model's own size (is_bound: an upper
 bound), FID-FMNIST, KID, precision and recall of --quality-samples samples (quality_fields; 14x14 models are
 judged at 28x28 after the same nearest-neighbour enlargement of their samples and of the real images, each row
-with its own floor), sampling steps, seconds per image in batches of 100 and one at a time (CPU seconds unless
---wall-clock), parameters and training CPU minutes from the checkpoint's record. A generator without a checkpoint
+with its own floor at its own size and sample count; SLOW_SAMPLERS, whose sampler has no cache, draw at most
+--slow-samples, the table's n column), sampling steps, seconds per image in batches of up to 100 and one at a
+time (CPU seconds unless --wall-clock), parameters and training CPU minutes from the checkpoint's record. A generator without a checkpoint
 is skipped with a note, or with --train-missing trained here the bench way (source "trained here"). Quick mode
 uses few images and leaves out QUICK_SKIP. Records have kind="course"; pareto_front gives the models no other
 beats on both FID and seconds per image. `python -m armini.bench video ...` runs armini.video_bench.main.
@@ -944,9 +945,13 @@ COURSE_MODELS = (  # (name, part): each lesson's main model, in the syllabus's o
     ("pmard", "scales"), ("var", "scales"),
 )
 COURSE_SIZE = {"pixel-transformer": 14, "lmconv": 14, "ardm": 14}  # --train-missing: the lesson's image side (else 28)
-# Quick mode leaves out the generators whose sampler has no cache (every one of its steps a full forward pass):
-# a minute would not draw their samples.
-QUICK_SKIP = ("lmconv",)
+# The generators whose sampler has no cache and costs seconds per image on a CPU (LMConv: each of its 196 steps a
+# full forward pass, and the mixture's log-probabilities at every pixel). Quick mode leaves them out (a minute would
+# not draw their samples); otherwise they draw at most `slow_samples` FID samples (default SLOW_SAMPLES), the
+# count in the table's `n` column, each row read against the floor at its own count (FID falls as n grows).
+SLOW_SAMPLERS = ("lmconv",)
+QUICK_SKIP = SLOW_SAMPLERS
+SLOW_SAMPLES = 50
 JUDGE_SIZE = 28  # the FID judge reads 28x28 images: smaller ones, real and generated alike, are enlarged first
 
 
@@ -1044,11 +1049,12 @@ def pareto_front(records, x: str = "sample_s_per_image_batch", y: str = "fid") -
     return front
 
 
-def run_course_bench(names=None, *, test_images=None, quality_samples=None, single_n=None, train_missing=False,
-                     train_budget_s=None, size=None, device=None, seed=0, cpu_time=True, json_path=None,
-                     overwrite=False, samples=None, model_kwargs=None, log=print) -> list:
+def run_course_bench(names=None, *, test_images=None, quality_samples=None, slow_samples=None, single_n=None,
+                     train_missing=False, train_budget_s=None, size=None, device=None, seed=0, cpu_time=True,
+                     json_path=None, overwrite=False, samples=None, model_kwargs=None, log=print) -> list:
     """Every course generator (names: default course_parts(), less QUICK_SKIP in quick mode) from its
     checkpoint, or trained here with train_missing; measured by course_record; returns the records.
+    quality_samples: FID samples per generator; the SLOW_SAMPLERS draw min(quality_samples, slow_samples).
     samples: a dict that receives each model's quality samples by name. The --json file is rewritten
     atomically after each model."""
     parts = course_parts()
@@ -1059,12 +1065,16 @@ def run_course_bench(names=None, *, test_images=None, quality_samples=None, sing
                          f"choose from {', '.join(parts)} (video: python -m armini.bench video)")
     test_images = test_images if test_images is not None else armini.budget(500, 50)
     quality_samples = quality_samples if quality_samples is not None else armini.budget(100, 20)
+    slow_samples = slow_samples if slow_samples is not None else SLOW_SAMPLES
     single_n = single_n if single_n is not None else armini.budget(2, 1)
     train_budget_s = train_budget_s if train_budget_s is not None else armini.budget(60.0, 5.0)
     check_settings(budget_s=train_budget_s, test_images=test_images, sample_n=single_n,
                    quality_samples=quality_samples)
     if not quality_samples:
         raise ValueError(f"quality_samples must be at least {MIN_QUALITY_SAMPLES}: the course table's FID needs samples")
+    if slow_samples < MIN_QUALITY_SAMPLES:
+        raise ValueError(f"slow_samples must be at least {MIN_QUALITY_SAMPLES} (the FID samples of "
+                         f"{', '.join(SLOW_SAMPLERS)}), got {slow_samples}")
     from armini import metrics
 
     metrics.load_classifier()  # a missing or damaged judge fails now
@@ -1085,8 +1095,9 @@ def run_course_bench(names=None, *, test_images=None, quality_samples=None, sing
         model, source, train_s, note = got
         log(f"measuring {name} ({source}) ...")
         keep = {} if samples is not None else None
+        n = min(quality_samples, slow_samples) if name in SLOW_SAMPLERS else quality_samples
         records.append(course_record(name, model, part=parts.get(name, "other"), source=source, train_cpu_s=train_s,
-                                     test_images=test_images, quality_samples=quality_samples, single_n=single_n,
+                                     test_images=test_images, quality_samples=n, single_n=single_n,
                                      seed=seed, datasets=datasets, clock=clock, keep=keep, note=note))
         if samples is not None:
             samples[name] = keep["samples"]
@@ -1098,24 +1109,24 @@ def run_course_bench(names=None, *, test_images=None, quality_samples=None, sing
 def format_course_table(records) -> str:
     """The course records as a text table, one row per generator, in the syllabus's order."""
     head = ["part", "model", "source", "image", "params", "train CPU min", "test bpd", "steps", "s/img batch",
-            "s/img alone", "FID (floor)", "prec", "recall"]
+            "s/img alone", "n", "FID (floor)", "prec", "recall"]
     rows = []
     for r in records:
         minutes = f"{r['train_cpu_s'] / 60:.1f}" if r.get("train_cpu_s") is not None else "-"
         rows.append([r["part"], r["model"], r["source"], f"{r['size']}x{r['size']}", f"{r['params']:,}", minutes,
                      f"{r['test_bpd']:.3f}" + (" bound" if r["is_bound"] else ""), str(r["sampling_steps"]),
                      f"{r['sample_s_per_image_batch']:.4f}", f"{r['sample_s_per_image_single']:.3f}",
-                     f"{r['fid']:.1f} ({r['fid_floor']:.1f})", f"{r['precision']:.2f}", f"{r['recall']:.2f}"])
+                     str(r["quality_samples"]), f"{r['fid']:.1f} ({r['fid_floor']:.1f})", f"{r['precision']:.2f}", f"{r['recall']:.2f}"])
     title = "the course's generators side by side"
     if records:
         r = records[0]
         clock = "CPU" if r["clock"] == "cpu" else "wall-clock"
         title = (f"Fashion-MNIST, 256 levels. test bpd: bits/dim on the first {r['test_images']} test images at the "
                  f"model's own size (exact, or an upper bound where marked); FID-FMNIST, precision, recall of "
-                 f"{r['quality_samples']} samples against as many test images, judged at {r['judged_at']}x"
-                 f"{r['judged_at']} (14x14 models: real and generated images enlarged alike; floor: as many "
-                 f"training images at that size); {clock} s per image in batches of 100 and one at a time "
-                 f"(alone), {r['threads']} thread(s)")
+                 f"n samples against as many test images, judged at {r['judged_at']}x{r['judged_at']} (14x14 "
+                 f"models: real and generated images enlarged alike); floor: n training images against the same "
+                 f"test images at that size (FID falls as n grows: read a row against its own floor); {clock} s "
+                 f"per image in batches of up to 100 and one at a time (alone), {r['threads']} thread(s)")
     return text_table(title, head, rows, numeric=range(4, len(head)))
 
 
@@ -1133,6 +1144,9 @@ def build_course_parser():
     p.add_argument("--quality-samples", type=cli.positive_int, default=None,
                    help=f"samples per model for FID, precision, recall (default 100; 20 in quick mode; at least "
                         f"{MIN_QUALITY_SAMPLES})")
+    p.add_argument("--slow-samples", type=cli.positive_int, default=None,
+                   help=f"samples for FID of the generators without a cached sampler ({','.join(SLOW_SAMPLERS)}), "
+                        f"at most --quality-samples (default {SLOW_SAMPLES})")
     p.add_argument("--single-n", type=cli.positive_int, default=None,
                    help="images drawn one at a time for the latency column (default 2; 1 in quick mode)")
     p.add_argument("--train-missing", action="store_true",
@@ -1157,7 +1171,7 @@ def run_course(args, parser) -> list:
     if args.threads:
         torch.set_num_threads(args.threads)
     records = run_course_bench(names, test_images=args.test_images, quality_samples=args.quality_samples,
-                               single_n=args.single_n, train_missing=args.train_missing,
+                               slow_samples=args.slow_samples, single_n=args.single_n, train_missing=args.train_missing,
                                train_budget_s=args.train_budget, size=args.size, device=args.device, seed=args.seed,
                                cpu_time=not args.wall_clock, json_path=args.json, overwrite=args.overwrite,
                                model_kwargs=dict(args.set), log=lambda m: print(m, flush=True))

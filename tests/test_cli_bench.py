@@ -388,6 +388,32 @@ def test_bench_course_trains_missing_models_here_and_measures_each_in_one_run(tm
     assert "add --overwrite" in capsys.readouterr().err and path.read_text() == before
 
 
+def test_bench_course_caps_the_slow_samplers_and_floors_each_row_at_its_own_size_and_count(tmp_path, monkeypatch,
+                                                                                           capsys):
+    from armini import data, metrics
+
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    monkeypatch.setitem(MODELS, "cached-toy", CachedIndependent)
+    monkeypatch.setattr(bench, "pretrained_module", lambda: None)
+    monkeypatch.setattr(bench, "SLOW_SAMPLERS", ("independent",))  # a stand-in for LMConv's uncached sampler
+    path = tmp_path / "course.json"
+    assert bench.main(["course", "--models", "independent,cached-toy", "--train-missing", "--train-budget", "0.2",
+                       "--size", "14", "--quality-samples", "20", "--slow-samples", "10", "--test-images", "10",
+                       "--single-n", "1", "--device", "cpu", "--json", str(path)]) == 0
+    slow, fast = json.loads(path.read_text())
+    assert (slow["quality_samples"], fast["quality_samples"]) == (10, 20)  # min(--quality-samples, --slow-samples)
+    for r, n in ((slow, 10), (fast, 20)):  # the floor of the row's own comparison: n images, 14x14, enlarged alike
+        train_images = data.load("fashion-mnist", "train", levels=256, size=14, limit=n).images
+        test_images = data.load("fashion-mnist", "test", levels=256, size=14, limit=n).images
+        assert r["fid_floor"] == pytest.approx(metrics.fid(train_images, test_images, 256)), n
+        assert r["sample_s_per_image_batch"] == pytest.approx(r["quality_sample_s"] / n)
+    table = [line.split() for line in bench.format_course_table([slow, fast]).splitlines()[-2:]]
+    assert [row[11] for row in table] == ["10", "20"]  # the n column, before "FID (floor)"
+    assert "n samples" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="slow_samples must be at least 10"):
+        bench.run_course_bench(["independent"], slow_samples=5)
+
+
 def test_bench_course_loads_checkpoints_and_skips_missing_ones_with_a_note(monkeypatch, capsys):
     monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
     fake = FakePretrained("independent", train_cpu_s=120.0)
