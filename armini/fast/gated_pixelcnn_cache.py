@@ -4,8 +4,8 @@ Autoregressive Models"), spelled out layer by layer so that a step is a few matr
 Gated PixelCNN's two stacks need different care (armini.models.gated_pixelcnn):
 
 - the vertical stack at row i reads rows < i only, so the whole row is computed once, when the row
-  starts (the "vertical stream updates once per row" of the paper), through armini.sampling_cache's
-  ConvCache, which keeps the earlier rows each vertical convolution reads;
+  starts (the "vertical stream updates once per row" of the paper), by the model's own layers on the
+  few earlier rows each vertical convolution reads (kept per layer);
 - the horizontal stack at (i, j) reads its own row, positions j-r..j of every layer's input
   (a 1 x (r+1) convolution). Per pixel and per layer l, with F feature channels:
 
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling_cache import ConvCache, LevelTable, RasterCursor, conv_weight, one_thread_on_cpu
+from ..sampling_cache import LevelTable, RasterCursor, conv_weight, one_thread_on_cpu
 
 
 def gate_order(channels2: int, groups: int) -> torch.Tensor:
@@ -89,7 +89,6 @@ class GatedPixelCNNCache:
         C, H, W = model.shape
         self.model, self.y, self.C, self.W = model, y, C, W
         self.cursor = RasterCursor(x, W)
-        self.vertical = ConvCache(H, W)  # the vertical stack's earlier rows
         self.row = -1
         n, dev, dtype = x.shape[0], x.device, model.head[-1].weight.dtype
         new = lambda *size: torch.zeros(n, *size, dtype=dtype, device=dev)  # noqa: E731
@@ -100,6 +99,7 @@ class GatedPixelCNNCache:
             # every buffer is made once; a step only writes into them (views worked out here too)
             self.inputs = [new(L.r + W, f) for L, f in zip(self.layers, widths)]  # (n, r + W, F_in), zero padded
             self.links = [new(W, 2 * L.F) for L in self.layers]  # (n, W, 2F): the current row's links
+            self.v_rows = [new(layer.v_conv.in_channels, layer.v_conv.kernel_size[0], W) for layer in model.layers]
             self.gates = torch.ones(n, sum(L.F + 1 for L in self.layers), dtype=dtype, device=dev)  # [g_1, 1, g_2, 1, ...]
             start = 0
             for L, inp, link in zip(self.layers, self.inputs, self.links):
@@ -127,15 +127,22 @@ class GatedPixelCNNCache:
 
     def start_row(self, x: torch.Tensor, i: int):
         """The vertical stack over the whole row i (it reads rows < i, all drawn), kept as each
-        layer's link to the horizontal stack, with the h convolution's bias added: (n, W, 2F)."""
+        layer's link to the horizontal stack, with the h convolution's bias added: (n, W, 2F).
+
+        Each layer keeps the last kh rows of its input (kh: its vertical kernel's height), so the
+        model's own `vertical` on them gives row i as its last row (the rows before it read the
+        zero padding and are dropped)."""
         model = self.model
-        v = model.scale(x[:, :, max(i - 1, 0):max(i, 1), :])  # row i of down_shift(x): row i-1 of x,
-        if i == 0:
-            v = torch.zeros_like(v)  # or zeros for the first row
-        with self.vertical.at(model, i, 0):
-            for layer, L, keep in zip(model.layers, self.layers, self.links):
-                v, link = layer.vertical(v, self.y)  # (n, F, 1, W), (n, 2F, 1, W)
-                keep.copy_((link[:, L.order, 0, :] + L.b_h[:, None]).transpose(1, 2))  # (n, W, 2F), halves contiguous
+        new = model.scale(x[:, :, i - 1:i]) if i > 0 else None  # row i of down_shift(x): row i-1 of x (zeros at i = 0)
+        for layer, L, rows, keep in zip(model.layers, self.layers, self.v_rows, self.links):
+            rows[:, :, :-1] = rows[:, :, 1:].clone()  # every row up one ...
+            if new is None:
+                rows[:, :, -1] = 0
+            else:
+                rows[:, :, -1:] = new  # ... and the input's row i last
+            v, link = layer.vertical(rows, self.y)  # (n, F, kh, W), (n, 2F, kh, W): row i is the last
+            new = v[:, :, -1:]  # (n, F, 1, W): the next layer's input at row i
+            keep.copy_((link[:, L.order, -1, :] + L.b_h[:, None]).transpose(1, 2))  # (n, W, 2F), halves contiguous
         self.row = i
 
     def write_input(self, x: torch.Tensor, i: int, j: int):

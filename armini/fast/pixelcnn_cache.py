@@ -10,9 +10,11 @@ columns j-p..j in row i (the taps right of j are masked). Split it in two:
                                       the whole row at once (one F.conv2d per layer per row)
                + row_window(i, j) @ W_row     row i, columns j-p..j: the new part, per pixel
 
-Each spatial layer keeps its current row as a buffer (n, p + W, F_in) (position-major, p zero
-columns on the left), so the window of (i, j) is a fixed *view* buf[:, j:j+p+1] flattened, made
-once; layer outputs are written straight into the next buffer (`out=`), never copied. A step:
+Each spatial layer is an armini.sampling_cache.RowConv: it keeps its input's current row as a
+buffer (n, p + W, F_in) (position-major, p zero columns on the left), so the window of (i, j) is a
+fixed *view* buf[:, j:j+p+1] flattened, made once; layer outputs are written straight into the
+next buffer (`out=`), never copied. At n=1 a step costs what its number of operations costs, not
+its arithmetic, so it is written with as few as it takes (about 30). A step:
 
     h = above_0(i, j) + window_0 @ W_0                               (n, F)   the mask-A layer
     for each block:  t = relu(relu(h) @ W_a + b_a)   (into the 3x3's row buffer at j)   (n, F/2)
