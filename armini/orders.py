@@ -14,6 +14,9 @@ x.flatten(1) of an image (C, H, W)).
                                                                      3 4 5
     s_curve(H, W)      rows alternate direction (boustrophedon)      0 1 2
                                                                      5 4 3
+    spiral(H, W)       outside in, ring by ring, clockwise from the     0 1 2
+                       top-left corner: the middle comes last           7 8 3
+                       (completion of a hole around the middle)         6 5 4
     hilbert(H, W)      a generalised Hilbert curve: a space-filling curve for ANY H x W
                        (28 x 28 included), not only powers of two: neighbours in the order
                        are neighbours in the image
@@ -30,7 +33,7 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["raster", "s_curve", "hilbert", "symmetry", "SYMMETRIES", "NAMED", "named", "random_order",
+__all__ = ["raster", "s_curve", "spiral", "hilbert", "symmetry", "SYMMETRIES", "NAMED", "named", "random_order",
            "observed_first", "rank", "dims_order", "unravel", "check_order"]
 
 
@@ -47,6 +50,22 @@ def s_curve(H: int, W: int) -> torch.Tensor:
     grid = torch.arange(H * W).view(H, W).clone()  # (H, W) flat index of each pixel
     grid[1::2] = grid[1::2].flip(1)  # odd rows reversed
     return grid.flatten()
+
+
+def spiral(H: int, W: int) -> torch.Tensor:
+    """Outside in: ring after ring, each clockwise from its top-left corner, so the pixels around the
+    middle come last (the order for completing a hole around the middle). (H*W,)"""
+    path = []
+    top, bottom, left, right = 0, H - 1, 0, W - 1  # the ring still to visit
+    while top <= bottom and left <= right:
+        path += [(top, j) for j in range(left, right + 1)]  # top side, left to right
+        path += [(i, right) for i in range(top + 1, bottom + 1)]  # right side, down
+        if top < bottom:
+            path += [(bottom, j) for j in range(right - 1, left - 1, -1)]  # bottom side, right to left
+        if left < right:
+            path += [(i, left) for i in range(bottom - 1, top, -1)]  # left side, up
+        top, bottom, left, right = top + 1, bottom - 1, left + 1, right - 1
+    return torch.tensor([i * W + j for i, j in path], dtype=torch.long)
 
 
 def _sign(v: int) -> int:
@@ -133,11 +152,11 @@ def symmetry(base, H: int, W: int, k: int | str) -> torch.Tensor:
     return i * W + j
 
 
-NAMED = {"raster": raster, "s-curve": s_curve, "hilbert": hilbert}
+NAMED = {"raster": raster, "s-curve": s_curve, "hilbert": hilbert, "spiral": spiral}
 
 
 def named(name: str, H: int, W: int, k: int | str = 0) -> torch.Tensor:
-    """A named order ("raster", "s-curve", "hilbert") under symmetry k (default: as drawn above)."""
+    """A named order ("raster", "s-curve", "hilbert", "spiral") under symmetry k (default: as drawn above)."""
     if name not in NAMED:
         raise ValueError(f"unknown order {name!r}; named orders: {', '.join(NAMED)} (or pass a permutation)")
     return symmetry(NAMED[name], H, W, k)

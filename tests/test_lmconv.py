@@ -14,7 +14,7 @@ import torch
 from armini import orders
 from armini.causality import check_causality
 from armini.models import LMConv
-from armini.models.lmconv import ensemble_log_likelihood
+from armini.models.lmconv import ensemble_log_likelihood, late_observed
 from armini.nn import locally_masked
 from armini.nn.locally_masked import LocallyMaskedConv2d, cached_local_mask, local_mask
 from armini.nn.masked import MaskedConv2d
@@ -284,7 +284,8 @@ def test_ensemble_from_per_dimension_terms_sums_them_first():
 
 def test_completion_order_prefers_a_training_order():
     """A given left half: the transposed S-curve (column by column) is a training order that already
-    visits it first; a given border around a missing centre: no training order does, so observed_first."""
+    visits it first; a given border around a missing centre: no S-curve does, so observed_first of
+    the S-curve that needs the fewest pixels moved; trained on spirals too, a spiral does."""
     model = small(shape=(1, 6, 6))
     left = torch.zeros(6, 6, dtype=torch.bool)
     left[:, :3] = True
@@ -294,8 +295,37 @@ def test_completion_order_prefers_a_training_order():
     border = torch.ones(1, 1, 6, 6, dtype=torch.bool)
     border[..., 2:4, 2:4] = False
     order = model.completion_order(border)
-    assert torch.equal(order, orders.observed_first(border[0, 0], model.generation_order()))
+    late = [late_observed(border.flatten(), o) for o in model.train_orders]
+    assert min(late) > 0  # no S-curve visits the border first
+    assert torch.equal(order, orders.observed_first(border[0, 0], model.train_orders[late.index(min(late))]))
     assert not any(torch.equal(order, o) for o in model.train_orders)
     with pytest.raises(ValueError, match="36 pixels"):
         model.completion_order(torch.ones(5, 5, dtype=torch.bool))
     assert model.bench_fields() == {"orders": 1, "train_orders": 8, "order_set": "s-curve"}
+    spirals = small(shape=(1, 6, 6), orders="s-curve+spiral")
+    order = spirals.completion_order(border)
+    assert any(torch.equal(order, o) for o in spirals.train_orders[8:])  # a spiral, as trained
+    assert bool(border.flatten()[order[:32]].all())
+    assert torch.equal(spirals.completion_order(left), orders.named("s-curve", 6, 6, "transpose"))
+
+
+def test_late_observed_counts_the_pixels_observed_first_moves():
+    observed = torch.tensor([True, False, True, True, False, True])
+    assert late_observed(observed, torch.arange(6)) == 3  # pixels 2, 3, 5 come after pixel 1
+    assert late_observed(observed, torch.tensor([0, 2, 3, 5, 1, 4])) == 0
+    assert late_observed(torch.ones(6, dtype=torch.bool), torch.arange(6)) == 0  # nothing missing
+    for order in [torch.arange(6), torch.tensor([4, 3, 1, 0, 5, 2])]:
+        moved = orders.observed_first(observed, order)
+        assert late_observed(observed, moved) == 0
+
+
+def test_several_named_orders_train_together():
+    """orders="s-curve+spiral": the first n_orders symmetries of each, S-curves first; a bad name is refused."""
+    model = small(orders="s-curve+spiral", n_orders=2)
+    expected = [orders.named(name, 5, 5, k) for name in ("s-curve", "spiral") for k in range(2)]
+    assert len(model.train_orders) == 4
+    assert all(torch.equal(a, b) for a, b in zip(model.train_orders, expected))
+    assert model.bench_fields()["train_orders"] == 4
+    assert check_causality(model, order=model.train_orders[3]).ok
+    with pytest.raises(ValueError, match="unknown order 'zigzag' in orders='s-curve\\+zigzag'"):
+        small(orders="s-curve+zigzag")

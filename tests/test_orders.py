@@ -53,6 +53,22 @@ def test_hilbert_is_the_classic_curve_on_a_power_of_two():
     assert orders.hilbert(4, 4)[[0, -1]].tolist() == [0, 3]
 
 
+def test_spiral_by_hand_goes_outside_in_along_neighbours():
+    assert orders.spiral(3, 3).tolist() == [0, 1, 2, 5, 8, 7, 6, 3, 4]
+    assert orders.spiral(3, 4).tolist() == [0, 1, 2, 3, 7, 11, 10, 9, 8, 4, 5, 6]
+    assert orders.spiral(1, 3).tolist() == [0, 1, 2] and orders.spiral(3, 1).tolist() == [0, 1, 2]
+    for H, W in [(14, 14), (5, 8), (7, 2)]:
+        order = orders.spiral(H, W)
+        assert (steps_between_neighbours(order, W) == 1).all()  # always to a 4-neighbour
+        ring = torch.minimum(torch.minimum(order // W, H - 1 - order // W), torch.minimum(order % W, W - 1 - order % W))
+        assert (ring.diff() >= 0).all()  # ring by ring, the middle last
+    # every symmetry of the spiral visits a hole around the middle after everything around it
+    hole = torch.zeros(8, 8, dtype=torch.bool)
+    hole[2:6, 2:6] = True
+    for k in range(8):
+        assert hole.flatten()[orders.named("spiral", 8, 8, k)[-16:]].all()
+
+
 def test_rank_inverts_an_order_and_dims_order_keeps_channels_together():
     order = orders.hilbert(5, 6)
     r = orders.rank(order)

@@ -85,6 +85,16 @@ def ensemble_log_likelihood(log_probs: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(per_image, dim=0) - math.log(per_image.shape[0])  # (B,)
 
 
+def late_observed(observed: torch.Tensor, order: torch.Tensor) -> int:
+    """How many observed pixels `order` visits after the first missing one: the pixels
+    orders.observed_first(observed, order) has to move forward. 0: the order is observed-first already.
+
+    observed: (L,) bool, True where the pixel is given; order: (L,) pixel order."""
+    given = observed[order]  # (L,) is the pixel at step t observed?
+    first_missing = int((~given).nonzero()[0]) if (~given).any() else len(order)
+    return int(given[first_missing:].sum())
+
+
 class LMGatedResnet(nn.Module):
     """armini.nn.gated.GatedResnet with locally masked convolutions: the order goes to both.
 
@@ -119,8 +129,9 @@ class LMConvConfig:
     head: str = "dmol"  # "dmol" (discretised logistic mixture) or "softmax" (K-way)
     nr_mix: int = 5  # M, logistics in the mixture (head="dmol")
     dropout: float = 0.0
-    orders: str = "s-curve"  # training orders: the symmetries of this named order (armini.orders.named)
-    n_orders: int = 8  # how many of its 8 symmetries (the first n)
+    orders: str = "s-curve"  # training orders: the symmetries of this named order (armini.orders.named);
+    #                          several joined by "+" ("s-curve+spiral": the S-curves, then the spirals)
+    n_orders: int = 8  # how many of each named order's 8 symmetries (the first n)
     input: str = "ordinal"  # how values are read: "ordinal" (pixels) or "embedding" (codebook indices)
     embed_dim: int = 16
     num_classes: Optional[int] = None  # class-conditional with this many classes (None: unconditional)
@@ -142,6 +153,10 @@ class LMConv(ARModel):
             raise ValueError(f"need nr_filters, n_stages, nr_mix, dilation >= 1 and nr_resnet >= 0; got {cfg}")
         if cfg.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
+        unknown = [name for name in cfg.orders.split("+") if name not in orders_lib.NAMED]
+        if unknown:
+            raise ValueError(f"unknown order {unknown[0]!r} in orders={cfg.orders!r}: name orders of armini.orders "
+                             f"({', '.join(orders_lib.NAMED)}), several joined by '+' (e.g. 's-curve+spiral')")
         if not 1 <= cfg.n_orders <= len(orders_lib.SYMMETRIES):
             raise ValueError(f"n_orders must be 1..{len(orders_lib.SYMMETRIES)} (symmetries of the square), "
                              f"got {cfg.n_orders!r}")
@@ -149,8 +164,10 @@ class LMConv(ARModel):
             raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout!r}")
         self.config = cfg
         self.set_classes(cfg.num_classes)
-        #: the training orders, (N, L) pixel orders: one is drawn per batch by loss()
-        self.train_orders = torch.stack([orders_lib.named(cfg.orders, H, W, k) for k in range(cfg.n_orders)])
+        #: the training orders, (N, L) pixel orders (the first n_orders symmetries of each named order): one is
+        #: drawn per batch by loss()
+        self.train_orders = torch.stack([orders_lib.named(name, H, W, k) for name in cfg.orders.split("+")
+                                         for k in range(cfg.n_orders)])
         Fn, R, S, k = cfg.nr_filters, cfg.nr_resnet, cfg.n_stages, cfg.kernel_size
         self.inputs = ValueInput(self.levels, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
         # first layer, on the inputs plus a channel of ones (so the first layer sees where the padding is)
@@ -185,19 +202,21 @@ class LMConv(ARModel):
         """An order that visits every observed pixel first, for completing an image: (L,).
 
         observed: (H, W) bool (or any shape with H*W entries), True where the pixel is given.
-        A training order that already does so if there is one (the transposed S-curve, column by
-        column, for a given left half): the network knows its masks. Otherwise
-        armini.orders.observed_first(observed, generation_order()): every missing pixel still sees
-        every observed one, but through masks the network may never have trained on."""
+        The training order closest to doing so already, made observed-first:
+        armini.orders.observed_first(observed, o) for the training order o that visits the fewest
+        observed pixels after its first missing one (late_observed), so the fewest masks change.
+        A training order that already visits them first is returned as it is: the transposed
+        S-curve (column by column) for a given left half, a spiral (with orders="s-curve+spiral")
+        for a missing centre. Without such an order (a missing centre and S-curves only) every
+        missing pixel still sees every observed one, but through masks the network never trained on."""
         observed = torch.as_tensor(observed, dtype=torch.bool).cpu()
         if observed.numel() != self.dims:
             raise ValueError(f"observed must mark the {self.dims} pixels of one image ({self.shape[1]}x{self.shape[2]}), "
                              f"got shape {tuple(observed.shape)}")
         observed = observed.reshape(-1)  # (L,)
-        for order in self.train_orders:
-            if torch.equal(orders_lib.observed_first(observed, order), order):
-                return order.clone()
-        return orders_lib.observed_first(observed, self.generation_order())
+        late = [late_observed(observed, order) for order in self.train_orders]  # how many pixels each must move
+        best = self.train_orders[min(range(len(late)), key=late.__getitem__)]
+        return orders_lib.observed_first(observed, best)
 
     # ----------------------------------------------------------------- network
     def network(self, x: torch.Tensor, y=None, order=None) -> torch.Tensor:
@@ -254,7 +273,7 @@ class LMConv(ARModel):
     def bench_fields(self) -> dict:
         """What armini.bench adds to this model's record: its test bits/dim are for one order (orders=1,
         the first training order), and the orders it was trained on."""
-        return {"orders": 1, "train_orders": self.config.n_orders, "order_set": self.config.orders}
+        return {"orders": 1, "train_orders": len(self.train_orders), "order_set": self.config.orders}
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", orders={self.config.orders!r} x {self.config.n_orders}"
