@@ -130,5 +130,5 @@ def test_pretrained_checkpoint_is_the_lessons_model():
     lesson_model = ARDM(shape=(1, 14, 14), levels=256, channels=32)  # the default budget's width
     assert pretrained.mismatches("ardm", lesson_model) == []
     cell = pretrained.lesson_cell("ardm")
-    for setting in ['armini.budget(2000, 40)', 'batch_size=32, lr=3e-3', 'channels=armini.budget(32, 16)']:
+    for setting in ['armini.budget(1200, 40)', 'batch_size=32, lr=3e-3', 'channels=armini.budget(32, 16)']:
         assert setting in cell, setting
