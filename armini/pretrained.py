@@ -22,6 +22,12 @@ the recipe fixes the steps that budget gave on the machine that trained the cour
 the recipe), so `train` gives the same checkpoint on any machine, one thread, seeded. Loading the checkpoint gives
 what "train it yourself" gives in the lesson, not bit for bit (the lesson draws its own random numbers before
 training) but from the same recipe.
+
+Lessons 11 and 13 train several models each, in a sequence of their own: their recipes name a `trainer` that
+replays the lesson's cells (lesson 11's tokenizers with their codebook-usage log, `usage_log(NAME)`; lesson 13's
+VQ-VAE warm-up and its two continuations, VQ-VAE and VQGAN; a prior over a tokenizer checkpoint's tokens). A
+tokenizer (armini.tokenizers: VQVAE, VQGAN) is stored like a model of armini.models.MODELS, under its name in
+`tokenizer_classes()`.
 """
 from __future__ import annotations
 
@@ -75,6 +81,11 @@ class Recipe:
     fit: dict = field(default_factory=dict)  # other armini.train.fit settings (lr_schedule, stop_after)
     budget: str = ""  # where `steps` comes from
     fid_samples: int = 0  # samples for FID-FMNIST (0: not measured, sampling too slow on a CPU)
+    trainer: str = "fit"  # how it is trained: "fit" (one fit, or fit_stages for a two-stage model), or a lesson's
+    # own sequence: "tokenizer" (lesson 11), "vqgan" (lesson 13's two tokenizers), "prior" (lesson 13's priors)
+    after: str = ""  # "prior": the tokenizer checkpoint whose tokens it models (trained first)
+    usage: tuple = ()  # "tokenizer": (N, every): lesson 11's UsageLog on the last N test images every `every` steps
+    quality: int = 0  # test images for reconstruction_quality (PSNR, SSIM, rFID, ...), as the lesson measures
 
 
 PRIOR = dict(dim=64, n_layers=4, n_heads=4)  # lessons 12 and 15: lesson 07's transformer over tokens
@@ -132,12 +143,90 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def names() -> list[str]:
-    """The recipes whose model this checkout has (armini.models.MODELS), in the course's order of priority.
-    Whether a checkpoint is trained and shipped: `available(name)`."""
+def _lesson11(quantizer: dict, table: bool = True) -> Recipe:
+    """Lesson 11's tokenizer with these quantizer settings: seeded 0, `steps = armini.budget(500, 30)` at batch 32,
+    lr 2e-3; one of section 4's table (table=True: tested on 500 test images, codebook usage logged on the last 500
+    every 25 steps) or section 6's deep residual VQ (neither). Quality on the first 2000 test images (n_judge)."""
+    return Recipe("11_tokenizers", "vqvae", dict(latent_size=7, **quantizer), dict(FMNIST, test=500), steps=500,
+                  batch_size=32, lr=2e-3, trainer="tokenizer", quality=2000,
+                  fit=dict(eval_images=500) if table else {}, usage=(500, 25) if table else (),
+                  budget="lesson 11: steps = armini.budget(500, 30), batch_size=32, lr=2e-3"
+                         + (", eval_images=500, UsageLog every 25 steps" if table else ""))
+
+
+RECIPES.update({
+    "tokenizer-vq": _lesson11(dict(quantizer="vq", codebook_size=1024)),
+    "tokenizer-ema": _lesson11(dict(quantizer="ema", codebook_size=1024)),
+    "tokenizer-fsq": _lesson11(dict(quantizer="fsq", fsq_levels=(8, 5, 5, 5))),
+    "tokenizer-rvq": _lesson11(dict(quantizer="rvq", codebook_size=32, depth=2)),
+    "tokenizer-rvq4": _lesson11(dict(quantizer="rvq", codebook_size=32, depth=4), table=False),
+})
+
+# Lesson 13: 16 grey levels; a VQ-VAE warm-up (N_WARM = armini.budget(500, 15) steps, batch 64, fit's lr 1e-3,
+# seeded 0), then (seeded 1) the VQ-VAE N_MORE = 500 more steps on its likelihood and a VQGAN from the warm-up's
+# weights for 500 steps (batch order seed 1); then a transformer prior over each one's tokens (seeded 2,
+# P_STEPS = armini.budget(800, 15)), sample FID on n_samples = 1000.
+FMNIST16 = dict(FMNIST, levels=16)
+TOKENIZER13 = dict(latent_size=7, quantizer="ema", codebook_size=16)
+RECIPES.update({
+    "vqgan-baseline": Recipe("13_vqgan", "vqvae", TOKENIZER13, FMNIST16, steps=(500, 500), batch_size=64, lr=1e-3,
+                             trainer="vqgan", quality=2000,
+                             budget="lesson 13: N_WARM, N_MORE = armini.budget(500, 15), armini.budget(500, 15); "
+                                    "BATCH = 64 (the warm-up, then N_MORE steps with seed=1)"),
+    "vqgan": Recipe("13_vqgan", "vqgan", dict(TOKENIZER13, disc_start=500, adversarial_weight=0.1), FMNIST16,
+                    steps=(500, 500), batch_size=64, lr=1e-3, trainer="vqgan", quality=2000,
+                    budget="lesson 13: the warm-up's N_WARM = 500 steps, then fit_vqgan for N_MORE = 500 (seed=1) "
+                           "after the VQ-VAE's own 500 more (run first, as in the lesson, for the random numbers)"),
+    "vqgan-baseline-prior": Recipe("13_vqgan", "pixel-transformer", dict(prior_kwargs=PRIOR), FMNIST16, steps=800,
+                                   batch_size=64, lr=1e-3, seed=2, trainer="prior", after="vqgan-baseline",
+                                   fid_samples=1000, budget="lesson 13: P_STEPS = armini.budget(800, 15), BATCH = 64"),
+    "vqgan-prior": Recipe("13_vqgan", "pixel-transformer", dict(prior_kwargs=PRIOR), FMNIST16, steps=800,
+                          batch_size=64, lr=1e-3, seed=2, trainer="prior", after="vqgan", fid_samples=1000,
+                          budget="lesson 13: P_STEPS = armini.budget(800, 15), BATCH = 64"),
+})
+
+
+def tokenizer_classes() -> dict:
+    """The tokenizers a checkpoint may hold besides armini.models.MODELS, by the name its record gives."""
+    from armini.tokenizers.vqgan import VQGAN
+    from armini.tokenizers.vqvae import VQVAE
+
+    return {"vqvae": VQVAE, "vqgan": VQGAN}
+
+
+def model_classes() -> dict:
+    """Every class a checkpoint may hold, by name: armini.models.MODELS and the tokenizers."""
     from armini.models import MODELS
 
-    return [name for name, r in RECIPES.items() if r.model in MODELS]
+    return {**MODELS, **tokenizer_classes()}
+
+
+def model_entry(model) -> tuple[str, dict]:
+    """(name, constructor kwargs) that rebuild `model` with model_classes()[name](**kwargs): a model of
+    armini.models.MODELS (armini.train.model_name, model_kwargs) or a tokenizer (its config; a VQGAN's VQVAE
+    settings under `tokenizer`, without the image shape and levels it takes itself)."""
+    from armini import train as training
+
+    name = training.model_name(model)
+    if name is not None:
+        return name, training.model_kwargs(model)
+    found = [n for n, cls in tokenizer_classes().items() if type(model) is cls]
+    if not found:
+        raise TypeError(f"a pretrained checkpoint holds a model of armini.models.MODELS or a tokenizer "
+                        f"({', '.join(tokenizer_classes())}), not a {type(model).__name__}")
+    config = training._plain(model.config)
+    if found[0] == "vqgan":
+        tokenizer = dict(config.pop("tokenizer"))
+        config = dict(image_shape=tokenizer.pop("image_shape"), levels=tokenizer.pop("levels"), tokenizer=tokenizer,
+                      **config)
+    return found[0], config
+
+
+def names() -> list[str]:
+    """The recipes whose model this checkout has (armini.models.MODELS or a tokenizer), in the course's order of
+    priority. Whether a checkpoint is trained and shipped: `available(name)`."""
+    classes = model_classes()
+    return [name for name, r in RECIPES.items() if r.model in classes]
 
 
 def recipe(name: str) -> Recipe:
@@ -260,11 +349,17 @@ def _load(name: str, where: Path, device=None):
                               f"its record says {rec.get('model')} {want}")
     from armini.models import MODELS
 
-    if rec.get("model") not in MODELS:
+    tokenizers = tokenizer_classes()
+    if rec.get("model") not in MODELS and rec.get("model") not in tokenizers:
         raise PretrainedError(f"pretrained checkpoint {name!r} holds a {rec.get('model')!r}, which this checkout's "
                               f"armini.models.MODELS does not have: update armini (git pull) to use it")
     try:
-        model, _ = train.load_checkpoint(path, device=device)
+        if rec["model"] in MODELS:
+            model, _ = train.load_checkpoint(path, device=device)
+        else:  # a tokenizer: its class from its kwargs, then the weights
+            model = tokenizers[rec["model"]](**ckpt["model_kwargs"])
+            train._load_model_state(model, ckpt, path)
+            model.to(armini.device(device)).eval()
     except (TypeError, ValueError, KeyError, RuntimeError) as e:  # kwargs the code no longer takes, other weights
         raise _mismatch(name, f"{type(e).__name__}: {e}") from e
     return model
@@ -285,13 +380,26 @@ def history(name: str):
     return hist
 
 
+def usage_log(name: str):
+    """The codebook usage NAME's tokenizer logged while it trained (lesson 11's UsageLog: `steps`, `used`,
+    `perplexity` on the held-out test images), read from its record: what the lesson plots."""
+    from armini.tokenizers import UsageLog
+
+    usage = record(name).get("usage")
+    if usage is None:
+        raise PretrainedError(f"pretrained checkpoint {name!r} logged no codebook usage while training (lesson 11's "
+                              f"tokenizers do: {', '.join(n for n, r in RECIPES.items() if r.usage)})")
+    log = UsageLog(None, every=usage["every"])
+    log.steps, log.used, log.perplexity = list(usage["steps"]), list(usage["used"]), list(usage["perplexity"])
+    return log
+
+
 def settings(model) -> dict:
     """Everything that decides what `model` is, as JSON values: its constructor settings (shape, levels, config)
     with a tokenizer's full config in place of the settings it was given."""
-    from armini import train
     from armini.models.token_ar import _config_of
 
-    found = train.model_kwargs(model)
+    found = dict(model_entry(model)[1])
     if getattr(model, "tokenizer", None) is not None:
         found["tokenizer"] = _config_of(model.tokenizer)
     return json.loads(json.dumps(found))
@@ -315,6 +423,8 @@ def lesson_cell(name: str) -> str:
     path = Path(__file__).resolve().parent.parent / "solutions" / f"{recipe(name).lesson}.ipynb"
     cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
     found = [c for c in cells if f'pretrained.load("{name}"' in c]
+    if not found:  # a cell that loads several checkpoints by a table of their names (lessons 11 and 13)
+        found = [c for c in cells if "pretrained.load(" in c and f'"{name}"' in c]
     if len(found) != 1:
         raise ValueError(f"{path.name}: {len(found)} cells call pretrained.load({name!r}), expected one")
     return found[0]
@@ -366,12 +476,20 @@ def datasets(r: Recipe):
 def build(name: str, shape=None, levels=None):
     """NAME's model, untrained, with the lesson's settings (shape and levels default to the recipe's data)."""
     from armini.models import MODELS
+    from armini.models.token_ar import TwoStage
 
     r = recipe(name)
     d = r.data
     if shape is None:
         shape = (d["frames"], 1, d["size"], d["size"]) if d["dataset"] == "moving-mnist" else (1, d["size"], d["size"])
-    return MODELS[r.model](shape=tuple(shape), levels=levels or d["levels"], **r.kwargs)
+    levels = levels or d["levels"]
+    if r.trainer == "prior":  # the prior of a TwoStage over the tokens of the checkpoint r.after
+        tokenizer = build(r.after, shape, levels)
+        return TwoStage(shape=tuple(shape), levels=levels, tokenizer=getattr(tokenizer, "autoencoder", tokenizer),
+                        **r.kwargs).prior
+    if r.model in tokenizer_classes():
+        return tokenizer_classes()[r.model](image_shape=tuple(shape), levels=levels, **r.kwargs)
+    return MODELS[r.model](shape=tuple(shape), levels=levels, **r.kwargs)
 
 
 def _fid(model, r: Recipe, test, seed: int) -> Optional[float]:
@@ -407,6 +525,8 @@ def train(name: str, where: Optional[Path] = None, progress: bool = False) -> di
     r = recipe(name)
     where = Path(where or folder())
     torch.set_num_threads(1)
+    if r.trainer != "fit":
+        return TRAINERS[r.trainer](name, r, where, progress)
     train_set, test_set = datasets(r)
     armini.seed_everything(r.seed)
     model = build(name, train_set.shape, train_set.levels)
@@ -425,18 +545,8 @@ def train(name: str, where: Optional[Path] = None, progress: bool = False) -> di
     fid = _fid(model, r, test_set, r.seed)
     measure_cpu_s = time.process_time() - start
 
-    if not math.isfinite(test_bpd):
-        raise FloatingPointError(f"{name}: test bits/dim is {test_bpd} after training; nothing written")
-    rec = dict(
-        name=name, lesson=r.lesson, command=COMMAND.format(name=name), model=r.model,
-        data=dict(r.data, train_source=str(getattr(train_set, "source", ""))),
-        steps=list(r.steps) if isinstance(r.steps, tuple) else r.steps, steps_done=hist.steps, budget=r.budget,
-        batch_size=r.batch_size, lr=r.lr, seed=r.seed, fit=dict(r.fit), threads=1, train_cpu_s=round(train_cpu_s, 1),
-        test_bpd=round(test_bpd, 4), unit=model.unit, is_bound=bool(getattr(model, "nll_is_bound", False)),
-        test_images=min(r.data["test"], len(test_set)),
-        fid=None if fid is None else round(fid, 2), fid_samples=r.fid_samples if fid is not None else 0,
-        measure_cpu_s=round(measure_cpu_s, 1),
-    )
+    rec = _base_record(name, r, model, train_set, test_set, hist.steps, train_cpu_s, test_bpd, fid,
+                       measure_cpu_s=round(measure_cpu_s, 1))
     hist.test = [(hist.steps, test_bpd)]  # evaluated once, at the end
     hist.final_test_bpd = test_bpd
     stages = getattr(hist, "stages", None)  # a two-stage model: the tokenizer's and the prior's runs
@@ -448,6 +558,170 @@ def train(name: str, where: Optional[Path] = None, progress: bool = False) -> di
     return write(name, model, rec, where, hist)
 
 
+def _base_record(name: str, r: Recipe, model, train_set, test_set, steps_done, train_cpu_s: float, test_bpd: float,
+                 fid: Optional[float] = None, **more) -> dict:
+    """The training record every recipe writes (write() adds the model's settings and the file's size), plus `more`."""
+    if not math.isfinite(test_bpd):
+        raise FloatingPointError(f"{name}: test bits/dim is {test_bpd} after training; nothing written")
+    return dict(
+        name=name, lesson=r.lesson, command=COMMAND.format(name=name), model=r.model,
+        data=dict(r.data, train_source=str(getattr(train_set, "source", ""))),
+        steps=list(r.steps) if isinstance(r.steps, tuple) else r.steps, steps_done=steps_done, budget=r.budget,
+        batch_size=r.batch_size, lr=r.lr, seed=r.seed, fit=dict(r.fit), threads=1, train_cpu_s=round(train_cpu_s, 1),
+        test_bpd=round(test_bpd, 4), unit=model.unit, is_bound=bool(getattr(model, "nll_is_bound", False)),
+        test_images=min(r.data["test"], len(test_set)),
+        fid=None if fid is None else round(fid, 2), fid_samples=r.fid_samples if fid is not None else 0, **more,
+    )
+
+
+# ----------------------------------------------------------------------------- lessons 11 and 13: their own sequences
+
+
+def _quality(tok, r: Recipe, train_set, test_set) -> dict:
+    """Lessons 11 and 13's reconstruction table for `tok` on the first r.quality test images
+    (armini.tokenizers.reconstruction_quality: PSNR, SSIM, rFID, precision, recall, usage, bits/dim), with the
+    real-vs-real FID floor at that N; for residual VQ also the PSNR (dB) of the first t token stacks (lesson 11)."""
+    from armini import metrics
+    from armini.tokenizers import reconstruction_quality
+
+    real = test_set.images[:r.quality]
+    found = {k: round(float(v), 4) for k, v in reconstruction_quality(tok, real).items() if v is not None}
+    found.update(images=len(real), rfid_floor=round(metrics.fid(train_set.images[:len(real)], real, tok.levels), 2))
+    if getattr(tok, "depth", 1) > 1:  # each extra stack of tokens refines the sum before it
+        with torch.no_grad():
+            tokens = torch.cat([tok.encode(part) for part in real.split(500)])  # (N, D, h, w)
+            psnr = []
+            for t in range(1, tok.depth + 1):
+                recon = torch.cat([tok.decode(part[:, :t]) for part in tokens.split(500)])
+                mse = ((recon.float() - real.float()) / (tok.levels - 1)).square().flatten(1).mean(1)  # per image
+                psnr.append(round(float((10 * torch.log10(1 / mse)).mean()), 3))
+        found["psnr_first_stacks"] = psnr
+    return found
+
+
+def _two_part_history(first, second, names: tuple, test_bpd: float):
+    """One History for two fit runs one after the other (steps and CPU s added, the second's steps counted on),
+    with each run under `stages[name]`: what history(NAME) gives the lesson."""
+    from armini import train as training
+
+    shift = lambda rows: [(step + first.steps, value) for step, value in rows]  # noqa: E731
+    hist = training.History(train=first.train + shift(second.train), steps=first.steps + second.steps,
+                            train_s=first.train_s + second.train_s, unit=second.unit,
+                            train_losses=first.train_losses + shift(second.train_losses),
+                            test=[(first.steps + second.steps, test_bpd)], final_test_bpd=test_bpd)
+    hist.stages = dict(zip(names, (first, second)))
+    return hist
+
+
+def _train_tokenizer(name: str, r: Recipe, where: Path, progress: bool) -> dict:
+    """Lesson 11's tokenizer cells: seeded, built, seeded again, trained by fit (with the test set and a UsageLog
+    where the lesson has them). (The lesson's check_tokenizer between the two seeds changes no weight.)"""
+    from armini import train as training
+    from armini.tokenizers import UsageLog
+
+    train_set, test_set = datasets(r)
+    armini.seed_everything(r.seed)
+    tok = build(name, train_set.shape, train_set.levels)
+    log = UsageLog(test_set.images[-r.usage[0]:], every=r.usage[1]) if r.usage else None
+    armini.seed_everything(r.seed)
+    start = time.process_time()
+    hist = training.fit(tok, train_set, test_set if "eval_images" in r.fit else None, steps=r.steps,
+                        batch_size=r.batch_size, lr=r.lr, seed=r.seed, loss_fn=log, device="cpu", progress=progress,
+                        clock=time.process_time, **r.fit)
+    train_cpu_s = time.process_time() - start
+    start = time.process_time()
+    more = {}
+    if log is not None:
+        log.measure(tok)  # and once after the last step, as the lesson does
+        more["usage"] = dict(images=r.usage[0], every=r.usage[1], steps=log.steps,
+                             used=[round(u, 6) for u in log.used], perplexity=[round(p, 4) for p in log.perplexity])
+    tok.eval()
+    test_bpd = training.evaluate(tok, test_set, device="cpu", limit=r.data["test"])
+    more["quality"] = _quality(tok, r, train_set, test_set)
+    rec = _base_record(name, r, tok, train_set, test_set, hist.steps, train_cpu_s, test_bpd, **more,
+                       measure_cpu_s=round(time.process_time() - start, 1))
+    return write(name, tok, rec, where, hist)
+
+
+def _train_vqgan(name: str, r: Recipe, where: Path, progress: bool) -> dict:
+    """Lesson 13's two tokenizers, in the lesson's order: the VQ-VAE's warm-up (seeded 0); seeded 1, the VQGAN
+    built with the warm-up's weights and its warm-up clock at the end; the VQ-VAE trained on (seed=1); then the
+    VQGAN by fit_vqgan (seed=1). NAME is "vqgan-baseline" (the VQ-VAE) or "vqgan"; "vqgan" trains the VQ-VAE's
+    second run too, since its random numbers come before the VQGAN's (its CPU s are not in the record's)."""
+    from armini import metrics
+    from armini import train as training
+    from armini.tokenizers.vqgan import VQGAN, fit_vqgan
+    from armini.tokenizers.vqvae import VQVAE
+
+    train_set, test_set = datasets(r)
+    image = dict(image_shape=train_set.shape, levels=train_set.levels)
+    settings = dict(batch_size=r.batch_size, lr=r.lr, device="cpu", progress=progress, clock=time.process_time)
+    warm_steps, more_steps = r.steps
+    armini.seed_everything(r.seed)
+    vq = VQVAE(**image, **RECIPES["vqgan-baseline"].kwargs)
+    start = time.process_time()
+    warm = training.fit(vq, train_set, steps=warm_steps, **settings)
+    warm_cpu_s = time.process_time() - start
+    armini.seed_everything(1)
+    vqgan = VQGAN(**image, **RECIPES["vqgan"].kwargs, perceptual_net=metrics.load_classifier(device="cpu"))
+    vqgan.autoencoder.load_state_dict(vq.state_dict())  # the warm-up's autoencoder
+    vqgan.step.fill_(warm_steps)  # and its clock: the adversarial terms start now
+    start = time.process_time()
+    more = training.fit(vq, train_set, steps=more_steps, seed=1, **settings)
+    more_cpu_s = time.process_time() - start
+    if name == "vqgan":
+        start = time.process_time()
+        second = fit_vqgan(vqgan, train_set, steps=more_steps, seed=1, **settings)
+        more_cpu_s, model, names = time.process_time() - start, vqgan, ("warm-up", "vqgan")
+    else:
+        model, second, names = vq, more, ("warm-up", "more")
+    start = time.process_time()
+    model.eval()
+    test_bpd = training.evaluate(model, test_set, device="cpu", limit=r.data["test"])
+    extra = dict(last_lambda=round(float(vqgan.last_lambda), 6)) if name == "vqgan" else {}
+    rec = _base_record(name, r, model, train_set, test_set, warm.steps + second.steps, warm_cpu_s + more_cpu_s,
+                       test_bpd, quality=_quality(model, r, train_set, test_set), **extra,
+                       stages={k: dict(steps=h.steps, train_cpu_s=round(h.train_s, 1))
+                               for k, h in zip(names, (warm, second))},
+                       measure_cpu_s=round(time.process_time() - start, 1))
+    return write(name, model, rec, where, _two_part_history(warm, second, names, test_bpd))
+
+
+def _train_prior(name: str, r: Recipe, where: Path, progress: bool) -> dict:
+    """Lesson 13's priors: seeded, a TwoStage over the tokenizer checkpoint r.after (loaded, so trained first and
+    its checksum checked) and lesson 07's transformer; the prior trained by fit on every training image's tokens;
+    tested on the test images' tokens; sample FID-FMNIST of r.fid_samples samples against as many test images."""
+    from armini import metrics
+    from armini import train as training
+    from armini.models.token_ar import TwoStage
+
+    train_set, test_set = datasets(r)
+    tokenizer = _load(r.after, where, device="cpu")
+    armini.seed_everything(r.seed)
+    two = TwoStage(shape=train_set.shape, levels=train_set.levels,
+                   tokenizer=getattr(tokenizer, "autoencoder", tokenizer), **r.kwargs)
+    start = time.process_time()
+    tokens = two.encode(train_set.images)  # (N, D, h, w): the tokenizer is frozen from here on
+    hist = training.fit(two.prior, tokens, steps=r.steps, batch_size=r.batch_size, lr=r.lr, device="cpu",
+                        progress=progress, clock=time.process_time, **r.fit)
+    train_cpu_s = time.process_time() - start
+    start = time.process_time()
+    two.eval()
+    test_bpd = training.evaluate(two.prior, two.encode(test_set.images[:r.data["test"]]), device="cpu")
+    n = r.fid_samples
+    samples = two.sample(n, generator=torch.Generator().manual_seed(0))  # (n, C, H, W), as the lesson draws them
+    fid = metrics.fid(test_set.images[:n], samples, two.levels)
+    hist.test, hist.final_test_bpd = [(hist.steps, test_bpd)], test_bpd
+    rec = _base_record(name, r, two.prior, train_set, test_set, hist.steps, train_cpu_s, test_bpd, fid,
+                       tokenizer=dict(name=r.after, sha256=read_sums(where).get(f"{r.after}.pt")),
+                       fid_floor=round(metrics.fid(train_set.images[:n], test_set.images[:n], two.levels), 2),
+                       measure_cpu_s=round(time.process_time() - start, 1))
+    return write(name, two.prior, rec, where, hist)
+
+
+TRAINERS = {"tokenizer": _train_tokenizer, "vqgan": _train_vqgan, "prior": _train_prior}
+
+
 def write(name: str, model, rec: dict, where: Optional[Path] = None, hist=None) -> dict:
     """Write NAME.pt (armini.train.save_checkpoint: weights, the settings that rebuild the model and the
     training History `hist`, with a two-stage model's `stages`), NAME.json
@@ -457,17 +731,17 @@ def write(name: str, model, rec: dict, where: Optional[Path] = None, hist=None) 
 
     where = Path(where or folder())
     where.mkdir(parents=True, exist_ok=True)
-    kwargs = training.model_kwargs(model)
+    model_name, kwargs = model_entry(model)
     pt = where / f"{name}.pt"
     if hist is None:
         hist = training.History(steps=rec.get("steps_done") or 0, unit=training.unit_label(model))
     stages = {k: asdict(h) for k, h in (getattr(hist, "stages", None) or {}).items()}
     training.save_checkpoint(pt, dict(
-        model_name=training.model_name(model), model_class=type(model).__name__, model_kwargs=kwargs,
+        model_name=model_name, model_class=type(model).__name__, model_kwargs=kwargs,
         model=model.state_dict(), step=rec.get("steps_done"), fit_args={}, metrics=dict(test_bpd=rec.get("test_bpd")),
         history=asdict(hist), stages=stages,
     ))
-    rec = dict(rec, model=training.model_name(model), model_class=type(model).__name__,
+    rec = dict(rec, model=model_name, model_class=type(model).__name__,
                model_kwargs=json.loads(json.dumps(kwargs)), params=model.num_params(), file_bytes=pt.stat().st_size,
                torch=torch.__version__, armini=getattr(armini, "__version__", None))
     with atomic_write(where / f"{name}.json", "w") as f:
@@ -526,7 +800,8 @@ def main(args) -> int:
                   f"{rec['test_bpd']:.3f}{fid}, {rec['file_bytes'] / 1e6:.1f} MB")
         return 0
     rows = summary_rows()
-    print(f"{'name':<18} {'lesson':<22} {'MB':>5} {'steps':>11} {'CPU s':>6} {'test':>7} {'unit':<17} "
+    width = max(len(name) for name in RECIPES)
+    print(f"{'name':<{width}} {'lesson':<22} {'MB':>5} {'steps':>11} {'CPU s':>6} {'test':>7} {'unit':<18} "
           f"{'FID':>6}  status")
     for row in rows:
         def show(v, fmt):
@@ -534,8 +809,8 @@ def main(args) -> int:
 
         steps = "-" if row["steps"] is None else "+".join(map(str, row["steps"])) if isinstance(row["steps"], list) \
             else str(row["steps"])
-        print(f"{row['name']:<18} {row['lesson']:<22} {show(row['mb'], '.1f'):>5} {steps:>11} "
-              f"{show(row['train_cpu_s'], '.0f'):>6} {show(row['test_bpd'], '.3f'):>7} {row['unit']:<17} "
+        print(f"{row['name']:<{width}} {row['lesson']:<22} {show(row['mb'], '.1f'):>5} {steps:>11} "
+              f"{show(row['train_cpu_s'], '.0f'):>6} {show(row['test_bpd'], '.3f'):>7} {row['unit']:<18} "
               f"{show(row['fid'], '.1f'):>6}  {row['status']}")
     present = [r for r in rows if r["status"] == "present"]
     print(f"{len(present)} of {len(rows)} present, {sum(r['mb'] for r in present):.1f} MB in all")

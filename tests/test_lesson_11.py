@@ -1,11 +1,16 @@
 """Lesson 11's build-it exercises (solutions/11_tokenizers.ipynb): the Fréchet distance, nearest-code
 quantisation with the straight-through estimator, the VQ loss, the EMA codebook update and FSQ's
 bound-and-round. Each check passes the right answer and rejects the usual wrong ones, with the
-lesson's own cases and wrappers."""
+lesson's own cases and wrappers. And the pretrained switch: ARMINI_PRETRAINED=1 loads checkpoints of exactly
+the tokenizers the lesson trains (settings, steps, batch size, learning rate). No notebook runs."""
+import ast
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from armini import metrics
+from armini import metrics, pretrained
 from armini.course import check
 from armini.nn import quantize as Q
 
@@ -296,3 +301,75 @@ def test_fsq_wrong_versions_are_caught(wrong, problem, capsys):
     assert check("FSQ bound-and-round", fsq_with_gradient(wrong), reference, FSQ_CASES) is reference
     out = capsys.readouterr().out
     assert out.startswith("❌ FSQ bound-and-round: case") and problem in out, out
+
+
+# ---------------------------------------------------------------------------------------------
+# the pretrained checkpoints (ARMINI_PRETRAINED=1)
+
+ROOT = Path(__file__).resolve().parent.parent
+FOUR = ["tokenizer-vq", "tokenizer-ema", "tokenizer-fsq", "tokenizer-rvq"]  # section 4's table, in its order
+DEEP = "tokenizer-rvq4"  # section 6: residual VQ, 4 x 32
+
+
+def code_cells(folder: str) -> list[str]:
+    cells = json.loads((ROOT / folder / "11_tokenizers.ipynb").read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def lesson_configs() -> dict:
+    """The lesson's `configs = {...}` (section 4), read from the notebook: name -> VQVAE settings."""
+    cell = next(c for c in code_cells("solutions") if "configs = {" in c)
+    assign = next(node for node in ast.parse(cell).body if isinstance(node, ast.Assign)
+                  and getattr(node.targets[0], "id", "") == "configs")
+    return {ast.literal_eval(k): {kw.arg: ast.literal_eval(kw.value) for kw in v.keywords}
+            for k, v in zip(assign.value.keys, assign.value.values)}
+
+
+def lesson_tokenizers() -> dict:
+    """Checkpoint name -> the tokenizer as the lesson builds it (the four of the table, then the deep one)."""
+    from armini.tokenizers import VQVAE
+
+    image = dict(image_shape=(1, 28, 28), levels=256)  # data.load("fashion-mnist")
+    built = {name: VQVAE(**image, latent_size=7, **cfg) for name, cfg in zip(FOUR, lesson_configs().values())}
+    built[DEEP] = VQVAE(**image, quantizer="rvq", codebook_size=32, depth=4)
+    return built
+
+
+@pytest.mark.parametrize("folder", ["solutions", "notebooks"])
+def test_training_cells_have_the_pretrained_switch(folder):
+    cells = code_cells(folder)
+    for name in FOUR + [DEEP]:
+        found = [c for c in cells if "pretrained.load(" in c and f'"{name}"' in c]
+        assert len(found) == 1, f"{folder}: {len(found)} cells load {name}"
+        assert "if PRETRAINED:" in found[0] and "else:" in found[0], name
+    assert sum('PRETRAINED = armini.env_flag("ARMINI_PRETRAINED")' in c for c in cells) == 1
+    table = next(c for c in cells if '"tokenizer-vq"' in c)
+    assert "pretrained.usage_log(" in table and "pretrained.history(" in table  # the usage plot and the prints
+
+
+def test_recipes_are_the_lessons_training_settings():
+    assert list(lesson_configs()) == ["VQ", "VQ + EMA + restarts", "FSQ (8,5,5,5)", "residual VQ, 2 x 32"]
+    table, deep = pretrained.lesson_cell("tokenizer-vq"), pretrained.lesson_cell(DEEP)
+    for setting in ("steps = armini.budget(500,", "batch_size=32, lr=2e-3", "eval_images=armini.budget(500,",
+                    "every=armini.budget(25,", "usage_images = test.images[-armini.budget(500,"):
+        assert setting in table, setting
+    assert "steps=steps, batch_size=32, lr=2e-3" in deep and "armini.seed_everything(0)" in deep
+    built = lesson_tokenizers()
+    for name in FOUR + [DEEP]:
+        r = pretrained.RECIPES[name]
+        assert (r.lesson, r.steps, r.batch_size, r.lr, r.seed, r.quality) == ("11_tokenizers", 500, 32, 2e-3, 0, 2000)
+        assert (r.usage, r.fit) == (((500, 25), dict(eval_images=500)) if name in FOUR else ((), {})), name
+        assert pretrained.settings(pretrained.build(name)) == pretrained.settings(built[name]), name
+
+
+@pytest.mark.parametrize("name", FOUR + [DEEP])
+def test_shipped_checkpoint_is_the_lessons_tokenizer(name):
+    if not pretrained.available(name):
+        pytest.skip(f"data/pretrained/{name}.pt is not here: python -m armini pretrained train {name}")
+    assert pretrained.mismatches(name, lesson_tokenizers()[name]) == []
+    record = pretrained.record(name)
+    assert (record["steps"], record["batch_size"], record["lr"]) == (500, 32, 2e-3)
+    assert {"psnr", "rfid", "rfid_floor"} <= set(record["quality"])
+    if name in FOUR:  # what the usage plot reads: a measurement every 25 steps and one after the last
+        log = pretrained.usage_log(name)
+        assert log.steps == list(range(0, 500, 25)) + [500] and len(log.used) == len(log.perplexity) == 21

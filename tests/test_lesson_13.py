@@ -1,10 +1,18 @@
 """Lesson 13's build-it exercises (solutions/13_vqgan.ipynb): the hinge losses and VQGAN's adaptive weight.
 Each check passes the right answer and rejects the usual wrong ones.
 
-The cases below are the lesson's own: what each check compares."""
+The cases below are the lesson's own: what each check compares. And the pretrained switch: ARMINI_PRETRAINED=1
+loads checkpoints of exactly the two tokenizers and the two priors the lesson trains. No notebook runs."""
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
+from armini import pretrained
 from armini.course import check
 from armini.nn.discriminator import adaptive_weight, d_hinge_loss, g_hinge_loss
 
@@ -145,3 +153,85 @@ def test_the_reference_leaves_the_graph_for_the_update():
     assert not lam.requires_grad
     (rec + lam * g).backward()  # the real update still works
     assert w.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# the pretrained checkpoints (ARMINI_PRETRAINED=1)
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZERS = ["vqgan-baseline", "vqgan"]  # the VQ-VAE trained on, the VQGAN: one warm-up, two runs
+PRIORS = {"vqgan-baseline-prior": "vqgan-baseline", "vqgan-prior": "vqgan"}  # prior -> the tokenizer it models
+
+
+def code_cells(folder: str) -> list[str]:
+    cells = json.loads((ROOT / folder / "13_vqgan.ipynb").read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def lesson_settings() -> dict:
+    """The lesson's `tok_settings = dict(...)` with K and its default budgets, read from the notebook."""
+    code = "\n".join(code_cells("solutions"))
+    call = next(node.value for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Assign)
+                and getattr(node.targets[0], "id", "") == "tok_settings")
+    tok = {kw.arg: ast.literal_eval(kw.value) if kw.arg != "levels" else kw.value.id for kw in call.keywords}
+    number = lambda name: int(re.search(rf"^{name} = (?:armini\.budget\()?(\d+)", code, re.M).group(1))  # noqa: E731
+    assert tok.pop("levels") == "K"
+    return dict(tok=tok, K=number("K"), N_WARM=number("N_WARM"), N_MORE=number("N_MORE"), BATCH=number("BATCH"),
+                P_STEPS=number("P_STEPS"))
+
+
+def lesson_models() -> dict:
+    """Checkpoint name -> the model as the lesson builds it."""
+    from armini.models.token_ar import TwoStage
+    from armini.tokenizers import VQVAE
+    from armini.tokenizers.vqgan import VQGAN
+
+    s = lesson_settings()
+    tok = dict(levels=s["K"], **s["tok"])
+    built = {"vqgan-baseline": VQVAE(**tok), "vqgan": VQGAN(**tok, disc_start=s["N_WARM"], adversarial_weight=0.1)}
+    for prior, tokenizer in PRIORS.items():
+        tokenizer = getattr(built[tokenizer], "autoencoder", built[tokenizer])
+        built[prior] = TwoStage(shape=(1, 28, 28), levels=s["K"], tokenizer=tokenizer,
+                                prior_kwargs=dict(dim=64, n_layers=4, n_heads=4)).prior
+    return built
+
+
+@pytest.mark.parametrize("folder", ["solutions", "notebooks"])
+def test_training_cells_have_the_pretrained_switch(folder):
+    cells = code_cells(folder)
+    assert sum('PRETRAINED = armini.env_flag("ARMINI_PRETRAINED")' in c for c in cells) == 1
+    warm = next(c for c in cells if "warm = fit(" in c)
+    assert 'pretrained.history("vqgan-baseline").stages["warm-up"]' in warm and "if PRETRAINED:" in warm
+    runs = next(c for c in cells if "fit_vqgan(vqgan" in c)
+    for line in ('pretrained.load("vqgan-baseline"', 'pretrained.load("vqgan"', 'pretrained.history("vqgan")'):
+        assert line in runs and "if PRETRAINED:" in runs, line
+    priors = next(c for c in cells if "fit(two.prior" in c)
+    assert "if PRETRAINED:" in priors and "pretrained.load(PRIORS[name]" in priors
+    assert all(f'"{name}"' in priors for name in PRIORS)
+
+
+def test_recipes_are_the_lessons_training_settings():
+    s = lesson_settings()
+    assert s["tok"] == dict(latent_size=7, quantizer="ema", codebook_size=16) and s["K"] == 16
+    assert "disc_start=N_WARM, adversarial_weight=0.1" in pretrained.lesson_cell("vqgan")
+    built = lesson_models()
+    for name in TOKENIZERS + list(PRIORS):
+        r = pretrained.RECIPES[name]
+        steps = s["P_STEPS"] if name in PRIORS else (s["N_WARM"], s["N_MORE"])
+        assert (r.lesson, r.steps, r.batch_size, r.lr, r.data["levels"]) == ("13_vqgan", steps, s["BATCH"], 1e-3, 16)
+        assert pretrained.settings(pretrained.build(name)) == pretrained.settings(built[name]), name
+    assert {name: pretrained.RECIPES[name].after for name in PRIORS} == PRIORS
+    assert [pretrained.RECIPES[name].seed for name in PRIORS] == [2, 2]  # armini.seed_everything(2) before each
+
+
+@pytest.mark.parametrize("name", TOKENIZERS + list(PRIORS))
+def test_shipped_checkpoint_is_the_lessons_model(name):
+    if not pretrained.available(name):
+        pytest.skip(f"data/pretrained/{name}.pt is not here: python -m armini pretrained train {name}")
+    assert pretrained.mismatches(name, lesson_models()[name]) == []
+    record = pretrained.record(name)
+    if name in PRIORS:  # sampled from with FID-FMNIST as the lesson does; trained on the shipped tokenizer
+        assert record["fid_samples"] == 1000 and record["tokenizer"]["name"] == PRIORS[name]
+    else:  # the lesson's table: PSNR against rFID
+        assert {"psnr", "rfid", "rfid_floor"} <= set(record["quality"])
+        assert list(pretrained.history(name).stages) == ["warm-up", "more" if name == "vqgan-baseline" else "vqgan"]

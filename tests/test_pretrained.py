@@ -243,11 +243,121 @@ def test_shipped_checkpoint_is_its_recipes_model_and_loads(name, monkeypatch):
     assert {k: v for k, v in rec["data"].items() if k in r.data} == r.data
     assert pretrained.mismatches(name, pretrained.build(name)) == []  # shape, levels and every setting
     model = pretrained.load(name, device="cpu")
-    assert training.model_name(model) == r.model and not model.training
+    assert pretrained.model_entry(model)[0] == r.model and not model.training
 
 
 def test_recipes_build_their_lessons_models():
     for name in pretrained.names():
         r = pretrained.RECIPES[name]
-        assert r.model in MODELS and dataclasses.is_dataclass(r)
+        assert r.model in pretrained.model_classes() and dataclasses.is_dataclass(r)
         assert (SHIPPED.parent.parent / "solutions" / f"{r.lesson}.ipynb").is_file(), r.lesson
+        assert not r.after or pretrained.RECIPES[r.after].lesson == r.lesson, name  # a prior's tokenizer: its lesson's
+
+
+@pytest.mark.parametrize("name", [n for n, r in pretrained.RECIPES.items() if r.after])
+def test_shipped_prior_was_trained_on_the_shipped_tokenizer(name, monkeypatch):
+    """A prior models its tokenizer checkpoint's tokens: retraining the tokenizer without the prior would leave
+    the prior reading tokens that mean something else."""
+    monkeypatch.setattr(pretrained, "folder", lambda: SHIPPED)
+    after = pretrained.RECIPES[name].after
+    if not (pretrained.available(name) and pretrained.available(after)):
+        pytest.skip(f"{name} or {after} is not here")
+    assert pretrained.record(name)["tokenizer"] == dict(name=after, sha256=pretrained.read_sums()[f"{after}.pt"]), (
+        f"{name} was trained on another {after}: retrain it (python -m armini pretrained train {name})")
+
+
+# ----------------------------------------------------------------------------- tokenizers (lessons 11 and 13)
+
+
+def tiny_vqvae(channels=8):
+    from armini.tokenizers import VQVAE
+
+    torch.manual_seed(0)
+    return VQVAE(image_shape=(1, 8, 8), levels=4, latent_size=2, quantizer="rvq", codebook_size=8, depth=2,
+                 channels=channels)
+
+
+def test_a_tokenizer_round_trips_with_its_settings(where):
+    from armini.tokenizers.vqgan import VQGAN
+
+    torch.manual_seed(0)
+    vqgan = VQGAN(image_shape=(1, 8, 8), levels=4, latent_size=2, codebook_size=8, channels=8, disc_width=8,
+                  disc_start=3, adversarial_weight=0.1)
+    vqgan.last_lambda.fill_(0.25)  # a buffer the lesson prints
+    for name, model in (("tokenizer-rvq", tiny_vqvae()), ("vqgan", vqgan)):
+        pretrained.write(name, model, dict(tiny_record(), name=name), where)
+        loaded = pretrained.load(name, device="cpu")
+        assert type(loaded) is type(model) and not loaded.training
+        for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            torch.testing.assert_close(a, b, msg=k)
+        assert pretrained.mismatches(name, model) == []
+        assert pretrained.record(name)["model"] == pretrained.model_entry(model)[0]
+    assert loaded.config.disc_start == 3 and loaded.autoencoder.config.channels == 8 and float(loaded.last_lambda) == 0.25
+    assert pretrained.mismatches("tokenizer-rvq", tiny_vqvae(channels=16)) == [
+        "channels: the checkpoint has 8, the lesson 16"]
+    assert pretrained.verify() == []
+
+
+def test_usage_log_comes_from_the_record(where):
+    usage = dict(images=10, every=2, steps=[0, 2, 3], used=[0.25, 0.5, 0.75], perplexity=[2.0, 4.0, 6.0])
+    pretrained.write("tokenizer-ema", tiny_vqvae(), dict(tiny_record(), usage=usage), where)
+    log = pretrained.usage_log("tokenizer-ema")
+    assert (log.steps, log.used, log.perplexity, log.every) == ([0, 2, 3], [0.25, 0.5, 0.75], [2.0, 4.0, 6.0], 2)
+    pretrained.write("tokenizer-rvq4", tiny_vqvae(), tiny_record(), where)
+    with pytest.raises(pretrained.PretrainedError, match="'tokenizer-rvq4' logged no codebook usage.*tokenizer-ema"):
+        pretrained.usage_log("tokenizer-rvq4")
+
+
+@pytest.fixture
+def small_data(monkeypatch):
+    """pretrained.datasets gives 256 training and 64 test images: the lessons' sequences in seconds."""
+    datasets = pretrained.datasets
+
+    def small(r):
+        train, test = datasets(r)
+        return (dataclasses.replace(train, images=train.images[:256], labels=train.labels[:256]),
+                dataclasses.replace(test, images=test.images[:64], labels=test.labels[:64]))
+
+    monkeypatch.setattr(pretrained, "datasets", small)
+
+
+def shrink(monkeypatch, name, **changes):
+    monkeypatch.setitem(pretrained.RECIPES, name, dataclasses.replace(pretrained.RECIPES[name], **changes))
+
+
+def test_lesson_11_tokenizer_training_records_usage_quality_and_history(where, small_data, monkeypatch):
+    shrink(monkeypatch, "tokenizer-ema", kwargs=dict(latent_size=7, quantizer="ema", codebook_size=16, channels=8),
+           steps=4, usage=(20, 2), quality=40, fit=dict(eval_images=30), data=dict(pretrained.FMNIST, test=30))
+    rec = pretrained.train("tokenizer-ema")
+    assert rec["model"] == "vqvae" and rec["steps_done"] == 4 and rec["unit"] == "bits/dim of p(x|z)"
+    assert rec["usage"]["steps"] == [0, 2, 4] and len(rec["usage"]["used"]) == 3  # every 2 steps, then at the end
+    assert {"psnr", "ssim", "rfid", "rfid_floor", "used", "perplexity"} <= set(rec["quality"])
+    assert rec["quality"]["images"] == 40
+    assert pretrained.usage_log("tokenizer-ema").used == rec["usage"]["used"]
+    hist = pretrained.history("tokenizer-ema")
+    assert hist.steps == 4 and hist.test and hist.test[-1][0] == 4  # fit's own test on eval_images
+    assert pretrained.load("tokenizer-ema").config.codebook_size == 16 and pretrained.verify() == []
+
+
+def test_lesson_13_sequence_writes_both_tokenizers_and_a_prior_on_each(where, small_data, monkeypatch):
+    tokenizer = dict(latent_size=7, quantizer="ema", codebook_size=16, channels=8)
+    small = dict(steps=(2, 3), quality=30, data=dict(pretrained.FMNIST16, test=30))
+    shrink(monkeypatch, "vqgan-baseline", kwargs=tokenizer, **small)
+    shrink(monkeypatch, "vqgan", kwargs=dict(tokenizer, disc_start=2, adversarial_weight=0.1, disc_width=8), **small)
+    base, gan = pretrained.train("vqgan-baseline"), pretrained.train("vqgan")
+    assert base["stages"] == {"warm-up": dict(steps=2, train_cpu_s=base["stages"]["warm-up"]["train_cpu_s"]),
+                              "more": dict(steps=3, train_cpu_s=base["stages"]["more"]["train_cpu_s"])}
+    assert list(gan["stages"]) == ["warm-up", "vqgan"] and gan["steps_done"] == 5 and "last_lambda" in gan
+    hist = pretrained.history("vqgan")
+    assert hist.steps == 5 and [s for s, _ in hist.stages["vqgan"].train_losses] == [1, 2, 3]
+    assert set(hist.stages["vqgan"].train_losses[0][1]) == {"generator", "discriminator"}
+    vqgan, vq = pretrained.load("vqgan"), pretrained.load("vqgan-baseline")
+    assert vqgan.config.disc_start == 2 and int(vqgan.step) == 5  # the warm-up's clock went on through the run
+    assert not torch.equal(vqgan.autoencoder.decoder[-1].weight, vq.decoder[-1].weight)  # one warm-up, two runs
+    shrink(monkeypatch, "vqgan-prior", kwargs=dict(prior_kwargs=dict(dim=8, n_layers=1, n_heads=2)), steps=2,
+           fid_samples=12, data=dict(pretrained.FMNIST16, test=30))
+    prior = pretrained.train("vqgan-prior")
+    assert prior["tokenizer"] == dict(name="vqgan", sha256=pretrained.read_sums()["vqgan.pt"])
+    assert prior["unit"] == "bits/token" and prior["fid_samples"] == 12 and prior["fid"] > 0
+    loaded = pretrained.load("vqgan-prior")
+    assert loaded.shape == (1, 7, 7) and loaded.levels == 16 and pretrained.verify() == []
