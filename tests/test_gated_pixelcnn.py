@@ -120,6 +120,23 @@ def test_log_prob_and_loss_agree_with_conditionals(case):
     torch.testing.assert_close(model.loss(x, y), -pixels.mean() / math.log(2))
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_training_loss_has_the_gradient_of_the_gathered_conditionals(case):
+    """log_prob_pixels takes a shortcut (a cross-entropy on the head's (B*C, K, H, W) layout); its loss and
+    gradient are those of -conditionals(x).gather(x) in the documented (B, C, H, W, K) layout, channel by channel."""
+    model = make(case).double()
+    x = torch.randint(model.levels, (3,) + model.shape)
+    y = labels(model, 3)
+    grads = []
+    for loss_of in (lambda: model.loss(x, y),
+                    lambda: -model.conditionals(x, y).gather(-1, x.unsqueeze(-1)).mean() / math.log(2)):
+        model.zero_grad()
+        loss_of().backward()
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 # -------------------------------------------------------------------------------- causality
 @pytest.mark.parametrize("case", CASES)
 def test_causal_at_init_and_after_training(case):

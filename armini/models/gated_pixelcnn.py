@@ -63,6 +63,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..nn.heads import categorical_logits, softmax_head
 from ..nn.inputs import ValueInput
@@ -176,14 +177,29 @@ class GatedPixelCNN(ARModel):
         out = self.head(skip)  # (B, C*K, H, W), block c holds channel c's K logits
         return torch.log_softmax(categorical_logits(out, self.shape[0], self.levels), dim=-1)  # (B, C, H, W, K)
 
-    def conditionals(self, x, y=None):
+    def skip_sum(self, x, y=None) -> torch.Tensor:
+        """Both stacks over the image x (B, C, H, W): the summed skip connections (B, F, H, W) the head reads."""
         s = self.scale(x)  # (B, C, H, W)
         v, h, skip = down_shift(s), s, None  # the vertical stack starts from the image moved down one row
         for layer in self.layers:
             v, link = layer.vertical(v, y)  # (B, F, H, W), (B, 2F, H, W)
             h, sk = layer.horizontal(h, link)  # (B, F, H, W) twice
             skip = sk if skip is None else skip + sk
-        return self.head_logprobs(skip)  # (B, C, H, W, K)
+        return skip
+
+    def conditionals(self, x, y=None):
+        return self.head_logprobs(self.skip_sum(x, y))  # (B, C, H, W, K)
+
+    def log_prob_pixels(self, x, y=None):
+        """log p(x_d | x_<d) of the true values only, (B, C, H, W): what training needs.
+
+        The same numbers as conditionals(x).gather(x), as a cross-entropy on the head's output in
+        its own layout: (B, C*K, H, W) is (B*C, K, H, W), K at dim 1, without the (B, C, H, W, K)
+        view whose strided log-softmax costs two copies of the logits (forward and backward)."""
+        B, C, H, W = x.shape
+        out = self.head(self.skip_sum(x, y))  # (B, C*K, H, W), block c holds channel c's K logits
+        nll = F.cross_entropy(out.view(B * C, self.levels, H, W), x.reshape(B * C, H, W).long(), reduction="none")
+        return -nll.view(B, C, H, W)  # log softmax(logits)[x]
 
     # ------------------------------------------------------------ fast sampling
     def init_cache(self, x, y=None):
