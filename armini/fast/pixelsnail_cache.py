@@ -7,14 +7,14 @@ pixels before p only (that is what makes it autoregressive), so once computed it
 This sampler keeps what it has computed and, at each new pixel, computes that pixel only:
 
     at the first channel of pixel p:
-        pixel p-1 is complete now: write it into the first layer's input maps, and push
-        each block's key and value of p-1 into that block's KV cache,
+        pixel p-1 is complete now: write it into the first layer's input row, and complete
+        each block's key and value of p-1 in that block's KV cache with its x part,
             k, v = W_k [h_b, x, pos](p-1), W_v [h_b, x, pos](p-1)    h_b: the block's attention input
         h = down_shift(in_down) + right_shift(in_right) at p       windows of the raw image before p
             (+ the class vector, for a class-conditional model)
         for each block b:
             h = GatedResnet(h) at p, n_res times                     (2, 2) windows of cached inputs
-            h_b(p) = h                                               kept for p's key at the next pixel
+            h_b(p) = h                                               its h and pos part of p's key and value now
             a = softmax(q k^T / sqrt(d_k)) v,  q = W_q [h, pos](p)   over keys 0..p-1 (strict: j < p)
             h = GatedResnet(h, a) at p                               1x1 convolutions: p only
         trunk(p) = h
