@@ -533,8 +533,9 @@ class ARModel(nn.Module):
         `generator`: the same draws give the same images for any sampler (naive or cached) that
         computes the same probabilities."""
         u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(probs.device)
-        cdf = probs.cumsum(-1)  # (n, S, K)
-        return (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_(max=self.levels - 1)  # (n, S)
+        cdf = probs.cumsum(-1)  # (n, S, K), non-decreasing
+        # the first k with cdf[k] >= u * total, i.e. the number of k with cdf[k] < u * total
+        return torch.searchsorted(cdf, u.unsqueeze(-1) * cdf[..., -1:]).squeeze(-1).clamp_(max=self.levels - 1)  # (n, S)
 
     @torch.no_grad()
     def sample(
@@ -621,8 +622,8 @@ class ARModel(nn.Module):
                     logp = keep_top_k(logp, top_k)  # (n, S, K): all but the k most likely at -inf
                 probs = torch.softmax(logp, dim=-1)  # (n, S, K)
                 new = self._draw(probs, generator, gdev)  # (n, S)
-                flat_x[:, index] = new if keep is None else torch.where(keep, flat_x[:, index], new)  # one write per step
-                flat_filled[:, index] = True
+                flat_x.index_copy_(1, index, new if keep is None else torch.where(keep, flat_x[:, index], new))  # one write
+                flat_filled.index_fill_(1, index, True)
                 if callback is not None:
                     callback(SampleStep(t, len(steps), index, x, probs.float(), filled))
         finally:
