@@ -370,3 +370,22 @@ def test_independent_from_counts_per_class():
         torch.testing.assert_close(model.conditionals(images[:1], torch.tensor([k])), alone.conditionals(images[:1]))
     with pytest.raises(ValueError, match="pass num_classes"):
         IndependentPixels.from_counts(images, 4, y=y)
+
+
+def test_the_inverse_cdf_draw_is_its_definition():
+    """_draw picks, for uniforms u, the number of levels whose cumulative probability is below u * total
+    (the first level whose CDF reaches it): checked against that count directly, zero-probability levels
+    (top-k) included, so a faster draw can never change which images a seed gives."""
+    model = PixelCNN(shape=(1, 4, 4), levels=16, channels=8, n_blocks=1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        probs = torch.softmax(4 * torch.randn(3, 5, 16, generator=g, dtype=torch.float64), -1)
+        probs[..., torch.randperm(16, generator=g)[:6]] = 0.0  # some levels cut, as top-k does
+        state = g.get_state()
+        drawn = model._draw(probs, g, torch.device("cpu"))  # (3, 5)
+        g.set_state(state)
+        u = torch.rand(3, 5, generator=g, dtype=torch.float64)
+        cdf = probs.cumsum(-1)
+        expected = (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp(max=15)
+        assert torch.equal(drawn, expected)
+        assert bool((probs.gather(-1, drawn.unsqueeze(-1)) > 0).all())  # never a level of probability 0
