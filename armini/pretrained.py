@@ -136,8 +136,8 @@ RECIPES: dict[str, Recipe] = {
                        steps=(1000, 1200), batch_size=16, lr=2e-3,
                        budget="lesson 18: TOK_STEPS, PRIOR_STEPS = armini.budget(1000, 40), armini.budget(1200, 60); "
                               "BATCH, LR = 16, 2e-3 (the tokenizer by fit, then the prior by fit_stages)"),
-    "diagonal-bilstm": Recipe("03_pixelrnn", "diagonal-bilstm", {}, FMNIST, steps=700, batch_size=32, lr=2e-3,
-                              budget="lesson 03: steps = armini.budget(700, 10)"),
+    "diagonal-bilstm": Recipe("03_pixelrnn", "diagonal-bilstm", {}, FMNIST, steps=500, batch_size=32, lr=2e-3,
+                              budget="lesson 03: steps = armini.budget(500, 10)"),
     "nade": Recipe("01_factorisation", "nade", dict(hidden=64), dict(FMNIST, levels=2), steps=1500, batch_size=64,
                    lr=3e-3, budget="lesson 01: steps = armini.budget(1500, 60)", fid_samples=500),
 }
