@@ -105,8 +105,8 @@ RECIPES: dict[str, Recipe] = {
                                 lr=2e-3, budget="lesson 07: steps = armini.budget(1000, 20)"),
     "lmconv": Recipe("09_lmconv", "lmconv", {}, FMNIST14, steps=400, batch_size=32, lr=2e-3,
                      budget="lesson 09: steps = armini.budget(400, 6)"),
-    "ardm": Recipe("10_ardm", "ardm", dict(channels=32), dict(FMNIST14, test=500), steps=2000, batch_size=32, lr=3e-3,
-                   budget="lesson 10: steps = armini.budget(2000, 40)"),
+    "ardm": Recipe("10_ardm", "ardm", dict(channels=32), dict(FMNIST14, test=500), steps=1200, batch_size=32, lr=3e-3,
+                   budget="lesson 10: steps = armini.budget(1200, 40)"),
     "vq-transformer": Recipe(
         "12_token_priors", "vq-transformer",
         dict(tokenizer=dict(quantizer="ema", codebook_size=128, dim=16, channels=32), prior="pixel-transformer",
