@@ -114,12 +114,17 @@ class Guided(ARModel):
         """The canvases twice (2n, ...) and their labels: y for the first n, the null class for the rest."""
         return torch.cat([x, x]), torch.cat([y, torch.full_like(y, self.null)])
 
-    def _mix(self, lp):
+    def _mix(self, lp, scale: float):
         cond, uncond = lp.chunk(2)  # (n, ..., V) each
-        return guided_logprobs(cond, uncond, self.scale)
+        return guided_logprobs(cond, uncond, scale)
+
+    def step_scale(self, index: torch.Tensor) -> float:
+        """The guidance scale of the sampling step that draws the positions `index`: w at every step
+        (a subclass may vary it over the steps, e.g. VAR's ramp over the scales, var.RampGuided)."""
+        return self.scale
 
     def conditionals(self, x, y=None, **order_kwargs):
-        return self._mix(self.prior.conditionals(*self._twice(x, y), **order_kwargs))  # (n, *shape, V)
+        return self._mix(self.prior.conditionals(*self._twice(x, y), **order_kwargs), self.scale)  # (n, *shape, V)
 
     def init_cache(self, x, y=None):
         """A 2n canvas of its own (a fast sampler's cache follows one tensor) and the prior's cache on it."""
@@ -132,10 +137,11 @@ class Guided(ARModel):
             order_kwargs["filled"] = torch.cat([order_kwargs["filled"]] * 2)
         if cache is None:  # the naive sampler
             x2, y2 = self._twice(x, y)  # (2n, ...), (2n,)
-            return self._mix(self.prior.conditional_logprobs(x2, index, y2, None, **order_kwargs))  # (n, S, V)
+            return self._mix(self.prior.conditional_logprobs(x2, index, y2, None, **order_kwargs),
+                             self.step_scale(index))  # (n, S, V)
         cache.canvas.view((2,) + x.shape).copy_(x.expand((2,) + x.shape))  # both halves = x: one write
         return self._mix(self.prior.conditional_logprobs(cache.canvas, index, cache.labels, cache.prior,
-                                                         **order_kwargs))  # (n, S, V)
+                                                         **order_kwargs), self.step_scale(index))  # (n, S, V)
 
 
 class GuidedCache:

@@ -249,14 +249,9 @@ class RampGuided(Guided):
     so the coarse scales (the layout) keep their diversity and the fine ones (the details) are sharpened
     towards the class. One step is one whole scale, so its positions name the scale."""
 
-    def __init__(self, prior: NextScalePrior, scale: float, null: int):
-        super().__init__(prior, scale, null)
-        self.final_scale = self.scale  # w, the finest scale's
-
-    def conditional_logprobs(self, x, index, y=None, cache=None, **order_kwargs):
+    def step_scale(self, index: torch.Tensor) -> float:
         k = int(self.prior.scale_id[int(index[0])])  # the scale this step draws, 0-based
-        self.scale = self.final_scale * k / max(1, len(self.prior.scales) - 1)  # w_k
-        return super().conditional_logprobs(x, index, y, cache, **order_kwargs)
+        return self.scale * k / max(1, len(self.prior.scales) - 1)  # w_k
 
 
 # ----------------------------------------------------------------------------- the two-stage model
