@@ -582,20 +582,13 @@ def _quality(tok, r: Recipe, train_set, test_set) -> dict:
     (armini.tokenizers.reconstruction_quality: PSNR, SSIM, rFID, precision, recall, usage, bits/dim), with the
     real-vs-real FID floor at that N; for residual VQ also the PSNR (dB) of the first t token stacks (lesson 11)."""
     from armini import metrics
-    from armini.tokenizers import reconstruction_quality
+    from armini.tokenizers import psnr_by_depth, reconstruction_quality
 
     real = test_set.images[:r.quality]
     found = {k: round(float(v), 4) for k, v in reconstruction_quality(tok, real).items() if v is not None}
     found.update(images=len(real), rfid_floor=round(metrics.fid(train_set.images[:len(real)], real, tok.levels), 2))
     if getattr(tok, "depth", 1) > 1:  # each extra stack of tokens refines the sum before it
-        with torch.no_grad():
-            tokens = torch.cat([tok.encode(part) for part in real.split(500)])  # (N, D, h, w)
-            psnr = []
-            for t in range(1, tok.depth + 1):
-                recon = torch.cat([tok.decode(part[:, :t]) for part in tokens.split(500)])
-                mse = ((recon.float() - real.float()) / (tok.levels - 1)).square().flatten(1).mean(1)  # per image
-                psnr.append(round(float((10 * torch.log10(1 / mse)).mean()), 3))
-        found["psnr_first_stacks"] = psnr
+        found["psnr_first_stacks"] = [round(p, 3) for p in psnr_by_depth(tok, real)]
     return found
 
 

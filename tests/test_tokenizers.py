@@ -52,3 +52,21 @@ def test_check_tokenizer_names_what_is_wrong():
     with pytest.raises(TypeError, match="lacks token_shape, encode, decode"):
         check_tokenizer(NoDecode(), rgb_images())
     assert not isinstance(NoDecode(), Tokenizer)
+
+
+def test_psnr_by_depth_is_the_psnr_of_each_truncated_reconstruction():
+    """psnr_by_depth(tok, x)[t - 1] is the mean over images of 10 log10(1 / MSE) of decode(first t stacks),
+    pixels scaled to [0, 1], in batches of any size; one number per stack."""
+    from armini.tokenizers import VQVAE, psnr_by_depth
+
+    torch.manual_seed(0)
+    tok = VQVAE(image_shape=(1, 8, 8), levels=16, latent_size=2, quantizer="rvq", codebook_size=4, depth=3).eval()
+    x = torch.randint(0, 16, (7, 1, 8, 8))
+    with torch.no_grad():
+        z = tok.encode(x)  # (7, 3, 2, 2)
+        expected = []
+        for t in (1, 2, 3):
+            mse = ((tok.decode(z[:, :t]).float() - x.float()) / 15).square().flatten(1).mean(1)
+            expected.append(float((10 * torch.log10(1 / mse)).mean()))
+    assert psnr_by_depth(tok, x, batch_size=3) == pytest.approx(expected, abs=1e-5)
+    assert len(psnr_by_depth(tok, x)) == 3

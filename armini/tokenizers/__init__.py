@@ -49,7 +49,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Tokenizer", "check_tokenizer", "rate_bits", "reconstruction_quality", "VQVAE", "UsageLog", "VQVAE3D"]
+__all__ = ["Tokenizer", "check_tokenizer", "rate_bits", "reconstruction_quality", "psnr_by_depth", "VQVAE", "UsageLog", "VQVAE3D"]
 
 
 @runtime_checkable
@@ -142,6 +142,21 @@ def reconstruction_quality(tok, images: torch.Tensor, batch_size: int = 500, cla
         out.update(rfid=q["fid"], rkid=q["kid"], precision=q["precision"], recall=q["recall"])
     return out
 
+
+
+@torch.no_grad()
+def psnr_by_depth(tok, images: torch.Tensor, batch_size: int = 500) -> list:
+    """PSNR (dB, the mean over images, pixels scaled to [0, 1]) of a depth-D tokenizer's reconstructions from
+    only its first t token stacks, t = 1..D (residual VQ: each stack quantises what the earlier ones left):
+    a list of D numbers, the rate-distortion curve of lesson 11. images: (N, C, H, W) integers."""
+    dev = next(tok.parameters()).device
+    tokens = torch.cat([tok.encode(part.to(dev)) for part in images.split(batch_size)])  # (N, D, h, w)
+    curve = []
+    for t in range(1, tokens.shape[1] + 1):
+        recon = torch.cat([tok.decode(part[:, :t]) for part in tokens.split(batch_size)]).cpu()  # (N, C, H, W)
+        mse = ((recon.float() - images.float()) / (tok.levels - 1)).square().flatten(1).mean(1)  # per image
+        curve.append(float((10 * torch.log10(1 / mse)).mean()))
+    return curve
 
 from .vqvae import VQVAE, UsageLog  # noqa: E402  (after the protocol they implement)
 from .video import VQVAE3D  # noqa: E402  (lesson 18: the protocol one dimension up, token grid (T', h, w))
