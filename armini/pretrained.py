@@ -347,19 +347,13 @@ def _load(name: str, where: Path, device=None):
     if ckpt.get("model_name") != rec.get("model") or as_json(ckpt.get("model_kwargs")) != want:
         raise _mismatch(name, f"{path.name} holds {ckpt.get('model_name')} {ckpt.get('model_kwargs')}, "
                               f"its record says {rec.get('model')} {want}")
-    from armini.models import MODELS
-
-    tokenizers = tokenizer_classes()
-    if rec.get("model") not in MODELS and rec.get("model") not in tokenizers:
+    classes = model_classes()
+    if rec.get("model") not in classes:
         raise PretrainedError(f"pretrained checkpoint {name!r} holds a {rec.get('model')!r}, which this checkout's "
-                              f"armini.models.MODELS does not have: update armini (git pull) to use it")
+                              f"armini does not have (armini.models.MODELS and {', '.join(tokenizer_classes())}): "
+                              f"update armini (git pull) to use it")
     try:
-        if rec["model"] in MODELS:
-            model, _ = train.load_checkpoint(path, device=device)
-        else:  # a tokenizer: its class from its kwargs, then the weights
-            model = tokenizers[rec["model"]](**ckpt["model_kwargs"])
-            train._load_model_state(model, ckpt, path)
-            model.to(armini.device(device)).eval()
+        model, _ = train.load_checkpoint(path, device=device, classes=classes)
     except (TypeError, ValueError, KeyError, RuntimeError) as e:  # kwargs the code no longer takes, other weights
         raise _mismatch(name, f"{type(e).__name__}: {e}") from e
     return model

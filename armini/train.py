@@ -433,22 +433,26 @@ def _load_model_state(model, ckpt: dict, path):
         ) from e
 
 
-def load_checkpoint(path, device=None):
+def load_checkpoint(path, device=None, classes=None):
     """Rebuild the model saved at `path`: returns (model in eval mode, info).
 
     info: dict with step, model_name, model_kwargs, fit_args, metrics and history (a History).
-    device: where to put the model (default armini.device())."""
+    device: where to put the model (default armini.device()).
+    classes: {model_name: class} to rebuild it from, `classes[model_name](**model_kwargs)` (default
+    armini.models.MODELS; armini.pretrained passes its model_classes(), the tokenizers too)."""
     from armini.models import MODELS
 
+    known = "armini.models.MODELS" if classes is None else "the classes given"
+    classes = MODELS if classes is None else classes
     ckpt = _read_checkpoint(path)
     name, kwargs = ckpt.get("model_name"), ckpt["model_kwargs"]
-    if name not in MODELS:
+    if name not in classes:
         raise ValueError(
             f"checkpoint {path} holds model {ckpt.get('model_class')!r} (name {name!r}), which is not in "
-            f"armini.models.MODELS ({', '.join(MODELS)}): build the model yourself and call "
+            f"{known} ({', '.join(classes)}): build the model yourself and call "
             "model.load_state_dict(torch.load(path)['model'])"
         )
-    model = MODELS[name](**kwargs)
+    model = classes[name](**kwargs)
     _load_model_state(model, ckpt, path)
     model.to(armini.device(device)).eval()
     info = {k: ckpt.get(k) for k in ("step", "model_name", "model_class", "model_kwargs", "fit_args", "metrics")}

@@ -331,6 +331,23 @@ def test_load_checkpoint_rebuilds_the_model(tmp_path):
         train.fit(small_pixelcnn(channels=32), x, steps=4, checkpoint=path, resume=True, **FAST)
 
 
+def test_load_checkpoint_rebuilds_from_the_classes_given(tmp_path):
+    """A model_name outside armini.models.MODELS (armini.pretrained's tokenizers) loads from `classes`; without
+    them the error names the table it looked in."""
+    path = tmp_path / "model.pt"
+    model = small_pixelcnn(channels=8, n_blocks=1)
+    train.fit(model, stripes(32), steps=1, batch_size=16, checkpoint=path, **FAST)
+    ckpt = torch.load(path, weights_only=True)
+    train.save_checkpoint(path, dict(ckpt, model_name="my-pixelcnn"))  # a name MODELS does not have
+    with pytest.raises(ValueError, match=r"\(name 'my-pixelcnn'\), which is not in armini\.models\.MODELS \(.*pixelcnn"):
+        train.load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"which is not in the classes given \(pixelcnn\)"):
+        train.load_checkpoint(path, classes={"pixelcnn": PixelCNN})
+    loaded, info = train.load_checkpoint(path, device="cpu", classes={"my-pixelcnn": PixelCNN})
+    assert type(loaded) is PixelCNN and not loaded.training and same_params(loaded, model)
+    assert info["model_name"] == "my-pixelcnn"
+
+
 def test_resume_refuses_changed_settings_and_names_each(tmp_path):
     path = tmp_path / "model.pt"
     train.fit(small_pixelcnn(), stripes(64), steps=3, batch_size=16, checkpoint=path, **FAST)
