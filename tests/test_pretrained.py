@@ -154,6 +154,18 @@ def test_weights_of_another_shape_are_a_mismatch(shipped):
         pretrained.load("pixelcnn")
 
 
+def test_a_model_this_checkout_does_not_have_asks_for_an_update(shipped):
+    ckpt = torch.load(shipped / "pixelcnn.pt", weights_only=True)
+    training.save_checkpoint(shipped / "pixelcnn.pt", dict(ckpt, model_name="pixelcnn-9000"))  # a later armini's
+    rec = json.loads((shipped / "pixelcnn.json").read_text())
+    (shipped / "pixelcnn.json").write_text(json.dumps(dict(rec, model="pixelcnn-9000")))
+    rewrite_sums(shipped, "pixelcnn")
+    with pytest.raises(pretrained.PretrainedError, match=r"holds a 'pixelcnn-9000', which this checkout's armini "
+                                                         r"does not have \(armini.models.MODELS and vqvae, vqgan\): "
+                                                         r"update armini \(git pull\)"):
+        pretrained.load("pixelcnn")
+
+
 def test_record_and_checkpoint_that_disagree_are_a_mismatch(shipped):
     rec = json.loads((shipped / "pixelcnn.json").read_text())
     rec["model_kwargs"]["channels"] = 16
