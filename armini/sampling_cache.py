@@ -36,6 +36,8 @@ Pieces:
     RasterCursor       which pixel a raster-order cached sampler is at, with O(1) guards that
                        x changes only as the sampling loop changes it (shared by every cached
                        sampler, e.g. PixelCNN++'s in armini.fast.pixelcnnpp_cache)
+    StepMode           how a cached step runs: one CPU thread, inference mode (entered per step)
+    PixelByPixel       the step of PixelCNN's and Gated PixelCNN's caches: cursor, stale input, row, pixel
     LevelTable         every level's input features, looked up per pixel (not recomputed)
     RowConv            one causal convolution, pixel by pixel along a row: the rows above once per
                        row (one conv2d), row i's taps per pixel (one addmm of a fixed window view);
@@ -223,19 +225,27 @@ def strip_conditionals(model, cache: ConvCache, x: torch.Tensor, y, i: int, j0: 
         return model.conditionals(x[:, :, i:i + 1, j0:j1], y)  # (n, C, 1, P, K)
 
 
-class one_thread_on_cpu:
-    """`with one_thread_on_cpu(device):` runs the block on one CPU thread. The operations of one cached
-    step are tiny: on a CPU, splitting them over threads only costs synchronisation (several times
-    slower on a busy machine). A class, not a generator: entered at every step, it must cost little."""
+class StepMode:
+    """`with mode:` how a cached step runs: on a CPU on one thread, and (inference=True) in inference mode.
+    The operations of one cached step are tiny: on a CPU, splitting them over threads only costs
+    synchronisation (several times slower on a busy machine), and autograd's bookkeeping is much of the
+    cost of each. Made once per cache and entered at every step (a class, not a generator: it must
+    cost little); not re-entrant (one step at a time)."""
 
-    def __init__(self, device: torch.device):
-        self.threads = torch.get_num_threads() if torch.device(device).type == "cpu" else 1  # 1: nothing to do
+    def __init__(self, device: torch.device, inference: bool = True):
+        self.cpu = torch.device(device).type == "cpu"
+        self.inference = torch.inference_mode() if inference else None
 
     def __enter__(self):
+        self.threads = torch.get_num_threads() if self.cpu else 1  # 1: nothing to do
         if self.threads != 1:
             torch.set_num_threads(1)
+        if self.inference is not None:
+            self.inference.__enter__()
 
     def __exit__(self, *exc):
+        if self.inference is not None:
+            self.inference.__exit__(*exc)
         if self.threads != 1:
             torch.set_num_threads(self.threads)
 
@@ -387,6 +397,41 @@ class RasterCursor:
         return c, i, j, moved
 
 
+class PixelByPixel:
+    """The step the layer-by-layer raster caches of PixelCNN and Gated PixelCNN share (armini.fast): where
+    the sampler is, the first layer's input written from x where it may be stale, each layer's part that
+    reads the rows above once per row, then the new pixel through every layer.
+
+    The raw image is the only input that can be stale: a pixel's last channel is drawn after the pixel was
+    computed, so its input is written from x when the sampler moves past it (every later layer's feature at
+    a pixel ignores that pixel's value, mask A); with several channels the current pixel's input is written
+    at every step too (its channels < c are read).
+
+    A subclass sets in its __init__: cursor (RasterCursor), mode (StepMode), level_table (LevelTable),
+    first_input (W views (n, C_in): the first layer's input at (i, j) of the current row) and C; and defines
+    start_row(x, i) and pixel(c, j) -> (n, 1, K)."""
+
+    row = -1  # the row whose part from the rows above is computed
+
+    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """log p(x_d | everything before) (n, 1, K) for the next dimension d, index = [d] (its flat position)."""
+        with self.mode:
+            last = self.cursor.last  # the previous pixel: its last channel was drawn after it was computed
+            c, i, j, moved = self.cursor.advance(x, index)
+            if moved and last >= 0:
+                self.write_input(x, *divmod(last, self.cursor.W))
+            if i != self.row:
+                self.start_row(x, i)
+                self.row = i
+            if self.C > 1:  # the channels < c of this pixel are read (mask A)
+                self.write_input(x, i, j)
+            return self.pixel(c, j)  # (n, 1, K)
+
+    def write_input(self, x: torch.Tensor, i: int, j: int):
+        """The first layer's input at (i, j): each channel's value looked up in the level table."""
+        self.level_table.write(x, i, j, out=self.first_input[j])  # (n, C_in)
+
+
 class RasterConvSampler:
     """What init_cache returns: the caches plus which pixel the sampler is at.
 
@@ -405,6 +450,7 @@ class RasterConvSampler:
         self.refresh = refresh
         self.cache = ConvCache(H, W)
         self.cursor = RasterCursor(x, W)
+        self.mode = StepMode(x.device, inference=False)  # one thread (the model's own forward runs in no_grad)
         self.seen = None  # (n, C): the last pixel as it was when it was computed
 
     def _run(self, x, i, j0, j1):
@@ -414,7 +460,7 @@ class RasterConvSampler:
 
     @torch.no_grad()
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        with one_thread_on_cpu(x.device):
+        with self.mode:
             return self._step(x, index)
 
     def _step(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

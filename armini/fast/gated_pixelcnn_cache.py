@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling_cache import LevelTable, RasterCursor, conv_weight, one_thread_on_cpu
+from ..sampling_cache import LevelTable, PixelByPixel, RasterCursor, StepMode, conv_weight
 
 
 def gate_order(channels2: int, groups: int) -> torch.Tensor:
@@ -80,16 +80,17 @@ class _Layer:
         self.first = layer.first
 
 
-class GatedPixelCNNCache:
+class GatedPixelCNNCache(PixelByPixel):
     """What GatedPixelCNN.init_cache returns: the per-row buffers, the row's links and the weights.
 
-    conditional_logprobs(x, index) -> (n, 1, K) for the next dimension (index: its flat position, (1,))."""
+    conditional_logprobs(x, index) -> (n, 1, K) for the next dimension (index: its flat position, (1,));
+    the step's bookkeeping is PixelByPixel's (armini.sampling_cache)."""
 
     def __init__(self, model, x: torch.Tensor, y=None):
         C, H, W = model.shape
         self.model, self.y, self.C, self.W = model, y, C, W
         self.cursor = RasterCursor(x, W)
-        self.row = -1
+        self.mode = StepMode(x.device)  # one thread, inference mode
         n, dev, dtype = x.shape[0], x.device, model.head[-1].weight.dtype
         new = lambda *size: torch.zeros(n, *size, dtype=dtype, device=dev)  # noqa: E731
         with torch.inference_mode():
@@ -111,6 +112,7 @@ class GatedPixelCNNCache:
                 L.g1 = self.gates[:, start:start + L.F + 1]  # (n, F + 1): [g_l, 1]
                 L.g = L.g1[:, :L.F]
                 start += L.F + 1
+            self.first_input = self.layers[0].here  # (n, C_in) per column: the image's features at (i, j)
             for L, nxt in zip(self.layers, self.layers[1:]):
                 L.next = nxt.here  # where this layer's output goes: the next layer's input at (i, j)
             self.W_skip = torch.cat([L.W_skip1 for L in self.layers])  # (sum (F+1), F)
@@ -124,6 +126,7 @@ class GatedPixelCNNCache:
             self.W_2 = [w_2[c * K:(c + 1) * K].t().contiguous() for c in range(C)]  # (hidden, K) per channel
             self.b_2 = [last.bias.detach()[c * K:(c + 1) * K] for c in range(C)]
             self.logits = new(1, K)  # (n, 1, K)
+            self.logits_c = self.logits[:, 0]  # (n, K): where the channel's logits are written
 
     def start_row(self, x: torch.Tensor, i: int):
         """The vertical stack over the whole row i (it reads rows < i, all drawn), kept as each
@@ -143,25 +146,8 @@ class GatedPixelCNNCache:
             v, link = layer.vertical(rows, self.y)  # (n, F, kh, W), (n, 2F, kh, W): row i is the last
             new = v[:, :, -1:]  # (n, F, 1, W): the next layer's input at row i
             keep.copy_((link[:, L.order, -1, :] + L.b_h[:, None]).transpose(1, 2))  # (n, W, 2F), halves contiguous
-        self.row = i
 
-    def write_input(self, x: torch.Tensor, i: int, j: int):
-        """The first layer's input at (i, j): each channel's value looked up in the level table."""
-        self.level_table.write(x, i, j, out=self.layers[0].here[j])  # (n, C_in)
-
-    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        with one_thread_on_cpu(x.device), torch.inference_mode():
-            last = self.cursor.last  # the previous pixel: its last channel was drawn after it was computed
-            c, i, j, moved = self.cursor.advance(x, index)
-            if moved and last >= 0:
-                self.write_input(x, *divmod(last, self.W))
-            if i != self.row:
-                self.start_row(x, i)
-            if self.C > 1:  # the channels < c of this pixel are read (mask A)
-                self.write_input(x, i, j)
-            return self._pixel(c, j)  # (n, 1, K)
-
-    def _pixel(self, c: int, j: int) -> torch.Tensor:
+    def pixel(self, c: int, j: int) -> torch.Tensor:
         """log p(x_c | everything before) at (i, j) of the current row, its inputs written: (n, 1, K)."""
         for L in self.layers:
             torch.addmm(L.link[j], L.windows[j], L.W_h, out=L.pre)  # (n, 2F): link + window @ W_h
@@ -173,5 +159,5 @@ class GatedPixelCNNCache:
                     torch.addmm(L.here[j], L.g1, L.W_out1, out=L.next[j])  # residual
         torch.mm(self.gates, self.W_skip, out=self.skip).relu_()  # (n, F): every layer's skip, summed
         torch.addmm(self.b_1, self.skip, self.W_1, out=self.hidden).relu_()  # (n, hidden)
-        torch.addmm(self.b_2[c], self.hidden, self.W_2[c], out=self.logits[:, 0])  # (n, K)
+        torch.addmm(self.b_2[c], self.hidden, self.W_2[c], out=self.logits_c)  # (n, K)
         return torch.log_softmax(self.logits, dim=-1)  # (n, 1, K)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling_cache import LevelTable, RasterCursor, RowConv, conv_weight, one_thread_on_cpu
+from ..sampling_cache import LevelTable, PixelByPixel, RasterCursor, RowConv, StepMode, conv_weight
 
 
 def row_conv(conv, n: int, W: int) -> RowConv:
@@ -58,21 +58,22 @@ def pointwise(conv) -> torch.Tensor:
     return conv_weight(conv).detach()[:, :, 0, 0].t().contiguous()
 
 
-class PixelCNNCache:
+class PixelCNNCache(PixelByPixel):
     """What PixelCNN.init_cache returns: the row buffers of every spatial convolution and the weights
     as matrices. conditional_logprobs(x, index) -> (n, 1, K) for the next dimension (index: its flat
-    position, (1,))."""
+    position, (1,)); the step's bookkeeping is PixelByPixel's (armini.sampling_cache)."""
 
     def __init__(self, model, x: torch.Tensor, y=None):
         C, H, W = model.shape
         self.model, self.C, self.K = model, C, model.levels
         self.cursor = RasterCursor(x, W)
-        self.row = -1
+        self.mode = StepMode(x.device)  # one thread, inference mode
         n, dtype = x.shape[0], model.input_conv.weight.dtype
         like = model.input_conv.weight.new_zeros(0, dtype=dtype)
         with torch.inference_mode():
             self.level_table = LevelTable(model.inputs, C, model.levels, dtype, x.device)  # every level's input features
             self.first = row_conv(model.input_conv, n, W)
+            self.first_input = self.first.here  # (n, C_in) per column: the image's features at (i, j)
             self.class_vector = None if y is None else model.class_emb(y).detach()  # (n, F)
             F_ = model.input_conv.out_channels
             self.h, self.relu_h = like.new_zeros(n, F_), like.new_zeros(n, F_)
@@ -93,31 +94,15 @@ class PixelCNNCache:
             self.W_2 = [w_2[:, c * K:(c + 1) * K].contiguous() for c in range(C)]  # (hidden, K) per channel
             self.b_2 = [last.bias.detach()[c * K:(c + 1) * K] for c in range(C)]
             self.logits = like.new_zeros(n, 1, K)
+            self.logits_c = self.logits[:, 0]  # (n, K): where the channel's logits are written
 
-    def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        with one_thread_on_cpu(x.device), torch.inference_mode():
-            last = self.cursor.last  # the previous pixel: its last channel was drawn after it was computed
-            c, i, j, moved = self.cursor.advance(x, index)
-            if moved and last >= 0:
-                self.write_input(x, *divmod(last, self.cursor.W))
-            if i != self.row:
-                self.start_row(i)
-            if self.C > 1:  # the channels < c of this pixel are read (mask A)
-                self.write_input(x, i, j)
-            return self._pixel(c, j)  # (n, 1, K)
-
-    def write_input(self, x: torch.Tensor, i: int, j: int):
-        """The first layer's input at (i, j): each channel's value looked up in the level table."""
-        self.level_table.write(x, i, j, out=self.first.here[j])  # (n, C_in)
-
-    def start_row(self, i: int):
+    def start_row(self, x: torch.Tensor, i: int):
         """Row i starts (every pixel above it drawn): each layer's part that reads the rows above."""
         self.first.start_row(i, self.class_vector)
         for L in self.blocks:
             L.start_row(i)
-        self.row = i
 
-    def _pixel(self, c: int, j: int) -> torch.Tensor:
+    def pixel(self, c: int, j: int) -> torch.Tensor:
         """log p(x_c | everything before) at (i, j) of the current row, its input written: (n, 1, K)."""
         h, relu_h = self.h, self.relu_h
         self.first.at(j, out=h)  # (n, F): the mask-A layer
@@ -128,5 +113,5 @@ class PixelCNNCache:
             torch.addmm(h, L.u1, L.W_c1, out=h)  # h + net(h), (n, F)
         torch.clamp_min(h, 0, out=relu_h)
         torch.addmm(self.b_1, relu_h, self.W_1, out=self.hidden).relu_()  # (n, hidden)
-        torch.addmm(self.b_2[c], self.hidden, self.W_2[c], out=self.logits[:, 0])  # (n, K)
+        torch.addmm(self.b_2[c], self.hidden, self.W_2[c], out=self.logits_c)  # (n, K)
         return torch.log_softmax(self.logits, dim=-1)  # (n, 1, K)

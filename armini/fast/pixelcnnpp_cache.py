@@ -66,7 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.shifted import DownRightShiftedConvTranspose2d, DownShiftedConvTranspose2d
-from ..sampling_cache import LevelTable, RasterCursor, conv_padding, conv_weight, one_thread_on_cpu
+from ..sampling_cache import LevelTable, RasterCursor, StepMode, conv_padding, conv_weight
 
 
 NEVER = 2**62  # a step after every step: a position nothing needs
@@ -333,6 +333,7 @@ class PixelCNNppCache:
                         self.plan[t].append((L, a, j0, j1))
         self.out_weight, self.out_bias = model.nin_out.weight.detach().flatten(1), model.nin_out.bias.detach()
         self.cursor = RasterCursor(x, W)
+        self.mode = StepMode(x.device)  # one thread, inference mode
         self.params = None  # (n, P) mixture parameters of the current pixel
 
     # ----------------------------------------------------------------- the plan
@@ -396,7 +397,7 @@ class PixelCNNppCache:
     # ----------------------------------------------------------------- a step
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         # inference mode: no autograd bookkeeping at all, which is much of the cost of such small operations
-        with one_thread_on_cpu(x.device), torch.inference_mode():
+        with self.mode:
             c, i, j, moved = self.cursor.advance(x, index)
             if moved:  # a new pixel: bring every map up to date, then its mixture parameters
                 self._advance_to(x, i * self.W + j)

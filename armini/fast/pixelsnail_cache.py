@@ -67,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.gated import GatedResnet
-from ..sampling_cache import LevelTable, RasterCursor, RowConv, conv_padding, conv_weight, one_thread_on_cpu
+from ..sampling_cache import LevelTable, RasterCursor, RowConv, StepMode, conv_padding, conv_weight
 
 
 def matrix(layer: nn.Module) -> torch.Tensor:
@@ -190,6 +190,7 @@ class PixelSNAILCache:
         (C, H, W), K = model.shape, model.levels
         self.model, self.C, self.W = model, C, W
         self.cursor = RasterCursor(x, W)
+        self.mode = StepMode(x.device)  # one thread, inference mode
         self.row = -1
         with torch.inference_mode():
             dtype, dev = model.pos.dtype, model.pos.device
@@ -216,7 +217,7 @@ class PixelSNAILCache:
             self.logits = self.trunk.new_zeros(n, 1, K)
 
     def conditional_logprobs(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        with one_thread_on_cpu(x.device), torch.inference_mode():
+        with self.mode:
             c, i, j, moved = self.cursor.advance(x, index)
             if moved:  # a new pixel: everything before it is drawn
                 self.advance(x, i, j)

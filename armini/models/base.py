@@ -77,7 +77,6 @@ of one input (C*H*W for an image, T*C*H*W for a video), S dimensions filled in o
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -161,6 +160,21 @@ def checks_inputs(method):
 
     checked.checks_inputs = True
     return checked
+
+
+class _Trusting:
+    """What `model.inputs_checked()` returns: inside `with` the model trusts its inputs. A class, not a
+    generator function: it is entered at every sampling step, so it must cost little."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.outer = self.model._inputs_checked
+        self.model.__dict__["_inputs_checked"] = True  # a plain flag: skip nn.Module.__setattr__
+
+    def __exit__(self, *exc):
+        self.model.__dict__["_inputs_checked"] = self.outer
 
 
 def trusts_inputs(method):
@@ -289,15 +303,9 @@ class ARModel(nn.Module):
         p = next((p for p in self.parameters() if p.is_floating_point()), None)
         return p.dtype if p is not None else torch.get_default_dtype()
 
-    @contextlib.contextmanager
     def inputs_checked(self):
         """Inside this block the model trusts its inputs: check_input and check_labels return them as they are."""
-        outer = self._inputs_checked
-        self.__dict__["_inputs_checked"] = True  # a plain flag: skip nn.Module.__setattr__ (once per sampling step)
-        try:
-            yield
-        finally:
-            self.__dict__["_inputs_checked"] = outer
+        return _Trusting(self)
 
     def batch_shape_text(self) -> str:
         """The shape of a batch as error messages write it: "(B, 1, 28, 28)"."""
@@ -533,9 +541,28 @@ class ARModel(nn.Module):
         `generator`: the same draws give the same images for any sampler (naive or cached) that
         computes the same probabilities."""
         u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(probs.device)
+        return self._inverse_cdf(probs, u.unsqueeze(-1))  # (n, S)
+
+    def _inverse_cdf(self, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The value k (n, S) each distribution probs (n, S, K) gives the uniform u (n, S, 1) in [0, 1)."""
         cdf = probs.cumsum(-1)  # (n, S, K), non-decreasing
         # the first k with cdf[k] >= u * total, i.e. the number of k with cdf[k] < u * total
-        return torch.searchsorted(cdf, u.unsqueeze(-1) * cdf[..., -1:]).squeeze(-1).clamp_(max=self.levels - 1)  # (n, S)
+        total = cdf.narrow(-1, self.levels - 1, 1)  # (n, S, 1)
+        return torch.searchsorted(cdf, u * total).squeeze(-1).clamp_(max=self.levels - 1)  # (n, S)
+
+    def _uniforms(self, steps: list, n: int, generator, device):
+        """The uniforms of every step, each (n, S, 1), drawn in one call and moved to `device` once;
+        or None, when the loop must draw them step by step.
+
+        A CPU generator gives the same numbers in the same order whether they are drawn in one call
+        or in one call per step (each step reads its n*S numbers in turn), so the images are the same
+        and a step saves a call. Only for an explicit CPU generator: torch's global one may also be
+        used between steps, and a CUDA generator numbers its draws differently per call."""
+        if generator is None or generator.device.type != "cpu":
+            return None
+        sizes = [n * len(positions) for positions in steps]
+        flat = torch.rand(sum(sizes), generator=generator, dtype=torch.float64).to(device)  # every step's, in order
+        return [u.view(n, -1, 1) for u in flat.split(sizes)]  # (n, S, 1) per step
 
     @torch.no_grad()
     def sample(
@@ -597,17 +624,20 @@ class ARModel(nn.Module):
         top_rows = cache is None and self.rows_so_far and order is None and len(self.shape) == 3
         top_frames = cache is None and self.frames_so_far and order is None and len(self.shape) == 4
         given = observed is not None  # are some dimensions given (kept as they are)?
+        track = given or callback is not None or self.any_order  # does anything read `filled` during the loop?
+        skips = cache is None or callable(getattr(cache, "given_step", None))  # a cache that can be told of given steps
+        uniforms = self._uniforms(steps, n, generator, x.device)  # (n, S, 1) per step, or None: drawn per step
         try:
             for t, positions in enumerate(iterator):
                 index = positions.to(x.device)  # (S,) flat positions
                 keep = flat_filled[:, index] if given else None  # (n, S): dimensions already given
-                skips = cache is None or callable(getattr(cache, "given_step", None))  # a cache that can be told of given steps
                 if given and skips and callback is None and bool(keep.all()):
                     # nothing to draw: skip the network, but use up this step's uniforms so that the
                     # later steps draw what the sampler that computes every step draws
                     if cache is not None:
                         cache.given_step(index)  # the cache catches up later if it needs these positions
-                    torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
+                    if uniforms is None:
+                        torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
                     continue
                 if top_rows:  # the naive step of a rows_so_far model: only the rows generated so far
                     top, at = self._top_rows(x, positions)  # (n, C, h, W), (S,)
@@ -617,13 +647,20 @@ class ARModel(nn.Module):
                     logp = self.conditional_logprobs(x[:, :t_last + 1], index, y, None)  # (n, S, K): same flat positions
                 else:
                     logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
-                logp = logp.double() if temperature == 1 else logp.double() / temperature  # (x / 1 is x)
-                if top_k is not None:
-                    logp = keep_top_k(logp, top_k)  # (n, S, K): all but the k most likely at -inf
-                probs = torch.softmax(logp, dim=-1)  # (n, S, K)
-                new = self._draw(probs, generator, gdev)  # (n, S)
+                if temperature == 1 and top_k is None:  # the model's own distribution, in float64
+                    probs = torch.softmax(logp, dim=-1, dtype=torch.float64)  # (n, S, K), = softmax(logp.double())
+                else:
+                    logp = logp.double() if temperature == 1 else logp.double() / temperature  # (x / 1 is x)
+                    if top_k is not None:
+                        logp = keep_top_k(logp, top_k)  # (n, S, K): all but the k most likely at -inf
+                    probs = torch.softmax(logp, dim=-1)  # (n, S, K)
+                if uniforms is None:
+                    new = self._draw(probs, generator, gdev)  # (n, S)
+                else:
+                    new = self._inverse_cdf(probs, uniforms[t])  # (n, S): the same uniforms, drawn up front
                 flat_x.index_copy_(1, index, new if keep is None else torch.where(keep, flat_x[:, index], new))  # one write
-                flat_filled.index_fill_(1, index, True)
+                if track:
+                    flat_filled.index_fill_(1, index, True)
                 if callback is not None:
                     callback(SampleStep(t, len(steps), index, x, probs.float(), filled))
         finally:
