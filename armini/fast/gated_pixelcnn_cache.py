@@ -4,8 +4,10 @@ Autoregressive Models"), spelled out layer by layer so that a step is a few matr
 Gated PixelCNN's two stacks need different care (armini.models.gated_pixelcnn):
 
 - the vertical stack at row i reads rows < i only, so the whole row is computed once, when the row
-  starts (the "vertical stream updates once per row" of the paper), by the model's own layers on the
-  few earlier rows each vertical convolution reads (kept per layer);
+  starts (the "vertical stream updates once per row" of the paper): per layer, its convolution on the
+  kh rows it reads (kept per layer, zero-padded left and right: one output row), the 1x1 link to the
+  horizontal stack as one matrix product straight into the row's links (gate order, the h convolution's
+  bias added), and the gate (the model's own `gate`) giving the next layer's input row;
 - the horizontal stack at (i, j) reads its own row, positions j-r..j of every layer's input
   (a 1 x (r+1) convolution). Per pixel and per layer l, with F feature channels:
 
@@ -47,6 +49,7 @@ W width, K levels.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..sampling_cache import LevelTable, PixelByPixel, RasterCursor, StepMode, conv_weight
 
@@ -65,7 +68,8 @@ def with_bias_row(W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _Layer:
-    """One gated layer's horizontal-stack weights, reordered once for per-pixel matrix products."""
+    """One gated layer's weights, reordered once: the horizontal stack's for per-pixel matrix products,
+    the vertical stack's for one output row per row."""
 
     def __init__(self, layer, order: torch.Tensor):
         w = conv_weight(layer.h_conv).detach()[order]  # (2F, F_in, 1, r+1), masked, gate halves contiguous
@@ -78,6 +82,12 @@ class _Layer:
         self.W_out1 = with_bias_row(W_o[:, :self.F], b_o[:self.F])  # (F + 1, F): [W_out; b_out]
         self.W_skip1 = with_bias_row(W_o[:, self.F:], b_o[self.F:])  # (F + 1, F): [W_skip; b_skip]
         self.first = layer.first
+        # the vertical stack: v_pre = v_conv(the kh rows it reads); link = v_pre @ W_link + b_link (gate order)
+        self.v_left, self.v_right = layer.v_conv.pad[:2]  # zero columns left and right
+        self.W_v, self.b_v = conv_weight(layer.v_conv).detach(), layer.v_conv.bias.detach()  # (2F, F_in, kh, kw)
+        self.W_link = conv_weight(layer.v_to_h).detach()[order, :, 0, 0].t().contiguous()  # (2F, 2F): v_pre -> link
+        self.b_link = layer.v_to_h.bias.detach()[order] + self.b_h  # (2F,): + the h convolution's bias, once per row
+        self.groups = layer.groups
 
 
 class GatedPixelCNNCache(PixelByPixel):
@@ -100,7 +110,16 @@ class GatedPixelCNNCache(PixelByPixel):
             # every buffer is made once; a step only writes into them (views worked out here too)
             self.inputs = [new(L.r + W, f) for L, f in zip(self.layers, widths)]  # (n, r + W, F_in), zero padded
             self.links = [new(W, 2 * L.F) for L in self.layers]  # (n, W, 2F): the current row's links
-            self.v_rows = [new(layer.v_conv.in_channels, layer.v_conv.kernel_size[0], W) for layer in model.layers]
+            # the rows each vertical convolution reads, the last being row i: (n, F_in, kh, left + W + right)
+            self.v_rows = [new(layer.v_conv.in_channels, layer.v_conv.kernel_size[0], L.v_left + W + L.v_right)
+                           for layer, L in zip(model.layers, self.layers)]
+            for L, rows, layer in zip(self.layers, self.v_rows, model.layers):
+                L.v_new = rows[:, :, -1, L.v_left:L.v_left + W]  # (n, F_in, W): where row i goes
+                # the class terms (eq. 4), fixed for this cache: V_v y before the vertical gate, V_h y in the links
+                L.v_class = None if y is None else layer.V_v(y).detach()[:, :, None, None]  # (n, 2F, 1, 1)
+                L.link_bias = L.b_link if y is None else L.b_link + layer.V_h(y).detach()[:, L.order][:, None]  # (n, 1, 2F)
+            from ..models.gated_pixelcnn import gate  # the model's gated activation (imported here: no import cycle)
+            self.gate = gate
             self.gates = torch.ones(n, sum(L.F + 1 for L in self.layers), dtype=dtype, device=dev)  # [g_1, 1, g_2, 1, ...]
             start = 0
             for L, inp, link in zip(self.layers, self.inputs, self.links):
@@ -132,20 +151,22 @@ class GatedPixelCNNCache(PixelByPixel):
         """The vertical stack over the whole row i (it reads rows < i, all drawn), kept as each
         layer's link to the horizontal stack, with the h convolution's bias added: (n, W, 2F).
 
-        Each layer keeps the last kh rows of its input (kh: its vertical kernel's height), so the
-        model's own `vertical` on them gives row i as its last row (the rows before it read the
-        zero padding and are dropped)."""
-        model = self.model
-        new = model.scale(x[:, :, i - 1:i]) if i > 0 else None  # row i of down_shift(x): row i-1 of x (zeros at i = 0)
-        for layer, L, rows, keep in zip(model.layers, self.layers, self.v_rows, self.links):
+        Each layer keeps the kh rows its vertical convolution reads for row i (kh: its kernel's height;
+        rows above the image are zeros, the convolution's top padding), so the convolution of those
+        rows alone, zero-padded left and right, is row i: (n, 2F, 1, W)."""
+        new = self.model.scale(x[:, :, i - 1:i])[:, :, 0] if i > 0 else None  # (n, C_in, W): row i of down_shift(x)
+        for L, rows, keep in zip(self.layers, self.v_rows, self.links):
             rows[:, :, :-1] = rows[:, :, 1:].clone()  # every row up one ...
             if new is None:
-                rows[:, :, -1] = 0
+                L.v_new.zero_()  # (the image moved down one row: zeros at i = 0)
             else:
-                rows[:, :, -1:] = new  # ... and the input's row i last
-            v, link = layer.vertical(rows, self.y)  # (n, F, kh, W), (n, 2F, kh, W): row i is the last
-            new = v[:, :, -1:]  # (n, F, 1, W): the next layer's input at row i
-            keep.copy_((link[:, L.order, -1, :] + L.b_h[:, None]).transpose(1, 2))  # (n, W, 2F), halves contiguous
+                L.v_new.copy_(new)  # ... and the input's row i last
+            v_pre = F.conv2d(rows, L.W_v, L.b_v)  # (n, 2F, 1, W): the vertical convolution at row i
+            torch.matmul(v_pre[:, :, 0].transpose(1, 2), L.W_link, out=keep)  # (n, W, 2F): the link, gate order
+            keep += L.link_bias  # + its bias and the h convolution's (+ V_h y)
+            if L.v_class is not None:
+                v_pre = v_pre + L.v_class  # + V_v y (eq. 4)
+            new = self.gate(v_pre, L.groups)[:, :, 0]  # (n, F, W): the next layer's input at row i
 
     def pixel(self, c: int, j: int) -> torch.Tensor:
         """log p(x_c | everything before) at (i, j) of the current row, its inputs written: (n, 1, K)."""
