@@ -144,6 +144,35 @@ def test_kv_cache_equals_full_forward(options):
         torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(key_dim=4), dict(bias=False), dict(strict=True), dict(window=3),
+                                     dict(mask=local_2d_mask(3, 3, rows=1, cols=1))])
+def test_step_is_forward_at_one_position(options):
+    """step(x, cache) (one new position, (B, in_dim) rows, q, k and v from one matrix product) gives what
+    forward(x[:, None], cache=cache) gives (bit for bit with MKL here; the stacked matrix product may round
+    differently on another BLAS), and leaves the same keys and values in the cache."""
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(DIM, 2, **options)
+    x = torch.randn(B, T, DIM)
+    fast, slow, outs = KVCache(capacity=T), KVCache(capacity=T), []
+    with torch.no_grad():
+        for t in range(T):
+            outs.append(layer.step(x[:, t], fast))  # (B, DIM)
+            torch.testing.assert_close(outs[-1], layer(x[:, t:t + 1], cache=slow)[:, 0], atol=1e-7, rtol=1e-6)
+        full = layer(x)  # (B, T, DIM)
+    assert len(fast) == T
+    torch.testing.assert_close((fast.k, fast.v), (slow.k, slow.v), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(torch.stack(outs, 1), full, atol=1e-6, rtol=1e-5)
+
+
+def test_stacked_qkv_is_the_three_projections():
+    torch.manual_seed(0)
+    layer = CausalSelfAttention(DIM, 2, key_dim=4)
+    weight, bias = layer.stacked_qkv()
+    x = torch.randn(5, DIM)
+    qkv = torch.nn.functional.linear(x, weight, bias)  # (5, 4 + 4 + DIM)
+    torch.testing.assert_close(qkv, torch.cat([layer.query(x), layer.key(x), layer.value(x)], -1), atol=1e-6, rtol=1e-6)
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="multiples of n_heads"):
         CausalSelfAttention(10, 4)

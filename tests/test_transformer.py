@@ -126,6 +126,45 @@ def test_cached_step_equals_conditionals(shape):
         m.conditional_logprobs(x, m.sampling_steps()[0], cache=cache)  # going back is refused
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("classes", [None, 3])
+def test_one_position_step_gives_the_general_paths_numbers_exactly(shape, classes):
+    """The cached sampler's one-position step (Block.step, CausalSelfAttention.step: (n, E) rows, q, k and v
+    in one matrix product) computes what feeding that position through the blocks' forward with the cache
+    computes (bit for bit with MKL here, so the images it draws are the ones the general path drew; another
+    BLAS may round the stacked matrix product differently), and leaves the same keys and values."""
+    m = make(shape, num_classes=classes)
+    x = torch.randint(4, (2,) + shape)
+    y = None if classes is None else torch.tensor([0, 2])
+    fast, slow = m.init_cache(x, y), m.init_cache(x, y)
+    seq = m.sequence(x)
+    with torch.no_grad():
+        for d, index in enumerate(m.sampling_steps()):
+            h = m.embed(seq, d, d + 1, y=y)  # (2, 1, E): the general path, one position
+            for block, kv in zip(m.blocks, slow.layers):
+                h = block(h, kv)
+            expected = torch.log_softmax(m.head(m.ln_f(h)), dim=-1)  # (2, 1, K)
+            torch.testing.assert_close(m.conditional_logprobs(x, index, y, cache=fast), expected, atol=1e-6, rtol=1e-6)
+    for a, b in zip(fast.layers, slow.layers):
+        torch.testing.assert_close((a.k, a.v), (b.k, b.v), atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_naive_sampler_recomputes_only_the_positions_so_far(shape):
+    """cached=False recomputes, at sequence position d, the positions 0..d (the later ones cannot change
+    p(x_d | x_<d), attention being causal), not the whole sequence, so that naive vs cached measures caching;
+    and its probabilities are the full forward's."""
+    m = train_steps(make(shape))
+    fed, probs = [], []
+    m.blocks[0].register_forward_hook(lambda module, args, out: fed.append(args[0].shape[1]))
+    x = m.sample(2, generator=torch.Generator().manual_seed(3), cached=False,
+                 callback=lambda step: probs.append(step.probs[:, 0]))
+    D = math.prod(shape)
+    assert fed == list(range(1, D + 1))  # positions 0..d at step d
+    full = m.conditionals(x).exp().flatten(1, -2)  # (2, D, K): the full forward's, on the drawn images
+    torch.testing.assert_close(torch.stack(probs, 1), full[:, m.generation_order()], atol=1e-5, rtol=1e-5)
+
+
 def test_cache_holds_every_position_from_the_start():
     """Each layer's KV cache is allocated once for all D positions: sampling never reallocates it."""
     m = make((3, 4, 4))

@@ -14,8 +14,11 @@ so with a causal (j <= i) attention mask, output d only ever saw x_<d. Each bloc
     h = h + MLP(LN(h))            MLP(u) = W_2 GELU(W_1 u)
 
 Sampling feeds one token per step through a KV cache (every layer keeps the keys and values of
-the positions it has already seen), so a step costs O(D) instead of a whole forward pass O(D^2):
-`sample(..., cached=False)` recomputes everything and draws the very same images.
+the positions it has already seen), so a step costs O(D) instead of a forward pass over the
+sequence so far, O(d^2) at position d: `sample(..., cached=False)` recomputes that prefix at
+every step (positions 0..d, never the ones after it) and draws the very same images. At one
+position a step's cost is the number of operations, not arithmetic: `Block.step` and
+`CausalSelfAttention.step` run one position as (B, E) rows, q, k and v in one matrix product.
 
 Representation (ImageGPT's linear probe): `features(x, layer)` average-pools the hidden states
 after a middle block into one vector per image (`layer="all"`: after every block, in one pass); a
@@ -96,15 +99,23 @@ class Block(nn.Module):
         h = h + self.attn(self.ln_1(h), cache=cache)  # (B, T, E)
         return h + self.mlp(self.ln_2(h))  # (B, T, E)
 
+    def step(self, h: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new position, h (B, E) -> (B, E): forward(h[:, None], cache)[:, 0] in fewer operations."""
+        h = h + self.attn.step(self.ln_1(h), cache)  # (B, E)
+        return h + self.mlp(self.ln_2(h))  # (B, E)
+
 
 class TransformerCache:
     """What the cached sampler keeps: one KVCache per block (room for all D positions, allocated
-    once) and how many positions were fed."""
+    once), how many positions were fed, and (set by the first step) the sequence order and the
+    position embeddings of every sequence position in that order."""
 
     def __init__(self, n_layers: int, positions: Optional[int] = None):
         self.layers = [KVCache(capacity=positions) for _ in range(n_layers)]
         self.fed = 0
         self.order, self.rank = None, None  # the sequence order, set by the first step
+        self.previous = None  # previous[d]: the flat position of the token before sequence position d
+        self.where = None  # (row, column, channel) embeddings of every sequence position, (D, E) each
 
 
 @dataclass
@@ -165,6 +176,12 @@ class PixelTransformer(ARModel):
         (default: raster, channels within a pixel)."""
         return x.flatten(1)[:, self.order_or_default(order)]  # (B, D)
 
+    def where_embeddings(self, order=None):
+        """(row, column, channel) embeddings of the token each sequence position predicts: (D, E) each."""
+        C, H, W = self.shape
+        where = self.order_or_default(order)  # (D,) flat positions
+        return self.row_emb(where % (H * W) // W), self.col_emb(where % W), self.channel_emb(where // (H * W))
+
     def embed(self, seq: torch.Tensor, first: int = 0, last: Optional[int] = None, order=None, y=None) -> torch.Tensor:
         """Inputs of positions first..last-1: (B, last-first, E). Position t holds the token before it
         (position 0 the start token: the class's, for a class-conditional model), plus the embedding
@@ -221,24 +238,58 @@ class PixelTransformer(ARModel):
         return TransformerCache(len(self.blocks), positions=self.dims)
 
     def conditional_logprobs(self, x, index, y=None, cache=None, order=None, filled=None):
-        """log p(x_d = . | earlier) for the one dimension d in `index` (a flat position), feeding only
-        the tokens the cache lacks; the sequence follows `order` (default: generation_order())."""
-        if cache is None:  # the naive sampler: a full forward pass
-            return super().conditional_logprobs(x, index, y, order=order, filled=filled)
+        """log p(x_d = . | earlier) for the dimensions in `index` (flat positions), (n, S, K); the sequence
+        follows `order` (default: generation_order()). With a cache (one dimension per step): feeding only
+        the tokens the cache lacks. Without (the naive sampler): the sequence up to the last of them,
+        recomputed from scratch (the positions after it cannot matter: attention is causal)."""
+        if cache is None:
+            return self.prefix_logprobs(x, index, y, order)
         if index.shape[0] != 1:
             raise ValueError("the cached sampler generates one token per step")
         if cache.order is None:
             cache.order = self.order_or_default(order)
             cache.rank = orders.rank(cache.order).tolist()  # flat position -> place in the sequence
+            cache.previous = [None] + cache.order[:-1].tolist()
+            with torch.inference_mode():
+                cache.where = self.where_embeddings(cache.order)  # (D, E) each
         elif order is not None and not torch.equal(order.to(cache.order.device), cache.order):
             raise ValueError("the order changed during sampling: start a new init_cache for a new order")
         d = cache.rank[int(index[0])]  # its place in the sequence
         if d < cache.fed:
             raise ValueError(f"the cached sampler follows its order: sequence position {d} was already fed")
         with torch.inference_mode():  # no autograd bookkeeping at all: faster than no_grad for small steps
-            seq = self.sequence(x, cache.order)  # (n, D)
-            h = self.embed(seq, cache.fed, d + 1, cache.order, y)  # (n, d+1-fed, E): only the new positions
-            for block, kv in zip(self.blocks, cache.layers):
-                h = block(h, kv)  # (n, d+1-fed, E), keys/values of the past come from kv
+            if d == cache.fed:  # one new position (every step, unless given dimensions were skipped)
+                h = self.embed_step(x, d, cache, y)  # (n, E)
+                for block, kv in zip(self.blocks, cache.layers):
+                    h = block.step(h, kv)  # (n, E), keys/values of the past come from kv
+            else:  # the positions fed..d at once
+                seq = self.sequence(x, cache.order)  # (n, D)
+                h = self.embed(seq, cache.fed, d + 1, cache.order, y)  # (n, d+1-fed, E): only the new positions
+                for block, kv in zip(self.blocks, cache.layers):
+                    h = block(h, kv)  # (n, d+1-fed, E)
+                h = h[:, -1]  # (n, E)
             cache.fed = d + 1
-            return torch.log_softmax(self.head(self.ln_f(h[:, -1:])), dim=-1)  # (n, 1, K)
+            return torch.log_softmax(self.head(self.ln_f(h)), dim=-1)[:, None]  # (n, 1, K)
+
+    def embed_step(self, x: torch.Tensor, d: int, cache: TransformerCache, y=None) -> torch.Tensor:
+        """embed(seq, d, d + 1)[:, 0] from the canvas x: the token before sequence position d (the start
+        token at d = 0) plus where the token at d lies. (n, E)"""
+        n = x.shape[0]
+        if d == 0:
+            h = self.start.expand(n, -1) if y is None else self.class_start(y)  # (n, E)
+        else:
+            h = self.token_emb(x.flatten(1)[:, cache.previous[d]])  # (n, E): x_{d-1}, the right shift
+        row, col, channel = cache.where
+        return h + row[d] + col[d] + channel[d]  # (n, E)
+
+    def prefix_logprobs(self, x, index, y=None, order=None) -> torch.Tensor:
+        """The naive sampler's step: log p(x_d = . | earlier) for the dimensions in `index` (flat positions),
+        (n, S, K), from one forward pass over the sequence positions 0..d_last only (the last position
+        `index` needs; the later ones cannot change these outputs, attention being causal)."""
+        order = self.order_or_default(order)
+        places = orders.rank(order).to(order.device)[index.to(order.device)]  # (S,) places in the sequence
+        last = int(places.max()) + 1
+        h = self.embed(self.sequence(x, order), 0, last, order, y)  # (n, last, E)
+        for block in self.blocks:
+            h = block(h)  # (n, last, E)
+        return torch.log_softmax(self.head(self.ln_f(h[:, places])), dim=-1)  # (n, S, K)

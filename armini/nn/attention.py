@@ -43,6 +43,9 @@ block shapes let information travel between blocks (the paper alternates them, a
 KV cache for incremental decoding: pass `cache=KVCache(capacity=T)` and feed the sequence a few
 positions at a time; the layer keeps the keys and values of every position it has seen, so each
 call only computes the new positions and gives the same result as one call on the whole sequence.
+`step(x, cache)` is that call for exactly one new position, x (B, in_dim), as a sampler makes it D times:
+the same numbers in fewer operations (one matrix product for q, k and v, no mask, no (B, T, .) shapes),
+since at one position the cost of a step is the number of operations, not arithmetic.
 (`attend` is the mechanism alone, for callers that keep their own keys and values: PixelSNAIL's
 cached sampler in armini.fast.pixelsnail_cache.)
 
@@ -169,12 +172,14 @@ class KVCache:
     for a sequence of D positions.) Past the capacity, or without one, the buffers double.
 
     `cache.k` and `cache.v` are the keys and values so far, (B, nh, S, d); assigning them starts the
-    cache from given past keys and values."""
+    cache from given past keys and values. `cache.qkv` holds the layer's three input projections stacked
+    into one (weight, bias), made by the layer's first `step` (the weights do not change while a sampler runs)."""
 
     def __init__(self, capacity: Optional[int] = None):
         self.capacity = capacity
         self._k = self._v = None  # buffers (B, nh, room, dk) and (B, nh, room, dv); positions < len(self) hold data
         self._length = 0
+        self.qkv = None  # (W_q; W_k; W_v) and their biases, stacked: CausalSelfAttention.step
 
     def __len__(self) -> int:
         return self._length
@@ -282,6 +287,31 @@ class CausalSelfAttention(nn.Module):
             offset = len(cache)
             k, v = cache.extend(k, v)  # (B, nh, S, dk), (B, nh, S, dv) with S = offset + T
         return self.attend(q, k, v, offset, return_weights)
+
+    def stacked_qkv(self):
+        """W_q, W_k and W_v stacked into one (key_dim + key_dim + dim, in_dim) weight and its bias (None
+        without biases): x W^T gives [q | k | v] in one matrix product, the same numbers as the three."""
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (2*key_dim + dim, in_dim)
+        bias = None if self.query.bias is None else torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        return weight, bias
+
+    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new position, x (B, in_dim) -> (B, dim): forward(x[:, None], cache=cache)[:, 0], the step of a
+        cached sampler. Its key and value join the cache and its query reads every key so far, so no mask
+        is needed (a layer with a window, a mask or strict=True takes the general path)."""
+        if self.window is not None or self.mask is not None or self.strict or not self.causal:
+            return self(x[:, None], cache=cache)[:, 0]  # (B, dim)
+        if cache.qkv is None:
+            cache.qkv = self.stacked_qkv()
+        B, nh = x.shape[0], self.n_heads
+        dk = self.query.out_features
+        qkv = F.linear(x, *cache.qkv)  # (B, 2*key_dim + dim): [q | k | v]
+        q = qkv[:, :dk].view(B, nh, 1, -1)  # (B, nh, 1, dk)
+        k = qkv[:, dk:2 * dk].view(B, nh, 1, -1)  # (B, nh, 1, dk)
+        v = qkv[:, 2 * dk:].view(B, nh, 1, -1)  # (B, nh, 1, dv)
+        k, v = cache.extend(k, v)  # (B, nh, S, dk), (B, nh, S, dv): every position so far, this one last
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, nh, 1, dv): (B, nh, 1, S) scores, tiny
+        return self.proj(y.reshape(B, -1))  # (B, dim), heads side by side
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0,
                return_weights: bool = False):
