@@ -329,3 +329,33 @@ def test_several_named_orders_train_together():
     assert check_causality(model, order=model.train_orders[3]).ok
     with pytest.raises(ValueError, match="unknown order 'zigzag' in orders='s-curve\\+zigzag'"):
         small(orders="s-curve+zigzag")
+
+
+@pytest.mark.parametrize("head", ["dmol", "softmax"])
+def test_sampling_step_computes_the_head_at_its_pixels_only_with_the_same_numbers(head):
+    """conditional_logprobs gives the whole-image conditionals at the step's pixels, so the draws are the
+    sampler's that computes every pixel's (ARModel's default), image for image."""
+    from armini.models.base import ARModel
+
+    model = small(head=head)
+    train_steps(model)
+    model.eval()
+    x, order = images(model, 3), orders.hilbert(5, 5)
+    index = torch.tensor([7, 0, 24])
+    with torch.no_grad():
+        fast = model.conditional_logprobs(x, index, order=order)
+        whole = ARModel.conditional_logprobs(model, x, index, order=order)
+    assert fast.shape == (3, 3, model.levels)
+    torch.testing.assert_close(fast, whole, rtol=0, atol=1e-6)
+
+    class WholeHead(LMConv):  # the sampler as it was: the head at every pixel, every step
+        conditional_logprobs = ARModel.conditional_logprobs
+
+    twin = WholeHead(**model_kwargs(model))
+    twin.load_state_dict(model.state_dict())
+    observed = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    observed[..., :2] = True
+    for kwargs in [{"order": order}, {"x": x, "observed": observed, "order": model.completion_order(observed)}]:
+        drawn = [m.sample(3, generator=torch.Generator().manual_seed(0), **kwargs) for m in (model, twin)]
+        assert torch.equal(drawn[0], drawn[1]), kwargs
+

@@ -255,6 +255,20 @@ class LMConv(ARModel):
             return dmol_log_prob_pixels(self.network(x, y, order), x, self.levels, check_values=False)  # (B, C, H, W)
         return super().log_prob_pixels(x, y, order=order)
 
+    def conditional_logprobs(self, x, index, y=None, cache=None, *, order=None, filled=None):
+        """The sampling step's log-probabilities (n, S, K) of the pixels at `index` (S,) only.
+
+        The network still runs on the whole image (no cache), but the head's K values are computed
+        for the S pixels this step draws, not for all H*W: the same numbers as the whole-image
+        conditionals at those pixels (so the same draws), at a fraction of the head's cost."""
+        out = self.network(x, y, order)  # (n, P or K, H, W)
+        n = out.shape[0]
+        out = out.flatten(2)[:, :, index].unsqueeze(2)  # (n, P or K, 1, S): the S pixels as a 1 x S image
+        if self.config.head == "dmol":
+            at = x.flatten(2)[:, :, index].unsqueeze(2)  # (n, 1, 1, S): unused values (one channel: nothing couples)
+            return dmol_conditionals(out, at, self.levels, check_values=False).view(n, len(index), -1)  # (n, S, K)
+        return torch.log_softmax(categorical_logits(out, 1, self.levels), dim=-1).view(n, len(index), -1)  # (n, S, K)
+
     def loss(self, x, y=None, *, order=None, observed=None):
         """Mean bits per dimension under one order drawn from the training orders (order=None), or
         under the order given. Each draw is an exact likelihood; training on the draws teaches the
