@@ -7,7 +7,6 @@ import torch
 
 from armini.causality import assert_causal, check_causality
 from armini.models.gated_pixelcnn import GatedPixelCNN, gate, halves
-from armini.models import gated_pixelcnn
 from armini.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, pixels_last, right_shift
 from helpers import class_labels as labels
 from helpers import train_a_little
@@ -123,7 +122,7 @@ def test_log_prob_and_loss_agree_with_conditionals(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_training_loss_has_the_gradient_of_the_gathered_conditionals(case):
-    """log_prob_pixels takes a shortcut (a cross-entropy on the head's output read as rows of K logits); its loss and
+    """log_prob_pixels takes a shortcut (a cross-entropy on the head's (B*C, K, H, W) layout); its loss and
     gradient are those of -conditionals(x).gather(x) in the documented (B, C, H, W, K) layout, channel by channel."""
     model = make(case).double()
     x = torch.randint(model.levels, (3,) + model.shape)
@@ -146,23 +145,6 @@ def test_pixels_last_keeps_the_values_and_stores_them_pixel_by_pixel(C):
     s = pixels_last(x)
     assert torch.equal(s, x) and s.stride(1) == 1 and s.is_contiguous(memory_format=torch.channels_last)
     assert DownShiftedConv2d(C, 6)(s).is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_storing_pixels_last_changes_no_output_or_gradient(case, monkeypatch):
-    """The layers run on tensors stored pixel by pixel (speed only): the log-probabilities, the conditionals
-    and the loss's gradient equal those computed in the plain (B, C, H, W) order."""
-    model = make(case).double()
-    x = torch.randint(model.levels, (3,) + model.shape)
-    y = labels(model, 3)
-    runs = []
-    for layout in (pixels_last, lambda t: t):
-        monkeypatch.setattr(gated_pixelcnn, "pixels_last", layout)
-        model.zero_grad()
-        model.loss(x, y).backward()
-        runs.append([model.log_prob_pixels(x, y), model.conditionals(x, y)] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b)
 
 
 # -------------------------------------------------------------------------------- causality

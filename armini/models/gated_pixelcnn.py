@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from ..nn.heads import categorical_logits, softmax_head
 from ..nn.inputs import ValueInput
 from ..nn.masked import MaskedConv2d
-from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, pixels_last
+from ..nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift
 from ..fast.gated_pixelcnn_cache import GatedPixelCNNCache
 from .base import ARModel
 
@@ -179,7 +179,7 @@ class GatedPixelCNN(ARModel):
 
     def skip_sum(self, x, y=None) -> torch.Tensor:
         """Both stacks over the image x (B, C, H, W): the summed skip connections (B, F, H, W) the head reads."""
-        s = pixels_last(self.scale(x))  # (B, C, H, W), stored pixel by pixel: every layer's output follows
+        s = self.scale(x)  # (B, C, H, W)
         v, h, skip = down_shift(s), s, None  # the vertical stack starts from the image moved down one row
         for layer in self.layers:
             v, link = layer.vertical(v, y)  # (B, F, H, W), (B, 2F, H, W)
@@ -194,13 +194,12 @@ class GatedPixelCNN(ARModel):
         """log p(x_d | x_<d) of the true values only, (B, C, H, W): what training needs.
 
         The same numbers as conditionals(x).gather(x), as a cross-entropy on the head's output in
-        the order it is stored (pixel by pixel, see pixels_last): one row of K logits per sub-pixel,
-        read in place, without copying the logits (forward or backward)."""
+        its own layout: (B, C*K, H, W) is (B*C, K, H, W), K at dim 1, without the (B, C, H, W, K)
+        view whose strided log-softmax costs two copies of the logits (forward and backward)."""
         B, C, H, W = x.shape
         out = self.head(self.skip_sum(x, y))  # (B, C*K, H, W), block c holds channel c's K logits
-        rows = out.permute(0, 2, 3, 1).reshape(B * H * W * C, self.levels)  # (B*H*W*C, K), a view when stored pixels-last
-        nll = F.cross_entropy(rows, x.permute(0, 2, 3, 1).reshape(-1).long(), reduction="none")  # (B*H*W*C,)
-        return -nll.view(B, H, W, C).permute(0, 3, 1, 2)  # log softmax(logits)[x], (B, C, H, W)
+        nll = F.cross_entropy(out.view(B * C, self.levels, H, W), x.reshape(B * C, H, W).long(), reduction="none")
+        return -nll.view(B, C, H, W)  # log softmax(logits)[x]
 
     # ------------------------------------------------------------ fast sampling
     def init_cache(self, x, y=None):

@@ -151,7 +151,9 @@ class PixelCNNpp(ARModel):
         (and the labels y (B,) of a class-conditional model)."""
         B, C, H, W = x.shape
         S = self.config.n_stages
-        h = pixels_last(self.inputs(x, self.nin_out.weight.dtype))  # (B, C_in, H, W): in [-1, 1], or embedded; stored pixel by pixel
+        h = self.inputs(x, self.nin_out.weight.dtype)  # (B, C_in, H, W): in [-1, 1], or embedded
+        if torch.is_grad_enabled():  # training: every layer's tensors stored pixel by pixel (speed only, see pixels_last)
+            h = pixels_last(h)
         h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (B, C_in+1, H, W)
         # pad bottom and right to a multiple of 2^(S-1): the real pixels keep their raster order
         step = 2 ** (S - 1)

@@ -72,10 +72,11 @@ def pixels_last(x: torch.Tensor) -> torch.Tensor:
     Only the memory order changes, not what the tensor holds. A convolution given such an input
     returns its output in the same order, so calling this once on a network's input makes every
     layer after it work pixel by pixel: on CPU, oneDNN then runs the convolutions on the tensors as
-    they are instead of converting each input and output to its blocked layout and back (which is
-    slow when the channels are not a multiple of 16); on GPU, cuDNN's tensor cores prefer it too.
-    Written with empty_like + copy_ because for C = 1 both orders have the same strides and
-    `x.contiguous(memory_format=...)` would return x unchanged (then read as NCHW)."""
+    they are instead of converting each input and output to its blocked layout and back (slow when
+    the channels are not a multiple of 16). PixelCNN++ trains this way (measured on 2 CPU cores:
+    2-7% less time per step; a forward pass alone on one image was 13% slower, so not without
+    gradients). Written with empty_like + copy_ because for C = 1 both orders have the same strides
+    and `x.contiguous(memory_format=...)` would return x unchanged (then read as NCHW)."""
     return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)  # (B, C, H, W)
 
 
