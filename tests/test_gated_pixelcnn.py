@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from armini.causality import assert_causal, check_causality
-from armini.models.gated_pixelcnn import GatedPixelCNN, gate, halves
+from armini.models.gated_pixelcnn import GatedPixelCNN, gate, halves, pointwise
 from armini.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, pixels_last, right_shift
 from helpers import class_labels as labels
 from helpers import train_a_little
@@ -145,6 +145,25 @@ def test_pixels_last_keeps_the_values_and_stores_them_pixel_by_pixel(C):
     s = pixels_last(x)
     assert torch.equal(s, x) and s.stride(1) == 1 and s.is_contiguous(memory_format=torch.channels_last)
     assert DownShiftedConv2d(C, 6)(s).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pointwise_is_the_1x1_convolution_with_its_gradients():
+    """pointwise (a batched matrix product, for speed) gives the convolution's output and gradients, also
+    with a masked weight (the horizontal stack's 1x1, channel groups of a colour model)."""
+    from armini.nn.masked import MaskedConv2d
+    torch.manual_seed(0)
+    for conv, masked in ((torch.nn.Conv2d(6, 9, 1), False), (MaskedConv2d(6, 12, 1, "B", 3), True)):
+        conv = conv.double()
+        x = torch.randn(3, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+        grads = []
+        for f in (lambda: conv(x), lambda: pointwise(conv, x, conv.weight * conv.mask if masked else None)):
+            x.grad = None
+            conv.zero_grad()
+            out = f()
+            (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+            grads.append([out.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
 
 
 # -------------------------------------------------------------------------------- causality
