@@ -176,10 +176,9 @@ class PixelTransformer(ARModel):
         (default: raster, channels within a pixel)."""
         return x.flatten(1)[:, self.order_or_default(order)]  # (B, D)
 
-    def where_embeddings(self, order=None):
-        """(row, column, channel) embeddings of the token each sequence position predicts: (D, E) each."""
+    def where_embeddings(self, where: torch.Tensor):
+        """(row, column, channel) embeddings of the dimensions at flat positions `where` (T,): (T, E) each."""
         C, H, W = self.shape
-        where = self.order_or_default(order)  # (D,) flat positions
         return self.row_emb(where % (H * W) // W), self.col_emb(where % W), self.channel_emb(where // (H * W))
 
     def embed(self, seq: torch.Tensor, first: int = 0, last: Optional[int] = None, order=None, y=None) -> torch.Tensor:
@@ -192,10 +191,8 @@ class PixelTransformer(ARModel):
         if first == 0:
             start = self.start.expand(B, 1, -1) if y is None else self.class_start(y)[:, None]  # (B, 1, E)
             h = torch.cat([start, h], dim=1)  # (B, last-first, E)
-        C, H, W = self.shape
-        where = self.order_or_default(order)[first:last]  # flat positions of the predicted tokens
-        c, i, j = where // (H * W), where % (H * W) // W, where % W
-        return h + self.row_emb(i) + self.col_emb(j) + self.channel_emb(c)  # (B, last-first, E)
+        row, col, channel = self.where_embeddings(self.order_or_default(order)[first:last])  # of the predicted tokens
+        return h + row + col + channel  # (B, last-first, E)
 
     def hidden(self, x: torch.Tensor, layers: Optional[int] = None, order=None, y=None) -> torch.Tensor:
         """Hidden states (B, D, E), in sequence order, after the first `layers` blocks (default: all)."""
@@ -251,7 +248,7 @@ class PixelTransformer(ARModel):
             cache.rank = orders.rank(cache.order).tolist()  # flat position -> place in the sequence
             cache.previous = [None] + cache.order[:-1].tolist()
             with torch.inference_mode():
-                cache.where = self.where_embeddings(cache.order)  # (D, E) each
+                cache.where = self.where_embeddings(cache.order)  # (D, E) each, in sequence order
         elif order is not None and not torch.equal(order.to(cache.order.device), cache.order):
             raise ValueError("the order changed during sampling: start a new init_cache for a new order")
         d = cache.rank[int(index[0])]  # its place in the sequence
@@ -287,7 +284,7 @@ class PixelTransformer(ARModel):
         (n, S, K), from one forward pass over the sequence positions 0..d_last only (the last position
         `index` needs; the later ones cannot change these outputs, attention being causal)."""
         order = self.order_or_default(order)
-        places = orders.rank(order).to(order.device)[index.to(order.device)]  # (S,) places in the sequence
+        places = orders.rank(order)[index.to(order.device)]  # (S,) places in the sequence
         last = int(places.max()) + 1
         h = self.embed(self.sequence(x, order), 0, last, order, y)  # (n, last, E)
         for block in self.blocks:
