@@ -108,8 +108,9 @@ def test_a_group_sees_the_coarser_image_and_earlier_groups():
 
 
 # ----------------------------------------------------------------------------- sampling
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 4, 4)], ids=["gray", "rgb"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 4, 4), (1, 7, 7)], ids=["gray", "rgb", "no-doubling"])
 def test_cached_sampler_draws_what_the_naive_one_draws(shape):
+    # 7x7 cannot be halved: the base is all of x, and its canvas must still be a copy (it was x itself, written twice)
     m = train_a_little(pmard(shape, levels=5))
     probs = {}
     for cached in (True, False):

@@ -289,7 +289,7 @@ class PMARD(ARModel):
     def init_cache(self, x, y=None):
         """The cached sampler: x_0's own canvas for the base model's cache (its fast sampler, if it has
         one), and the step of each position, so a group step runs its group's net only."""
-        x0 = base_image(x, self.doublings).contiguous()  # (n, C, h0, w0), the base model's canvas
+        x0 = base_image(x, self.doublings).clone(memory_format=torch.contiguous_format)  # (n, C, h0, w0): the base model's own canvas (a copy, also with no doubling, where the base is x itself)
         steps = self.sampling_steps()
         step_of = torch.empty(self.dims, dtype=torch.long)
         for t, index in enumerate(steps):
