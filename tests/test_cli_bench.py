@@ -179,8 +179,26 @@ def test_bench_speed_mode_reports_forward_equivalents_and_training_steps(tmp_pat
     assert "forward_equivalents" not in fvsbn and fvsbn["naive_forward_equivalents"] > 0  # no cache: naive only
     table = capsys.readouterr().out
     assert "fwd-equiv n=3" in table and "train s/step 2thr" in table
+    row = next(line for line in table.splitlines() if line.split()[:1] == ["pixelcnn"])
+    assert "naive/cached" in table and f"{pixelcnn['cache_speedup']:.1f}" in row.split()  # the ratio's column
     with pytest.raises(SystemExit):
         bench.main(["speed", "--fe-batch", "0"])
+
+
+def test_time_samplers_draws_one_untimed_cached_image_before_timing(monkeypatch):
+    # a process's first sample pays one-off start-up costs: the bench's first model looked slower than it is
+    calls = []
+    real = bench.time_sampling
+
+    def recording(model, n, seed, cached, clock=time.perf_counter):
+        calls.append((n, cached))
+        return real(model, n, seed, cached, clock)
+
+    monkeypatch.setattr(bench, "time_sampling", recording)
+    model = MODELS["pixelcnn"](shape=(1, 4, 4), levels=4, channels=8, n_blocks=1, head_channels=8).eval()
+    out = bench.time_samplers(model, [1, 2], naive_n=1, seed=0, clock=time.process_time)
+    assert calls[0] == (1, True) and calls[1:] == [(1, True), (2, True), (1, False)]
+    assert set(out["forward_equivalents"]) == {"1", "2"} and out["cached_matches_naive"]
 
 
 def test_peer_configurations_match_the_peers_sizes():
