@@ -7,7 +7,7 @@ import torch
 
 from armini.causality import assert_causal, check_causality
 from armini.models.gated_pixelcnn import GatedPixelCNN, gate, halves, pointwise
-from armini.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, pixels_last, right_shift
+from armini.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
 from helpers import class_labels as labels
 from helpers import train_a_little
 
@@ -135,16 +135,6 @@ def test_training_loss_has_the_gradient_of_the_gathered_conditionals(case):
         grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("C", [1, 3])
-def test_pixels_last_keeps_the_values_and_stores_them_pixel_by_pixel(C):
-    """Channels fastest (stride 1) even for C = 1, where x.contiguous(memory_format=channels_last) is x itself
-    (NCHW strides, which a convolution reads as NCHW); a convolution's output then follows."""
-    x = torch.randn(2, C, 4, 5)
-    s = pixels_last(x)
-    assert torch.equal(s, x) and s.stride(1) == 1 and s.is_contiguous(memory_format=torch.channels_last)
-    assert DownShiftedConv2d(C, 6)(s).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_pointwise_is_the_1x1_convolution_with_its_gradients():

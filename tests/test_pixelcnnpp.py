@@ -48,22 +48,6 @@ def test_conditionals_normalise_and_agree_with_log_prob(shape, K, kw):
     torch.testing.assert_close(model.loss(x), -lpp.mean() / math.log(2))
 
 
-@pytest.mark.parametrize("shape,K,kw", CASES, ids=IDS)
-def test_storing_pixels_last_changes_no_output_or_gradient(shape, K, kw, monkeypatch):
-    """The network runs on tensors stored pixel by pixel (speed only): the mixture parameters and the
-    loss's gradient equal those computed in the plain (B, C, H, W) order."""
-    model = make(shape, K, **kw).double()
-    x = random_images(3, shape, K)
-    runs = []
-    for layout in (pp.pixels_last, lambda t: t):
-        monkeypatch.setattr(pp, "pixels_last", layout)
-        model.zero_grad()
-        model.loss(x).backward()
-        runs.append([model.dmol_params(x)] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b)
-
-
 @pytest.mark.parametrize("shape,K", [((1, 2, 2), 3), ((3, 1, 2), 3)], ids=["gray2x2", "rgb1x2"])
 def test_exhaustive_sum_over_all_images_is_one(shape, K):
     model = make(shape, K).double().eval()

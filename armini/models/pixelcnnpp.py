@@ -82,7 +82,7 @@ from ..nn.dmol import (coupled_means, dmol_conditionals, dmol_log_prob_pixels, d
 from ..nn.gated import GatedResnet
 from ..nn.inputs import ValueInput
 from ..nn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
-                          DownShiftedConvTranspose2d, down_shift, pixels_last, right_shift)
+                          DownShiftedConvTranspose2d, down_shift, right_shift)
 from ..orders import unravel
 from .base import ARModel
 
@@ -152,8 +152,6 @@ class PixelCNNpp(ARModel):
         B, C, H, W = x.shape
         S = self.config.n_stages
         h = self.inputs(x, self.nin_out.weight.dtype)  # (B, C_in, H, W): in [-1, 1], or embedded
-        if torch.is_grad_enabled():  # training: every layer's tensors stored pixel by pixel (speed only, see pixels_last)
-            h = pixels_last(h)
         h = torch.cat([h, torch.ones_like(h[:, :1])], dim=1)  # (B, C_in+1, H, W)
         # pad bottom and right to a multiple of 2^(S-1): the real pixels keep their raster order
         step = 2 ** (S - 1)

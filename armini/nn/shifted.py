@@ -66,20 +66,6 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
 
 
-def pixels_last(x: torch.Tensor) -> torch.Tensor:
-    """The same (B, C, H, W) values stored pixel by pixel, channels fastest (PyTorch's channels_last).
-
-    Only the memory order changes, not what the tensor holds. A convolution given such an input
-    returns its output in the same order, so calling this once on a network's input makes every
-    layer after it work pixel by pixel: on CPU, oneDNN then runs the convolutions on the tensors as
-    they are instead of converting each input and output to its blocked layout and back (slow when
-    the channels are not a multiple of 16). PixelCNN++ trains this way (measured on 2 CPU cores:
-    2-7% less time per step; a forward pass alone on one image was 13% slower, so not without
-    gradients). Written with empty_like + copy_ because for C = 1 both orders have the same strides
-    and `x.contiguous(memory_format=...)` would return x unchanged (then read as NCHW)."""
-    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)  # (B, C, H, W)
-
-
 def _pair(kernel_size) -> tuple:
     if isinstance(kernel_size, int):
         kernel_size = (kernel_size, kernel_size)
