@@ -343,7 +343,9 @@ def check_settings(budget_s: float, test_images: int, sample_n: int, quality_sam
 # code run beside ours in a separate folder, never copied in): model name -> list of (label, batch, kwargs).
 PEER_CONFIGS = {
     # UvA DL tutorial 12's GatedPixelCNN(c_hidden=64): 7 gated layers, about 852k parameters, batch 32
-    "gated-pixelcnn": [("peer: UvA tutorial 12 (7 layers, ~850k params)", 32, dict(channels=76, n_layers=7))],
+    "gated-pixelcnn": [("peer: UvA tutorial 12 (7 layers, ~850k params)", 32, dict(channels=76, n_layers=7)),
+                       # the same at UvA's width: about 603k parameters here, as UvA's masked-out weights are not counted
+                       ("peer width: UvA's 64 channels, 7 layers", 32, dict(channels=64, n_layers=7))],
     # pclucas14/pixel-cnn-pp with nr_resnet=1, nr_filters=32, batch 16
     "pixelcnn++": [("peer: pclucas14 pixel-cnn-pp (nr_resnet=1, 32 filters)", 16, dict(nr_resnet=1, nr_filters=32))],
 }

@@ -206,8 +206,10 @@ def test_peer_configurations_match_the_peers_sizes():
     PixelCNN++ at pclucas14's nr_resnet=1, nr_filters=32, batch 16; both measured beside the defaults."""
     configs = {(name, label): (batch, kwargs) for name, label, batch, kwargs, sample
                in bench.speed_configs(["gated-pixelcnn", "pixelcnn++", "pixelcnn"], True, {})}
-    (gated,) = [v for (name, label), v in configs.items() if name == "gated-pixelcnn" and label.startswith("peer")]
+    (gated,) = [v for (name, label), v in configs.items() if name == "gated-pixelcnn" and label.startswith("peer:")]
     assert gated[0] == 32 and abs(bench.build("gated-pixelcnn", **gated[1])[0].num_params() - 852_000) < 30_000
+    (width,) = [v for (name, label), v in configs.items() if name == "gated-pixelcnn" and label.startswith("peer width")]
+    assert width == (32, {"channels": 64, "n_layers": 7})  # UvA's c_hidden, its layer count
     (pp,) = [v for (name, label), v in configs.items() if name == "pixelcnn++" and label.startswith("peer")]
     assert pp == (16, {"nr_resnet": 1, "nr_filters": 32})
     assert [label for name, label in configs if name == "pixelcnn"] == ["default"]
