@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from armini.causality import assert_causal, check_causality
-from armini.models.gated_pixelcnn import GatedPixelCNN, gate, halves, pointwise
+from armini.models.gated_pixelcnn import GatedPixelCNN, conv1x1, gate, halves
 from armini.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, down_shift, right_shift
 from helpers import class_labels as labels
 from helpers import train_a_little
@@ -137,16 +137,16 @@ def test_training_loss_has_the_gradient_of_the_gathered_conditionals(case):
         torch.testing.assert_close(a, b)
 
 
-def test_pointwise_is_the_1x1_convolution_with_its_gradients():
-    """pointwise (a batched matrix product, for speed) gives the convolution's output and gradients, also
+def test_conv1x1_is_the_1x1_convolution_with_its_gradients():
+    """conv1x1 (a batched matrix product, for speed) gives the convolution's output and gradients, also
     with a masked weight (the horizontal stack's 1x1, channel groups of a colour model)."""
     from armini.nn.masked import MaskedConv2d
     torch.manual_seed(0)
-    for conv, masked in ((torch.nn.Conv2d(6, 9, 1), False), (MaskedConv2d(6, 12, 1, "B", 3), True)):
+    for conv in (torch.nn.Conv2d(6, 9, 1), MaskedConv2d(6, 12, 1, "B", 3)):
         conv = conv.double()
         x = torch.randn(3, 6, 4, 5, dtype=torch.float64, requires_grad=True)
         grads = []
-        for f in (lambda: conv(x), lambda: pointwise(conv, x, conv.weight * conv.mask if masked else None)):
+        for f in (lambda: conv(x), lambda: conv1x1(conv, x)):
             x.grad = None
             conv.zero_grad()
             out = f()
