@@ -181,6 +181,10 @@ class PixelTransformer(ARModel):
         C, H, W = self.shape
         return self.row_emb(where % (H * W) // W), self.col_emb(where % W), self.channel_emb(where // (H * W))
 
+    def start_token(self, n: int, y=None) -> torch.Tensor:
+        """The input of sequence position 0, (n, E): the learned start token, or the class's for a class-conditional model."""
+        return self.start.expand(n, -1) if y is None else self.class_start(y)  # (n, E)
+
     def embed(self, seq: torch.Tensor, first: int = 0, last: Optional[int] = None, order=None, y=None) -> torch.Tensor:
         """Inputs of positions first..last-1: (B, last-first, E). Position t holds the token before it
         (position 0 the start token: the class's, for a class-conditional model), plus the embedding
@@ -189,8 +193,7 @@ class PixelTransformer(ARModel):
         last = D if last is None else last
         h = self.token_emb(seq[:, max(first - 1, 0):last - 1])  # x_{t-1}: the right shift
         if first == 0:
-            start = self.start.expand(B, 1, -1) if y is None else self.class_start(y)[:, None]  # (B, 1, E)
-            h = torch.cat([start, h], dim=1)  # (B, last-first, E)
+            h = torch.cat([self.start_token(B, y)[:, None], h], dim=1)  # (B, last-first, E)
         row, col, channel = self.where_embeddings(self.order_or_default(order)[first:last])  # of the predicted tokens
         return h + row + col + channel  # (B, last-first, E)
 
@@ -273,7 +276,7 @@ class PixelTransformer(ARModel):
         token at d = 0) plus where the token at d lies. (n, E)"""
         n = x.shape[0]
         if d == 0:
-            h = self.start.expand(n, -1) if y is None else self.class_start(y)  # (n, E)
+            h = self.start_token(n, y)  # (n, E)
         else:
             h = self.token_emb(x.flatten(1)[:, cache.previous[d]])  # (n, E): x_{d-1}, the right shift
         row, col, channel = cache.where
