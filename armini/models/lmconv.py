@@ -245,10 +245,14 @@ class LMConv(ARModel):
 
     # -------------------------------------------------------------- likelihood
     def conditionals(self, x, y=None, *, order=None, filled=None):
-        out = self.network(x, y, order)
+        return self.head_logprobs(self.network(x, y, order), x)  # (B, C, H, W, K)
+
+    def head_logprobs(self, out, x):
+        """The head: the network's output (B, P or K, h, w) at pixels whose values are x (B, 1, h, w) ->
+        log p(x = . | context) (B, 1, h, w, K), by the mixture of logistics or the softmax."""
         if self.config.head == "dmol":
-            return dmol_conditionals(out, x, self.levels, check_values=False)  # (B, C, H, W, K)
-        return torch.log_softmax(categorical_logits(out, 1, self.levels), dim=-1)  # (B, C, H, W, K)
+            return dmol_conditionals(out, x, self.levels, check_values=False)  # (B, 1, h, w, K)
+        return torch.log_softmax(categorical_logits(out, 1, self.levels), dim=-1)  # (B, 1, h, w, K)
 
     def log_prob_pixels(self, x, y=None, *, order=None, filled=None):
         if self.config.head == "dmol":
@@ -264,10 +268,8 @@ class LMConv(ARModel):
         out = self.network(x, y, order)  # (n, P or K, H, W)
         n = out.shape[0]
         out = out.flatten(2)[:, :, index].unsqueeze(2)  # (n, P or K, 1, S): the S pixels as a 1 x S image
-        if self.config.head == "dmol":
-            at = x.flatten(2)[:, :, index].unsqueeze(2)  # (n, 1, 1, S): unused values (one channel: nothing couples)
-            return dmol_conditionals(out, at, self.levels, check_values=False).view(n, len(index), -1)  # (n, S, K)
-        return torch.log_softmax(categorical_logits(out, 1, self.levels), dim=-1).view(n, len(index), -1)  # (n, S, K)
+        at = x.flatten(2)[:, :, index].unsqueeze(2)  # (n, 1, 1, S): their values (one channel: nothing couples)
+        return self.head_logprobs(out, at).view(n, len(index), -1)  # (n, S, K)
 
     def loss(self, x, y=None, *, order=None, observed=None):
         """Mean bits per dimension under one order drawn from the training orders (order=None), or
