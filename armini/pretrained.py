@@ -119,7 +119,7 @@ RECIPES: dict[str, Recipe] = {
                     budget="lesson 14: 150 CPU s at 0.428 CPU s a step here: 350 steps of a 420-step schedule"),
     "var": Recipe(
         "15_var", "var",
-        dict(tokenizer=dict(quantizer="msvq", codebook_size=26, scales=[1, 2, 3, 4, 5, 7]), prior_kwargs=PRIOR,
+        dict(tokenizer=dict(quantizer="msvq", codebook_size=26, scales=[1, 2, 4, 7]), prior_kwargs=PRIOR,
              num_classes=10),
         FMNIST, steps=(730, 510), batch_size=32, lr=2e-3, fid_samples=500,
         budget="lesson 15: tokenizer 90 CPU s, prior the other 90 of 180; 0.123 and 0.175 CPU s a step here"),

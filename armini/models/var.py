@@ -2,14 +2,14 @@
 
 A raster token prior (lesson 12) draws a 7x7 token grid in 49 steps, one token each. VAR draws it
 coarse to fine: a multi-scale residual tokenizer (armini.nn.quantize.MultiScaleQuantizer) writes an
-image as K token maps r_1, ..., r_K of growing sides s_1 < ... < s_K (1, 2, 3, 4, 5, 7 on a 7x7
+image as K token maps r_1, ..., r_K of growing sides s_1 < ... < s_K (1, 2, 4, 7 on a 7x7
 latent), each map quantising what the coarser ones left unexplained, and the prior predicts a whole
 map per step,
 
-    p(r_1, ..., r_K) = prod_k p(r_k | r_1, ..., r_{k-1})        (K = 6 steps instead of 49)
+    p(r_1, ..., r_K) = prod_k p(r_k | r_1, ..., r_{k-1})        (K = 4 steps instead of 49)
 
 with the s_k^2 tokens of r_k independent given the coarser maps. The tokens form ONE flat sequence
-of L = sum_k s_k^2 tokens (104 for the scales above), scale by scale, each map in raster order: the
+of L = sum_k s_k^2 tokens (70 for the scales above), scale by scale, each map in raster order: the
 prior's shape is (L,), its sampling_steps() one group per scale.
 
 What the transformer reads (teacher forcing on f_hat). Position t of scale k predicts token r_k[t]
@@ -64,7 +64,7 @@ __all__ = ["NextScalePrior", "NextScalePriorConfig", "VAR", "RampGuided", "scale
 
 
 def scale_sizes(scales) -> list:
-    """Tokens per scale, s_k^2: [1, 4, 9, 16, 25, 49] for scales (1, 2, 3, 4, 5, 7)."""
+    """Tokens per scale, s_k^2: [1, 4, 16, 49] for scales (1, 2, 4, 7)."""
     return [int(s) ** 2 for s in scales]
 
 
@@ -261,7 +261,7 @@ class VAR(TwoStage):
     """A multi-scale residual tokenizer and a next-scale prior: log_prob is the pixel-space bound, loss the
     prior's bits per token, sample draws one scale per step (K steps) then decodes.
 
-        model = VAR(shape=(1, 28, 28), levels=256)                  # scales (1, 2, 3, 4, 5, 7) on 7x7
+        model = VAR(shape=(1, 28, 28), levels=256)                  # scales (1, 2, 4, 7) on 7x7
         hist = model.fit_stages(train, test, steps=2000, time_limit=300, clock=time.process_time)
         images = model.sample(16, y=torch.arange(16) % 10, guidance=3.0, top_k=5)  # lesson 15's guided sampler
     """

@@ -31,7 +31,7 @@ and, optionally,
 Token grids are (D, h, w): D = 1 for one token per position (VQ, FSQ), D = depth for residual VQ
 (a stack of tokens per position). The same protocol fits the tokenizers of later parts: the
 multi-scale residual quantiser (VAR, lesson 15: VQVAE(quantizer="msvq")) returns one flat sequence
-of all its scales' tokens, token_shape (L,) with L = sum_k s_k^2 (104 for scales 1, 2, 3, 4, 5, 7),
+of all its scales' tokens, token_shape (L,) with L = sum_k s_k^2 (70 for scales 1, 2, 4, 7),
 a video tokenizer (VQVAE3D) a (T', h, w) grid. `check_tokenizer` runs the protocol once and says what is
 missing or wrong.
 

@@ -10,8 +10,8 @@ the quantiser (armini.nn.quantize) is one of
     "ema"  VQ with an EMA codebook, dead-code restarts and a codebook taken from the first batch
     "fsq"  finite scalar quantisation, levels `fsq_levels` (d = len(fsq_levels), V = prod(levels))
     "rvq"  residual VQ of depth `depth`, one shared EMA codebook (tokens (B, depth, h, w))
-    "msvq" VAR's multi-scale residual VQ over `scales` (1, 2, 3, 4, 5, 7), one shared EMA codebook:
-           tokens (B, L), L = sum_k s_k^2 = 104, coarse to fine (armini.nn.quantize.MultiScaleQuantizer)
+    "msvq" VAR's multi-scale residual VQ over `scales` (1, 2, 4, 7), one shared EMA codebook:
+           tokens (B, L), L = sum_k s_k^2 = 70, coarse to fine (armini.nn.quantize.MultiScaleQuantizer)
 
 The decoder ends in a categorical over the K pixel values (a softmax per pixel, like Part I's
 models), not a mean: -log p(x | z) is a number of bits, and since the encoder is deterministic,
@@ -25,7 +25,7 @@ uniform prior, -log2 p(z) is the rate, tokens x log2 V bits; a learned prior (le
     hist = armini.train.fit(vq, train, test, steps=500)   # loss: reconstruction bits/dim + VQ terms
     tokens = vq.encode(images)                            # (B, 1, 7, 7) in [0, 512)
     images = vq.decode(tokens)                            # (B, 1, 28, 28) integers
-    msvq = VQVAE(quantizer="msvq", codebook_size=26)      # encode -> (B, 104): scales 1, 2, 3, 4, 5, 7
+    msvq = VQVAE(quantizer="msvq", codebook_size=26)      # encode -> (B, 70): scales 1, 2, 4, 7
 
 `decode` returns the rounded mean of each pixel's distribution: the estimate with the least squared
 error (so the best PSNR a point estimate can get from the decoder), smooth where the decoder is
@@ -81,7 +81,7 @@ class VQVAEConfig:
     channels: int = 32  # width of the convolutional encoder and decoder
     res_blocks: int = 1  # residual blocks at the latent resolution, per side
     scales: Optional[tuple] = None  # "msvq": the token grids' sides, coarse to fine, the last = latent_size;
-    # None: default_scales(latent_size), (1, 2, 3, 4, 5, 7) for 7
+    # None: default_scales(latent_size), (1, 2, 4, 7) for 7
     phi: object = "shared"  # "msvq": phi convolutions, "shared", "per-scale" or a number (VAR: 4)
 
 
@@ -225,7 +225,7 @@ class VQVAE(nn.Module):
 
     def token_shape(self, image_shape=None) -> tuple:
         """(D, h, w) of one image's tokens: (1, 7, 7) for (1, 28, 28) at latent_size 7 ((depth, 7, 7) for rvq);
-        (L,) for msvq, L = sum_k s_k^2 (104 for scales (1, 2, 3, 4, 5, 7))."""
+        (L,) for msvq, L = sum_k s_k^2 (70 for scales (1, 2, 4, 7))."""
         C, H, W = self.shape if image_shape is None else tuple(image_shape)
         if (C, H, W) != self.shape:
             raise ValueError(f"this VQVAE reads images of shape {self.shape}, got {tuple(image_shape)}")
