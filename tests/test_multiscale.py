@@ -36,32 +36,34 @@ def quantizer_with_codes(scales=(1, 2, 3), dim=4, V=8, seed=0):
 
 def test_scale_slices_and_the_default_schedules():
     assert scale_slices((1, 2, 3)) == [slice(0, 1), slice(1, 5), slice(5, 14)]
-    assert default_scales(7) == (1, 2, 3, 4, 5, 7)
-    assert default_scales(14) == (1, 2, 3, 4, 5, 7, 10, 14)
-    assert default_scales(4) == (1, 2, 3, 4) and default_scales(1) == (1,) and default_scales(2) == (1, 2)
-    assert default_scales(28) == (1, 2, 3, 4, 5, 7, 10, 14, 20, 28)
-    for h in range(1, 40):  # every latent size: strictly increasing, ending at h
-        assert check_scales(default_scales(h), h)
-    assert sum(s * s for s in default_scales(7)) == 104
+    assert default_scales(7) == (1, 2, 4, 7)  # lesson 15's: 4 steps
+    assert default_scales(14) == (1, 2, 4, 8, 14)
+    assert default_scales(4) == (1, 2, 4) and default_scales(1) == (1,) and default_scales(2) == (1, 2)
+    assert default_scales(3) == (1, 2, 3) and default_scales(8) == (1, 2, 4, 8)
+    assert default_scales(28) == (1, 2, 4, 8, 16, 28)
+    for h in range(1, 40):  # every latent size: strictly increasing, ending at h, at most doubling per step
+        scales = check_scales(default_scales(h), h)
+        assert all(b <= 2 * a for a, b in zip(scales, scales[1:]))
+    assert sum(s * s for s in default_scales(7)) == 70
 
 
 def test_the_tokenizer_round_trip_shapes():
     tok = small_msvq()
     x = images(5)
     tokens = check_tokenizer(tok, x)  # encode (B, L) long in [0, V), decode (B, C, H, W) integers
-    assert tok.token_shape((1, 28, 28)) == (104,) and tokens.shape == (5, 104) and tokens.dtype == torch.long
+    assert tok.token_shape((1, 28, 28)) == (70,) and tokens.shape == (5, 70) and tokens.dtype == torch.long
     q = tok.quantizer
     grids = q.split(tokens)
-    assert [g.shape for g in grids] == [(5, s, s) for s in (1, 2, 3, 4, 5, 7)]
+    assert [g.shape for g in grids] == [(5, s, s) for s in (1, 2, 4, 7)]
     assert torch.equal(q.join(grids), tokens)
     assert tok.embed(tokens).shape == (5, 16, 7, 7)
     logp = tok.decode_logprobs(tokens)
     assert logp.shape == (5, 1, 28, 28, 256)
     assert torch.allclose(logp.logsumexp(-1), torch.zeros(5, 1, 28, 28), atol=1e-4)
     steps = tok.decode_scales(tokens)  # the image after each scale
-    assert len(steps) == 6 and all(s.shape == x.shape for s in steps)
+    assert len(steps) == 4 and all(s.shape == x.shape for s in steps)
     assert torch.equal(steps[-1], tok.decode(tokens))
-    assert q.next_scale_inputs(tokens).shape == (5, 104 - 1, 16)
+    assert q.next_scale_inputs(tokens).shape == (5, 70 - 1, 16)
 
 
 def test_one_codebook_serves_every_scale():
@@ -195,7 +197,7 @@ def trained():
     torch.manual_seed(0)
     x = data.load("digits", "train").images
     tok = VQVAE(image_shape=(1, 8, 8), levels=17, latent_size=4, quantizer="msvq", codebook_size=32, dim=8,
-                channels=16)
+                channels=16, scales=(1, 2, 3, 4))  # named: default_scales(4) is (1, 2, 4)
     train.fit(tok, x, steps=150, batch_size=32, lr=3e-3, progress=False, checkpoint_every=None)
     tok.eval()
     return tok, data.load("digits", "test").images
@@ -306,8 +308,8 @@ def test_a_checkpointed_config_rebuilds_the_same_tokenizer():
 
     tok = small_msvq(phi=4)
     stored = _plain(_config_of(tok))  # what a two-stage model's checkpoint keeps (plain lists, numbers, strings)
-    assert stored["quantizer"] == "msvq" and list(stored["scales"]) == [1, 2, 3, 4, 5, 7] and stored["phi"] == 4
+    assert stored["quantizer"] == "msvq" and list(stored["scales"]) == [1, 2, 4, 7] and stored["phi"] == 4
     again = VQVAE(image_shape=(1, 28, 28), levels=256, **stored)
     again.load_state_dict(tok.state_dict())
     x = images(3)
-    assert torch.equal(again.encode(x), tok.encode(x)) and again.token_shape() == (104,)
+    assert torch.equal(again.encode(x), tok.encode(x)) and again.token_shape() == (70,)

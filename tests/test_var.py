@@ -377,11 +377,11 @@ def tiny_var(num_classes=None, seed=0):
                          tokenizer=dict(latent_size=4, codebook_size=8, dim=4, channels=8))
 
 
-def test_models_var_defaults_to_104_tokens_in_6_steps_on_28x28_images():
+def test_models_var_defaults_to_70_tokens_in_4_steps_on_28x28_images():
     from armini.models import MODELS
 
     m = MODELS["var"](shape=(1, 28, 28), levels=256)
-    assert m.token_shape == (104,) and m.prior.scales == (1, 2, 3, 4, 5, 7) and len(m.sampling_steps()) == 6
+    assert m.token_shape == (70,) and m.prior.scales == (1, 2, 4, 7) and len(m.sampling_steps()) == 4
     assert m.tokenizer.config.quantizer == "msvq" and m.unit == "bits/dim" and m.nll_is_bound
 
 
