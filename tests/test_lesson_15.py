@@ -116,7 +116,8 @@ def test_teacher_forcing_input_wrong_versions_are_caught(capsys):
 def tiny_prior():
     torch.manual_seed(0)
     model = VAR(shape=(1, 8, 8), levels=4, tokenizer=dict(quantizer="msvq", latent_size=4, codebook_size=6, dim=4,
-                                                          channels=8), prior_kwargs=SMALL, num_classes=3)
+                                                          channels=8, scales=(1, 2, 3, 4)),
+                prior_kwargs=SMALL, num_classes=3)  # scales named: four steps for the wrong samplers to go astray
     prior = model.prior
     opt = torch.optim.Adam(prior.parameters(), lr=1e-2)  # a few steps: distributions that are not uniform
     z = torch.randint(6, (16, prior.dims), generator=torch.Generator().manual_seed(2))
