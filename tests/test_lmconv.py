@@ -84,6 +84,65 @@ def test_raster_order_equals_masked_conv2d(mask_type, k):
     local.load_state_dict(plain.state_dict(), strict=False)  # same weight and bias; the mask buffer is not needed
     x = torch.randn(3, 4, 5, 7)  # not square: rows and columns must not be swapped
     torch.testing.assert_close(local(x, orders.raster(5, 7)), plain(x), atol=1e-5, rtol=1e-5)
+    assert len(locally_masked.cached_mask_groups(orders.raster(5, 7), 5, 7, k, 1, mask_type).patterns) == 1  # one conv
+    torch.testing.assert_close(local.unfold_forward(x, orders.raster(5, 7)), plain(x), atol=1e-5, rtol=1e-5)
+
+
+def grouping_orders(H, W):
+    """Orders whose masks the grouped path must reproduce: named ones, an observed-first completion order, random."""
+    centre = torch.ones(H, W, dtype=torch.bool)
+    centre[1:H - 1, 2:W - 2] = False
+    found = {f"s-curve-{name}": orders.named("s-curve", H, W, name) for name in orders.SYMMETRIES}
+    found.update({"raster": orders.raster(H, W), "spiral": orders.spiral(H, W), "hilbert": orders.hilbert(H, W),
+                  "centre-observed-first": orders.observed_first(centre.flatten(), orders.s_curve(H, W)),
+                  "random": orders.random_order(H, W, torch.Generator().manual_seed(4))})
+    return found
+
+
+@pytest.mark.parametrize("name", list(grouping_orders(6, 7)))
+def test_grouped_path_equals_the_unfold_path_with_gradients(name, monkeypatch):
+    """One conv2d per mask pattern, each kept at its own locations, gives the unfold path's outputs and gradients
+    (float64), for mask A and B, dilations 1 and 2, kernels 3 and 5: with up to 64 patterns allowed, every named
+    order takes the grouped path."""
+    monkeypatch.setattr(locally_masked, "MAX_GROUPS", 64)
+    H, W = 6, 7  # not square
+    order = grouping_orders(H, W)[name]
+    torch.manual_seed(0)
+    for mask_type, k, d in [("A", 3, 1), ("B", 3, 1), ("A", 3, 2), ("B", 3, 2), ("A", 5, 1), ("B", 5, 2)]:
+        conv = LocallyMaskedConv2d(3, 4, k, dilation=d, mask_type=mask_type).double()
+        x = torch.randn(2, 3, H, W, dtype=torch.float64, requires_grad=True)
+        groups = locally_masked.cached_mask_groups(order, H, W, k, d, mask_type)
+        assert groups is not None or name == "random", (name, k, d)  # (a random order may be grouped or not)
+        out, reference = conv(x, order), conv.unfold_forward(x, order)
+        torch.testing.assert_close(out, reference, atol=1e-12, rtol=1e-12)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad((out * g).sum(), [x, conv.weight, conv.bias])
+        expected = torch.autograd.grad((reference * g).sum(), [x, conv.weight, conv.bias])
+        for got, want in zip(grads, expected):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_mask_patterns_of_real_orders_are_few_and_reproduce_the_mask():
+    """Raster has one pattern, every S-curve two (its rows run either way), once the padding taps are free; a
+    random order has too many and takes the unfold path. Each location's pattern equals its mask on every tap
+    inside the image."""
+    H, W = 9, 8
+    found = grouping_orders(H, W)
+    for name, order in found.items():
+        for mask_type, d in [("A", 1), ("B", 2)]:
+            mask = local_mask(order, H, W, 3, d, mask_type)  # (9, L)
+            inside = locally_masked.tap_neighbours(H, W, 3, d)[1]  # (9, L)
+            groups = locally_masked.mask_groups(mask, inside, max_groups=H * W)
+            r0, r1, c0, c1 = groups.box
+            full = torch.zeros(len(groups.patterns), 3, 3)
+            full[:, r0:r1 + 1, c0:c1 + 1] = groups.patterns
+            rebuilt = full.view(-1, 9)[groups.group].T  # (9, L): each location's pattern
+            assert torch.equal(rebuilt * inside, mask * inside), (name, mask_type, d)
+            expected = 1 if name == "raster" else 2 if name.startswith("s-curve") else None
+            if expected is not None:
+                assert len(groups.patterns) == expected, (name, mask_type, d)
+                assert (r1 - r0 + 1) * (c1 - c0 + 1) == 6  # the row (or column) after p is never read: 2 x 3
+        assert locally_masked.mask_groups(local_mask(found["random"], H, W, 3, 1, "B"), inside) is None
 
 
 def test_a_mask_one_step_too_early_is_caught(monkeypatch):
