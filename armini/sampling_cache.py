@@ -230,22 +230,34 @@ class StepMode:
     The operations of one cached step are tiny: on a CPU, splitting them over threads only costs
     synchronisation (several times slower on a busy machine), and autograd's bookkeeping is much of the
     cost of each. Made once per cache and entered at every step (a class, not a generator: it must
-    cost little); not re-entrant (one step at a time)."""
+    cost little); not re-entrant (one step at a time).
 
-    def __init__(self, device: torch.device, inference: bool = True):
+    onednn=False: on a CPU, torch's own kernels instead of oneDNN's for the step (torch.backends.mkldnn,
+    restored on exit). oneDNN sets up every call, which costs more than a tiny step's arithmetic: GELU on
+    a (1, 256) row about 7-17 us through oneDNN, 1.2 us through torch's kernel (one thread, measured here).
+    The two kernels round differently (GELU: up to about 1e-6), so a step is then equal to the full forward
+    to rounding, as it already is through its matrix products of one row (see armini.models.transformer)."""
+
+    def __init__(self, device: torch.device, inference: bool = True, onednn: bool = True):
         self.cpu = torch.device(device).type == "cpu"
         self.inference = torch.inference_mode() if inference else None
+        self.native = self.cpu and not onednn  # switch oneDNN off during the step
 
     def __enter__(self):
         self.threads = torch.get_num_threads() if self.cpu else 1  # 1: nothing to do
         if self.threads != 1:
             torch.set_num_threads(1)
+        if self.native:
+            self.onednn = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
         if self.inference is not None:
             self.inference.__enter__()
 
     def __exit__(self, *exc):
         if self.inference is not None:
             self.inference.__exit__(*exc)
+        if self.native:
+            torch.backends.mkldnn.enabled = self.onednn
         if self.threads != 1:
             torch.set_num_threads(self.threads)
 

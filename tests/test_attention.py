@@ -195,6 +195,36 @@ def test_kv_cache_is_preallocated():
     assert torch.equal(cache.k, ks) and torch.equal(cache.v, vs)
 
 
+def test_append_is_extend_at_one_position():
+    """append (one position, no position axis: a sampler's step) writes into the same preallocated buffers as
+    extend and returns the same views; without room, or for another batch size, it falls back to extend
+    (which allocates, grows, or refuses)."""
+    g = torch.Generator().manual_seed(0)
+    ks, vs = torch.randn(2, 3, 6, 4, generator=g), torch.randn(2, 3, 6, 5, generator=g)
+    cache, other = KVCache(capacity=4), KVCache(capacity=4)
+    for t in range(6):  # past the capacity of 4: the buffers grow once
+        k, v = cache.append(ks[:, :, t], vs[:, :, t])
+        assert torch.equal(k, ks[:, :, :t + 1]) and torch.equal(v, vs[:, :, :t + 1])
+        assert k.data_ptr() == cache.k.data_ptr() and len(cache) == t + 1
+        other.extend(ks[:, :, t:t + 1], vs[:, :, t:t + 1])
+    assert torch.equal(cache.k, other.k) and torch.equal(cache.v, other.v)
+    with pytest.raises(ValueError, match="one KVCache per batch"):
+        cache.append(torch.randn(1, 3, 4), torch.randn(1, 3, 5))
+
+
+def test_step_reads_the_layers_weights_once_per_cache():
+    """The step's weights (StepWeights) are read from the modules by the first step and kept in the cache:
+    q, k and v stacked, W_o the layer's own tensor."""
+    layer = CausalSelfAttention(DIM, 2, key_dim=4)
+    cache = KVCache(capacity=3)
+    with torch.no_grad():
+        layer.step(torch.randn(B, DIM), cache)
+        weights = cache.weights
+        layer.step(torch.randn(B, DIM), cache)
+    assert cache.weights is weights and weights.out_weight is layer.proj.weight
+    assert weights.sizes == (4, 4, DIM) and weights.qkv_weight.shape == (4 + 4 + DIM, DIM)
+
+
 def test_kv_cache_without_capacity_doubles():
     """Without a capacity the buffers double: 100 single positions, a handful of allocations."""
     cache, buffers = KVCache(), set()

@@ -149,6 +149,31 @@ def test_one_position_step_gives_the_general_paths_numbers_exactly(shape, classe
         torch.testing.assert_close((a.k, a.v), (b.k, b.v), atol=1e-7, rtol=1e-6)
 
 
+def test_the_cached_step_runs_on_one_thread_without_onednn_and_restores_both(monkeypatch):
+    """A one-position step runs on one CPU thread with oneDNN off (GELU through torch's own kernel: oneDNN's
+    set-up costs more than a row's arithmetic; sampling_cache.StepMode), the weights read once per sampler,
+    and leaves torch's thread count and oneDNN setting as they were; its conditionals stay the full forward's."""
+    m = train_steps(make((1, 4, 4)))
+    x = torch.randint(4, (2, 1, 4, 4))
+    full = m.conditionals(x).flatten(1, -2)  # (2, D, K)
+    seen = []
+    gelu = torch.nn.functional.gelu
+    monkeypatch.setattr(torch.nn.functional, "gelu", lambda *a, **k: (seen.append(
+        (torch.backends.mkldnn.enabled, torch.get_num_threads())), gelu(*a, **k))[1])
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(2)
+    try:
+        cache = m.init_cache(x)
+        for index in m.sampling_steps():
+            torch.testing.assert_close(m.conditional_logprobs(x, index, cache=cache)[:, 0], full[:, index[0]],
+                                       atol=1e-5, rtol=1e-5)
+            assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled == onednn
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 16 * m.config.n_layers and set(seen) == {(False, 1)}  # every block of every step
+    assert all(w.fc[0] is b.mlp.fc.weight for w, b in zip(cache.weights, m.blocks))  # the weights themselves
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_naive_sampler_recomputes_only_the_positions_so_far(shape):
     """cached=False recomputes, at sequence position d, the positions 0..d (the later ones cannot change

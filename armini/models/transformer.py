@@ -18,7 +18,14 @@ the positions it has already seen), so a step costs O(D) instead of a forward pa
 sequence so far, O(d^2) at position d: `sample(..., cached=False)` recomputes that prefix at
 every step (positions 0..d, never the ones after it) and draws the very same images. At one
 position a step's cost is the number of operations, not arithmetic: `Block.step` and
-`CausalSelfAttention.step` run one position as (B, E) rows, q, k and v in one matrix product.
+`CausalSelfAttention.step` run one position as (B, E) rows, q, k and v in one matrix product,
+with the functional ops the modules call (F.layer_norm, F.linear, F.gelu) on weights read out of the
+modules once per sampler (`BlockWeights`, `StepWeights`), on one CPU thread with oneDNN off
+(armini.sampling_cache.StepMode: oneDNN's GELU costs more to set up than a row's arithmetic).
+A step equals the full forward to rounding, not bit for bit (a matrix product of one row rounds
+differently from one of d+1 rows, and torch's GELU from oneDNN's), so a draw could differ only when
+its uniform falls within that rounding of a boundary of the cumulative distribution: on lesson 07's
+trained 14x14 model, at most about 1e-3 draws per image (9.6e-4; 9.0e-4 with oneDNN's GELU).
 
 Representation (ImageGPT's linear probe): `features(x, layer)` average-pools the hidden states
 after a middle block into one vector per image (`layer="all"`: after every block, in one pass); a
@@ -56,12 +63,14 @@ Legend: B batch, C, H, W image, K levels, D = C*H*W tokens, E embedding size (di
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..nn.attention import CausalSelfAttention, KVCache
+from ..sampling_cache import StepMode
 from .. import orders
 from .base import ARModel
 
@@ -85,6 +94,27 @@ def gpt2_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+class BlockWeights(NamedTuple):
+    """What Block.step reads besides its attention's weights (KVCache.weights), taken out of the modules once
+    per sampler: a parameter read through a module (self.ln_1.weight) costs about a microsecond of Python,
+    and the modules' own calls as much again, at every one of the D steps."""
+    ln_1: tuple  # F.layer_norm's arguments after the input: (normalized_shape, weight, bias, eps)
+    ln_2: tuple
+    fc: tuple  # F.linear's arguments after the input: (W_1, b_1)
+    proj: tuple  # (W_2, b_2)
+    gelu: str  # nn.GELU's `approximate` ("none": the exact GELU)
+
+
+def layer_norm_args(ln: nn.LayerNorm) -> tuple:
+    """What nn.LayerNorm passes to F.layer_norm after the input."""
+    return ln.normalized_shape, ln.weight, ln.bias, ln.eps
+
+
+def linear_args(linear: nn.Linear) -> tuple:
+    """What nn.Linear passes to F.linear after the input."""
+    return linear.weight, linear.bias
+
+
 class Block(nn.Module):
     """Pre-LN transformer block: h + Attention(LN(h)), then h + MLP(LN(h))."""
 
@@ -99,10 +129,18 @@ class Block(nn.Module):
         h = h + self.attn(self.ln_1(h), cache=cache)  # (B, T, E)
         return h + self.mlp(self.ln_2(h))  # (B, T, E)
 
-    def step(self, h: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One new position, h (B, E) -> (B, E): forward(h[:, None], cache)[:, 0] in fewer operations."""
-        h = h + self.attn.step(self.ln_1(h), cache)  # (B, E)
-        return h + self.mlp(self.ln_2(h))  # (B, E)
+    def step_weights(self) -> BlockWeights:
+        """The tensors `step` reads, fetched from the modules once (the attention's: its own step_weights)."""
+        return BlockWeights(layer_norm_args(self.ln_1), layer_norm_args(self.ln_2), linear_args(self.mlp.fc),
+                            linear_args(self.mlp.proj), self.mlp.act.approximate)
+
+    def step(self, h: torch.Tensor, cache: KVCache, weights: Optional[BlockWeights] = None) -> torch.Tensor:
+        """One new position, h (B, E) -> (B, E): forward(h[:, None], cache)[:, 0] in fewer operations (the
+        functional ops forward's modules call, on `weights` = step_weights(), read once by the sampler)."""
+        w = self.step_weights() if weights is None else weights
+        h = h + self.attn.step(F.layer_norm(h, *w.ln_1), cache)  # (B, E)
+        u = F.gelu(F.linear(F.layer_norm(h, *w.ln_2), *w.fc), approximate=w.gelu)  # (B, mlp_ratio*E): GELU(W_1 LN(h))
+        return h + F.linear(u, *w.proj)  # (B, E): h + W_2 u
 
 
 class TransformerCache:
@@ -114,8 +152,13 @@ class TransformerCache:
         self.layers = [KVCache(capacity=positions) for _ in range(n_layers)]
         self.fed = 0
         self.order, self.rank = None, None  # the sequence order, set by the first step
+        self.given = None  # the order= tensor the first step was given (later steps pass the same one)
         self.previous = None  # previous[d]: the flat position of the token before sequence position d
         self.where = None  # (row, column, channel) embeddings of every sequence position, (D, E) each
+        self.mode = None  # StepMode: how a one-position step runs
+        self.weights = None  # Block.step_weights() of every block, read by the first step
+        self.token_weight = None  # the token embedding table (K, E)
+        self.head = None  # F.layer_norm's arguments of ln_f and F.linear's of the head
 
 
 @dataclass
@@ -247,38 +290,51 @@ class PixelTransformer(ARModel):
         if index.shape[0] != 1:
             raise ValueError("the cached sampler generates one token per step")
         if cache.order is None:
-            cache.order = self.order_or_default(order)
-            cache.rank = orders.rank(cache.order).tolist()  # flat position -> place in the sequence
-            cache.previous = [None] + cache.order[:-1].tolist()
-            with torch.inference_mode():
-                cache.where = self.where_embeddings(cache.order)  # (D, E) each, in sequence order
-        elif order is not None and not torch.equal(order.to(cache.order.device), cache.order):
+            self.start_cache(cache, order)
+        elif order is not None and order is not cache.given and not torch.equal(order.to(cache.order.device),
+                                                                                 cache.order):
             raise ValueError("the order changed during sampling: start a new init_cache for a new order")
         d = cache.rank[int(index[0])]  # its place in the sequence
         if d < cache.fed:
             raise ValueError(f"the cached sampler follows its order: sequence position {d} was already fed")
-        with torch.inference_mode():  # no autograd bookkeeping at all: faster than no_grad for small steps
-            if d == cache.fed:  # one new position (every step, unless given dimensions were skipped)
+        if d == cache.fed:  # one new position (every step, unless given dimensions were skipped)
+            with cache.mode:  # one CPU thread, inference mode: a step's operations are tiny
                 h = self.embed_step(x, d, cache, y)  # (n, E)
-                for block, kv in zip(self.blocks, cache.layers):
-                    h = block.step(h, kv)  # (n, E), keys/values of the past come from kv
-            else:  # the positions fed..d at once
+                for block, kv, w in zip(self.blocks, cache.layers, cache.weights):
+                    h = block.step(h, kv, w)  # (n, E), keys/values of the past come from kv
+                logits = F.linear(F.layer_norm(h, *cache.head[0]), *cache.head[1])  # (n, K): head(ln_f(h))
+        else:  # the positions fed..d at once
+            with torch.inference_mode():  # no autograd bookkeeping at all
                 seq = self.sequence(x, cache.order)  # (n, D)
                 h = self.embed(seq, cache.fed, d + 1, cache.order, y)  # (n, d+1-fed, E): only the new positions
                 for block, kv in zip(self.blocks, cache.layers):
                     h = block(h, kv)  # (n, d+1-fed, E)
-                h = h[:, -1]  # (n, E)
-            cache.fed = d + 1
-            return torch.log_softmax(self.head(self.ln_f(h)), dim=-1)[:, None]  # (n, 1, K)
+                logits = self.head(self.ln_f(h[:, -1]))  # (n, K)
+        cache.fed = d + 1
+        return torch.log_softmax(logits, dim=-1)[:, None]  # (n, 1, K)
+
+    def start_cache(self, cache: TransformerCache, order=None) -> None:
+        """The first step's bookkeeping: the sequence order and its inverse, the token before each
+        position, the position embeddings in that order, and the weights every step reads."""
+        cache.order, cache.given = self.order_or_default(order), order
+        cache.rank = orders.rank(cache.order).tolist()  # flat position -> place in the sequence
+        cache.previous = [None] + cache.order[:-1].tolist()
+        with torch.inference_mode():
+            cache.where = self.where_embeddings(cache.order)  # (D, E) each, in sequence order
+        cache.mode = StepMode(cache.order.device, onednn=False)  # how a step runs: one CPU thread, inference
+        # mode, GELU through torch's own kernel (oneDNN's costs more to set up than a (n, 4E) row's arithmetic)
+        cache.weights = [block.step_weights() for block in self.blocks]
+        cache.token_weight = self.token_emb.weight  # (K, E)
+        cache.head = layer_norm_args(self.ln_f), linear_args(self.head)
 
     def embed_step(self, x: torch.Tensor, d: int, cache: TransformerCache, y=None) -> torch.Tensor:
         """embed(seq, d, d + 1)[:, 0] from the canvas x: the token before sequence position d (the start
         token at d = 0) plus where the token at d lies. (n, E)"""
-        n = x.shape[0]
         if d == 0:
-            h = self.start_token(n, y)  # (n, E)
+            h = self.start_token(x.shape[0], y)  # (n, E)
         else:
-            h = self.token_emb(x.flatten(1)[:, cache.previous[d]])  # (n, E): x_{d-1}, the right shift
+            h = cache.token_weight.index_select(0, x.flatten(1)[:, cache.previous[d]])  # (n, E): x_{d-1}, the right
+            # shift (what token_emb's lookup gives)
         row, col, channel = cache.where
         return h + row[d] + col[d] + channel[d]  # (n, E)
 

@@ -44,8 +44,9 @@ KV cache for incremental decoding: pass `cache=KVCache(capacity=T)` and feed the
 positions at a time; the layer keeps the keys and values of every position it has seen, so each
 call only computes the new positions and gives the same result as one call on the whole sequence.
 `step(x, cache)` is that call for exactly one new position, x (B, in_dim), as a sampler makes it D times:
-the same numbers in fewer operations (one matrix product for q, k and v, no mask, no (B, T, .) shapes),
-since at one position the cost of a step is the number of operations, not arithmetic.
+the same numbers in fewer operations (one matrix product for q, k and v, no mask, no (B, T, .) shapes, the
+weights read once per sampler into `StepWeights` instead of through the modules at every step), since at
+one position the cost of a step is the number of operations, not arithmetic.
 (`attend` is the mechanism alone, for callers that keep their own keys and values: PixelSNAIL's
 cached sampler in armini.fast.pixelsnail_cache.)
 
@@ -59,7 +60,7 @@ Legend: B batch, T positions (queries), S positions (keys), nh heads, dk / dv ke
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -172,14 +173,15 @@ class KVCache:
     for a sequence of D positions.) Past the capacity, or without one, the buffers double.
 
     `cache.k` and `cache.v` are the keys and values so far, (B, nh, S, d); assigning them starts the
-    cache from given past keys and values. `cache.qkv` holds the layer's three input projections stacked
-    into one (weight, bias), made by the layer's first `step` (the weights do not change while a sampler runs)."""
+    cache from given past keys and values. `cache.weights` holds the layer's StepWeights (its three input
+    projections stacked into one, and the output projection), read by the layer's first `step` (the weights
+    do not change while a sampler runs)."""
 
     def __init__(self, capacity: Optional[int] = None):
         self.capacity = capacity
         self._k = self._v = None  # buffers (B, nh, room, dk) and (B, nh, room, dv); positions < len(self) hold data
         self._length = 0
-        self.qkv = None  # (W_q; W_k; W_v) and their biases, stacked: CausalSelfAttention.step
+        self.weights = None  # StepWeights of the layer: CausalSelfAttention.step
 
     def __len__(self) -> int:
         return self._length
@@ -227,6 +229,29 @@ class KVCache:
         self._v[:, :, first:S] = v
         self._length = S
         return self.k, self.v
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        """extend for exactly one new position, its keys (B, nh, dk) and values (B, nh, dv) (no position axis):
+        the same buffers and views, with only the checks a sampler's step needs."""
+        S = self._length
+        if self._k is None or S == self._k.shape[2] or self._k.shape[0] != k.shape[0]:
+            return self.extend(k[:, :, None], v[:, :, None])  # allocate, grow, or refuse another batch size
+        self._k.select(2, S).copy_(k)  # (B, nh, dk) written in place: no copy of the past
+        self._v.select(2, S).copy_(v)
+        self._length = S + 1
+        return self._k.narrow(2, 0, S + 1), self._v.narrow(2, 0, S + 1)  # (B, nh, S+1, dk), (B, nh, S+1, dv)
+
+
+class StepWeights(NamedTuple):
+    """What CausalSelfAttention.step reads, taken out of the modules once per sampler (a parameter read
+    through a module, self.query.weight, costs about a microsecond of Python; a step reads several per layer)."""
+    qkv_weight: torch.Tensor  # (2*key_dim + dim, in_dim): W_q, W_k, W_v stacked
+    qkv_bias: Optional[torch.Tensor]  # (2*key_dim + dim,) or None
+    out_weight: torch.Tensor  # (dim, dim): W_o
+    out_bias: Optional[torch.Tensor]  # (dim,) or None
+    n_heads: int
+    sizes: tuple  # (key_dim, key_dim, dim): the widths of q, k and v in the stacked projection
+    scale: float  # 1 / sqrt(d_k)
 
 
 class CausalSelfAttention(nn.Module):
@@ -295,23 +320,27 @@ class CausalSelfAttention(nn.Module):
         bias = None if self.query.bias is None else torch.cat([self.query.bias, self.key.bias, self.value.bias])
         return weight, bias
 
+    def step_weights(self) -> StepWeights:
+        """The weights `step` reads, fetched from the modules once (q, k and v stacked: stacked_qkv)."""
+        sizes = (self.query.out_features, self.key.out_features, self.value.out_features)
+        return StepWeights(*self.stacked_qkv(), self.proj.weight, self.proj.bias, self.n_heads, sizes, self.scale)
+
     def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new position, x (B, in_dim) -> (B, dim): forward(x[:, None], cache=cache)[:, 0], the step of a
         cached sampler. Its key and value join the cache and its query reads every key so far, so no mask
         is needed (a layer with a window, a mask or strict=True takes the general path)."""
         if self.window is not None or self.mask is not None or self.strict or not self.causal:
             return self(x[:, None], cache=cache)[:, 0]  # (B, dim)
-        if cache.qkv is None:
-            cache.qkv = self.stacked_qkv()
-        B, nh = x.shape[0], self.n_heads
-        dk = self.query.out_features
-        qkv = F.linear(x, *cache.qkv)  # (B, 2*key_dim + dim): [q | k | v]
-        q = qkv[:, :dk].view(B, nh, 1, -1)  # (B, nh, 1, dk)
-        k = qkv[:, dk:2 * dk].view(B, nh, 1, -1)  # (B, nh, 1, dk)
-        v = qkv[:, 2 * dk:].view(B, nh, 1, -1)  # (B, nh, 1, dv)
-        k, v = cache.extend(k, v)  # (B, nh, S, dk), (B, nh, S, dv): every position so far, this one last
-        y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, nh, 1, dv): (B, nh, 1, S) scores, tiny
-        return self.proj(y.reshape(B, -1))  # (B, dim), heads side by side
+        if cache.weights is None:
+            cache.weights = self.step_weights()
+        w = cache.weights
+        B, nh = x.shape[0], w.n_heads
+        q, k, v = F.linear(x, w.qkv_weight, w.qkv_bias).split(w.sizes, dim=1)  # (B, key_dim) twice, (B, dim)
+        k, v = cache.append(k.view(B, nh, -1), v.view(B, nh, -1))  # (B, nh, S, dk), (B, nh, S, dv): every
+        # position so far, this one last
+        y = F.scaled_dot_product_attention(q.view(B, nh, 1, -1), k, v, scale=w.scale)  # (B, nh, 1, dv): the
+        # (B, nh, 1, S) scores are tiny
+        return F.linear(y.reshape(B, -1), w.out_weight, w.out_bias)  # (B, dim), heads side by side, W_o
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0,
                return_weights: bool = False):
