@@ -98,11 +98,15 @@ class BlockWeights(NamedTuple):
     """What Block.step reads besides its attention's weights (KVCache.weights), taken out of the modules once
     per sampler: a parameter read through a module (self.ln_1.weight) costs about a microsecond of Python,
     and the modules' own calls as much again, at every one of the D steps."""
+    attention: CausalSelfAttention  # the block's attention layer (its step keeps its weights in the KVCache)
     ln_1: tuple  # F.layer_norm's arguments after the input: (normalized_shape, weight, bias, eps)
     ln_2: tuple
     fc: tuple  # F.linear's arguments after the input: (W_1, b_1)
     proj: tuple  # (W_2, b_2)
     gelu: str  # nn.GELU's `approximate` ("none": the exact GELU)
+
+
+layer_norm = torch.layer_norm  # what F.layer_norm calls (the same kernel), without its Python wrapper
 
 
 def layer_norm_args(ln: nn.LayerNorm) -> tuple:
@@ -131,15 +135,15 @@ class Block(nn.Module):
 
     def step_weights(self) -> BlockWeights:
         """The tensors `step` reads, fetched from the modules once (the attention's: its own step_weights)."""
-        return BlockWeights(layer_norm_args(self.ln_1), layer_norm_args(self.ln_2), linear_args(self.mlp.fc),
-                            linear_args(self.mlp.proj), self.mlp.act.approximate)
+        return BlockWeights(self.attn, layer_norm_args(self.ln_1), layer_norm_args(self.ln_2),
+                            linear_args(self.mlp.fc), linear_args(self.mlp.proj), self.mlp.act.approximate)
 
     def step(self, h: torch.Tensor, cache: KVCache, weights: Optional[BlockWeights] = None) -> torch.Tensor:
         """One new position, h (B, E) -> (B, E): forward(h[:, None], cache)[:, 0] in fewer operations (the
         functional ops forward's modules call, on `weights` = step_weights(), read once by the sampler)."""
         w = self.step_weights() if weights is None else weights
-        h = h + self.attn.step(F.layer_norm(h, *w.ln_1), cache)  # (B, E)
-        u = F.gelu(F.linear(F.layer_norm(h, *w.ln_2), *w.fc), approximate=w.gelu)  # (B, mlp_ratio*E): GELU(W_1 LN(h))
+        h = h + w.attention.step(layer_norm(h, *w.ln_1), cache)  # (B, E)
+        u = F.gelu(F.linear(layer_norm(h, *w.ln_2), *w.fc), approximate=w.gelu)  # (B, mlp_ratio*E): GELU(W_1 LN(h))
         return h + F.linear(u, *w.proj)  # (B, E): h + W_2 u
 
 
@@ -294,7 +298,7 @@ class PixelTransformer(ARModel):
         elif order is not None and order is not cache.given and not torch.equal(order.to(cache.order.device),
                                                                                  cache.order):
             raise ValueError("the order changed during sampling: start a new init_cache for a new order")
-        d = cache.rank[int(index[0])]  # its place in the sequence
+        d = cache.rank[index.item()]  # its place in the sequence
         if d < cache.fed:
             raise ValueError(f"the cached sampler follows its order: sequence position {d} was already fed")
         if d == cache.fed:  # one new position (every step, unless given dimensions were skipped)
@@ -302,7 +306,7 @@ class PixelTransformer(ARModel):
                 h = self.embed_step(x, d, cache, y)  # (n, E)
                 for block, kv, w in zip(self.blocks, cache.layers, cache.weights):
                     h = block.step(h, kv, w)  # (n, E), keys/values of the past come from kv
-                logits = F.linear(F.layer_norm(h, *cache.head[0]), *cache.head[1])  # (n, K): head(ln_f(h))
+                logits = F.linear(layer_norm(h, *cache.head[0]), *cache.head[1])  # (n, K): head(ln_f(h))
         else:  # the positions fed..d at once
             with torch.inference_mode():  # no autograd bookkeeping at all
                 seq = self.sequence(x, cache.order)  # (n, D)

@@ -335,7 +335,7 @@ class CausalSelfAttention(nn.Module):
             cache.weights = self.step_weights()
         w = cache.weights
         B, nh = x.shape[0], w.n_heads
-        q, k, v = F.linear(x, w.qkv_weight, w.qkv_bias).split(w.sizes, dim=1)  # (B, key_dim) twice, (B, dim)
+        q, k, v = F.linear(x, w.qkv_weight, w.qkv_bias).split_with_sizes(w.sizes, 1)  # (B, key_dim) twice, (B, dim)
         k, v = cache.append(k.view(B, nh, -1), v.view(B, nh, -1))  # (B, nh, S, dk), (B, nh, S, dv): every
         # position so far, this one last
         y = F.scaled_dot_product_attention(q.view(B, nh, 1, -1), k, v, scale=w.scale)  # (B, nh, 1, dv): the
