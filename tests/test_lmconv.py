@@ -114,6 +114,8 @@ def test_grouped_path_equals_the_unfold_path_with_gradients(name, monkeypatch):
         groups = locally_masked.cached_mask_groups(order, H, W, k, d, mask_type)
         assert groups is not None or name == "random", (name, k, d)  # (a random order may be grouped or not)
         out, reference = conv(x, order), conv.unfold_forward(x, order)
+        with locally_masked.unfold_only():
+            torch.testing.assert_close(conv(x, order), reference, atol=0, rtol=0)  # the switch takes the unfold path
         torch.testing.assert_close(out, reference, atol=1e-12, rtol=1e-12)
         g = torch.randn_like(out)
         grads = torch.autograd.grad((out * g).sum(), [x, conv.weight, conv.bias])

@@ -27,17 +27,20 @@ so they are built once per order and kept (`cached_local_mask`): training on 8 o
 masks per kind of layer, not one per batch.
 
 The fast path, exact: a real order has few DISTINCT columns of M. An S-curve has two (the rows
-run left to right or right to left), a spiral a handful, raster one. A tap outside the image reads
-zero padding, so its bit may be set to anything: `mask_groups` sets it to match a pattern already
-found, which merges the border locations into the interior ones. With G patterns m_g (k*k,) and
-each location's pattern g(p), the layer is G ordinary convolutions, each kept at its own locations:
+run left to right or right to left), raster one, a spiral 14 to 16 (its sides, corners and turns
+between rings). A tap outside the image reads zero padding, so its bit may be set to anything:
+`mask_groups` sets it to match a pattern already found, which merges the border locations into
+the interior ones. With G patterns m_g (k*k,) and each location's pattern g(p), the layer is G
+ordinary convolutions, each kept at its own locations:
 
     out[:, :, p] = conv2d(x, W * m_g)[:, :, p]    for g = g(p)         (the same sums as above)
 
 done as ONE conv2d with G*Cout output channels (the G masked copies of W stacked) and a gather.
 It costs G convolutions' arithmetic on an optimised kernel, no k*k copy of the input: faster than
-the unfold when G is small. A random order has nearly one pattern per location: above
-MAX_GROUPS patterns the layer takes the unfold path.
+the unfold when G is small (the kernel is also cut to the rows and columns some pattern uses: an
+S-curve never reads the row below, 2 x k). A random order has nearly one pattern per location:
+above MAX_GROUPS patterns the layer takes the unfold path (inside `with unfold_only():` always, to
+time the two against each other).
 
 Deviations from the reference code: an autograd implementation (the reference recomputes the
 unfold in its backward pass to save memory); grayscale (one image channel) orders only: an RGB
@@ -47,6 +50,7 @@ Legend: B batch, C input channels, H, W height and width, L = H*W locations, k k
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from typing import NamedTuple
@@ -123,6 +127,20 @@ def cached_mask_groups(order: torch.Tensor, H: int, W: int, kernel_size: int, di
 MAX_GROUPS = 4
 
 
+_UNFOLD_ONLY = False
+
+
+@contextlib.contextmanager
+def unfold_only():
+    """Inside this block every LocallyMaskedConv2d takes the unfold path (the same numbers, to time the two)."""
+    global _UNFOLD_ONLY
+    before, _UNFOLD_ONLY = _UNFOLD_ONLY, True
+    try:
+        yield
+    finally:
+        _UNFOLD_ONLY = before
+
+
 class MaskGroups(NamedTuple):
     """A per-location mask as G patterns: location p uses patterns[group[p]]."""
     patterns: torch.Tensor  # (G, kh, kw) float: each pattern, cut to `box`
@@ -179,7 +197,7 @@ class LocallyMaskedConv2d(nn.Conv2d):
         B, C, H, W = x.shape
         k, d = self.kernel_size[0], self.dilation[0]
         groups = cached_mask_groups(order, H, W, k, d, self.mask_type, x.device)
-        if groups is not None:
+        if groups is not None and not _UNFOLD_ONLY:
             return self.grouped_forward(x, groups)
         return self.unfold_forward(x, order)
 
