@@ -57,7 +57,9 @@ Everything is seeded; timings depend on the machine (the JSON records the device
 --train-steps, wall-clock and CPU) on each of --threads (default 1,2), at the model's default
 configuration and at the peer-sized ones in PEER_CONFIGS; and, on one thread, one forward pass's
 and the cached sampler's seconds per image and their ratio at each --fe-batch (default 1 and 16
-images at once), and the naive sampler at --naive-n images with `cached_matches_naive`. Records
+images at once), and the naive sampler at --naive-n images with `cached_matches_naive`; each sampler's time
+is the fastest of --sample-repeats runs (default 3: the least disturbed by other work, as for the forward
+pass; one run of a sub-second cached sampler moved by 30% between runs on a shared machine). Records
 have kind="speed"; the per-thread and per-batch figures are dicts keyed by the count ("1", "16").
 
 Every setting is checked before the first model trains: the flags' values (--sample-n must be at
@@ -392,13 +394,21 @@ def time_training(model, batch_size: int, *, steps: int = 5, warmup: int = 2, se
     return {"wall": statistics.median(wall[warmup:]), "cpu": statistics.median(cpu[warmup:])}
 
 
-def time_samplers(model, fe_batches, naive_n: int, seed: int, clock) -> dict:
+def best_sampling(model, n: int, seed: int, cached: bool, clock, repeats: int = 1):
+    """(seconds per image, images): the fastest of `repeats` timings of the same draw (same seed, same
+    images), the one least disturbed by other work on the machine, as time_forward takes its passes."""
+    runs = [time_sampling(model, n, seed, cached=cached, clock=clock) for _ in range(repeats)]
+    return min(seconds for seconds, _ in runs), runs[0][1]
+
+
+def time_samplers(model, fe_batches, naive_n: int, seed: int, clock, repeats: int = 1) -> dict:
     """Sampling timings on one thread (a cached step runs on one thread anyway; the forward pass it is
     compared with runs on the same one): for each n in fe_batches the cached sampler's and one full
     forward pass's seconds per image and their ratio, `forward_equivalents` (what one image costs in
     full forward passes: 1 would be free caching, D = C*H*W the naive sampler), keyed by n; the naive
-    sampler at naive_n images, and whether it drew the cached sampler's images (same draws)."""
-    out = {"sample_threads": 1}
+    sampler at naive_n images, and whether it drew the cached sampler's images (same draws). Each
+    sampler's time is the fastest of `repeats` runs (best_sampling; the forward pass: of 3)."""
+    out = {"sample_threads": 1, "sample_repeats": repeats}
     with torch_threads(1):
         cached = has_fast_sampler(model)
         if cached:  # one untimed image first: a process's first sample pays one-off start-up costs, not the sampler's
@@ -407,9 +417,9 @@ def time_samplers(model, fe_batches, naive_n: int, seed: int, clock) -> dict:
         for n in sorted(set(fe_batches) | {naive_n}):
             forward[str(n)] = time_forward(model, n, seed, clock=clock)
             if cached:
-                sample_cached[str(n)], images[n] = time_sampling(model, n, seed, cached=True, clock=clock)
+                sample_cached[str(n)], images[n] = best_sampling(model, n, seed, True, clock, repeats)
                 fe[str(n)] = sample_cached[str(n)] / forward[str(n)]
-        naive, x_naive = time_sampling(model, naive_n, seed, cached=False, clock=clock)
+        naive, x_naive = best_sampling(model, naive_n, seed, False, clock, repeats)
     out.update(forward_s_per_image=forward, naive_n=naive_n, sample_s_per_image_naive=naive,
                naive_forward_equivalents=naive / forward[str(naive_n)])
     if cached:
@@ -420,7 +430,7 @@ def time_samplers(model, fe_batches, naive_n: int, seed: int, clock) -> dict:
 
 
 def speed_record(name: str, *, label: str, batch_size: int, threads, device, seed: int, size: int, clock_name: str,
-                 train_steps: int, fe_batches=None, naive_n: int = 1, **model_kwargs) -> dict:
+                 train_steps: int, fe_batches=None, naive_n: int = 1, sample_repeats: int = 1, **model_kwargs) -> dict:
     """One speed-mode record: training seconds per step at each thread count and, when fe_batches is
     given, the sampling timings (time_samplers) of one model configuration, untrained (seeded)."""
     armini.seed_everything(seed)
@@ -431,7 +441,7 @@ def speed_record(name: str, *, label: str, batch_size: int, threads, device, see
                   levels=model.levels, shape=list(model.shape), model_kwargs=model_kwargs, clock=clock_name,
                   batch_size=batch_size)
     if fe_batches:
-        record.update(time_samplers(model, fe_batches, naive_n, seed, clock))
+        record.update(time_samplers(model, fe_batches, naive_n, seed, clock, sample_repeats))
     record.update(model_fields(model))
     wall, cpu = {}, {}
     for t in threads:
@@ -539,6 +549,9 @@ def build_speed_parser():
                    help="numbers of images sampled at once for the forward-equivalents, e.g. 1,16 (default)")
     p.add_argument("--naive-n", type=cli.positive_int, default=1,
                    help="images drawn by the naive sampler (compared with the cached sampler's; default 1)")
+    p.add_argument("--sample-repeats", type=cli.positive_int, default=3,
+                   help="time each sampler this many times and keep the fastest, the least disturbed by other work "
+                        "(default 3; one run of a short cached sampler moves by 30%% on a busy machine)")
     p.add_argument("--train-steps", type=cli.positive_int, default=5, help="timed training steps (default 5, after 2 warm-up)")
     p.add_argument("--no-peers", action="store_true", help="skip the peer-sized configurations (bench.PEER_CONFIGS)")
     p.add_argument("--cpu-time", action="store_true",
@@ -574,7 +587,7 @@ def run_speed(args, parser) -> list:
         records.append(speed_record(name, label=label, batch_size=batch, threads=args.threads, device=args.device,
                                     seed=args.seed, size=args.size, clock_name="cpu" if args.cpu_time else "wall",
                                     train_steps=args.train_steps, fe_batches=args.fe_batch if sample else None,
-                                    naive_n=args.naive_n, **kwargs))
+                                    naive_n=args.naive_n, sample_repeats=args.sample_repeats, **kwargs))
         if args.json:
             save_records(records, args.json)
     print()

@@ -166,6 +166,7 @@ def test_bench_speed_mode_reports_forward_equivalents_and_training_steps(tmp_pat
     toy, fvsbn = json.loads(path.read_text())
     for r in (pixelcnn, toy):
         assert r["kind"] == "speed" and r["clock"] == "cpu" and r["shape"] == [1, 7, 7] and r["sample_threads"] == 1
+        assert r["sample_repeats"] == 3  # the default: each sampler's fastest of 3 runs
         assert set(r["forward_equivalents"]) == set(r["sample_s_per_image_cached"]) == {"1", "3"}
         for n in ("1", "3"):
             assert r["forward_equivalents"][n] == pytest.approx(r["sample_s_per_image_cached"][n] /
@@ -199,6 +200,21 @@ def test_time_samplers_draws_one_untimed_cached_image_before_timing(monkeypatch)
     out = bench.time_samplers(model, [1, 2], naive_n=1, seed=0, clock=time.process_time)
     assert calls[0] == (1, True) and calls[1:] == [(1, True), (2, True), (1, False)]
     assert set(out["forward_equivalents"]) == {"1", "2"} and out["cached_matches_naive"]
+
+
+def test_best_sampling_keeps_the_fastest_run_and_the_images(monkeypatch):
+    """Each sampler is timed `repeats` times (the same seed, so the same images) and the fastest run is kept:
+    the least disturbed by other work, as time_forward keeps its fastest pass."""
+    times = iter([0.5, 0.2, 0.4])
+    calls = []
+
+    def fake(model, n, seed, cached, clock=time.perf_counter):
+        calls.append((n, seed, cached))
+        return next(times), torch.full((n, 1), len(calls))
+
+    monkeypatch.setattr(bench, "time_sampling", fake)
+    seconds, images = bench.best_sampling(None, 2, 7, True, time.process_time, repeats=3)
+    assert seconds == 0.2 and calls == [(2, 7, True)] * 3 and torch.equal(images, torch.full((2, 1), 1))
 
 
 def test_peer_configurations_match_the_peers_sizes():
