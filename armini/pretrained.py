@@ -103,8 +103,8 @@ RECIPES: dict[str, Recipe] = {
                          budget="lesson 06: steps = armini.budget(300, 6) (/work/issues/BUDGETS.md)"),
     "pixel-transformer": Recipe("07_pixel_transformer", "pixel-transformer", {}, FMNIST14, steps=1000, batch_size=32,
                                 lr=2e-3, budget="lesson 07: steps = armini.budget(1000, 20)"),
-    "lmconv": Recipe("09_lmconv", "lmconv", {}, FMNIST14, steps=400, batch_size=32, lr=2e-3,
-                     budget="lesson 09: steps = armini.budget(400, 6)"),
+    "lmconv": Recipe("09_lmconv", "lmconv", dict(head="softmax", orders="s-curve+spiral"), FMNIST14, steps=800,
+                     batch_size=32, lr=4e-3, budget="lesson 09: lm_steps, lm_lr = armini.budget(800, 6), 4e-3"),
     "ardm": Recipe("10_ardm", "ardm", dict(channels=32), dict(FMNIST14, test=500), steps=1200, batch_size=32, lr=3e-3,
                    budget="lesson 10: steps = armini.budget(1200, 40)"),
     "vq-transformer": Recipe(

@@ -115,8 +115,10 @@ def test_pretrained_checkpoint_is_the_lessons_model():
     (the default budget's), and the cell's budget is the recipe's."""
     from armini.models.lmconv import LMConv
 
-    lesson_model = LMConv(shape=(1, 14, 14), levels=256)  # the cell's model on the lesson's 14x14 data
+    lesson_model = LMConv(shape=(1, 14, 14), levels=256, head="softmax", orders="s-curve+spiral")  # the cell's
     assert pretrained.mismatches("lmconv", lesson_model) == []
     cell = pretrained.lesson_cell("lmconv")
-    for setting in ['armini.budget(400, 6)', 'batch_size=32, lr=2e-3']:
+    for setting in ['lm_steps, lm_lr = armini.budget(800, 6), 4e-3', 'batch_size=32',
+                    'LMConv(shape=train.shape, levels=train.levels, head="softmax", orders="s-curve+spiral")',
+                    'fit(model, train, test, steps=lm_steps, lr=lm_lr, **settings)']:
         assert setting in cell, setting
