@@ -190,6 +190,19 @@ def test_the_naive_sampler_recomputes_only_the_positions_so_far(shape):
     torch.testing.assert_close(torch.stack(probs, 1), full[:, m.generation_order()], atol=1e-5, rtol=1e-5)
 
 
+def test_the_cache_refuses_an_order_changed_during_sampling():
+    """The first step fixes the sequence order; a later step may pass the same order (the same tensor, or an equal
+    one), never another."""
+    m = make((1, 3, 3))
+    x = torch.randint(4, (1, 1, 3, 3))
+    order = orders.spiral(3, 3)
+    cache = m.init_cache(x)
+    m.conditional_logprobs(x, order[:1], cache=cache, order=order)
+    m.conditional_logprobs(x, order[1:2], cache=cache, order=order.clone())  # equal: fine
+    with pytest.raises(ValueError, match="order changed"):
+        m.conditional_logprobs(x, order[2:3], cache=cache, order=orders.raster(3, 3))
+
+
 def test_cache_holds_every_position_from_the_start():
     """Each layer's KV cache is allocated once for all D positions: sampling never reallocates it."""
     m = make((3, 4, 4))
