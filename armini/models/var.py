@@ -31,7 +31,11 @@ scale k depend on r_<k only: the model is autoregressive over scales, which the 
 Sampling (the shared loop of armini.models.base, one step per scale) with a KV cache: each step feeds
 only the new scale's s_k^2 positions through the blocks, which read the keys and values the coarser
 scales left in the cache, and adds only the scale just drawn to the cached f_hat (the quantiser's
-add_scale); `sample(cached=False)` recomputes everything and draws the same tokens. Top-k and temperature
+add_scale); `sample(cached=False)` recomputes everything and draws the same tokens. A step reads the weights
+taken out of the modules once per sampler and runs each block as functional ops (scale_step: no mask, since a
+new scale reads every key in the cache) on one CPU thread with oneDNN off (sampling_cache.StepMode), as the
+pixel transformer's cached step does: at lesson 15's sizes 1.3-1.4x cheaper per image one at a time, the
+same tokens. Top-k and temperature
 come from the shared machinery (base.sample); classifier-free guidance too (token_ar.Guided), with the
 reference sampler's ramp over the scales (RampGuided: w_k = w k / (K - 1), the 1x1 scale unguided).
 
@@ -55,9 +59,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn.attention import CausalSelfAttention, KVCache, block_causal_mask
+from ..sampling_cache import StepMode
 from .base import ARModel
 from .token_ar import Guided, TwoStage, missing_pixels
-from .transformer import Block, gpt2_init
+from .transformer import Block, BlockWeights, gpt2_init, layer_norm, layer_norm_args, linear_args
 
 __all__ = ["NextScalePrior", "NextScalePriorConfig", "VAR", "RampGuided", "scale_sizes", "scale_of_position",
            "next_scale_sample"]
@@ -83,14 +88,40 @@ class ScaleBlock(Block):
         self.attn = CausalSelfAttention(dim, n_heads, mask=block_causal_mask(scale_sizes(scales)), causal=False)
 
 
+def scale_step(h: torch.Tensor, cache: KVCache, w: BlockWeights) -> torch.Tensor:
+    """One whole new scale through a ScaleBlock, h (n, T, E) -> (n, T, E): block(h, cache) in fewer operations
+    (the functional ops its modules call, on weights read once by the sampler). The new scale reads itself
+    whole and every coarser scale, i.e. every key in the cache: no mask to build."""
+    attn = w.attention
+    if cache.weights is None:
+        cache.weights = attn.step_weights()  # W_q, W_k, W_v stacked, W_o, the heads, 1/sqrt(d_k)
+    a = cache.weights
+    n, T, _ = h.shape
+    q, k, v = F.linear(layer_norm(h, *w.ln_1), a.qkv_weight, a.qkv_bias).split_with_sizes(a.sizes, -1)  # (n, T, .)
+    q, k, v = (t.view(n, T, a.n_heads, -1).transpose(1, 2) for t in (q, k, v))  # (n, nh, T, d) each
+    k, v = cache.extend(k, v)  # (n, nh, S, d): the coarser scales' keys/values, then this scale's (written in place)
+    y = F.scaled_dot_product_attention(q, k, v, scale=a.scale)  # (n, nh, T, d): softmax(q k^T / sqrt(d_k)) v
+    h = h + F.linear(y.transpose(1, 2).reshape(n, T, -1), a.out_weight, a.out_bias)  # (n, T, E): h + W_o y
+    u = F.gelu(F.linear(layer_norm(h, *w.ln_2), *w.fc), approximate=w.gelu)  # (n, T, 4E): GELU(W_1 LN(h))
+    return h + F.linear(u, *w.proj)  # (n, T, E): h + W_2 u
+
+
 class ScaleCache:
     """What the cached sampler keeps: one KVCache per block (room for all L positions), how many
-    positions (whole scales) were fed, and f_hat (n, d, h, w), the sum of the code maps fed so far."""
+    positions (whole scales) were fed, and f_hat (n, d, h, w), the sum of the code maps fed so far; and,
+    set by the first step (NextScalePrior.start_cache), what every step reads and which does not change
+    while it samples: the weights, each scale's embedding rows, how a step runs."""
 
     def __init__(self, n_layers: int, positions: int, f_hat: torch.Tensor):
         self.layers = [KVCache(capacity=positions) for _ in range(n_layers)]
         self.fed = 0
         self.f_hat = f_hat
+        self.mode = None  # StepMode: one CPU thread, inference mode, torch's own kernels
+        self.weights = None  # Block.step_weights() of every block
+        self.where = None  # per scale k: (scale_emb row (E,), pos_emb rows (s_k^2, E))
+        self.start = None  # the start tokens: the unconditional one (E,) and the class table (classes, E) or None
+        self.input_proj = None  # F.linear's arguments of W_in
+        self.head = None  # F.layer_norm's arguments of ln_f, F.linear's of head
 
 
 @dataclass
@@ -208,18 +239,43 @@ class NextScalePrior(ARModel):
         k = self.bounds.index(cache.fed) if cache.fed in self.bounds[:-1] else None
         if k is None or len(index) != self.bounds[k + 1] - self.bounds[k]:
             raise ValueError("the cached sampler generates whole scales in order: start a new init_cache")
-        with torch.inference_mode():
-            f = None
-            if k > 0:  # f_hat after scales < k: the scale drawn at the last step joins the cached sum
-                s = self.scales[k - 1]
-                grid = x[:, self.bounds[k - 1]:self.bounds[k]].reshape(-1, s, s)  # (n, s_{k-1}, s_{k-1})
-                cache.f_hat = self.quantizer.add_scale(cache.f_hat, grid, k - 1)  # (n, d, h, w)
-                f = self.quantizer.scale_input(cache.f_hat, k)  # (n, s_k^2, d): area-downsampled to s_k
-            h = self.embed(x, y, k, k + 1, f)  # (n, s_k^2, E): only the new scale
-            for block, kv in zip(self.blocks, cache.layers):
-                h = block(h, kv)  # (n, s_k^2, E), keys/values of the coarser scales come from kv
+        if cache.mode is None:
+            self.start_cache(cache, x.device)
+        with cache.mode:  # one CPU thread, inference mode: a step's operations are small
+            h = self.embed_scale(x, y, k, cache)  # (n, s_k^2, E): only the new scale
+            for kv, w in zip(cache.layers, cache.weights):
+                h = scale_step(h, kv, w)  # (n, s_k^2, E), keys/values of the coarser scales come from kv
             cache.fed = self.bounds[k + 1]
-            return torch.log_softmax(self.head(self.ln_f(h)), dim=-1)  # (n, s_k^2, V)
+            logits = F.linear(layer_norm(h, *cache.head[0]), *cache.head[1])  # (n, s_k^2, V): head(ln_f(h))
+            return torch.log_softmax(logits, dim=-1)  # (n, s_k^2, V)
+
+    def start_cache(self, cache: ScaleCache, device) -> None:
+        """The first step's bookkeeping: the weights every step reads, taken out of the modules once, and
+        how a step runs (StepMode: one CPU thread, inference mode, torch's kernels instead of oneDNN's)."""
+        cache.mode = StepMode(device, onednn=False)
+        cache.weights = [block.step_weights() for block in self.blocks]
+        cache.where = [(self.scale_emb.weight[k], self.pos_emb.weight[a:b])  # (E,), (s_k^2, E)
+                       for k, (a, b) in enumerate(zip(self.bounds, self.bounds[1:]))]
+        cache.start = self.start, (None if self.num_classes is None else self.class_start.weight)  # (E,), (classes, E)
+        cache.input_proj = linear_args(self.input_proj)
+        cache.head = layer_norm_args(self.ln_f), linear_args(self.head)
+
+    def embed_scale(self, x: torch.Tensor, y, k: int, cache: ScaleCache) -> torch.Tensor:
+        """embed(x, y, k, k + 1) from the cache: scale k's inputs (n, s_k^2, E). For k > 0 the scale drawn at
+        the last step first joins the cached f_hat (the quantiser's add_scale), whose area-downsampled map
+        W_in projects; scale 0 reads the start token."""
+        n = x.shape[0]
+        if k == 0:
+            start = cache.start[0].expand(n, -1) if y is None else cache.start[1].index_select(0, y)  # (n, E)
+            h = start[:, None].expand(n, self.first, -1)  # (n, s_1^2, E)
+        else:  # f_hat after scales < k: the scale drawn at the last step joins the cached sum
+            s = self.scales[k - 1]
+            grid = x[:, self.bounds[k - 1]:self.bounds[k]].reshape(-1, s, s)  # (n, s_{k-1}, s_{k-1})
+            cache.f_hat = self.quantizer.add_scale(cache.f_hat, grid, k - 1)  # (n, d, h, w)
+            f = self.quantizer.scale_input(cache.f_hat, k)  # (n, s_k^2, d): area-downsampled to s_k
+            h = F.linear(f.to(cache.input_proj[0].dtype), *cache.input_proj)  # (n, s_k^2, E): W_in f
+        scale, pos = cache.where[k]
+        return h + scale + pos  # (n, s_k^2, E): + the scale's embedding + the positions'
 
     def extra_repr(self) -> str:
         return f"scales={self.scales}, L={self.dims}, levels={self.levels}"
