@@ -98,6 +98,10 @@ class FeatureMap:
             self.raw = torch.zeros(n, self.F, *size, dtype=dtype, device=device)
         if "ce" in self.kinds:
             self.ce = torch.zeros(n, 2 * self.F, *size, dtype=dtype, device=device)
+        # the same values with the positions flattened, (n, F or 2F, rows * cols): one position is then
+        # one indexing operation (a step is a few dozen tiny operations, each costing microseconds)
+        self.stride = size[1]
+        self.flat = {kind: buf.flatten(2) for kind, buf in (("raw", self.raw), ("ce", self.ce)) if buf is not None}
 
     def window(self, kind: str, row: int, rows: int, col: int, cols: int) -> torch.Tensor:
         """Values at rows row..row+rows-1, columns col..col+cols-1 (a map's coordinates; the margins
@@ -109,8 +113,9 @@ class FeatureMap:
     def at(self, kind: str, a: int, j0: int, j1: int) -> torch.Tensor:
         """The values at row a, columns j0..j1-1: (n, F or 2F, P), or (n, F or 2F) for one position."""
         left, _, top, _ = self.margin
-        buf = self.raw if kind == "raw" else self.ce
-        return buf[:, :, top + a, left + j0] if j1 == j0 + 1 else buf[:, :, top + a, left + j0: left + j1]
+        start = (top + a) * self.stride + left + j0  # the flat position of (a, j0)
+        buf = self.flat[kind]
+        return buf[:, :, start] if j1 == j0 + 1 else buf[:, :, start: start + j1 - j0]
 
     def store(self, v: torch.Tensor, a: int, j0: int, j1: int):
         """Keep v (n, F, P) (or (n, F) for one position), the values at row a, columns j0..j1-1."""

@@ -78,7 +78,7 @@ import torch.nn.functional as F
 
 from ..fast.pixelcnnpp_cache import PixelCNNppCache
 from ..nn.dmol import (coupled_means, dmol_conditionals, dmol_log_prob_pixels, dmol_num_params, dmol_split,
-                       log_bin_mass, to_unit_range)
+                       LOG_SCALE_MIN, log_bin_mass, to_unit_range)
 from ..nn.gated import GatedResnet
 from ..nn.inputs import ValueInput
 from ..nn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
@@ -115,6 +115,7 @@ class PixelCNNpp(ARModel):
             raise ValueError(f"dropout must lie in [0, 1), got {cfg.dropout!r}")
         self.config = cfg
         self.set_classes(cfg.num_classes)
+        self._edges = {}  # (dtype, device) -> the bin edges of a sampling step (_bin_edges)
         C = self.shape[0]
         Fn, R, S = cfg.nr_filters, cfg.nr_resnet, cfg.n_stages
         self.inputs = ValueInput(self.levels, C, cfg.input, cfg.embed_dim)  # (B, C, H, W) -> (B, C_in, H, W)
@@ -212,17 +213,24 @@ class PixelCNNpp(ARModel):
         """log p(x_c = k | x_<c) for one sub-pixel of each image: (n, K), from its pixel's mixture
         parameters (n, P) and its values x_pixel (n, C) (only x_<c is read). What a sampling step
         needs: armini.nn.dmol.dmol_conditionals for one channel of one pixel (equal to rounding), with
-        each bin edge's logistic CDF computed once for the two bins that share it."""
-        C, K = self.shape[0], self.levels
-        logit_pi, mu, log_s, coeff = dmol_split(params[:, :, None, None], C)  # (n, M, 1, 1), (n, C, M, 1, 1), ...
-        mean = mu[:, c]  # (n, M, 1, 1)
+        each bin edge's logistic CDF computed once for the two bins that share it. A step costs a few
+        microseconds per tensor operation whatever its size, so this one counts its operations: the
+        parameters are cut from the row as dmol_split lays them out, without its checks."""
+        C, M = self.shape[0], self.config.nr_mix
+        if params.dtype in (torch.float16, torch.bfloat16):
+            params = params.float()  # as dmol_split does
+        logit_pi = params[:, :M]  # (n, M)
+        rest = params[:, M:].view(len(params), -1, M)  # (n, 2C + C(C-1)/2, M): means, log-scales, couplings
+        mean, log_s = rest[:, c], rest[:, C + c].clamp(min=LOG_SCALE_MIN)  # (n, M) each
         if c > 0:  # the means are coupled to the earlier channels, the weights are their posterior (dmol._components)
+            _, mu, log_s_all, coeff = dmol_split(params[:, :, None, None], C)  # (n, C, M, 1, 1), ...
             x = x_pixel[:, :, None, None]  # (n, C, 1, 1)
-            means = coupled_means(mu, coeff, to_unit_range(x.to(mu.dtype), K))  # (n, C, M, 1, 1)
-            mean = means[:, c]
-            logit_pi = logit_pi + log_bin_mass(x[:, :c, None], means[:, :c], log_s[:, :c], K).cumsum(1)[:, -1]
-        log_w = torch.log_softmax(logit_pi, dim=1)  # (n, M, 1, 1)
-        return torch.logsumexp(log_w[..., None] + self._log_bins(mean, log_s[:, c]), dim=1)[:, 0, 0]  # (n, K)
+            means = coupled_means(mu, coeff, to_unit_range(x.to(mu.dtype), self.levels))  # (n, C, M, 1, 1)
+            mean = means[:, c, :, 0, 0]  # (n, M)
+            logit_pi = logit_pi + log_bin_mass(x[:, :c, None], means[:, :c], log_s_all[:, :c],
+                                               self.levels).cumsum(1)[:, -1, :, 0, 0]  # (n, M)
+        log_w = torch.log_softmax(logit_pi, dim=1)  # (n, M)
+        return torch.logsumexp(log_w[..., None] + self._log_bins(mean, log_s), dim=1)  # (n, K)
 
     def _log_bins(self, mean, log_s):
         """log P(k | mean, s) of the discretised logistic for every level k: (..., K) (armini.nn.dmol.log_bin_mass).
@@ -231,10 +239,19 @@ class PixelCNNpp(ARModel):
         log P(k) = log sigma(z_(k+1)) + log(1 - sigma(z_k)) + log(1 - exp(-(z_(k+1) - z_k))), the last for middle bins."""
         K = self.levels
         half = 1.0 / (K - 1)  # half a bin in [-1, 1]
-        edges = torch.linspace(-1.0 - half, 1.0 + half, K + 1, dtype=mean.dtype, device=mean.device)  # (K+1,)
-        edges[0], edges[-1] = -math.inf, math.inf
+        edges = self._bin_edges(mean.dtype, mean.device)  # (K+1,)
         inv_s = torch.exp(-log_s)[..., None]
         z = (edges - mean[..., None]) * inv_s  # (..., K+1)
         lp = F.logsigmoid(z[..., 1:]) + F.logsigmoid(-z[..., :-1])  # (..., K)
         lp[..., 1:-1] += torch.log(-torch.expm1(-2 * half * inv_s))  # both edges of a middle bin are finite
         return lp
+
+    def _bin_edges(self, dtype, device) -> torch.Tensor:
+        """The K + 1 bin edges e_0 = -inf, e_k = -1 + (2k - 1) / (K - 1), e_K = +inf: made once per dtype and device."""
+        key = (dtype, device)
+        if key not in self._edges:
+            half = 1.0 / (self.levels - 1)
+            edges = torch.linspace(-1.0 - half, 1.0 + half, self.levels + 1, dtype=dtype, device=device)
+            edges[0], edges[-1] = -math.inf, math.inf
+            self._edges[key] = edges
+        return self._edges[key]
