@@ -278,8 +278,8 @@ class LevelTable:
 
     def write(self, x: torch.Tensor, i: int, j: int, out: torch.Tensor) -> torch.Tensor:
         """out (n, C_in) = the input features of pixel (i, j) of x (n, C, H, W)."""
-        if self.C == 1:
-            return torch.index_select(self.table, 0, x[:, 0, i, j], out=out)  # (n, d)
+        if self.C == 1:  # x.flatten(1)[:, d] with d = i*W + j: two tensor operations, where x[:, 0, i, j] is three
+            return torch.index_select(self.table, 0, x.flatten(1)[:, i * x.shape[-1] + j], out=out)  # (n, d)
         out.view(len(out), self.C, -1).copy_(F.embedding(x[:, :, i, j] + self.offsets, self.table))  # (n, C, d)
         return out
 

@@ -108,7 +108,9 @@ class FeatureMap:
         hold zeros): (n, F or 2F, rows, cols)."""
         left, _, top, _ = self.margin
         buf = self.raw if kind == "raw" else self.ce
-        return buf[:, :, top + row: top + row + rows, left + col: left + col + cols]
+        n, channels, _, stride = buf.shape  # a fresh buffer: storage offset 0, row stride `stride`
+        start = (top + row) * stride + left + col  # where the window's top left corner is stored
+        return buf.as_strided((n, channels, rows, cols), buf.stride(), start)  # one operation, where slicing is two
 
     def at(self, kind: str, a: int, j0: int, j1: int) -> torch.Tensor:
         """The values at row a, columns j0..j1-1: (n, F or 2F, P), or (n, F or 2F) for one position."""
@@ -117,9 +119,10 @@ class FeatureMap:
         buf = self.flat[kind]
         return buf[:, :, start] if j1 == j0 + 1 else buf[:, :, start: start + j1 - j0]
 
-    def store(self, v: torch.Tensor, a: int, j0: int, j1: int):
-        """Keep v (n, F, P) (or (n, F) for one position), the values at row a, columns j0..j1-1."""
-        if self.raw is not None:
+    def store(self, v: torch.Tensor, a: int, j0: int, j1: int, raw_written: bool = False):
+        """Keep v (n, F, P) (or (n, F) for one position), the values at row a, columns j0..j1-1
+        (raw_written: v is already the raw map's view there)."""
+        if self.raw is not None and not raw_written:
             self.at("raw", a, j0, j1).copy_(v)
         if self.ce is not None:  # concat_elu(v) = elu([v, -v]), written in place: (n, 2F, P) or (n, 2F)
             F.elu(torch.cat([v, -v], dim=1, out=self.at("ce", a, j0, j1)), inplace=True)
@@ -289,10 +292,13 @@ class Layer:
         v = None
         for term in self.terms:
             v = term(a, j0, j1, v)  # (n, out, P), or (n, out) for one position
+        raw = None  # where the values are kept, if the last operation writes them there itself
         if self.residual is not None:
             g, b = v.chunk(2, dim=1)  # (n, F, P) each
-            v = torch.addcmul(self.residual.at("raw", a, j0, j1), g, torch.sigmoid(b))  # h + a * sigmoid(b): the gate
-        self.out.store(v, a, j0, j1)
+            raw = None if self.out.raw is None else self.out.at("raw", a, j0, j1)
+            h = self.residual.at("raw", a, j0, j1)
+            v = torch.addcmul(h, g, torch.sigmoid(b), out=raw)  # h + a * sigmoid(b): the gate, written in place
+        self.out.store(v, a, j0, j1, raw_written=raw is not None)
 
 
 def _runs(row: list):
@@ -409,7 +415,7 @@ class PixelCNNppCache:
                 v = self.top.at("raw", i, j, j + 1)  # (n, F)
                 self.params = F.linear(F.elu(v), self.out_weight, self.out_bias)  # nin_out(elu(ul)): (n, P)
             # G and B reuse R's parameters, with R (and G) as drawn
-            return self.model.pixel_conditionals(self.params, x[:, :, i, j], c)[:, None]  # (n, 1, K)
+            return self.model.pixel_conditionals(self.params, x[:, :, i, j] if c > 0 else None, c)  # (n, 1, K)
 
     def _advance_to(self, x: torch.Tensor, t: int):
         """Step t: the pixel t-1 just drawn enters the input, then every position planned for t is computed."""

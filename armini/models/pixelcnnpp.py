@@ -206,22 +206,23 @@ class PixelCNNpp(ARModel):
             return cache.conditional_logprobs(x, index)  # (n, 1, K)
         c, i, j = unravel(index, x.shape[1:])  # flat positions -> (S,) channel, row, column (x: maybe the top rows)
         params = self.dmol_params(x, y)[:, :, i, j]  # (n, P, S)
-        return torch.stack([self.pixel_conditionals(params[:, :, s], x[:, :, i[s], j[s]], int(c[s]))
-                            for s in range(len(c))], 1)  # (n, S, K)
+        return torch.cat([self.pixel_conditionals(params[:, :, s], x[:, :, i[s], j[s]], int(c[s]))
+                          for s in range(len(c))], 1)  # (n, S, K)
 
     def pixel_conditionals(self, params, x_pixel, c: int):
-        """log p(x_c = k | x_<c) for one sub-pixel of each image: (n, K), from its pixel's mixture
-        parameters (n, P) and its values x_pixel (n, C) (only x_<c is read). What a sampling step
-        needs: armini.nn.dmol.dmol_conditionals for one channel of one pixel (equal to rounding), with
-        each bin edge's logistic CDF computed once for the two bins that share it. A step costs a few
-        microseconds per tensor operation whatever its size, so this one counts its operations: the
-        parameters are cut from the row as dmol_split lays them out, without its checks."""
+        """log p(x_c = k | x_<c) for one sub-pixel of each image: (n, 1, K), from its pixel's mixture
+        parameters (n, P) and its values x_pixel (n, C) (only x_<c is read: None will do for c = 0). What
+        a sampling step needs: armini.nn.dmol.dmol_conditionals for one channel of one pixel (equal to
+        rounding), with each bin edge's logistic CDF computed once for the two bins that share it. A step
+        costs a few microseconds per tensor operation whatever its size, so this one counts its
+        operations: the parameters are cut from the row as dmol_split lays them out (logits, then
+        M per block: C means, C log-scales, the couplings), without its checks."""
         C, M = self.shape[0], self.config.nr_mix
         if params.dtype in (torch.float16, torch.bfloat16):
             params = params.float()  # as dmol_split does
         logit_pi = params[:, :M]  # (n, M)
-        rest = params[:, M:].view(len(params), -1, M)  # (n, 2C + C(C-1)/2, M): means, log-scales, couplings
-        mean, log_s = rest[:, c], rest[:, C + c].clamp(min=LOG_SCALE_MIN)  # (n, M) each
+        mean = params[:, M * (1 + c): M * (2 + c)]  # (n, M): channel c's means
+        log_s = params[:, M * (1 + C + c): M * (2 + C + c)].clamp(min=LOG_SCALE_MIN)  # (n, M): its log-scales
         if c > 0:  # the means are coupled to the earlier channels, the weights are their posterior (dmol._components)
             _, mu, log_s_all, coeff = dmol_split(params[:, :, None, None], C)  # (n, C, M, 1, 1), ...
             x = x_pixel[:, :, None, None]  # (n, C, 1, 1)
@@ -230,7 +231,7 @@ class PixelCNNpp(ARModel):
             logit_pi = logit_pi + log_bin_mass(x[:, :c, None], means[:, :c], log_s_all[:, :c],
                                                self.levels).cumsum(1)[:, -1, :, 0, 0]  # (n, M)
         log_w = torch.log_softmax(logit_pi, dim=1)  # (n, M)
-        return torch.logsumexp(log_w[..., None] + self._log_bins(mean, log_s), dim=1)  # (n, K)
+        return torch.logsumexp(log_w[..., None] + self._log_bins(mean, log_s), dim=1, keepdim=True)  # (n, 1, K)
 
     def _log_bins(self, mean, log_s):
         """log P(k | mean, s) of the discretised logistic for every level k: (..., K) (armini.nn.dmol.log_bin_mass).
@@ -243,7 +244,7 @@ class PixelCNNpp(ARModel):
         inv_s = torch.exp(-log_s)[..., None]
         z = (edges - mean[..., None]) * inv_s  # (..., K+1)
         lp = F.logsigmoid(z[..., 1:]) + F.logsigmoid(-z[..., :-1])  # (..., K)
-        lp[..., 1:-1] += torch.log(-torch.expm1(-2 * half * inv_s))  # both edges of a middle bin are finite
+        lp[..., 1:-1].add_(torch.log(-torch.expm1(-2 * half * inv_s)))  # both edges of a middle bin are finite
         return lp
 
     def _bin_edges(self, dtype, device) -> torch.Tensor:
