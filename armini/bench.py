@@ -61,6 +61,10 @@ images at once), and the naive sampler at --naive-n images with `cached_matches_
 is the fastest of --sample-repeats runs (default 3: the least disturbed by other work, as for the forward
 pass; one run of a sub-second cached sampler moved by 30% between runs on a shared machine). Records
 have kind="speed"; the per-thread and per-batch figures are dicts keyed by the count ("1", "16").
+--amp sets the training precision as armini.train.fit's amp= does: auto (the default: mixed precision on
+CUDA only), on (also bfloat16 on a CPU with native bfloat16 arithmetic), off, or both (each configuration
+timed in float32 and then with amp on, in the same run; the second record times training only); each
+record's `precision` says what ran.
 
 Every setting is checked before the first model trains: the flags' values (--sample-n must be at
 least 1: every record has sampling timings), each model built and run once with the --set options,
@@ -101,6 +105,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -364,10 +369,12 @@ def torch_threads(threads: int):
         torch.set_num_threads(before)
 
 
-def time_training(model, batch_size: int, *, steps: int = 5, warmup: int = 2, seed: int = 0, lr: float = 1e-3) -> dict:
+def time_training(model, batch_size: int, *, steps: int = 5, warmup: int = 2, seed: int = 0, lr: float = 1e-3,
+                  amp: Optional[bool] = None) -> dict:
     """Seconds per training step of `model` (trained in place) at `batch_size`: the median over `steps`
     steps after `warmup` unmeasured ones, wall-clock (`wall`) and CPU seconds of this process (`cpu`,
-    summed over its threads). A step is what armini.train.fit does: the loss (mixed precision on CUDA),
+    summed over its threads). A step is what armini.train.fit does: the loss (mixed precision as fit's amp=
+    chooses: on CUDA by default, on a CPU with native bfloat16 when amp=True),
     reading it back (fit checks it is finite), backpropagation, gradient clipping and an AdamW update,
     here on one fixed batch of random images (the time does not depend on the pixel values)."""
     from armini import train
@@ -376,7 +383,7 @@ def time_training(model, batch_size: int, *, steps: int = 5, warmup: int = 2, se
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(model.levels, (batch_size,) + model.shape, generator=gen).to(dev)  # (B, *shape)
     y = armini.class_labels(model, batch_size)
-    amp_dtype, scaler = train._amp_setup(dev, None)
+    amp_dtype, scaler = train._amp_setup(dev, amp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     wall, cpu = [], []
@@ -391,7 +398,8 @@ def time_training(model, batch_size: int, *, steps: int = 5, warmup: int = 2, se
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     model.eval()
-    return {"wall": statistics.median(wall[warmup:]), "cpu": statistics.median(cpu[warmup:])}
+    return {"wall": statistics.median(wall[warmup:]), "cpu": statistics.median(cpu[warmup:]),
+            "precision": str(amp_dtype or torch.float32).removeprefix("torch.")}
 
 
 def best_sampling(model, n: int, seed: int, cached: bool, clock, repeats: int = 1):
@@ -430,9 +438,11 @@ def time_samplers(model, fe_batches, naive_n: int, seed: int, clock, repeats: in
 
 
 def speed_record(name: str, *, label: str, batch_size: int, threads, device, seed: int, size: int, clock_name: str,
-                 train_steps: int, fe_batches=None, naive_n: int = 1, sample_repeats: int = 1, **model_kwargs) -> dict:
-    """One speed-mode record: training seconds per step at each thread count and, when fe_batches is
-    given, the sampling timings (time_samplers) of one model configuration, untrained (seeded)."""
+                 train_steps: int, fe_batches=None, naive_n: int = 1, sample_repeats: int = 1, amp: Optional[bool] = None,
+                 **model_kwargs) -> dict:
+    """One speed-mode record: training seconds per step at each thread count (mixed precision as fit's
+    amp= chooses) and, when fe_batches is given, the sampling timings (time_samplers) of one model
+    configuration, untrained (seeded)."""
     armini.seed_everything(seed)
     model, note = build(name, size, **model_kwargs)
     model.to(armini.device(device)).eval()
@@ -446,9 +456,9 @@ def speed_record(name: str, *, label: str, batch_size: int, threads, device, see
     wall, cpu = {}, {}
     for t in threads:
         with torch_threads(t):
-            times = time_training(model, batch_size, steps=train_steps, seed=seed)
+            times = time_training(model, batch_size, steps=train_steps, seed=seed, amp=amp)
         wall[str(t)], cpu[str(t)] = times["wall"], times["cpu"]
-    record.update(train_threads=list(threads), train_s_per_step=wall, train_cpu_s_per_step=cpu,
+    record.update(train_threads=list(threads), train_s_per_step=wall, train_cpu_s_per_step=cpu, precision=times["precision"],
                   train_steps_timed=train_steps, note=note)
     return record
 
@@ -504,14 +514,14 @@ def format_speed_table(records) -> str:
     train_key = "train_cpu_s_per_step" if cpu else "train_s_per_step"
     threads = sorted({int(t) for r in records for t in r[train_key]})
     ns = sorted({int(n) for r in records for n in r.get("forward_equivalents", {})})
-    head = (["model", "config", "params", "batch"] + [f"train s/step {t}thr" for t in threads]
+    head = (["model", "config", "params", "batch", "precision"] + [f"train s/step {t}thr" for t in threads]
             + ["naive s/img", "cached s/img", "naive/cached"] + [f"fwd-equiv n={n}" for n in ns] + ["same images"])
     rows = []
     for r in records:
         steps = [f"{r[train_key][str(t)]:.3f}" if str(t) in r[train_key] else "-" for t in threads]
         fe = r.get("forward_equivalents", {})
         naive_n = str(r.get("naive_n", ""))
-        rows.append([r["model"], r["config"], f"{r['params']:,}", str(r["batch_size"])] + steps + [
+        rows.append([r["model"], r["config"], f"{r['params']:,}", str(r["batch_size"]), r.get("precision", "-")] + steps + [
             f"{r['sample_s_per_image_naive']:.3f}" if "sample_s_per_image_naive" in r else "-",
             f"{r['sample_s_per_image_cached'][naive_n]:.3f}" if naive_n in r.get("sample_s_per_image_cached", {})
             else "-", f"{r['cache_speedup']:.1f}" if "cache_speedup" in r else "-"]
@@ -522,7 +532,7 @@ def format_speed_table(records) -> str:
     title = (f"{clock} seconds. training: median s/step at each thread count{' (CPU s of all threads)' if cpu else ''}; "
              "sampling on one thread, s per image (naive and cached at naive_n images, and their ratio); "
              "fwd-equiv = cached s/img / one forward pass s/img")
-    return text_table(title, head, rows, numeric=range(2, len(head)))
+    return text_table(title, head, rows, numeric=[2, 3] + list(range(5, len(head))))
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -554,6 +564,9 @@ def build_speed_parser():
                         "(default 3; one run of a short cached sampler moves by 30%% on a busy machine)")
     p.add_argument("--train-steps", type=cli.positive_int, default=5, help="timed training steps (default 5, after 2 warm-up)")
     p.add_argument("--no-peers", action="store_true", help="skip the peer-sized configurations (bench.PEER_CONFIGS)")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off", "both"],
+                   help="training precision, as fit's amp=: auto (mixed precision on CUDA only), on (also bfloat16 "
+                        "on a CPU with native bfloat16), off, or both (float32, then amp on: two records per configuration)")
     p.add_argument("--cpu-time", action="store_true",
                    help="timings in CPU seconds of this process (fair on a busy machine; with 2 threads a training "
                         "step's CPU seconds add up both threads); the JSON records training on both clocks either way")
@@ -566,6 +579,10 @@ def build_speed_parser():
                    help="a model keyword argument for the default configurations (repeatable)")
     cli.add_debug_flag(p)
     return p
+
+
+# --amp -> the amp= values each configuration is timed with (None: fit's default, mixed precision on CUDA only)
+AMP_CHOICES = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}
 
 
 def positive_ints(text: str) -> list:
@@ -582,14 +599,16 @@ def run_speed(args, parser) -> list:
     model_kwargs = dict(args.set)
     check_models(names, args.size, model_kwargs)
     records = []
+    precisions = AMP_CHOICES[args.amp]
     for name, label, batch, kwargs, sample in speed_configs(names, not args.no_peers, model_kwargs):
-        print(f"timing {name} ({label}) ...", flush=True)
-        records.append(speed_record(name, label=label, batch_size=batch, threads=args.threads, device=args.device,
-                                    seed=args.seed, size=args.size, clock_name="cpu" if args.cpu_time else "wall",
-                                    train_steps=args.train_steps, fe_batches=args.fe_batch if sample else None,
-                                    naive_n=args.naive_n, sample_repeats=args.sample_repeats, **kwargs))
-        if args.json:
-            save_records(records, args.json)
+        for i, amp in enumerate(precisions):
+            print(f"timing {name} ({label}{', amp on' if amp else ''}) ...", flush=True)
+            records.append(speed_record(name, label=label, batch_size=batch, threads=args.threads, device=args.device,
+                                        seed=args.seed, size=args.size, clock_name="cpu" if args.cpu_time else "wall",
+                                        train_steps=args.train_steps, fe_batches=args.fe_batch if sample and i == 0 else None,
+                                        naive_n=args.naive_n, sample_repeats=args.sample_repeats, amp=amp, **kwargs))
+            if args.json:
+                save_records(records, args.json)
     print()
     print(format_speed_table(records))
     if args.json:

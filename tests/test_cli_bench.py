@@ -50,6 +50,20 @@ def test_train_command_writes_checkpoint_samples_and_metrics(tmp_path, monkeypat
     assert json.loads((run / "metrics.json").read_text())["steps"] == 5
 
 
+def test_train_command_amp_on_trains_in_bfloat16_on_a_cpu(tmp_path, monkeypatch):
+    from armini import train
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # any CPU runs bfloat16, natively or not
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARMINI_DATA_SUBSET", "1")
+    args = ["train", "pixelcnn", "--size", "7", "--levels", "4", "--batch-size", "16", "--eval-images", "20",
+            "--samples", "0", "--out", "run", "--device", "cpu", "--no-progress", "-o", "channels=8", "-o", "n_blocks=1",
+            "--steps", "2"]
+    assert main(args + ["--amp", "on"]) == 0
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["fit_args"]["amp"] == "torch.bfloat16"
+    assert main(args + ["--overwrite"]) == 0  # the default on a CPU: float32
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["fit_args"]["amp"] == "None"
+
+
 def test_list_and_unknown_model(capsys):
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
@@ -184,6 +198,21 @@ def test_bench_speed_mode_reports_forward_equivalents_and_training_steps(tmp_pat
     assert "naive/cached" in table and f"{pixelcnn['cache_speedup']:.1f}" in row.split()  # the ratio's column
     with pytest.raises(SystemExit):
         bench.main(["speed", "--fe-batch", "0"])
+
+
+def test_bench_speed_amp_both_times_float32_then_bfloat16_training_only(tmp_path, monkeypatch, capsys):
+    from armini import train
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # any CPU runs bfloat16, natively or not
+    path = tmp_path / "speed.json"
+    assert bench.main(["speed", "--models", "pixelcnn", "--set", "channels=8", "--size", "7", "--threads", "1",
+                       "--fe-batch", "1", "--train-steps", "1", "--no-peers", "--device", "cpu", "--amp", "both",
+                       "--json", str(path)]) == 0
+    fp32, bf16 = json.loads(path.read_text())
+    assert (fp32["precision"], bf16["precision"]) == ("float32", "bfloat16")
+    assert "forward_equivalents" in fp32 and "forward_equivalents" not in bf16  # sampling is timed once
+    assert bf16["train_s_per_step"]["1"] > 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["pixelcnn"]]
+    assert [[c for c in r if "float" in c] for r in rows] == [["float32"], ["bfloat16"]]  # the precision column
 
 
 def test_time_samplers_draws_one_untimed_cached_image_before_timing(monkeypatch):
