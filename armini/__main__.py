@@ -36,7 +36,6 @@ from armini import cli
 from armini.files import atomic_write
 from armini.models import MODELS
 
-AMP = {"auto": None, "on": True, "off": False}  # --amp -> fit's amp=
 SAMPLE_SIDE = 112  # samples.png shows each image at least this many pixels a side: 28x28 drawn 4x, 8x8 14x
 
 
@@ -98,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--samples", type=cli.non_negative_int, default=16,
                    help="images to sample into samples.png (0: none)")
     t.add_argument("--device", type=cli.device_name, default=None, help="cpu, cuda, mps (default: armini.device())")
-    t.add_argument("--amp", default="auto", choices=list(AMP),
+    t.add_argument("--amp", default="auto", choices=list(cli.AMP),
                    help="mixed precision: auto (on CUDA only, the default), on (also bfloat16 on a CPU with native "
                         "bfloat16 arithmetic, 1.3-1.9x faster per step there), off")
     t.add_argument("-o", "--option", action="append", default=[], type=cli.key_value, metavar="KEY=VALUE",
@@ -200,7 +199,7 @@ def train_tokenizer_first(model, args, train_set, test_set, *, steps: int, dev, 
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
         eval_images=args.eval_images, device=dev, checkpoint=out / "tokenizer.pt", resume=args.resume,
         overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress, time_limit=args.time_limit,
-        amp=AMP[args.amp],
+        amp=cli.AMP[args.amp],
     )
     if not math.isfinite(hist.final_test_bpd):
         raise FloatingPointError(f"the tokenizer's test bits/dim is {hist.final_test_bpd} after {hist.steps} steps: "
@@ -236,7 +235,7 @@ def cmd_train(args) -> dict:
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, eval_every=args.eval_every,
         eval_images=eval_images, device=dev, checkpoint=out / "model.pt", resume=args.resume,
         overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress, time_limit=args.time_limit,
-        amp=AMP[args.amp],
+        amp=cli.AMP[args.amp],
     )
     if not math.isfinite(hist.final_test_bpd):  # a diverged run: no samples or metrics that look like results
         raise FloatingPointError(f"test bits/dim is {hist.final_test_bpd} after {hist.steps} steps: training "

@@ -458,8 +458,8 @@ def speed_record(name: str, *, label: str, batch_size: int, threads, device, see
         with torch_threads(t):
             times = time_training(model, batch_size, steps=train_steps, seed=seed, amp=amp)
         wall[str(t)], cpu[str(t)] = times["wall"], times["cpu"]
-    record.update(train_threads=list(threads), train_s_per_step=wall, train_cpu_s_per_step=cpu, precision=times["precision"],
-                  train_steps_timed=train_steps, note=note)
+    record.update(train_threads=list(threads), train_s_per_step=wall, train_cpu_s_per_step=cpu,
+                  precision=times["precision"], train_steps_timed=train_steps, note=note)
     return record
 
 
@@ -564,7 +564,7 @@ def build_speed_parser():
                         "(default 3; one run of a short cached sampler moves by 30%% on a busy machine)")
     p.add_argument("--train-steps", type=cli.positive_int, default=5, help="timed training steps (default 5, after 2 warm-up)")
     p.add_argument("--no-peers", action="store_true", help="skip the peer-sized configurations (bench.PEER_CONFIGS)")
-    p.add_argument("--amp", default="auto", choices=["auto", "on", "off", "both"],
+    p.add_argument("--amp", default="auto", choices=[*cli.AMP, "both"],
                    help="training precision, as fit's amp=: auto (mixed precision on CUDA only), on (also bfloat16 "
                         "on a CPU with native bfloat16), off, or both (float32, then amp on: two records per configuration)")
     p.add_argument("--cpu-time", action="store_true",
@@ -581,10 +581,6 @@ def build_speed_parser():
     return p
 
 
-# --amp -> the amp= values each configuration is timed with (None: fit's default, mixed precision on CUDA only)
-AMP_CHOICES = {"auto": [None], "on": [True], "off": [False], "both": [False, True]}
-
-
 def positive_ints(text: str) -> list:
     """'1,16' -> [1, 16], each a whole number >= 1 (an argparse type)."""
     return [cli.positive_int(part.strip()) for part in text.split(",") if part.strip()] or [cli.positive_int(text)]
@@ -599,7 +595,7 @@ def run_speed(args, parser) -> list:
     model_kwargs = dict(args.set)
     check_models(names, args.size, model_kwargs)
     records = []
-    precisions = AMP_CHOICES[args.amp]
+    precisions = [False, True] if args.amp == "both" else [cli.AMP[args.amp]]  # fit's amp= for each timing
     for name, label, batch, kwargs, sample in speed_configs(names, not args.no_peers, model_kwargs):
         for i, amp in enumerate(precisions):
             print(f"timing {name} ({label}{', amp on' if amp else ''}) ...", flush=True)

@@ -140,6 +140,11 @@ def device_name(text: str) -> str:
     return text
 
 
+# --amp (python -m armini train, bench speed) -> armini.train.fit's amp=: auto, mixed precision on CUDA only;
+# on, also bfloat16 on a CPU that does bfloat16 in hardware; off, float32 everywhere
+AMP = {"auto": None, "on": True, "off": False}
+
+
 def key_value(text: str) -> tuple:
     """'key=value' -> (key, Python value): 'channels=32' gives ("channels", 32), 'name=abc' ("name", "abc")."""
     key, eq, value = text.partition("=")

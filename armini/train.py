@@ -979,7 +979,8 @@ def fit(
     eval_every:    test bits/dim every this many steps (None: only at the end), on the first
                    `eval_images` test images (None: all)
     amp:           mixed precision; None = on when training on CUDA (bfloat16, or float16 + GradScaler);
-                   True = also on a CPU with native bfloat16 (AVX512-BF16 or AMX), about 2x faster there
+                   True = also on a CPU with native bfloat16 (AVX512-BF16 or AMX): 1.3-1.9x faster per step
+                   on the course's test machine
     device:        default armini.device(); the dataset stays on the CPU, batches are copied over
     checkpoint:    file saved (atomically) every `checkpoint_every` steps (None: never) and at the end;
                    an existing checkpoint is refused unless `resume` or `overwrite` says what to do with it

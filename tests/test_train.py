@@ -98,7 +98,7 @@ def test_cpu_mixed_precision_only_when_asked_and_native(monkeypatch):
     dtype, scaler = train._amp_setup(torch.device("cpu"), True)
     assert dtype == torch.bfloat16 and not scaler.is_enabled()  # bfloat16 needs no loss scaling
     assert train._amp_setup(torch.device("cpu"), False)[0] is None
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # emulated bfloat16 would be slower: refused
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # emulated bfloat16 gains nothing: refused
     with pytest.warns(UserWarning, match="native bfloat16"):
         assert train._amp_setup(torch.device("cpu"), True)[0] is None
     with pytest.warns(UserWarning, match="float32 on mps"):
@@ -108,8 +108,8 @@ def test_cpu_mixed_precision_only_when_asked_and_native(monkeypatch):
 @pytest.mark.parametrize("name", ["gated-pixelcnn", "pixelcnn++"])
 def test_cpu_bfloat16_training_loss_is_float32_and_close(name, monkeypatch):
     """Under CPU autocast the convolutions run in bfloat16 but the loss is computed in float32 (cross-entropy,
-    the logistic mixture) and stays within a few hundredths of a bit of the float32 loss; fit(amp=True)
-    trains with it and records the precision."""
+    the logistic mixture) and stays within 5% of the float32 loss; fit(amp=True) trains with it to a finite
+    test bits/dim (test_cli_bench checks the checkpoint records the precision)."""
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
     torch.manual_seed(0)
     model = MODELS[name](shape=(1, 8, 8), levels=16)
