@@ -264,7 +264,7 @@ def evaluate(model, data, batch_size: int = 256, device=None, limit: Optional[in
         for start in range(0, len(images), batch_size)[world.rank :: world.size]:  # this process's batches
             x = images[start : start + batch_size].to(dev).long()  # (B, *shape)
             y = labels[start : start + batch_size].to(dev) if labels is not None else None
-            total_bits += model.nll_bits(x, y).double().sum().item()  # -log2 p(x) per image, summed
+            total_bits += model.nll_bits(x, y).cpu().double().sum().item()  # -log2 p(x) per image, summed (CPU: MPS has no float64)
     finally:
         model.train(was_training)
     total_bits = distributed.total(total_bits, world)  # every process's share

@@ -115,3 +115,11 @@ def test_inputs_checked_restores_the_flag():
         with model.inputs_checked():
             raise ValueError("x")
     assert not model._inputs_checked
+
+
+def test_samplers_draw_in_float64_except_on_apple_mps():
+    """The loop's probabilities and uniforms are float64, but float32 on Apple MPS, which has no float64 (a
+    float64 tensor there raises, so a learner on a Mac could not sample a model trained on armini.device())."""
+    from armini.models.base import probability_dtype
+    assert probability_dtype("cpu") == probability_dtype(torch.device("cuda", 0)) == torch.float64
+    assert probability_dtype(torch.device("mps")) == torch.float32

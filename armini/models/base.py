@@ -103,6 +103,12 @@ def smaller_size(side: int) -> Optional[int]:
     return next((s for s in (28, 14, 7, 4, 2) if s < side), None)
 
 
+def probability_dtype(device) -> torch.dtype:
+    """The dtype samplers draw in on `device`: float64 (a value's chance exact to about 1e-16), but float32
+    on Apple MPS, which has no float64 (its tensors cannot hold one)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def check_temperature(temperature) -> float:
     """A sampling temperature must be a finite positive number (nan or inf would give all-zero images)."""
     try:
@@ -540,7 +546,8 @@ class ARModel(nn.Module):
         """One value per distribution (n, S, K) -> (n, S), by inverse-CDF sampling with uniforms from
         `generator`: the same draws give the same images for any sampler (naive or cached) that
         computes the same probabilities."""
-        u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=torch.float64).to(probs.device)
+        u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=probability_dtype(gdev))
+        u = u.to(probs.device, probability_dtype(probs.device))  # (n, S)
         return self._inverse_cdf(probs, u.unsqueeze(-1))  # (n, S)
 
     def _inverse_cdf(self, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -561,7 +568,8 @@ class ARModel(nn.Module):
         if generator is None or generator.device.type != "cpu":
             return None
         sizes = [n * len(positions) for positions in steps]
-        flat = torch.rand(sum(sizes), generator=generator, dtype=torch.float64).to(device)  # every step's, in order
+        flat = torch.rand(sum(sizes), generator=generator, dtype=torch.float64)  # every step's, in order
+        flat = flat.to(device, probability_dtype(device))
         return [u.view(n, -1, 1) for u in flat.split(sizes)]  # (n, S, 1) per step
 
     @torch.no_grad()
@@ -627,6 +635,7 @@ class ARModel(nn.Module):
         track = given or callback is not None or self.any_order  # does anything read `filled` during the loop?
         skips = cache is None or callable(getattr(cache, "given_step", None))  # a cache that can be told of given steps
         uniforms = self._uniforms(steps, n, generator, x.device)  # (n, S, 1) per step, or None: drawn per step
+        pdtype = probability_dtype(x.device)  # float64, float32 on MPS
         try:
             for t, positions in enumerate(iterator):
                 index = positions.to(x.device)  # (S,) flat positions
@@ -637,7 +646,7 @@ class ARModel(nn.Module):
                     if cache is not None:
                         cache.given_step(index)  # the cache catches up later if it needs these positions
                     if uniforms is None:
-                        torch.rand(keep.shape, generator=generator, device=gdev, dtype=torch.float64)
+                        torch.rand(keep.shape, generator=generator, device=gdev, dtype=probability_dtype(gdev))
                     continue
                 if top_rows:  # the naive step of a rows_so_far model: only the rows generated so far
                     top, at = self._top_rows(x, positions)  # (n, C, h, W), (S,)
@@ -647,10 +656,10 @@ class ARModel(nn.Module):
                     logp = self.conditional_logprobs(x[:, :t_last + 1], index, y, None)  # (n, S, K): same flat positions
                 else:
                     logp = self.conditional_logprobs(x, index, y, cache, **self._order_kwargs(order, filled))  # (n, S, K)
-                if temperature == 1 and top_k is None:  # the model's own distribution, in float64
-                    probs = torch.softmax(logp, dim=-1, dtype=torch.float64)  # (n, S, K), = softmax(logp.double())
+                if temperature == 1 and top_k is None:  # the model's own distribution, in float64 (MPS: float32)
+                    probs = torch.softmax(logp, dim=-1, dtype=pdtype)  # (n, S, K), = softmax(logp.double())
                 else:
-                    logp = logp.double() if temperature == 1 else logp.double() / temperature  # (x / 1 is x)
+                    logp = logp.to(pdtype) if temperature == 1 else logp.to(pdtype) / temperature  # (x / 1 is x)
                     if top_k is not None:
                         logp = keep_top_k(logp, top_k)  # (n, S, K): all but the k most likely at -inf
                     probs = torch.softmax(logp, dim=-1)  # (n, S, K)

@@ -405,7 +405,7 @@ def codebook_usage(indices: torch.Tensor, codebook_size: int):
     perplexity = exp(H), H the entropy of the codes' frequencies: V if all are equally used, 1 if one
     code takes everything. Measure it over a whole set (an epoch, a test set): a batch's perplexity
     is capped by its size."""
-    counts = torch.bincount(indices.flatten().long(), minlength=codebook_size).double()
+    counts = torch.bincount(indices.flatten().long(), minlength=codebook_size).cpu().double()  # (MPS has no float64)
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return float((counts > 0).double().mean()), float(entropy.exp())
