@@ -206,6 +206,28 @@ def test_cached_conditionals_match_the_full_forward_pass(shape, K, kw):
     torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("C,K", [(1, 256), (3, 256), (1, 4), (3, 5)])
+def test_sampling_head_gives_the_mixtures_probabilities_to_float64_accuracy(C, K):
+    """pixel_conditionals (the sampling step's head: differences of logistic CDFs in float64) against the
+    mixture's probabilities from armini.nn.dmol in float64, on sharp and flat logistics alike, for every
+    channel given the earlier ones; it returns float32 for float32 parameters."""
+    from armini.nn.dmol import dmol_conditionals, dmol_num_params
+    model = PixelCNNpp(shape=(C, 4, 4), levels=K, nr_filters=4, nr_mix=3, nr_resnet=0)
+    gen = torch.Generator().manual_seed(0)
+    params = torch.randn(64, dmol_num_params(C, 3), generator=gen, dtype=torch.float64) * 3  # log-scales down to about -9
+    x = torch.randint(K, (64, C), generator=gen)
+    exact = dmol_conditionals(params[:, :, None, None], x[:, :, None, None], K)[:, :, 0, 0].exp()  # (64, C, K)
+    for c in range(C):
+        head = model.pixel_conditionals(params, x, c)  # (64, 1, K)
+        assert head.dtype == torch.float64
+        torch.testing.assert_close(head.exp()[:, 0], exact[:, c], rtol=0, atol=1e-13)
+        assert model.pixel_conditionals(params.float(), x, c).dtype == torch.float32
+    # the check fails on a wrong head: every inner bin edge a tenth of a bin off
+    edges = model._bin_edges(torch.float64, torch.device("cpu"))
+    model._edges[(torch.float64, torch.device("cpu"))] = edges + 0.1 * 2 / (K - 1)
+    assert not torch.allclose(model.pixel_conditionals(params, x, 0).exp()[:, 0], exact[:, 0], rtol=0, atol=1e-6)
+
+
 def run_sampler(model, cached, n=2, seed=0, **kwargs):
     probs = []
     out = model.sample(n, generator=torch.Generator().manual_seed(seed), cached=cached,

@@ -52,9 +52,10 @@ writes when they are needed.
 
 Deviations from the paper: no queues of rows; every map is kept whole (simpler, and as fast on a
 CPU); a position on its own is computed as a matrix product (addmm) of its unfolded window, a strip
-of several with F.conv2d; the network is evaluated as in eval mode (no dropout); a step runs on one
-CPU thread in torch.inference_mode (its operations are tiny: threads and autograd bookkeeping would
-cost more than the arithmetic).
+of several with F.conv2d; the maps are stored channels last, so that one position's features lie
+together (for n images at once, copying a window otherwise gathers values H*W apart); the network
+is evaluated as in eval mode (no dropout); a step runs on one CPU thread in torch.inference_mode
+(its operations are tiny: threads and autograd bookkeeping would cost more than the arithmetic).
 
 Legend: n images sampled, C image channels, F feature channels, H, W height and width (h, w of a
 map at its own resolution), P positions in one strip, K levels.
@@ -76,7 +77,8 @@ class FeatureMap:
     """One feature map of the network, kept whole while sampling.
 
     ready  (h, w) ints: the step at which each position becomes final; -1: always zero, never computed
-    raw    (n, F, top + h + bottom, left + w + right): the values; the zero margins are the readers' padding
+    raw    (n, F, top + h + bottom, left + w + right): the values, stored channels last (position by
+           position); the zero margins are the readers' padding
     ce     the same for concat_elu(values) (2F channels), kept if a gated resnet reads it"""
 
     def __init__(self, channels: int, ready: torch.Tensor):
@@ -94,38 +96,46 @@ class FeatureMap:
     def allocate(self, n: int, dtype: torch.dtype, device):
         left, right, top, bottom = self.margin
         size = (top + self.h + bottom, left + self.w + right)
+        # stored position by position (channels last: (n, rows, cols, F), read as (n, F, rows, cols)): one
+        # position's features are then contiguous, so a matrix product reads them where they lie
         if "raw" in self.kinds:
-            self.raw = torch.zeros(n, self.F, *size, dtype=dtype, device=device)
+            self.raw = torch.zeros(n, *size, self.F, dtype=dtype, device=device).permute(0, 3, 1, 2)
         if "ce" in self.kinds:
-            self.ce = torch.zeros(n, 2 * self.F, *size, dtype=dtype, device=device)
+            self.ce = torch.zeros(n, *size, 2 * self.F, dtype=dtype, device=device).permute(0, 3, 1, 2)
         # the same values with the positions flattened, (n, F or 2F, rows * cols): one position is then
         # one indexing operation (a step is a few dozen tiny operations, each costing microseconds)
         self.stride = size[1]
         self.flat = {kind: buf.flatten(2) for kind, buf in (("raw", self.raw), ("ce", self.ce)) if buf is not None}
+        if self.ce is not None:  # the ce map as its two halves, elu(v) and elu(-v): (n, 2, F, rows * cols)
+            self.flat["ce2"] = self.flat["ce"].unflatten(1, (2, self.F))
+            signs = torch.tensor([1.0, -1.0], dtype=dtype, device=device)  # v, -v
+            self.signs = {1: signs.view(2, 1), 2: signs.view(2, 1, 1)}  # for one position (n, F), a strip (n, F, P)
 
     def window(self, kind: str, row: int, rows: int, col: int, cols: int) -> torch.Tensor:
         """Values at rows row..row+rows-1, columns col..col+cols-1 (a map's coordinates; the margins
         hold zeros): (n, F or 2F, rows, cols)."""
         left, _, top, _ = self.margin
         buf = self.raw if kind == "raw" else self.ce
-        n, channels, _, stride = buf.shape  # a fresh buffer: storage offset 0, row stride `stride`
-        start = (top + row) * stride + left + col  # where the window's top left corner is stored
+        n, channels = buf.shape[:2]  # a fresh buffer: storage offset 0
+        start = (top + row) * buf.stride(2) + (left + col) * buf.stride(3)  # where the window's top left corner is stored
         return buf.as_strided((n, channels, rows, cols), buf.stride(), start)  # one operation, where slicing is two
 
     def at(self, kind: str, a: int, j0: int, j1: int) -> torch.Tensor:
-        """The values at row a, columns j0..j1-1: (n, F or 2F, P), or (n, F or 2F) for one position."""
+        """The values at row a, columns j0..j1-1: (n, F or 2F, P), or (n, F or 2F) for one position
+        (kind "ce2": (n, 2, F, P) or (n, 2, F), the ce values as their two halves)."""
         left, _, top, _ = self.margin
         start = (top + a) * self.stride + left + j0  # the flat position of (a, j0)
         buf = self.flat[kind]
-        return buf[:, :, start] if j1 == j0 + 1 else buf[:, :, start: start + j1 - j0]
+        return buf[..., start] if j1 == j0 + 1 else buf[..., start: start + j1 - j0]
 
     def store(self, v: torch.Tensor, a: int, j0: int, j1: int, raw_written: bool = False):
         """Keep v (n, F, P) (or (n, F) for one position), the values at row a, columns j0..j1-1
         (raw_written: v is already the raw map's view there)."""
         if self.raw is not None and not raw_written:
             self.at("raw", a, j0, j1).copy_(v)
-        if self.ce is not None:  # concat_elu(v) = elu([v, -v]), written in place: (n, 2F, P) or (n, 2F)
-            F.elu(torch.cat([v, -v], dim=1, out=self.at("ce", a, j0, j1)), inplace=True)
+        if self.ce is not None:  # concat_elu(v) = elu([v, -v]): v times (1, -1) written in place, then elu
+            halves = torch.mul(v.unsqueeze(1), self.signs[v.dim() - 1], out=self.at("ce2", a, j0, j1))
+            F.elu(halves, inplace=True)  # (n, 2, F, P) or (n, 2, F)
 
 
 class ConvTerm:
@@ -139,7 +149,8 @@ class ConvTerm:
         if weight is None:  # the convolution's own weight and bias (else a part of them, see PixelCNNppCache._build)
             weight, bias = conv_weight(conv), conv.bias
         self.weight = weight.detach().contiguous()  # (out, in, kh, kw)
-        self.matrix_t = self.weight.flatten(1).t().contiguous()  # (in*kh*kw, out): for x @ W^T on one position
+        # (kh*kw*in, out): x @ W^T for one position's window read position by position, as the maps store it
+        self.matrix_t = self.weight.permute(0, 2, 3, 1).flatten(1).t().contiguous()
         self.bias = None if bias is None else bias.detach()  # (out,)
         self.stride, self.kernel, self.pad = conv.stride[0], tuple(conv.kernel_size), conv_padding(conv)
         left, right, top, bottom = self.pad
@@ -148,6 +159,15 @@ class ConvTerm:
         # columns (rows) read past the right (bottom) edge by the last output
         beyond = (max(0, (self.size[1] - 1) * s - left + kw - source.w), max(0, (self.size[0] - 1) * s - top + kh - source.h))
         source.read_by(kind, (left, beyond[0], top, beyond[1]))
+        self.cols = self.cols_4d = None  # one position's unfolded window, (n, in*kh*kw) (allocate)
+
+    def allocate(self, n: int, dtype: torch.dtype, device):
+        """The buffer one position's window is copied into, (n, kh*kw*in), and its (n, in, kh, kw) view:
+        one copy into memory kept for the whole image, where reshaping the window would allocate every step."""
+        if self.kernel != (1, 1):
+            c_in, kh, kw = self.weight.shape[1:]
+            self.cols = torch.zeros(n, kh * kw * c_in, dtype=dtype, device=device)
+            self.cols_4d = self.cols.view(n, kh, kw, c_in).permute(0, 3, 1, 2)  # stored as the maps are
 
     def reads(self):
         """Every (output position, input position it reads) pair as flat indices (out, inp); reads of
@@ -182,8 +202,8 @@ class ConvTerm:
         if self.kernel == (1, 1):
             cols = self.source.at(self.kind, row, col, col + 1)  # (n, in)
         else:
-            window = self.source.window(self.kind, row, kh, col, kw)  # (n, in, kh, kw)
-            cols = window.reshape(window.shape[0], -1)
+            cols = self.cols
+            self.cols_4d.copy_(self.source.window(self.kind, row, kh, col, kw))  # (n, in, kh, kw) -> (n, kh*kw*in)
         if total is None:
             return cols @ self.matrix_t if self.bias is None else torch.addmm(self.bias, cols, self.matrix_t)
         return torch.addmm(total if self.bias is None else total + self.bias, cols, self.matrix_t)
@@ -330,6 +350,8 @@ class PixelCNNppCache:
         with torch.inference_mode():  # the maps are only read and written in inference mode
             for m in [self.image] + [L.out for L in self.layers]:
                 m.allocate(n, dtype, dev)
+            for term in (t for L in self.layers for t in L.terms if isinstance(t, ConvTerm)):
+                term.allocate(n, dtype, dev)
             self.image.window("raw", 0, H, 0, W)[:, self.C_in] = 1.0  # the channel of ones (zero in the padding)
             self.level_table = LevelTable(model.inputs, C, model.levels, dtype, dev)  # every level's input features
         # when each position is computed, from the output (read at pixel t at step t) back to the input

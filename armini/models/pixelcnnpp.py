@@ -84,7 +84,7 @@ from ..nn.inputs import ValueInput
 from ..nn.shifted import (DownRightShiftedConv2d, DownRightShiftedConvTranspose2d, DownShiftedConv2d,
                           DownShiftedConvTranspose2d, down_shift, right_shift)
 from ..orders import unravel
-from .base import ARModel
+from .base import ARModel, probability_dtype
 
 
 @dataclass
@@ -211,15 +211,23 @@ class PixelCNNpp(ARModel):
 
     def pixel_conditionals(self, params, x_pixel, c: int):
         """log p(x_c = k | x_<c) for one sub-pixel of each image: (n, 1, K), from its pixel's mixture
-        parameters (n, P) and its values x_pixel (n, C) (only x_<c is read: None will do for c = 0). What
-        a sampling step needs: armini.nn.dmol.dmol_conditionals for one channel of one pixel (equal to
-        rounding), with each bin edge's logistic CDF computed once for the two bins that share it. A step
-        costs a few microseconds per tensor operation whatever its size, so this one counts its
-        operations: the parameters are cut from the row as dmol_split lays them out (logits, then
-        M per block: C means, C log-scales, the couplings), without its checks."""
+        parameters (n, P) and its values x_pixel (n, C) (only x_<c is read: None will do for c = 0).
+
+        What a sampling step needs, as probabilities: the mixture of the discretised logistics,
+
+            P(k) = sum_m pi_m (sigma(z_(k+1)) - sigma(z_k)),   z_k = (e_k - mean_m) / s_m,
+
+        with e_0 = -inf, e_K = +inf (the edge bins take the tails): each edge's logistic CDF once, the
+        differences, then one matrix product with the weights. In float64, where a difference is exact
+        to about 1e-16 of probability, so a value is drawn with its chance to that accuracy (the
+        log-space formula of armini.nn.dmol, which training needs for its tails' logarithms, drifts by
+        up to 1e-5 of probability in float32 on a sharp logistic). A step costs a few microseconds per
+        tensor operation whatever its size, so this one counts its operations: the parameters are cut
+        from the row as dmol_split lays them out (logits, then M per block: C means, C log-scales, the
+        couplings), without its checks."""
         C, M = self.shape[0], self.config.nr_mix
-        if params.dtype in (torch.float16, torch.bfloat16):
-            params = params.float()  # as dmol_split does
+        dtype = torch.float64 if params.dtype == torch.float64 else torch.float32  # what it returns
+        params = params.to(probability_dtype(params.device))  # (n, P): float64 (float32 on Apple MPS)
         logit_pi = params[:, :M]  # (n, M)
         mean = params[:, M * (1 + c): M * (2 + c)]  # (n, M): channel c's means
         log_s = params[:, M * (1 + C + c): M * (2 + C + c)].clamp(min=LOG_SCALE_MIN)  # (n, M): its log-scales
@@ -230,22 +238,10 @@ class PixelCNNpp(ARModel):
             mean = means[:, c, :, 0, 0]  # (n, M)
             logit_pi = logit_pi + log_bin_mass(x[:, :c, None], means[:, :c], log_s_all[:, :c],
                                                self.levels).cumsum(1)[:, -1, :, 0, 0]  # (n, M)
-        log_w = torch.log_softmax(logit_pi, dim=1)  # (n, M)
-        return torch.logsumexp(log_w[..., None] + self._log_bins(mean, log_s), dim=1, keepdim=True)  # (n, 1, K)
-
-    def _log_bins(self, mean, log_s):
-        """log P(k | mean, s) of the discretised logistic for every level k: (..., K) (armini.nn.dmol.log_bin_mass).
-
-        Bin k spans [e_k, e_(k+1)] with e_0 = -inf, e_K = +inf (the edge bins take the tails), z = (e - mean) / s:
-        log P(k) = log sigma(z_(k+1)) + log(1 - sigma(z_k)) + log(1 - exp(-(z_(k+1) - z_k))), the last for middle bins."""
-        K = self.levels
-        half = 1.0 / (K - 1)  # half a bin in [-1, 1]
-        edges = self._bin_edges(mean.dtype, mean.device)  # (K+1,)
-        inv_s = torch.exp(-log_s)[..., None]
-        z = (edges - mean[..., None]) * inv_s  # (..., K+1)
-        lp = F.logsigmoid(z[..., 1:]) + F.logsigmoid(-z[..., :-1])  # (..., K)
-        lp[..., 1:-1].add_(torch.log(-torch.expm1(-2 * half * inv_s)))  # both edges of a middle bin are finite
-        return lp
+        edges = self._bin_edges(params.dtype, params.device)  # (K+1,)
+        cdf = torch.sigmoid((edges - mean[..., None]) * torch.exp(-log_s)[..., None])  # (n, M, K+1): sigma(z_k)
+        probs = torch.bmm(torch.softmax(logit_pi, dim=1)[:, None], cdf.diff(dim=-1))  # (n, 1, M) @ (n, M, K) -> (n, 1, K)
+        return probs.clamp_(min=0).log_().to(dtype)  # clamp: a difference of two equal CDFs may round below 0
 
     def _bin_edges(self, dtype, device) -> torch.Tensor:
         """The K + 1 bin edges e_0 = -inf, e_k = -1 + (2k - 1) / (K - 1), e_K = +inf: made once per dtype and device."""
