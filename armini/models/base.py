@@ -547,7 +547,7 @@ class ARModel(nn.Module):
         `generator`: the same draws give the same images for any sampler (naive or cached) that
         computes the same probabilities."""
         u = torch.rand(probs.shape[:-1], generator=generator, device=gdev, dtype=probability_dtype(gdev))
-        u = u.to(probs.device, probability_dtype(probs.device))  # (n, S)
+        u = u.to(probs.device, probs.dtype)  # (n, S), in the loop's probability dtype
         return self._inverse_cdf(probs, u.unsqueeze(-1))  # (n, S)
 
     def _inverse_cdf(self, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
