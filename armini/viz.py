@@ -549,7 +549,7 @@ class SamplingScrubber:
 
 
 # --------------------------------------------------------------------------- completion
-PRESETS = ("left half", "top half", "centre", "random 50%", "drawn")  # "centre": the central block missing
+PRESETS = ("left half", "top half", "centre", "centre given", "random 50%", "drawn")  # "centre": the block missing
 MODEL_ORDER = "model's order"  # the order choice that asks the model (completion_order, or its own fixed order)
 GRID_MAX = 14  # the click grid has one button per pixel up to 14 x 14, else blocks in a grid of about 7 x 7
 
@@ -563,11 +563,12 @@ def preset_mask(name: str, H: int, W: int, generator=None) -> torch.Tensor:
         mask[:, : W // 2] = True
     elif name == "top half":
         mask[: H // 2] = True
-    elif name == "centre":  # everything but the central block of half the size (rows 4-10 of 14)
+    elif name in ("centre", "centre given"):  # the central block of half the size (rows 4-10 of 14)
         h, w = H // 2, W // 2
         top, left = (H - h + 1) // 2, (W - w + 1) // 2
-        mask[:] = True
-        mask[top:top + h, left:left + w] = False
+        mask[top:top + h, left:left + w] = True  # "centre given": only the block is observed
+        if name == "centre":  # "centre": everything but the block is observed
+            mask = ~mask
     elif name == "random 50%":
         mask = torch.rand(H, W, generator=generator) < 0.5
     else:

@@ -254,14 +254,21 @@ def test_loss_draws_a_training_order_with_the_global_rng():
     assert len({round(d, 6) for d in drawn}) > 4  # several orders were drawn
 
 
-def test_ensemble_is_the_image_level_mixture_not_averaged_pixels():
+def trained_on_flat_2x2():
+    """A 2x2 LMConv with 3 levels (81 images: small enough to list), trained a little on flat images so
+    that its pixels depend on each other."""
     model = small(shape=(1, 2, 2), levels=3)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
-    flat = torch.arange(3).repeat(6).view(18, 1, 1, 1).expand(18, 1, 2, 2)  # flat images: pixels depend on each other
+    flat = torch.arange(3).repeat(6).view(18, 1, 1, 1).expand(18, 1, 2, 2)  # (18, 1, 2, 2) images of one colour
     for _ in range(30):
         opt.zero_grad()
         model.loss(flat).backward()
         opt.step()
+    return model
+
+
+def test_ensemble_is_the_image_level_mixture_not_averaged_pixels():
+    model = trained_on_flat_2x2()
     x = all_images((1, 2, 2), 3)  # every image, so normalisation can be summed
     chosen = [orders.named("s-curve", 2, 2, k) for k in (0, 3, 5)]
     with torch.no_grad():
@@ -341,6 +348,33 @@ def test_ensemble_from_per_dimension_terms_sums_them_first():
     torch.testing.assert_close(ensemble_log_likelihood(terms), expected)
     torch.testing.assert_close(ensemble_log_likelihood(per_image), expected)
     assert not torch.allclose(terms.exp().mean(0).log().sum(-1), expected)  # averaged pixels: another number
+
+
+def test_completion_ensemble_mixes_the_observed_first_training_orders():
+    """Completing a given left column of a 2x2 image: both column-by-column S-curves visit it first, and
+    the mixture of their conditionals is again a distribution over the missing pixels, for every
+    observed value: log of the mean of the orders' p_k(missing | observed)."""
+    model = trained_on_flat_2x2()
+    left = torch.tensor([[True, False], [True, False]])
+    ready = model.completion_orders(left)  # (2, 4)
+    expected = [orders.named("s-curve", 2, 2, k) for k in ("transpose", "transpose+flip-ud")]
+    assert len(ready) == 2 and all(any(torch.equal(r, e) for r in ready) for e in expected)
+    assert torch.equal(ready[0], model.completion_order(left))
+    x = all_images((1, 2, 2), 3)  # every image: 9 observed left columns x 9 completions
+    with torch.no_grad():
+        mixed = model.ensemble_log_prob(x, ready, observed=left).double()  # (81,)
+        per_order = torch.stack([model.log_prob(x, order=o, observed=left) for o in ready]).double()  # (2, 81)
+    torch.testing.assert_close(mixed, per_order.exp().mean(0).log(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(per_order[0], per_order[1], atol=1e-3)  # two different conditionals
+    given = x[:, 0, 0, 0] * 3 + x[:, 0, 1, 0]  # (81,) which observed left column
+    for value in range(9):  # each observed left column: the completions' probabilities sum to one
+        assert mixed[given == value].exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="observed_first"):  # the plain S-curve visits pixel (0, 1) before (1, 0)
+        model.ensemble_log_prob(x, [orders.named("s-curve", 2, 2, 0)], observed=left)
+    centre = torch.ones(4, 4, dtype=torch.bool)
+    centre[1:3, 1:3] = False
+    big = small(shape=(1, 4, 4))
+    assert torch.equal(big.completion_orders(centre), big.completion_order(centre)[None])  # no S-curve fits: one order
 
 
 def test_completion_order_prefers_a_training_order():

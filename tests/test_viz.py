@@ -311,13 +311,14 @@ def test_completion_presets_mark_the_observed_pixels(explorer):
     centre = torch.ones(6, 6, dtype=torch.int)
     centre[2:5, 2:5] = 0  # the central 3x3 block missing
     assert torch.equal(masks["centre"], centre)
+    assert torch.equal(explorer.observed_mask("centre given").int(), 1 - centre)  # only the central block given
     half = explorer.observed_mask("random 50%")
     assert 6 <= int(half.sum()) <= 30 and torch.equal(half, explorer.observed_mask("random 50%"))  # seeded
     assert explorer.preset_names == list(viz.PRESETS)
     assert not explorer.observed_mask("drawn").any()  # the click grid starts empty
 
 
-@pytest.mark.parametrize("preset", ["left half", "top half", "centre", "random 50%"])
+@pytest.mark.parametrize("preset", ["left half", "top half", "centre", "centre given", "random 50%"])
 def test_completion_keeps_the_observed_pixels_and_visits_them_first(explorer, preset):
     observed = explorer.observed_mask(preset)
     record = explorer.complete(image=1, preset=preset, order=None)
@@ -368,7 +369,7 @@ def observed_first_count(record, observed):
 
 def test_completion_names_the_presets_when_one_is_wrong(explorer):
     with pytest.raises(ValueError, match="no mask preset 'center'; choose one of: left half, top half, centre, "
-                                         "random 50%, drawn"):
+                                         "centre given, random 50%, drawn"):
         explorer.complete(preset="center")
     with pytest.raises(ValueError, match="drawn= goes with preset='drawn'"):
         explorer.observed_mask("centre", drawn=torch.ones(6, 6))

@@ -219,6 +219,18 @@ class LMConv(ARModel):
         best = self.train_orders[min(range(len(late)), key=late.__getitem__)]
         return orders_lib.observed_first(observed, best)
 
+    def completion_orders(self, observed) -> torch.Tensor:
+        """Every training order that already visits all the observed pixels first: (N, L), the
+        orders a completion can mix (ensemble_log_prob(x, orders, observed=observed)). If none does,
+        the one order completion_order(observed) makes: (1, L).
+
+        A given left half: both column-by-column S-curves (from the top and from the bottom of the
+        first column); a missing centre, with orders="s-curve+spiral": two spirals."""
+        first = self.completion_order(observed)  # (L,), and the mask's shape checked
+        given = torch.as_tensor(observed, dtype=torch.bool).cpu().reshape(-1)  # (L,)
+        ready = [order for order in self.train_orders if late_observed(given, order) == 0]
+        return torch.stack(ready) if ready else first[None]  # (N, L)
+
     # ----------------------------------------------------------------- network
     def network(self, x: torch.Tensor, y=None, order=None) -> torch.Tensor:
         """The output layer (B, P or K, H, W) for integer images x, in `order` ((L,) pixel order)."""
@@ -280,11 +292,15 @@ class LMConv(ARModel):
             order = self.draw_order()
         return super().loss(x, y, order=order, observed=observed)
 
-    def ensemble_log_prob(self, x, orders, y=None) -> torch.Tensor:
+    def ensemble_log_prob(self, x, orders, y=None, *, observed=None) -> torch.Tensor:
         """log p(x) of the equal-weight mixture of the model in each of `orders`: (B,) nats.
 
-        orders: a list (or (N, L) tensor) of pixel orders, e.g. model.train_orders."""
-        per_order = torch.stack([self.log_prob(x, y, order=o) for o in orders])  # (N, B)
+        orders: a list (or (N, L) tensor) of pixel orders, e.g. model.train_orders.
+        observed: a bool mask of the given pixels (as for log_prob): then log p(x_missing | x_observed)
+        of the mixture, (1/N) sum_k p_k(x_missing | x_observed), a distribution over the missing
+        pixels as each p_k is. Every order must visit the observed pixels first
+        (completion_orders(observed) gives the trained ones)."""
+        per_order = torch.stack([self.log_prob(x, y, order=o, observed=observed) for o in orders])  # (N, B)
         return ensemble_log_likelihood(per_order)  # (B,)
 
     def bench_fields(self) -> dict:
