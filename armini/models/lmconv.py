@@ -210,12 +210,7 @@ class LMConv(ARModel):
         S-curve (column by column) for a given left half, a spiral (with orders="s-curve+spiral")
         for a missing centre. Without such an order (a missing centre and S-curves only) every
         missing pixel still sees every observed one, but through masks the network never trained on."""
-        observed = torch.as_tensor(observed, dtype=torch.bool).cpu()
-        if observed.numel() != self.dims:
-            raise ValueError(f"observed must mark the {self.dims} pixels of one image ({self.shape[1]}x{self.shape[2]}), "
-                             f"got shape {tuple(observed.shape)}")
-        observed = observed.reshape(-1)  # (L,)
-        late = [late_observed(observed, order) for order in self.train_orders]  # how many pixels each must move
+        observed, late = self._late_observed(observed)
         best = self.train_orders[min(range(len(late)), key=late.__getitem__)]
         return orders_lib.observed_first(observed, best)
 
@@ -226,10 +221,18 @@ class LMConv(ARModel):
 
         A given left half: both column-by-column S-curves (from the top and from the bottom of the
         first column); a missing centre, with orders="s-curve+spiral": two spirals."""
-        first = self.completion_order(observed)  # (L,), and the mask's shape checked
-        given = torch.as_tensor(observed, dtype=torch.bool).cpu().reshape(-1)  # (L,)
-        ready = [order for order in self.train_orders if late_observed(given, order) == 0]
-        return torch.stack(ready) if ready else first[None]  # (N, L)
+        _, late = self._late_observed(observed)
+        ready = [order for order, n in zip(self.train_orders, late) if n == 0]
+        return torch.stack(ready) if ready else self.completion_order(observed)[None]  # (N, L)
+
+    def _late_observed(self, observed):
+        """observed checked and flattened to (L,) bool, and late_observed of it for every training order."""
+        observed = torch.as_tensor(observed, dtype=torch.bool).cpu()
+        if observed.numel() != self.dims:
+            raise ValueError(f"observed must mark the {self.dims} pixels of one image ({self.shape[1]}x{self.shape[2]}), "
+                             f"got shape {tuple(observed.shape)}")
+        observed = observed.reshape(-1)  # (L,)
+        return observed, [late_observed(observed, order) for order in self.train_orders]  # pixels each must move
 
     # ----------------------------------------------------------------- network
     def network(self, x: torch.Tensor, y=None, order=None) -> torch.Tensor:

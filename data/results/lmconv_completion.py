@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import armini
-from armini import data, orders
+from armini import data, orders, viz
 from armini.models import LMConv, PixelCNN
 from armini.train import evaluate, fit
 
@@ -41,12 +41,11 @@ H = W = 14
 
 
 def masks() -> dict:
-    """The observed pixels of each completion task: {name: (H, W) bool, True = given}."""
-    left = torch.zeros(H, W, dtype=torch.bool)
-    left[:, : W // 2] = True  # columns 0-6 given, the right half missing
-    centre = torch.zeros(H, W, dtype=torch.bool)
-    centre[4:11, 4:11] = True  # the central 7x7 block given, everything around it missing
-    return {"left half given": left, "centre given": centre, "centre missing": ~centre}
+    """The observed pixels of each completion task, as the completion widget's presets make them:
+    {name: (H, W) bool, True = given}. Columns 0-6 given; the central 7x7 block (rows and columns 4-10)
+    given, or everything but it."""
+    preset = {"left half given": "left half", "centre given": "centre given", "centre missing": "centre"}
+    return {name: viz.preset_mask(p, H, W) for name, p in preset.items()}
 
 
 def training_orders(families) -> torch.Tensor:
@@ -57,10 +56,11 @@ def training_orders(families) -> torch.Tensor:
     return torch.stack(plain + made)  # (3F, L)
 
 
-def missing_nats(log_prob_pixels, x, observed, batch=100) -> torch.Tensor:
-    """sum over the missing pixels of log p(x_d | context): (N,) nats, from a function x -> (B, 1, H, W)."""
+def raster_missing_nats(pixelcnn, x, observed, batch=100) -> torch.Tensor:
+    """PixelCNN's sum over the missing pixels of log p(x_d | x_<d in raster): (N,) nats. (Its log_prob refuses
+    observed= here: some observed pixels come after missing ones, so this is not p(x_missing | x_observed).)"""
     with torch.no_grad():
-        lp = torch.cat([log_prob_pixels(b) for b in x.split(batch)])  # (N, 1, H, W)
+        lp = torch.cat([pixelcnn.log_prob_pixels(b) for b in x.split(batch)])  # (N, 1, H, W)
     return (lp * ~observed.view(1, 1, H, W)).flatten(1).sum(1)
 
 
@@ -79,11 +79,11 @@ def completion(lmconv, pixelcnn, x) -> dict:
         per_dim = (~observed).sum().item() * math.log(2)  # nats -> bits per missing dimension
         one = lmconv.completion_order(observed)  # (L,)
         ready = lmconv.completion_orders(observed)  # (N, L): trained orders that visit the observed pixels first
-        with torch.no_grad():
+        with torch.no_grad():  # (N,) nats: log p(x_missing | x_observed) in the one order, and of the mixture
+            one_nats = torch.cat([lmconv.log_prob(b, order=one, observed=observed) for b in x.split(100)])
             mixed = torch.cat([lmconv.ensemble_log_prob(b, ready, observed=observed) for b in x.split(100)])
-        lm_one = -missing_nats(lambda b: lmconv.log_prob_pixels(b, order=one), x, observed) / per_dim
-        lm_mix = -mixed / per_dim
-        pc = -missing_nats(pixelcnn.log_prob_pixels, x, observed) / per_dim
+        lm_one, lm_mix = -one_nats / per_dim, -mixed / per_dim
+        pc = -raster_missing_nats(pixelcnn, x, observed) / per_dim
         rows[name] = {"pixelcnn": round(pc.mean().item(), 4), "lmconv_one_order": round(lm_one.mean().item(), 4),
                       "lmconv_ensemble": round(lm_mix.mean().item(), 4), "ensemble_orders": len(ready),
                       "one_order_vs_pixelcnn": paired(lm_one, pc), "ensemble_vs_pixelcnn": paired(lm_mix, pc)}
